@@ -1,0 +1,82 @@
+"""Backends of :func:`gna_diffusers.gna_attention`, behind one small registry.
+
+A backend computes GNA for already validated inputs. Its signature is ``run(q, k, v, spec, extra_k,
+extra_v, extra_kv_mask, scale, return_lse) -> (out, lse | None)`` with q, k, v ``(B, N, H, D)``,
+extra_k / extra_v ``(B, M, H, D)`` or None, extra_kv_mask ``(B, M)`` bool or None, out ``(B, N, H, D)`` in
+q's dtype and lse ``(B, N, H)`` float32 (natural log).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..spec import GNASpec
+
+logger = logging.getLogger("gna_diffusers")
+
+BackendFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered backend.
+
+    ``unsupported(q, spec, needs_grad)`` returns ``None`` when the backend can run the call, else a short
+    reason (shown when the backend was requested explicitly, and in the ``auto`` debug log).
+    """
+
+    name: str
+    run: BackendFn
+    unsupported: Callable[[torch.Tensor, GNASpec, bool], str | None]
+
+
+_REGISTRY: dict[str, Backend] = {}
+# ``auto`` tries these in order and takes the first that can run the call.
+_AUTO_ORDER = {"cuda": ("triton", "flex", "reference"), "cpu": ("reference", "flex")}
+
+
+def register_backend(backend: Backend) -> None:
+    """Add (or replace) a backend under ``backend.name``."""
+    _REGISTRY[backend.name] = backend
+
+
+def available_backends() -> list[str]:
+    """Names accepted by ``backend=``, ``"auto"`` first."""
+    return ["auto", *sorted(_REGISTRY)]
+
+
+def select_backend(name: str, q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> Backend:
+    """Resolve ``name`` (or ``"auto"``) to a backend that can run this call, or raise ``ValueError``."""
+    if name != "auto":
+        if name not in _REGISTRY:
+            raise ValueError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
+        backend = _REGISTRY[name]
+        reason = backend.unsupported(q, spec, needs_grad)
+        if reason is not None:
+            raise ValueError(f"backend {name!r} cannot run this call: {reason}")
+        return backend
+    reasons = []
+    for candidate in _AUTO_ORDER.get(q.device.type, ("reference",)):
+        backend = _REGISTRY.get(candidate)
+        if backend is None:
+            continue
+        reason = backend.unsupported(q, spec, needs_grad)
+        if reason is None:
+            logger.debug("gna_attention auto backend: %s (%s)", candidate, "; ".join(reasons) or "first choice")
+            return backend
+        reasons.append(f"{candidate}: {reason}")
+    raise ValueError(f"no GNA backend can run this call on {q.device}: {'; '.join(reasons)}")
+
+
+def _register_builtin() -> None:
+    from . import flex, reference
+
+    for module in (reference, flex):
+        register_backend(module.BACKEND)
+
+
+_register_builtin()

@@ -1,0 +1,125 @@
+"""The ``gna-diffusers`` command line: one console script with sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from tabulate import tabulate
+
+from .sim import PAPER_CONFIGS, SimResult, simulate
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """Parse ``"30,48,80"`` (or ``"16"``) into a tuple of ints."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 30,48,80, got {text!r}")
+
+
+def bool_tuple(text: str) -> tuple[bool, ...]:
+    """Parse ``"1,0,0"`` / ``"true,false"`` into a tuple of bools."""
+    table = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+    try:
+        return tuple(table[part.strip().lower()] for part in text.split(","))
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated booleans such as 1,0,0, got {text!r}")
+
+
+def _per_dim(value: tuple, ndim: int):
+    """A one-entry tuple applies to every dimension."""
+    return value[0] if len(value) == 1 else value
+
+
+def _fmt(values: Sequence) -> str:
+    return "x".join(str(int(v)) for v in values)
+
+
+def sim_table(rows: Sequence[tuple[str, SimResult]]) -> str:
+    headers = ["config", "grid", "window", "stride", "Q tile", "KV tile", "density", "FLOP bound",
+               "tile bound", "full", "partial", "empty", "block-sparse"]
+    body = [
+        [
+            name,
+            _fmt(r.spec.grid),
+            _fmt(r.spec.window),
+            _fmt(r.spec.stride),
+            _fmt(r.q_tile),
+            _fmt(r.kv_tile),
+            f"{r.density:.4f}",
+            f"{r.flop_bound:.2f}x",
+            f"{r.tile_bound:.2f}x",
+            r.full_pairs,
+            r.partial_pairs,
+            r.empty_pairs,
+            "yes" if r.perfectly_block_sparse else "no",
+        ]
+        for name, r in rows
+    ]
+    return tabulate(body, headers=headers, tablefmt="github")
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    if args.paper:
+        rows = [(c.name, c.simulate()) for c in PAPER_CONFIGS]
+    else:
+        if args.grid is None or args.window is None:
+            raise ValueError("sim needs --grid and --window (or --paper for the published configurations)")
+        ndim = len(args.grid)
+        result = simulate(
+            args.grid,
+            _per_dim(args.window, ndim),
+            _per_dim(args.stride, ndim),
+            _per_dim(args.dilation, ndim),
+            _per_dim(args.causal, ndim),
+            q_tile=_per_dim(args.q_tile, ndim),
+            kv_tile=_per_dim(args.kv_tile, ndim),
+        )
+        rows = [("custom", result)]
+    if args.json:
+        print(json.dumps([{"config": name, **r.as_dict()} for name, r in rows], indent=2))
+    else:
+        print(sim_table(rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gna-diffusers", description="Generalized Neighborhood Attention for diffusers pipelines."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = commands.add_parser(
+        "sim",
+        help="block-sparsity simulator: density, FLOP / tile bounds, full/partial/empty tile pairs",
+        description="Simulate a tiled attention kernel on a GNA pattern. Per-dimension values are "
+        "comma-separated (one value applies to every dimension).",
+    )
+    sim.add_argument("--paper", action="store_true", help="the published paper configurations")
+    sim.add_argument("--grid", type=int_tuple, help="token grid, e.g. 30,48,80")
+    sim.add_argument("--window", type=int_tuple, help="window per dimension, e.g. 18,24,24")
+    sim.add_argument("--stride", type=int_tuple, default=(1,), help="stride per dimension (default 1)")
+    sim.add_argument("--dilation", type=int_tuple, default=(1,), help="dilation per dimension (default 1)")
+    sim.add_argument("--causal", type=bool_tuple, default=(False,), help="causal flag per dimension (default 0)")
+    sim.add_argument("--q-tile", type=int_tuple, default=(1,), help="Q tile box, e.g. 2,8,8 (default 1)")
+    sim.add_argument("--kv-tile", type=int_tuple, default=(1,), help="KV tile box, e.g. 2,8,8 (default 1)")
+    sim.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sim.set_defaults(run=_cmd_sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:
+        print(f"gna-diffusers {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

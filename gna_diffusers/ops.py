@@ -1,0 +1,109 @@
+"""The public GNA operator."""
+
+from __future__ import annotations
+
+import torch
+
+from .backends import select_backend
+from .spec import BoolOrTuple, GNASpec, IntOrTuple
+
+
+def _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-D tensor (B, N, H, D), got {got}")
+    if not q.shape == k.shape == v.shape:
+        raise ValueError(
+            f"q, k, v must have the same shape (B, N, H, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if q.shape[1] != spec.num_tokens:
+        raise ValueError(
+            f"q has N={q.shape[1]} tokens but grid {spec.grid} has {spec.num_tokens}; "
+            f"tokens must be the grid flattened row-major (N = prod(grid))"
+        )
+    tensors = {"q": q, "k": k, "v": v}
+    if (extra_k is None) != (extra_v is None):
+        raise ValueError("extra_k and extra_v must be given together (both or neither)")
+    if extra_k is None and extra_kv_mask is not None:
+        raise ValueError("extra_kv_mask was given without extra_k / extra_v")
+    if extra_k is not None:
+        batch, _, heads, dim = q.shape
+        for name, t in (("extra_k", extra_k), ("extra_v", extra_v)):
+            if not isinstance(t, torch.Tensor) or t.ndim != 4 or (t.shape[0], t.shape[2], t.shape[3]) != (
+                batch,
+                heads,
+                dim,
+            ):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must have shape (B={batch}, M, H={heads}, D={dim}), got {got}")
+            tensors[name] = t
+        if extra_k.shape != extra_v.shape:
+            raise ValueError(f"extra_k {tuple(extra_k.shape)} and extra_v {tuple(extra_v.shape)} differ in shape")
+        if extra_kv_mask is not None:
+            expected = (batch, extra_k.shape[1])
+            if not isinstance(extra_kv_mask, torch.Tensor) or tuple(extra_kv_mask.shape) != expected:
+                got = tuple(extra_kv_mask.shape) if isinstance(extra_kv_mask, torch.Tensor) else extra_kv_mask
+                raise ValueError(f"extra_kv_mask must have shape (B, M) = {expected}, got {got}")
+            if extra_kv_mask.dtype != torch.bool:
+                raise ValueError(f"extra_kv_mask must be a bool tensor (True = real token), got {extra_kv_mask.dtype}")
+            if extra_kv_mask.device != q.device:
+                raise ValueError(f"extra_kv_mask is on {extra_kv_mask.device} but q is on {q.device}")
+    for name, t in tensors.items():
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype} but q has {q.dtype}; all inputs must share one dtype")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; all inputs must share one device")
+    if not q.dtype.is_floating_point:
+        raise ValueError(f"q, k, v must be floating point, got {q.dtype}")
+
+
+def gna_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    grid: tuple[int, ...],
+    window: IntOrTuple,
+    stride: IntOrTuple = 1,
+    dilation: IntOrTuple = 1,
+    causal: BoolOrTuple = False,
+    *,
+    extra_k: torch.Tensor | None = None,
+    extra_v: torch.Tensor | None = None,
+    extra_kv_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Generalized Neighborhood Attention over a 1-, 2- or 3-D token grid.
+
+    Args:
+        q, k, v: ``(B, N, H, D)``, with ``N = prod(grid)`` tokens flattened row-major over ``grid``.
+        grid: extents of the token grid, e.g. ``(T, H, W)``.
+        window, stride, dilation, causal: one value for every dimension or a tuple with one per
+            dimension. Semantics in :mod:`gna_diffusers.spec` (shifted border windows, stride groups
+            sharing their leader's window, dilation groups, per-dimension causality).
+        extra_k, extra_v: ``(B, M, H, D)`` keys/values every grid query attends to in addition to its
+            neighborhood (e.g. text tokens), in the same softmax as the neighborhood keys.
+        extra_kv_mask: ``(B, M)`` bool, True for real extra tokens, False for padding.
+        scale: softmax scale, ``1 / sqrt(D)`` when None.
+        backend: ``"auto"`` or a name from :func:`gna_diffusers.available_backends`.
+        return_lse: also return the log-sum-exp of the attention scores.
+
+    Returns:
+        ``(B, N, H, D)`` in q's dtype; with ``return_lse`` also ``(B, N, H)`` float32 (natural log).
+
+    Raises:
+        ValueError: one message per invalid argument, naming it and its dimension.
+    """
+    spec = GNASpec.create(grid, window, stride, dilation, causal)
+    _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, extra_k, extra_v)
+    )
+    impl = select_backend(backend, q, spec, needs_grad)
+    out, lse = impl.run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, float(scale), return_lse)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,26 @@
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def random_case(rng: random.Random, max_tokens: int = 96) -> dict:
+    """A random valid GNA pattern on a small grid, arguments as per-axis tuples."""
+    while True:
+        ndim = rng.choice((1, 2, 3))
+        grid = tuple(rng.randint(2, {1: 40, 2: 11, 3: 6}[ndim]) for _ in range(ndim))
+        if grid[0] * (grid[1] if ndim > 1 else 1) * (grid[2] if ndim > 2 else 1) <= max_tokens:
+            break
+    dilation = tuple(rng.choice((1, 1, 1, 2, 3)) if e >= 4 else 1 for e in grid)
+    dilation = tuple(r if e // r >= 2 else 1 for e, r in zip(grid, dilation))
+    window = tuple(rng.randint(2, e // r) for e, r in zip(grid, dilation))
+    stride = tuple(rng.randint(1, w) for w in window)
+    causal = tuple(rng.random() < 0.25 for _ in grid)
+    return dict(grid=grid, window=window, stride=stride, dilation=dilation, causal=causal)
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)

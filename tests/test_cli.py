@@ -1,0 +1,28 @@
+import json
+
+from gna_diffusers.cli import main
+
+
+def test_sim_prints_the_table(capsys):
+    assert main(["sim", "--grid", "30,48,80", "--window", "18,24,24", "--stride", "16,8,8",
+                 "--q-tile", "2,8,8", "--kv-tile", "2,8,8"]) == 0
+    out = capsys.readouterr().out
+    assert "11.11x" in out and "| yes" in out and "72900" in out
+
+
+def test_sim_paper_json(capsys):
+    assert main(["sim", "--paper", "--json"]) == 0
+    rows = {row["config"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["flux-4k"]["partial_pairs"] == 0
+    assert round(rows["flux-4k stride 1"]["tile_bound"], 2) == 7.51
+
+
+def test_sim_bad_window_is_one_clear_error(capsys):
+    assert main(["sim", "--grid", "30,48,80", "--window", "18,24,90"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gna-diffusers sim: error: window[2]=90") and "Traceback" not in err
+
+
+def test_sim_needs_grid_and_window(capsys):
+    assert main(["sim"]) == 2
+    assert "--grid and --window" in capsys.readouterr().err

@@ -1,0 +1,140 @@
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from brute_force import attention, neighbor_mask
+from conftest import random_case
+
+from gna_diffusers import available_backends, gna_attention
+
+BACKENDS = ["reference", "flex"]
+
+
+def make_inputs(case, batch=2, heads=2, dim=16, extra=0, padded=False, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    n = 1
+    for e in case["grid"]:
+        n *= e
+    q, k, v = (torch.randn(batch, n, heads, dim, generator=gen).to(dtype) for _ in range(3))
+    extras = {}
+    if extra:
+        extras["extra_k"] = torch.randn(batch, extra, heads, dim, generator=gen).to(dtype)
+        extras["extra_v"] = torch.randn(batch, extra, heads, dim, generator=gen).to(dtype)
+        if padded:
+            lengths = torch.randint(0, extra + 1, (batch,), generator=gen)  # 0 = all padding is allowed
+            extras["extra_kv_mask"] = torch.arange(extra)[None, :] < lengths[:, None]
+    return q, k, v, extras
+
+
+def expected(case, q, k, v, extras):
+    mask = neighbor_mask(*(case[key] for key in ("grid", "window", "stride", "dilation", "causal")))
+    return attention(q, k, v, mask, extras.get("extra_k"), extras.get("extra_v"), extras.get("extra_kv_mask"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(60))
+def test_backends_match_brute_force_fp32(backend, seed):
+    rng = random.Random(seed)
+    case = random_case(rng)
+    extra = rng.choice((0, 0, 3, 7))
+    q, k, v, extras = make_inputs(case, extra=extra, padded=extra > 0 and rng.random() < 0.6, seed=seed)
+    out, lse = gna_attention(q, k, v, **case, **extras, backend=backend, return_lse=True)
+    ref_out, ref_lse = expected(case, q, k, v, extras)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_backends_match_brute_force_half(backend, dtype):
+    for seed in range(8):
+        case = random_case(random.Random(100 + seed))
+        q, k, v, extras = make_inputs(case, extra=4, padded=True, dtype=dtype, seed=seed)
+        out = gna_attention(q, k, v, **case, **extras, backend=backend)
+        assert out.dtype == dtype
+        tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+        torch.testing.assert_close(out.double(), expected(case, q, k, v, extras)[0], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_whole_grid_window_equals_plain_sdpa_over_grid_and_valid_text(backend):
+    grid = (3, 4, 5)
+    q, k, v, extras = make_inputs({"grid": grid}, batch=2, extra=6, padded=True, seed=3)
+    extras["extra_kv_mask"] = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
+    out = gna_attention(q, k, v, grid, grid, stride=(2, 3, 1), **extras, backend=backend)
+    for b in range(2):
+        valid = extras["extra_kv_mask"][b]
+        keys = torch.cat([k[b], extras["extra_k"][b][valid]])
+        values = torch.cat([v[b], extras["extra_v"][b][valid]])
+        dense = F.scaled_dot_product_attention(q[b].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1))
+        torch.testing.assert_close(out[b], dense.transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_custom_scale_is_used():
+    case = dict(grid=(6, 6), window=3, stride=1, dilation=1, causal=False)
+    q, k, v, _ = make_inputs(case)
+    full = dict(case, window=(3, 3), stride=(1, 1), dilation=(1, 1), causal=(False, False))
+    ref = attention(q, k, v, neighbor_mask(**full), scale=0.3)[0]
+    torch.testing.assert_close(gna_attention(q, k, v, **case, scale=0.3).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_uses_the_reference_backend_on_cpu(caplog):
+    case = dict(grid=(4, 4), window=2)
+    q, k, v, _ = make_inputs(case)
+    with caplog.at_level("DEBUG", logger="gna_diffusers"):
+        gna_attention(q, k, v, **case)
+    assert "auto backend: reference" in caplog.text
+
+
+def _call(**overrides):
+    q = torch.randn(1, 12, 2, 8)
+    args = dict(q=q, k=q.clone(), v=q.clone(), grid=(3, 4), window=2)
+    args.update(overrides)
+    return gna_attention(**args)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(grid=(3, 5)), r"q has N=12 tokens but grid \(3, 5\) has 15"),
+        (dict(window=(2, 5)), r"window\[1\]=5 with dilation 1 spans 5 positions but grid\[1\] is 4"),
+        (dict(window=(2, 1)), r"window\[1\]=1 must be >= 2"),
+        (dict(stride=(3, 1)), r"stride\[0\]=3 must be between 1 and window\[0\]=2"),
+        (dict(window=(2, 2, 2)), r"window has 3 entries but the grid has 2 dimensions"),
+        (dict(k=torch.randn(1, 12, 2, 4)), r"q, k, v must have the same shape"),
+        (dict(v=torch.randn(12, 2, 8)), r"v must be a 4-D tensor \(B, N, H, D\)"),
+        (dict(k=torch.randn(1, 12, 2, 8, dtype=torch.float64)), r"k has dtype torch.float64 but q has torch.float32"),
+        (dict(extra_k=torch.randn(1, 3, 2, 8)), r"extra_k and extra_v must be given together"),
+        (dict(extra_kv_mask=torch.ones(1, 3, dtype=torch.bool)), r"extra_kv_mask was given without extra_k"),
+        (
+            dict(extra_k=torch.randn(1, 3, 4, 8), extra_v=torch.randn(1, 3, 4, 8)),
+            r"extra_k must have shape \(B=1, M, H=2, D=8\)",
+        ),
+        (
+            dict(extra_k=torch.randn(1, 3, 2, 8), extra_v=torch.randn(1, 3, 2, 8), extra_kv_mask=torch.ones(1, 4, dtype=torch.bool)),
+            r"extra_kv_mask must have shape \(B, M\) = \(1, 3\)",
+        ),
+        (
+            dict(extra_k=torch.randn(1, 3, 2, 8), extra_v=torch.randn(1, 3, 2, 8), extra_kv_mask=torch.ones(1, 3)),
+            r"extra_kv_mask must be a bool tensor",
+        ),
+        (dict(backend="nope"), r"unknown backend 'nope'; available: auto, flex, reference"),
+    ],
+)
+def test_validation_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _call(**overrides)
+
+
+def test_available_backends_lists_auto_first():
+    names = available_backends()
+    assert names[0] == "auto" and {"reference", "flex"} <= set(names)
+
+
+def test_reference_refuses_grids_too_large_to_materialize():
+    q = torch.zeros(1, 130 * 130, 1, 8)
+    with pytest.raises(ValueError, match="backend 'reference' cannot run this call: materializes an N x N mask"):
+        gna_attention(q, q, q, (130, 130), 4, backend="reference")
