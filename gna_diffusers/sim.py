@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from math import ceil, prod
 
 import torch
@@ -39,6 +40,7 @@ class AxisCounts:
     nonempty: int
 
 
+@lru_cache(maxsize=4096)
 def axis_counts(
     extent: int, window: int, stride: int, dilation: int, causal: bool, q_tile: int, kv_tile: int
 ) -> AxisCounts:

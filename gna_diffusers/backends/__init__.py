@@ -9,6 +9,7 @@ q's dtype and lse ``(B, N, H)`` float32 (natural log).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
+_WARNED: set[str] = set()
 # ``auto`` tries these in order and takes the first that can run the call.
 _AUTO_ORDER = {"cuda": ("triton", "flex", "reference"), "cpu": ("reference", "flex")}
 
@@ -67,15 +69,18 @@ def select_backend(name: str, q: torch.Tensor, spec: GNASpec, needs_grad: bool) 
         reason = backend.unsupported(q, spec, needs_grad)
         if reason is None:
             logger.debug("gna_attention auto backend: %s (%s)", candidate, "; ".join(reasons) or "first choice")
+            if reasons and reasons[0] not in _WARNED:  # the device's first choice was skipped: say why, once
+                _WARNED.add(reasons[0])
+                warnings.warn(f"gna_attention: using backend {candidate!r} because {reasons[0]}", stacklevel=3)
             return backend
         reasons.append(f"{candidate}: {reason}")
     raise ValueError(f"no GNA backend can run this call on {q.device}: {'; '.join(reasons)}")
 
 
 def _register_builtin() -> None:
-    from . import flex, reference
+    from . import flex, reference, triton_gna
 
-    for module in (reference, flex):
+    for module in (reference, flex, triton_gna):
         register_backend(module.BACKEND)
 
 

@@ -1,0 +1,231 @@
+"""Triton backend: the fused GNA forward kernel (``_triton_kernel.py``), its tile choice and its custom op.
+
+Forward only (inference). A call that needs gradients is not run here: ``auto`` falls back to ``flex``
+(with a one-time warning) and an explicit ``backend="triton"`` raises. Runs on CUDA, or on CPU tensors
+under ``TRITON_INTERPRET=1`` (set before triton is imported) for testing.
+
+Tile choice: candidate (Q box, KV box) shapes with power-of-two extents are ranked by the block-sparsity
+simulator (visited tile pairs weighted by their area, partial pairs costing more), so perfectly
+block-sparse tilings win when one exists. On CUDA the best few candidates x launch settings are timed
+once per problem key and the winner is cached, so a denoising loop pays the tuning once (on its first
+step; do a warm-up call before capturing CUDA graphs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from math import prod
+
+import torch
+
+from ..sim import axis_counts
+from ..spec import GNASpec, axis_bounds
+from . import Backend
+
+logger = logging.getLogger("gna_diffusers")
+
+try:
+    import triton
+
+    from ._triton_kernel import LOG2E, gna_fwd_kernel
+
+    _IMPORT_ERROR = None
+except Exception as error:  # noqa: BLE001 - any import failure means "backend unavailable", with the reason
+    _IMPORT_ERROR = f"triton is not importable ({type(error).__name__}: {error})"
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+# A partial tile pair computes the same tile but also builds and applies the mask.
+PARTIAL_PAIR_COST = 1.25
+# Extra (text) keys are processed in blocks of this many tokens.
+EXTRA_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile boxes (3-D, one extent per padded grid axis) and launch settings of one kernel launch."""
+
+    q_tile: tuple[int, int, int]
+    kv_tile: tuple[int, int, int]
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _as_3d(spec: GNASpec) -> list[tuple[int, int, int, int, bool]]:
+    """Per-axis (extent, window, stride, dilation, causal), padded with extent-1 leading axes to 3-D."""
+    return [(1, 1, 1, 1, False)] * (3 - spec.ndim) + [spec.axis(d) for d in range(spec.ndim)]
+
+
+@lru_cache(maxsize=64)
+def _bound_tables(spec: GNASpec, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(start0, end0, start1, end1, start2, end2) int32 tables of the 3-D padded grid, on ``device``."""
+    tables = []
+    for extent, window, stride, dilation, causal in _as_3d(spec):
+        if extent == 1:  # padding axis: the only key is the only query
+            start, end = torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long)
+        else:
+            start, end = axis_bounds(extent, window, stride, dilation, causal)
+        tables += [start.to(device=device, dtype=torch.int32), end.to(device=device, dtype=torch.int32)]
+    return tuple(tables)
+
+
+def _pow2_boxes(extents: tuple[int, ...], block: int):
+    """All boxes of ``block`` tokens with power-of-two extents, none larger than its axis needs."""
+    limits = [max(0, (e - 1).bit_length()) for e in extents]  # log2 of the next power of two >= extent
+    total = block.bit_length() - 1
+    for exps in itertools.product(*(range(limit + 1) for limit in limits)):
+        if sum(exps) == total:
+            yield tuple(1 << x for x in exps)
+
+
+def _block_sizes(device: torch.device, num_tokens: int) -> tuple[int, ...]:
+    if device.type == "cuda":
+        return (64, 128)
+    # The interpreter: small tiles keep tests fast; tl.dot needs at least 16.
+    return tuple(b for b in (16, 32, 64) if b <= max(16, 1 << (num_tokens - 1).bit_length()))
+
+
+def tile_candidates(spec: GNASpec, block_sizes=(64, 128), limit: int = 4) -> list[KernelConfig]:
+    """The ``limit`` cheapest (Q box, KV box) pairs by simulated cost, cheapest first."""
+    axes = _as_3d(spec)
+    extents = tuple(a[0] for a in axes)
+    scored = []
+    for bq, bk in itertools.product(block_sizes, block_sizes):
+        for q_tile in _pow2_boxes(extents, bq):
+            for kv_tile in _pow2_boxes(extents, bk):
+                counts = [axis_counts(*axis, tq, tk) for axis, tq, tk in zip(axes, q_tile, kv_tile)]
+                full = prod(c.full for c in counts)
+                partial = prod(c.nonempty for c in counts) - full
+                cost = (full + PARTIAL_PAIR_COST * partial) * bq * bk
+                # Ties: prefer larger tiles (fewer launches and loop trips), then longer last-axis runs
+                # (contiguous rows in memory).
+                scored.append(((cost, -bq, -bk, -q_tile[2], -kv_tile[2]), KernelConfig(q_tile, kv_tile)))
+    if not scored:
+        raise ValueError(f"no tile shape fits grid {spec.grid}")
+    scored.sort(key=lambda item: item[0])
+    return [config for _, config in scored[:limit]]
+
+
+def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float, config: KernelConfig):
+    batch, n, heads, dim = q.shape
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((batch, n, heads), dtype=torch.float32)
+    has_extra = extra_k is not None
+    if has_extra:
+        extra_k, extra_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (extra_k, extra_v))
+    ek, ev = (extra_k, extra_v) if has_extra else (k, v)  # dummies never read when HAS_EXTRA is off
+    emask = extra_kv_mask if extra_kv_mask is not None else ek
+    extents = [a[0] for a in _as_3d(spec)]
+    dilations = [a[3] for a in _as_3d(spec)]
+    n_q_tiles = prod(-(-e // t) for e, t in zip(extents, config.q_tile))
+    gna_fwd_kernel[(n_q_tiles, batch * heads)](
+        q, k, v, out, lse, ek, ev, emask,
+        *_bound_tables(spec, q.device),
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        lse.stride(0), lse.stride(1), ek.stride(0), ek.stride(1), ek.stride(2), ev.stride(0), ev.stride(1),
+        ev.stride(2), emask.stride(0),
+        heads, *extents, *dilations, ek.shape[1] if has_extra else 0, dim, scale * LOG2E,
+        *config.q_tile, *config.kv_tile,
+        HEAD_DIM=max(16, triton.next_power_of_2(dim)),
+        HAS_EXTRA=has_extra,
+        HAS_EXTRA_MASK=extra_kv_mask is not None,
+        BLOCK_M=EXTRA_BLOCK,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return out, lse
+
+
+_TUNED: dict[tuple, KernelConfig] = {}
+
+
+def _choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float) -> KernelConfig:
+    key = (
+        spec, tuple(q.shape), q.dtype, q.device,
+        None if extra_k is None else extra_k.shape[1], extra_kv_mask is not None,
+    )
+    if key in _TUNED:
+        return _TUNED[key]
+    candidates = tile_candidates(spec, _block_sizes(q.device, spec.num_tokens))
+    if q.device.type != "cuda":
+        best = candidates[0]
+    else:
+        configs = [
+            KernelConfig(c.q_tile, c.kv_tile, warps, stages)
+            for c in candidates[:3] for warps in (4, 8) for stages in (2, 3)
+        ]
+        timings = {}
+        for config in configs:
+            try:
+                timings[config] = triton.testing.do_bench(
+                    lambda: _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config),
+                    warmup=5, rep=20,
+                )
+            except triton.runtime.errors.OutOfResources:
+                continue  # too many registers / too much shared memory for this GPU
+        best = min(timings, key=timings.get)
+        logger.info("gna triton autotune %s: %s (%.3f ms)", spec, best, timings[best])
+    _TUNED[key] = best
+    return best
+
+
+@torch.library.custom_op("gna_diffusers::gna_fwd", mutates_args=())
+def gna_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    extra_k: torch.Tensor | None,
+    extra_v: torch.Tensor | None,
+    extra_kv_mask: torch.Tensor | None,
+    grid: list[int],
+    window: list[int],
+    stride: list[int],
+    dilation: list[int],
+    causal: list[bool],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Custom op around the kernel: returns ``(out (B, N, H, D), lse (B, N, H) float32)``."""
+    spec = GNASpec(tuple(grid), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
+    config = _choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale)
+    return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config)
+
+
+@gna_fwd.register_fake
+def _(q, k, v, extra_k, extra_v, extra_kv_mask, grid, window, stride, dilation, causal, scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, scale, return_lse):
+    out, lse = gna_fwd(
+        q, k, v, extra_k, extra_v, extra_kv_mask,
+        list(spec.grid), list(spec.window), list(spec.stride), list(spec.dilation), list(spec.causal), scale,
+    )
+    return out, (lse if return_lse else None)
+
+
+def _unsupported(q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> str | None:
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if q.device.type != "cuda" and not _interpreting():
+        return "needs a CUDA device (or TRITON_INTERPRET=1 set before importing triton, for CPU tests)"
+    if needs_grad:
+        return "forward only (inference): use backend='flex' when gradients are needed"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} is not supported (float16, bfloat16, float32)"
+    if not MIN_HEAD_DIM <= q.shape[-1] <= MAX_HEAD_DIM:
+        return f"head_dim {q.shape[-1]} is outside {MIN_HEAD_DIM}..{MAX_HEAD_DIM}"
+    return None
+
+
+BACKEND = Backend("triton", run, _unsupported)

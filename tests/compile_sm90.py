@@ -1,0 +1,45 @@
+"""Compile the GNA kernel for sm_90 (Hopper) without a GPU: real code generation down to a cubin.
+
+Run as a script with the interpreter off (the test suite runs it in a subprocess):
+    TRITON_INTERPRET=0 python tests/compile_sm90.py '{"dtype": "bf16", "head_dim": 128, ...}'
+Prints the kernel's shared memory in bytes.
+"""
+
+import inspect
+import json
+import sys
+
+
+def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from gna_diffusers.backends._triton_kernel import gna_fwd_kernel
+    from gna_diffusers.backends.triton_gna import EXTRA_BLOCK
+
+    params = list(inspect.signature(gna_fwd_kernel.fn).parameters)
+    pointers = {"LSE": "*fp32", "EMASK": "*i1", **{p: f"*{dtype}" for p in ("Q", "K", "V", "O", "EK", "EV")}}
+    constants = dict(
+        zip(("T0", "T1", "T2"), q_tile), **dict(zip(("K0", "K1", "K2"), kv_tile)), HEAD_DIM=head_dim,
+        HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, BLOCK_M=EXTRA_BLOCK,
+        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
+    )
+    signature = {}
+    for p in params:
+        if p in pointers:
+            signature[p] = pointers[p]
+        elif p.startswith(("START", "END")):
+            signature[p] = "*i32"
+        elif p in constants:
+            signature[p] = "constexpr"
+        else:
+            signature[p] = "fp32" if p == "qk_scale" else "i32"
+    source = ASTSource(gna_fwd_kernel, signature, constexprs={(params.index(k),): v for k, v in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
+
+
+if __name__ == "__main__":
+    kernel = compile_for_sm90(**json.loads(sys.argv[1]))
+    assert kernel.asm["cubin"], "no cubin produced"
+    print(kernel.metadata.shared)
