@@ -150,7 +150,8 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
 _TUNED: dict[tuple, KernelConfig] = {}
 
 
-def _choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float) -> KernelConfig:
+def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float) -> KernelConfig:
+    """The kernel configuration used for these inputs (tuned on the first call for this problem key)."""
     key = (
         spec, tuple(q.shape), q.dtype, q.device,
         None if extra_k is None else extra_k.shape[1], extra_kv_mask is not None,
@@ -197,7 +198,7 @@ def gna_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Custom op around the kernel: returns ``(out (B, N, H, D), lse (B, N, H) float32)``."""
     spec = GNASpec(tuple(grid), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
-    config = _choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale)
+    config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale)
     return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config)
 
 

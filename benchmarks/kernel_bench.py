@@ -1,0 +1,215 @@
+"""GNA kernel benchmark: dense SDPA (cuDNN, flash) vs compiled FlexAttention vs our Triton kernel.
+
+    python benchmarks/kernel_bench.py                 # the paper shapes, on CUDA (bf16, 24 heads x 128)
+    python benchmarks/kernel_bench.py --tiny          # small shapes that run on CPU (the test suite does)
+
+Writes ``benchmarks/results/kernel-<device>-<date>.json`` and ``.md``. Times are medians of repeated
+CUDA-event timings after warm-up (wall clock on CPU). Effective TFLOP/s counts only attended pairs
+(neighborhood + valid text keys: 4 * B * H * D FLOPs per pair); speedups are against the dense baseline
+of the same run (cuDNN SDPA on CUDA, math SDPA on CPU). FLOP and tile bounds come from the simulator,
+the tile bound for the tiles the Triton backend chose. The max abs error compares Triton to flex.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import gna_diffusers
+from gna_diffusers import gna_attention, simulate
+from gna_diffusers.backends import triton_gna
+from gna_diffusers.files import atomic_write_json, atomic_write_text, device_slug
+from gna_diffusers.spec import GNASpec
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    grid: tuple[int, ...]
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    text: int = 0
+
+
+PAPER_CASES = [
+    Case("flux-4k", (256, 256), (80, 80), (16, 16)),
+    Case("flux-4k +text", (256, 256), (80, 80), (16, 16), 512),
+    Case("flux-4k stride 1", (256, 256), (80, 80), (1, 1)),
+    Case("flux-4k stride 1 +text", (256, 256), (80, 80), (1, 1), 512),
+    Case("hunyuan 30x48x80", (30, 48, 80), (18, 24, 24), (16, 8, 8)),
+    Case("hunyuan 30x48x80 +text", (30, 48, 80), (18, 24, 24), (16, 8, 8), 256),
+    Case("hunyuan 30x48x80 stride 1", (30, 48, 80), (18, 24, 24), (1, 1, 1)),
+    Case("hunyuan 30x48x80 stride 1 +text", (30, 48, 80), (18, 24, 24), (1, 1, 1), 256),
+    # 720x1280x129 frames: 45 rows is no multiple of 8; window (18,24,24) leaves 91.3% of pairs out.
+    Case("hunyuan 33x45x80 +text", (33, 45, 80), (18, 24, 24), (16, 8, 8), 256),
+]
+TINY_CASES = [
+    Case("tiny 2-D", (8, 16), (4, 8), (4, 4)),
+    Case("tiny 2-D stride 1 +text", (8, 16), (4, 8), (1, 1), 8),
+    Case("tiny 3-D +text", (4, 6, 8), (2, 4, 4), (2, 2, 4), 8),
+]
+
+
+def median_ms(fn, device: torch.device, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def dense_baselines(device: torch.device) -> dict[str, SDPBackend]:
+    if device.type == "cuda":
+        return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
+    return {"math": SDPBackend.MATH}
+
+
+def run_case(case: Case, device, dtype, heads, head_dim, warmup, reps) -> dict:
+    n = 1
+    for e in case.grid:
+        n *= e
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(1, n, heads, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(3))
+    extras = {}
+    if case.text:
+        extras = {
+            "extra_k": torch.randn(1, case.text, heads, head_dim, device=device, dtype=dtype, generator=gen),
+            "extra_v": torch.randn(1, case.text, heads, head_dim, device=device, dtype=dtype, generator=gen),
+        }
+    pattern = dict(grid=case.grid, window=case.window, stride=case.stride)
+    spec = GNASpec.create(**pattern)
+    config = triton_gna.choose_config(
+        q, k, v, extras.get("extra_k"), extras.get("extra_v"), None, spec, head_dim**-0.5
+    )
+    ndim = len(case.grid)
+    sim = simulate(**pattern, q_tile=config.q_tile[-ndim:], kv_tile=config.kv_tile[-ndim:])
+    pairs = sim.density * n * n + n * case.text
+    sparse_flops = 4 * heads * head_dim * pairs
+    dense_flops = 4 * heads * head_dim * n * (n + case.text)
+
+    row: dict = {"case": case.name, "grid": list(case.grid), "window": list(case.window),
+                 "stride": list(case.stride), "text_tokens": case.text, "flop_bound": sim.flop_bound,
+                 "tile_bound": sim.tile_bound, "triton_tiles": [list(config.q_tile), list(config.kv_tile)],
+                 "triton_launch": {"num_warps": config.num_warps, "num_stages": config.num_stages}, "ms": {}}
+    keys = torch.cat([k, extras["extra_k"]], 1) if case.text else k
+    values = torch.cat([v, extras["extra_v"]], 1) if case.text else v
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, keys, values))
+    for name, backend in dense_baselines(device).items():
+        try:
+            with sdpa_kernel(backend):
+                row["ms"][name] = median_ms(lambda: F.scaled_dot_product_attention(qh, kh, vh), device, warmup, reps)
+        except RuntimeError as error:  # the pinned kernel does not support this GPU / shape
+            row["ms"][name] = None
+            row.setdefault("unavailable", {})[name] = str(error).splitlines()[0]
+    outputs = {}
+    for name in ("flex", "triton"):
+        row["ms"][name] = median_ms(
+            lambda: outputs.__setitem__(name, gna_attention(q, k, v, **pattern, **extras, backend=name)),
+            device, warmup, reps,
+        )
+    baseline = "cudnn" if device.type == "cuda" else "math"
+    base_ms = row["ms"][baseline]
+    row["baseline"] = baseline
+    row["speedup_vs_baseline"] = {
+        name: (base_ms / ms if base_ms and ms else None) for name, ms in row["ms"].items()
+    }
+    row["effective_tflops"] = {
+        name: ((dense_flops if name in dense_baselines(device) else sparse_flops) / (ms * 1e-3) / 1e12 if ms else None)
+        for name, ms in row["ms"].items()
+    }
+    row["triton_vs_flex_max_abs_err"] = (outputs["triton"].float() - outputs["flex"].float()).abs().max().item()
+    return row
+
+
+def environment(device: torch.device) -> dict:
+    import triton
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    return {"device": name, "torch": torch.__version__, "triton": triton.__version__,
+            "gna_diffusers": gna_diffusers.__version__, "python": platform.python_version(),
+            "date": dt.date.today().isoformat()}
+
+
+def markdown(env: dict, rows: list[dict], dtype: str, heads: int, head_dim: int) -> str:
+    names = list(rows[0]["ms"])
+    headers = ["case", "text", *[f"{n} ms" for n in names], "triton TFLOP/s",
+               f"triton x vs {rows[0]['baseline']}", "flex x", "FLOP bound", "tile bound", "triton tiles (Q / KV)",
+               "max abs err"]
+
+    def fmt(x, spec=".2f"):
+        return "n/a" if x is None else format(x, spec)
+
+    body = [
+        [r["case"], r["text_tokens"], *[fmt(r["ms"][n], ".3f") for n in names], fmt(r["effective_tflops"]["triton"], ".1f"),
+         fmt(r["speedup_vs_baseline"]["triton"]), fmt(r["speedup_vs_baseline"]["flex"]), f"{r['flop_bound']:.2f}",
+         f"{r['tile_bound']:.2f}", " / ".join("x".join(map(str, t)) for t in r["triton_tiles"]),
+         f"{r['triton_vs_flex_max_abs_err']:.2e}"]
+        for r in rows
+    ]
+    return (
+        f"# GNA kernel benchmark: {env['device']}\n\n"
+        f"{env['date']}, torch {env['torch']}, triton {env['triton']}, {dtype}, batch 1, {heads} heads x {head_dim}, "
+        f"forward. Median ms; speedups against {rows[0]['baseline']} SDPA in the same run; TFLOP/s counts attended "
+        f"pairs only.\n\n" + tabulate(body, headers=headers, tablefmt="github") + "\n"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="small shapes in fp32 that run on CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and markdown")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if not args.tiny and device.type != "cuda":
+        parser.error("the paper shapes need a CUDA GPU; use --tiny on CPU")
+    cases = TINY_CASES if args.tiny else PAPER_CASES
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    heads, head_dim = (2, 32) if args.tiny else (24, 128)
+    reps = args.reps or (2 if args.tiny else 30)
+    warmup = 1 if args.tiny else 10
+    env = environment(device)
+    rows = []
+    for case in cases:
+        rows.append(run_case(case, device, dtype, heads, head_dim, warmup, reps))
+        print(f"{case.name}: " + ", ".join(f"{n} {fmt_ms(ms)}" for n, ms in rows[-1]["ms"].items()), flush=True)
+    stem = f"kernel-{device_slug(env['device'].split(' (')[0])}-{env['date']}"
+    report = {"schema": 1, "environment": env, "dtype": str(dtype).removeprefix("torch."), "heads": heads,
+              "head_dim": head_dim, "rows": rows}
+    atomic_write_json(args.output / f"{stem}.json", report)
+    atomic_write_text(args.output / f"{stem}.md", markdown(env, rows, report["dtype"], heads, head_dim))
+    print(f"wrote {args.output / stem}.json and .md")
+    return 0
+
+
+def fmt_ms(ms: float | None) -> str:
+    return "n/a" if ms is None else f"{ms:.3f} ms"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
