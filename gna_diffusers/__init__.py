@@ -1,18 +1,36 @@
-"""gna-diffusers: Generalized Neighborhood Attention for diffusers pipelines."""
+"""gna-diffusers: Generalized Neighborhood Attention for diffusers pipelines.
+
+One way in: ``apply(pipe, "flux-4k")`` / ``remove(pipe)`` / ``enabled(pipe, preset)``, presets by name
+(``list_presets()``) or YAML path, and the ``gna-diffusers`` CLI. The operator ``gna_attention`` and the
+simulator ``simulate`` are public too.
+"""
 
 from .backends import available_backends, register_backend
+from .config import ConfigError, GNAConfig, load_config
+from .install import GNAHandle, UnsupportedModelError, apply, enabled, remove
 from .ops import gna_attention
+from .presets import list_presets, load_preset
 from .sim import SimResult, simulate
 from .spec import GNASpec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
+    "GNAConfig",
+    "GNAHandle",
     "GNASpec",
     "SimResult",
+    "UnsupportedModelError",
+    "apply",
     "available_backends",
+    "enabled",
     "gna_attention",
+    "list_presets",
+    "load_config",
+    "load_preset",
     "register_backend",
+    "remove",
     "simulate",
     "__version__",
 ]

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from tabulate import tabulate
 
+from .config import load_config
+from .presets import list_presets, load_preset, preset_text
 from .sim import PAPER_CONFIGS, SimResult, simulate
 
 
@@ -86,6 +88,39 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_row(name: str, config) -> list:
+    ndim = len(config.base_grid)
+    window = [config.base_grid[d] if w == -1 else w for d, w in enumerate(_expand(config.window, ndim))]
+    result = simulate(config.base_grid, window, _expand(config.stride, ndim), _expand(config.dilation, ndim))
+    steps = config.dense_steps
+    return [name, config.family, _fmt(config.base_grid), _fmt(window), _fmt(_expand(config.stride, ndim)),
+            f"{1 - result.density:.1%}", f"{steps:.0%}" if isinstance(steps, float) else steps,
+            len(config.dense_layers) + len(config.overrides) or "-"]
+
+
+def _expand(value, ndim: int) -> list[int]:
+    return list(value) if isinstance(value, list) else [value] * ndim
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        rows = [_preset_row(name, load_preset(name)) for name in list_presets()]
+        headers = ["preset", "family", "base grid", "window", "stride", "sparsity", "dense steps", "layer rules"]
+        print(tabulate(rows, headers=headers, tablefmt="github"))
+    elif args.action == "show":
+        if not args.target:
+            raise ValueError("presets show needs a preset NAME (see: gna-diffusers presets list)")
+        print(preset_text(args.target), end="")
+    else:
+        if not args.target:
+            raise ValueError("presets validate needs a YAML FILE")
+        config = load_config(args.target)
+        print(f"ok: {args.target} is a valid {config.family} preset")
+        print(tabulate([_preset_row(args.target, config)], headers=["file", "family", "base grid", "window", "stride",
+                       "sparsity", "dense steps", "layer rules"], tablefmt="github"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gna-diffusers", description="Generalized Neighborhood Attention for diffusers pipelines."
@@ -108,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--kv-tile", type=int_tuple, default=(1,), help="KV tile box, e.g. 2,8,8 (default 1)")
     sim.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sim.set_defaults(run=_cmd_sim)
+
+    presets = commands.add_parser(
+        "presets", help="list, show or validate GNA presets",
+        description="presets list: the shipped presets; presets show NAME: its YAML; presets validate FILE: "
+        "check a YAML preset (one error per problem, naming the key).",
+    )
+    presets.add_argument("action", choices=("list", "show", "validate"))
+    presets.add_argument("target", nargs="?", help="preset NAME (show) or YAML FILE (validate)")
+    presets.set_defaults(run=_cmd_presets)
     return parser
 
 

@@ -33,7 +33,9 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {f"gna_diffusers/patches/{p.name}" for p in (ROOT / "patches").glob("*.py")}
-    expected |= {f"gna_diffusers/configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")}
+    presets = {f"gna_diffusers/configs/{p.name}" for p in (ROOT / "configs").glob("*.yaml")}
+    assert "gna_diffusers/configs/flux-4k.yaml" in presets
+    expected |= presets
     expected |= {"gna_diffusers/__init__.py", "gna_diffusers/backends/__init__.py", "gna_diffusers/cli.py"}
     assert expected <= names, sorted(expected - names)
     assert not any(n.startswith(("patches/", "configs/", "tests/")) for n in names)
@@ -63,3 +65,8 @@ def test_installed_wheel_imports_without_the_source_tree(wheel, tmp_path):
         text=True, check=True,
     )
     assert "10.24x" in sim.stdout
+    presets = subprocess.run(
+        [sys.executable, "-m", "gna_diffusers.cli", "presets", "show", "flux-4k"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, check=True,
+    )
+    assert "window: [80, 80]" in presets.stdout

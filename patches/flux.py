@@ -1,0 +1,123 @@
+"""FLUX (FluxTransformer2DModel): joint sequence [text, image] in every block, no text mask.
+
+Grid probe: ``img_ids`` (N, 3) holds (_, row, col) for each image token, row-major. Reading it costs a
+host sync, so the grid is computed once per ``img_ids`` tensor (pipelines build it once per generation
+and pass the same tensor every step).
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+
+import torch
+from diffusers import FluxTransformer2DModel
+from diffusers.models.transformers import transformer_flux
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+
+
+class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
+    """FluxAttnProcessor whose attention call runs GNA over the image grid; everything else is stock."""
+
+
+# The last img_ids tensor seen (by identity, weakly held) and its grid.
+_last_ids: tuple[weakref.ref, tuple[int, int]] | None = None
+_FORWARD_PARAMS = inspect.signature(FluxTransformer2DModel.forward)
+
+
+def grid_probe(module, args, kwargs) -> tuple[int, int]:
+    """(rows, cols) of the image tokens, from ``img_ids``."""
+    img_ids = _FORWARD_PARAMS.bind_partial(module, *args, **kwargs).arguments.get("img_ids")
+    if img_ids is None:
+        raise ValueError("gna: FLUX needs img_ids in the transformer call to know the image grid")
+    global _last_ids
+    if _last_ids is not None and _last_ids[0]() is img_ids:
+        return _last_ids[1]
+    ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+    rows, cols = (int(v) + 1 for v in ids[:, 1:3].amax(0).tolist())
+    flat = torch.arange(ids.shape[0], device=ids.device)
+    if rows * cols != ids.shape[0] or not bool(((ids[:, 1] * cols + ids[:, 2]).long() == flat).all()):
+        raise ValueError(
+            "gna: FLUX image tokens are not one row-major grid (e.g. extra reference-image tokens); "
+            "this token layout is not supported"
+        )
+    _last_ids = (weakref.ref(img_ids), (rows, cols))
+    return rows, cols
+
+
+PATCH = ModelPatch(
+    family="flux",
+    transformer_class=FluxTransformer2DModel,
+    processor_class=GNAFluxAttnProcessor,
+    stock_processor_class=FluxAttnProcessor,
+    dispatch_module=transformer_flux,
+    blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
+    text_first=True,
+    grid_probe=grid_probe,
+)
+
+
+def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2) -> FluxTransformer2DModel:
+    """A randomly initialised FLUX transformer small enough for CPU tests (2 heads x 16, 4 latent channels)."""
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=(4, 4, 8),
+    ).eval()
+
+
+def tiny_inputs(transformer, rows: int = 6, cols: int = 8, text: int = 5, batch: int = 1, seed: int = 0) -> dict:
+    """Keyword inputs of one transformer call on a rows x cols latent grid."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(rows, cols, 3)
+    ids[..., 1] = torch.arange(rows)[:, None]
+    ids[..., 2] = torch.arange(cols)[None, :]
+    return dict(
+        hidden_states=torch.randn(batch, rows * cols, transformer.config.in_channels, generator=gen),
+        encoder_hidden_states=torch.randn(batch, text, transformer.config.joint_attention_dim, generator=gen),
+        pooled_projections=torch.randn(batch, transformer.config.pooled_projection_dim, generator=gen),
+        timestep=torch.full((batch,), 0.5),
+        img_ids=ids.reshape(-1, 3),
+        txt_ids=torch.zeros(text, 3),
+        return_dict=False,
+    )
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline FluxPipeline with random weights: 32x32 images -> an 8x8 latent token grid."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    from ._tiny import CHARS, clip_text_encoder, clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    t5_vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -2.0) for c in CHARS]
+    tokenizer_2 = T5Tokenizer(vocab=t5_vocab, extra_ids=0)
+    torch.manual_seed(seed)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(vocab_size=len(t5_vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    ).eval()
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0,
+        sample_size=32,
+    ).eval()
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=clip_text_encoder(32, len(tokenizer), seed),
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=tiny_transformer(seed),
+    )
+
+
+def tiny_call_kwargs() -> dict:
+    """Pipeline call arguments for the tiny pipeline (short T5 sequence: the tokenizer is per character)."""
+    return dict(max_sequence_length=48)

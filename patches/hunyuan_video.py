@@ -1,0 +1,108 @@
+"""HunyuanVideo (HunyuanVideoTransformer3DModel): joint sequence [image, text], RoPE on image tokens,
+right-padded text with a boolean key mask (B, 1, 1, S). The token refiner (AttnProcessor2_0) is not
+touched: processors are installed per layer of the dual- and single-stream blocks only.
+
+Grid probe: hidden_states (B, C, F, H, W) -> (F / patch_t, H / patch, W / patch), from shapes (no sync).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+from diffusers.models.transformers import transformer_hunyuan_video
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+
+
+class GNAHunyuanVideoAttnProcessor(RoutedProcessorMixin, HunyuanVideoAttnProcessor2_0):
+    """HunyuanVideoAttnProcessor2_0 whose attention call runs GNA over the video grid; all else stock."""
+
+
+def grid_probe(module, args, kwargs) -> tuple[int, int, int]:
+    hidden_states = args[0] if args else kwargs["hidden_states"]
+    _, _, frames, height, width = hidden_states.shape
+    p, p_t = module.config.patch_size, module.config.patch_size_t
+    return frames // p_t, height // p, width // p
+
+
+PATCH = ModelPatch(
+    family="hunyuan-video",
+    transformer_class=HunyuanVideoTransformer3DModel,
+    processor_class=GNAHunyuanVideoAttnProcessor,
+    stock_processor_class=HunyuanVideoAttnProcessor2_0,
+    dispatch_module=transformer_hunyuan_video,
+    blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
+    text_first=False,
+    grid_probe=grid_probe,
+)
+
+
+def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2) -> HunyuanVideoTransformer3DModel:
+    """A randomly initialised HunyuanVideo transformer for CPU tests (2 heads x 16, 4 latent channels)."""
+    torch.manual_seed(seed)
+    return HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=num_layers,
+        num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=1, patch_size_t=1,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(4, 4, 8),
+    ).eval()
+
+
+def tiny_inputs(transformer, frames: int = 3, height: int = 4, width: int = 6, text: int = 6,
+                valid_text: tuple[int, ...] = (4,), seed: int = 0) -> dict:
+    """Keyword inputs of one call; ``valid_text`` gives each batch element's real (unpadded) text length."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = len(valid_text)
+    config = transformer.config
+    return dict(
+        hidden_states=torch.randn(batch, config.in_channels, frames, height, width, generator=gen),
+        timestep=torch.full((batch,), 500),
+        encoder_hidden_states=torch.randn(batch, text, config.text_embed_dim, generator=gen),
+        encoder_attention_mask=torch.arange(text)[None, :] < torch.tensor(valid_text)[:, None],
+        pooled_projections=torch.randn(batch, config.pooled_projection_dim, generator=gen),
+        guidance=torch.full((batch,), 6000.0),
+        return_dict=False,
+    )
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline HunyuanVideoPipeline with random weights: 32x32 pixels x 5 frames -> a 2x8x8 latent grid.
+
+    The Llama tokenizer pads on the right, as the real one does, so padded text gets a key mask.
+    """
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from transformers import LlamaConfig, LlamaModel, LlamaTokenizer
+
+    from ._tiny import CHARS, clip_text_encoder, clip_tokenizer
+
+    pieces = ["<unk>", "<s>", "</s>", "\u2581"] + list(CHARS)
+    tokenizer = LlamaTokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[], padding_side="right")
+    tokenizer.pad_token = "</s>"
+    torch.manual_seed(seed)
+    text_encoder = LlamaModel(
+        LlamaConfig(vocab_size=len(pieces), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                    pad_token_id=2, bos_token_id=1, eos_token_id=2)
+    ).eval()
+    tokenizer_2 = clip_tokenizer()
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 3, up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=4,
+        temporal_compression_ratio=4, mid_block_add_attention=False,
+    ).eval()
+    return HunyuanVideoPipeline(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=tiny_transformer(seed),
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=clip_text_encoder(8, len(tokenizer_2), seed),
+        tokenizer_2=tokenizer_2,
+    )
+
+
+def tiny_call_kwargs() -> dict:
+    """Pipeline call arguments the tiny pipeline needs: the stock prompt template crops 95 tokens of the
+    real Llama tokenizer, which a character-level vocabulary does not match, so use a bare template."""
+    return dict(prompt_template={"template": "{}", "crop_start": 0}, max_sequence_length=48, num_frames=5)
