@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 .PHONY: run test clean
 
 run: $(VENV)/.installed
-	$(BIN)/gna-diffusers sim --paper
+	$(BIN)/gna-diffusers compare
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

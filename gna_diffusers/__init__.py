@@ -7,7 +7,7 @@ simulator ``simulate`` are public too.
 
 from .backends import available_backends, register_backend
 from .config import ConfigError, GNAConfig, load_config
-from .install import GNAHandle, UnsupportedModelError, apply, enabled, remove
+from .install import GNAHandle, UnsupportedModelError, apply, enabled, model_family, remove
 from .ops import gna_attention
 from .presets import list_presets, load_preset
 from .sim import SimResult, simulate
@@ -29,6 +29,7 @@ __all__ = [
     "list_presets",
     "load_config",
     "load_preset",
+    "model_family",
     "register_backend",
     "remove",
     "simulate",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tabulate import tabulate
 
@@ -19,7 +21,7 @@ def int_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 30,48,80, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 0,1,2), got {text!r}")
 
 
 def bool_tuple(text: str) -> tuple[bool, ...]:
@@ -89,13 +91,16 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _preset_row(name: str, config) -> list:
+    steps = f"{config.dense_steps:.0%}" if isinstance(config.dense_steps, float) else config.dense_steps
+    rules = len(config.dense_layers) + len(config.overrides) or "-"
+    if config.base_grid is None:  # values as given at any resolution: sparsity depends on the grid
+        return [name, config.family, "any", "whole grid" if config.window == -1 else config.window, config.stride,
+                "0%" if config.window == -1 else "depends on grid", steps, rules]
     ndim = len(config.base_grid)
     window = [config.base_grid[d] if w == -1 else w for d, w in enumerate(_expand(config.window, ndim))]
     result = simulate(config.base_grid, window, _expand(config.stride, ndim), _expand(config.dilation, ndim))
-    steps = config.dense_steps
     return [name, config.family, _fmt(config.base_grid), _fmt(window), _fmt(_expand(config.stride, ndim)),
-            f"{1 - result.density:.1%}", f"{steps:.0%}" if isinstance(steps, float) else steps,
-            len(config.dense_layers) + len(config.overrides) or "-"]
+            f"{1 - result.density:.1%}", steps, rules]
 
 
 def _expand(value, ndim: int) -> list[int]:
@@ -119,6 +124,82 @@ def _cmd_presets(args: argparse.Namespace) -> int:
         print(tabulate([_preset_row(args.target, config)], headers=["file", "family", "base grid", "window", "stride",
                        "sparsity", "dense steps", "layer rules"], tablefmt="github"))
     return 0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _prompts(args: argparse.Namespace) -> list[str] | None:
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        try:
+            lines = open(args.prompts).read().splitlines()
+        except OSError as error:
+            raise ValueError(f"cannot read --prompts file {args.prompts}: {error.strerror}") from None
+        prompts += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not prompts:
+            raise ValueError(f"--prompts file {args.prompts} holds no prompt (one per line)")
+    return prompts or None
+
+
+def _cmd_harness(args: argparse.Namespace) -> int:
+    import torch
+
+    from .harness.runner import Settings, sweep
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = Settings(
+        model=args.model, seeds=list(args.seeds), steps=args.steps, height=args.height, width=args.width,
+        frames=args.frames, device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
+        output=str(args.output or f"runs/{args.command}"), dense_backend=args.dense_backend,
+        lpips_weights=args.lpips_weights, random_weights=args.random_weights, repeats=args.repeats,
+        warmup=not args.no_warmup,
+    )
+    prompts = _prompts(args)
+    if prompts:
+        settings.prompts = prompts
+    presets = [args.preset] if args.command == "compare" and args.preset else (getattr(args, "presets", None) or [])
+    result = sweep(settings, presets, single=args.command == "compare")
+    target = Path(settings.output)
+    print(f"wrote {target / ('report.md' if args.command == 'compare' else 'summary.md')}")
+    if args.command == "compare" and "summary" in result:
+        s = result["summary"]
+        print(f"{result['preset']['name']}: {s['speedup_wall']:.2f}x end to end, {s['speedup_transformer']:.2f}x "
+              f"transformer, PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}")
+    return 0
+
+
+def _add_harness_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny-flux",
+                        help="hub id, local pipeline folder, or built-in tiny-flux / tiny-hunyuan-video (default tiny-flux)")
+    parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    parser.add_argument("--prompts", help="a text file with one prompt per line")
+    parser.add_argument("--seeds", type=int_tuple, default=(0,), help="comma-separated seeds (default 0)")
+    parser.add_argument("--steps", type=positive_int, help="denoising steps (default: the pipeline's)")
+    parser.add_argument("--height", type=positive_int, help="output height in pixels")
+    parser.add_argument("--width", type=positive_int, help="output width in pixels")
+    parser.add_argument("--frames", type=positive_int, help="video frames (HunyuanVideo: 4k + 1)")
+    parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                        help="default bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--output", type=Path, help="output folder (default runs/<command>)")
+    parser.add_argument("--dense-backend", help="pin diffusers' attention backend for the dense paths, e.g. "
+                        "native, _native_cudnn, flash")
+    parser.add_argument("--lpips-weights", help="TORCH_HOME-style folder with local LPIPS (AlexNet) weights "
+                        "(or set GNA_LPIPS_WEIGHTS)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="speed only: build the transformer from its real config with random weights and "
+                        "time transformer steps (no checkpoint needed)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed steps per mode with --random-weights")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up generation")
+    parser.set_defaults(run=_cmd_harness)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
     presets.add_argument("action", choices=("list", "show", "validate"))
     presets.add_argument("target", nargs="?", help="preset NAME (show) or YAML FILE (validate)")
     presets.set_defaults(run=_cmd_presets)
+
+    compare = commands.add_parser(
+        "compare", help="dense vs one GNA preset on the same prompts and seeds: speed, quality, pictures",
+        description="Run the model dense and with a GNA preset on the same prompts, seeds and steps; write "
+        "report.json, report.md and side-by-side pictures. Without --model: the built-in tiny FLUX (CPU).",
+    )
+    compare.add_argument("--preset", help="preset name or YAML file (default: the family's main preset)")
+    _add_harness_flags(compare)
+
+    sweep = commands.add_parser(
+        "sweep", help="compare several presets; adds a quality-vs-speed plot and a summary",
+        description="compare for every preset, sharing the dense runs; re-running skips finished presets.",
+    )
+    sweep.add_argument("--presets", type=lambda text: [p for p in text.split(",") if p],
+                       help="comma-separated presets (default: all shipped presets of the model's family)")
+    _add_harness_flags(sweep)
     return parser
 
 
@@ -160,7 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as error:
+    except BrokenPipeError:  # e.g. `gna-diffusers presets list | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except (ValueError, TypeError) as error:  # our errors: ConfigError, HarnessError, UnsupportedModelError
         print(f"gna-diffusers {args.command}: error: {error}", file=sys.stderr)
         return 2
 

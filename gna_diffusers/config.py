@@ -34,6 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PerDim = int | list[int]
 
 
+ANY_FAMILY = "any"  # a preset that fits every family (no base grid, no layer rules), e.g. dense-check
+
+
 class ConfigError(ValueError):
     """A preset that cannot be used; the message names the file, the key path and what is allowed."""
 
@@ -88,8 +91,10 @@ class LayerOverride(LayerSelector):
 class GNAConfig(_Strict):
     """A validated GNA preset. Build with :func:`load_config` or directly in Python."""
 
-    family: str
-    base_grid: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=3)
+    family: str  # a family of gna_diffusers.patches, or "any"
+    # The latent grid the values were designed for; None: use them as given at every resolution (then
+    # window / stride / dilation must be single values, the same for every dimension).
+    base_grid: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=1, max_length=3)
     window: PerDim
     stride: PerDim = 1
     dilation: PerDim = 1
@@ -104,8 +109,8 @@ class GNAConfig(_Strict):
     def _check_family(cls, value: str) -> str:
         from gna_diffusers.patches import PATCHES
 
-        if value not in PATCHES:
-            raise ValueError(f"unknown family {value!r}; allowed: {', '.join(PATCHES)}")
+        if value != ANY_FAMILY and value not in PATCHES:
+            raise ValueError(f"unknown family {value!r}; allowed: {', '.join([*PATCHES, ANY_FAMILY])}")
         return value
 
     @field_validator("dense_steps", mode="before")
@@ -121,6 +126,10 @@ class GNAConfig(_Strict):
     def _check_block_types(self):
         from gna_diffusers.patches import PATCHES
 
+        if self.family == ANY_FAMILY:
+            if self.dense_layers or self.overrides:
+                raise ValueError("dense_layers and overrides name block types: they need a model family, not 'any'")
+            return self
         allowed = PATCHES[self.family].blocks
         for name, selectors in (("dense_layers", self.dense_layers), ("overrides", self.overrides)):
             for i, selector in enumerate(selectors):
@@ -133,6 +142,17 @@ class GNAConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_per_dim(self):
+        if self.base_grid is None:
+            for name in ("window", "stride", "dilation"):
+                if isinstance(getattr(self, name), list):
+                    raise ValueError(f"{name}: per-dimension values need base_grid; give one value or add base_grid")
+            if self.window != -1 and self.window < 2:
+                raise ValueError(f"window={self.window}: must be >= 2, or -1 for the whole extent")
+            if self.window != -1 and self.stride > self.window:
+                raise ValueError(f"stride={self.stride} is larger than window={self.window}")
+            if self.stride < 1 or self.dilation < 1:
+                raise ValueError("stride and dilation must be >= 1")
+            return self
         ndim = len(self.base_grid)
         for where, item in [("", self), *((f"overrides[{i}].", o) for i, o in enumerate(self.overrides))]:
             for name in ("window", "stride", "dilation"):
@@ -215,10 +235,15 @@ class LayerPattern:
     stride: tuple[int, ...] = ()
     dilation: tuple[int, ...] = ()
 
-    def resolve(self, base_grid: Sequence[int], grid: Sequence[int]) -> LayerPattern:
-        """Rescale to the runtime ``grid`` (see the module docstring for the rule)."""
+    def resolve(self, base_grid: Sequence[int] | None, grid: Sequence[int]) -> LayerPattern:
+        """Rescale to the runtime ``grid`` (see the module docstring for the rule). Without a base grid the
+        single values apply to every dimension unscaled (clamped to the grid)."""
         if self.dense:
             return self
+        if base_grid is None:
+            ndim = len(grid)
+            unscaled = LayerPattern(False, self.window * ndim, self.stride * ndim, self.dilation * ndim)
+            return unscaled.resolve(grid, grid)
         if len(grid) != len(base_grid):
             raise ConfigError(
                 f"the preset is for a {len(base_grid)}-D grid {tuple(base_grid)} but the model produced a "
@@ -244,7 +269,7 @@ class LayerPattern:
 
 def layer_patterns(config: GNAConfig, block_counts: dict[str, int]) -> dict[tuple[str, int], LayerPattern]:
     """The pattern of every attention layer, keyed by (block type, index); raises ConfigError on bad selectors."""
-    ndim = len(config.base_grid)
+    ndim = len(config.base_grid) if config.base_grid is not None else 1  # 1: broadcast when resolved
     default = LayerPattern(
         False, tuple(_expand(config.window, ndim)), tuple(_expand(config.stride, ndim)), tuple(_expand(config.dilation, ndim))
     )

@@ -31,7 +31,7 @@ import torch
 from tabulate import tabulate
 
 from .backends import available_backends
-from .config import ConfigError, GNAConfig, LayerPattern, dense_step_count, layer_patterns
+from .config import ANY_FAMILY, ConfigError, GNAConfig, LayerPattern, dense_step_count, layer_patterns
 from .ops import gna_attention
 from .presets import resolve_preset
 
@@ -56,6 +56,7 @@ class ModelPatch:
     blocks: dict[str, str]  # block type in presets -> attribute of the transformer holding those blocks
     text_first: bool  # joint sequence order: [text, image] (True) or [image, text]
     grid_probe: GridProbe  # latent token grid from the transformer's forward inputs
+    video: bool  # pipeline output is .frames (B, F, H, W, C) rather than .images
 
 
 class _Runtime:
@@ -205,6 +206,20 @@ class GNAHandle:
             rows.append(row)
         return rows
 
+    def resolved_layers(self) -> list[dict]:
+        """Like :meth:`layers`, with the values resolved for the latent grid of the last forward call."""
+        grid = self.runtime.grid
+        if grid is None:
+            return self.layers()
+        rows = []
+        for (blocks, index), pattern in self.runtime.patterns.items():
+            row = {"blocks": blocks, "index": index, "dense": pattern.dense, "grid": list(grid)}
+            if not pattern.dense:
+                p = pattern.resolve(self.config.base_grid, grid)
+                row.update(window=list(p.window), stride=list(p.stride), dilation=list(p.dilation))
+            rows.append(row)
+        return rows
+
     def describe(self) -> str:
         """A table of the installed layers (values at the preset's base grid) and the dense warm-up."""
         body = [
@@ -213,9 +228,10 @@ class GNAHandle:
             for r in self.layers()
         ]
         warmup = self.config.dense_steps
+        base = "x".join(map(str, self.config.base_grid)) if self.config.base_grid else "none (values as given)"
         head = (
             f"gna-diffusers on {type(self.transformer).__name__} (family {self.patch.family}), base grid "
-            f"{'x'.join(map(str, self.config.base_grid))}, dense warm-up: {warmup}"
+            f"{base}, dense warm-up: {warmup}"
             f"{' steps' if isinstance(warmup, int) else ' of the steps'}, backend {self.config.backend}\n"
         )
         return head + tabulate(body, headers=["layer", "mode", "window", "stride", "dilation"], tablefmt="github")
@@ -250,9 +266,11 @@ def _find_parts(target) -> tuple[torch.nn.Module, object | None]:
     )
 
 
-def _find_patch(transformer: torch.nn.Module) -> ModelPatch:
+def model_family(target) -> ModelPatch:
+    """The family patch of a pipeline or transformer; raises UnsupportedModelError listing the families."""
     from gna_diffusers.patches import PATCHES
 
+    transformer, _ = _find_parts(target)
     for patch in PATCHES.values():
         if isinstance(transformer, patch.transformer_class):
             return patch
@@ -274,11 +292,11 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         model is left untouched.
     """
     transformer, scheduler = _find_parts(target)
-    patch = _find_patch(transformer)
+    patch = model_family(transformer)
     config = resolve_preset(preset)
     if backend is not None:
         config = config.model_copy(update={"backend": backend})
-    if config.family != patch.family:
+    if config.family not in (patch.family, ANY_FAMILY):
         raise ConfigError(
             f"preset family {config.family!r} does not match the model: {type(transformer).__name__} is family "
             f"{patch.family!r}; pick a {patch.family} preset (gna-diffusers presets list)"

@@ -4,4 +4,5 @@ in-code builders for offline tests."""
 
 from . import flux, hunyuan_video
 
-PATCHES = {patch.family: patch for patch in (flux.PATCH, hunyuan_video.PATCH)}
+FAMILY_MODULES = {module.PATCH.family: module for module in (flux, hunyuan_video)}
+PATCHES = {family: module.PATCH for family, module in FAMILY_MODULES.items()}

@@ -56,6 +56,7 @@ PATCH = ModelPatch(
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=True,
     grid_probe=grid_probe,
+    video=False,
 )
 
 
@@ -69,21 +70,49 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int 
     ).eval()
 
 
-def tiny_inputs(transformer, rows: int = 6, cols: int = 8, text: int = 5, batch: int = 1, seed: int = 0) -> dict:
-    """Keyword inputs of one transformer call on a rows x cols latent grid."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(rows, cols, 3)
-    ids[..., 1] = torch.arange(rows)[:, None]
-    ids[..., 2] = torch.arange(cols)[None, :]
-    return dict(
-        hidden_states=torch.randn(batch, rows * cols, transformer.config.in_channels, generator=gen),
-        encoder_hidden_states=torch.randn(batch, text, transformer.config.joint_attention_dim, generator=gen),
-        pooled_projections=torch.randn(batch, transformer.config.pooled_projection_dim, generator=gen),
-        timestep=torch.full((batch,), 0.5),
-        img_ids=ids.reshape(-1, 3),
-        txt_ids=torch.zeros(text, 3),
+def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int]:
+    """Image-token grid of a height x width image: the VAE downsamples 8x, the pipeline packs 2x2 patches."""
+    if height % 16 or width % 16:
+        raise ValueError(f"FLUX needs height and width divisible by 16, got {height}x{width}")
+    return height // 16, width // 16
+
+
+def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batch: int = 1, device="cpu",
+                       dtype=torch.float32, seed: int = 0) -> dict:
+    """Keyword inputs of one transformer call on a (rows, cols) image-token grid with ``text`` T5 tokens."""
+    rows, cols = grid
+    config = transformer.config
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.zeros(rows, cols, 3, device=device)
+    ids[..., 1] = torch.arange(rows, device=device)[:, None]
+    ids[..., 2] = torch.arange(cols, device=device)[None, :]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    inputs = dict(
+        hidden_states=randn(batch, rows * cols, config.in_channels),
+        encoder_hidden_states=randn(batch, text, config.joint_attention_dim),
+        pooled_projections=randn(batch, config.pooled_projection_dim),
+        timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
+        img_ids=ids.reshape(-1, 3).to(dtype),
+        txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
         return_dict=False,
     )
+    if config.guidance_embeds:
+        inputs["guidance"] = torch.full((batch,), 3.5, device=device, dtype=dtype)
+    return inputs
+
+
+# The FLUX.1-dev transformer (for timing with random weights: no checkpoint needed).
+FULL_CONFIG = dict(
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+DEFAULT_PRESET = "flux-4k"  # what `gna-diffusers compare` uses when no preset is given
+DEFAULT_STEPS = 28  # the pipeline's default num_inference_steps
+TEXT_TOKENS = 512  # FLUX.1-dev's T5 sequence length
 
 
 def tiny_pipeline(seed: int = 0):
@@ -121,3 +150,6 @@ def tiny_pipeline(seed: int = 0):
 def tiny_call_kwargs() -> dict:
     """Pipeline call arguments for the tiny pipeline (short T5 sequence: the tokenizer is per character)."""
     return dict(max_sequence_length=48)
+
+
+TINY_NAME = "tiny-flux"

@@ -35,6 +35,7 @@ PATCH = ModelPatch(
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=False,
     grid_probe=grid_probe,
+    video=True,
 )
 
 
@@ -48,21 +49,52 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int 
     ).eval()
 
 
-def tiny_inputs(transformer, frames: int = 3, height: int = 4, width: int = 6, text: int = 6,
-                valid_text: tuple[int, ...] = (4,), seed: int = 0) -> dict:
-    """Keyword inputs of one call; ``valid_text`` gives each batch element's real (unpadded) text length."""
-    gen = torch.Generator().manual_seed(seed)
-    batch = len(valid_text)
+def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:
+    """Video-token grid: the VAE compresses 4x in time (frames = 4k + 1) and 8x in space, patches are 2x2."""
+    if frames is None or (frames - 1) % 4:
+        raise ValueError(f"HunyuanVideo needs a frame count of the form 4k + 1 (e.g. 117, 129), got {frames}")
+    if height % 16 or width % 16:
+        raise ValueError(f"HunyuanVideo needs height and width divisible by 16, got {height}x{width}")
+    return (frames - 1) // 4 + 1, height // 16, width // 16
+
+
+def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 256, batch: int = 1,
+                       valid_text: tuple[int, ...] | None = None, device="cpu", dtype=torch.float32,
+                       seed: int = 0) -> dict:
+    """Keyword inputs of one call on a (frames, rows, cols) token grid; ``valid_text`` gives each batch
+    element's real (unpadded) text length (default: all ``text`` tokens real)."""
     config = transformer.config
-    return dict(
-        hidden_states=torch.randn(batch, config.in_channels, frames, height, width, generator=gen),
-        timestep=torch.full((batch,), 500),
-        encoder_hidden_states=torch.randn(batch, text, config.text_embed_dim, generator=gen),
-        encoder_attention_mask=torch.arange(text)[None, :] < torch.tensor(valid_text)[:, None],
-        pooled_projections=torch.randn(batch, config.pooled_projection_dim, generator=gen),
-        guidance=torch.full((batch,), 6000.0),
+    frames, rows, cols = grid
+    gen = torch.Generator(device=device).manual_seed(seed)
+    valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    inputs = dict(
+        hidden_states=randn(len(valid), config.in_channels, frames * config.patch_size_t, rows * config.patch_size,
+                            cols * config.patch_size),
+        timestep=torch.full((len(valid),), 500, device=device),
+        encoder_hidden_states=randn(len(valid), text, config.text_embed_dim),
+        encoder_attention_mask=torch.arange(text, device=device)[None, :] < valid[:, None],
+        pooled_projections=randn(len(valid), config.pooled_projection_dim),
         return_dict=False,
     )
+    if config.guidance_embeds:
+        inputs["guidance"] = torch.full((len(valid),), 6000.0, device=device, dtype=dtype)
+    return inputs
+
+
+# The HunyuanVideo transformer (for timing with random weights: no checkpoint needed).
+FULL_CONFIG = dict(
+    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
+    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
+    guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0,
+    rope_axes_dim=(16, 56, 56),
+)
+DEFAULT_PRESET = "hunyuan-video-720p"  # what `gna-diffusers compare` uses when no preset is given
+DEFAULT_STEPS = 50  # the pipeline's default num_inference_steps
+TEXT_TOKENS = 256  # the pipeline's default max_sequence_length
 
 
 def tiny_pipeline(seed: int = 0):
@@ -106,3 +138,6 @@ def tiny_call_kwargs() -> dict:
     """Pipeline call arguments the tiny pipeline needs: the stock prompt template crops 95 tokens of the
     real Llama tokenizer, which a character-level vocabulary does not match, so use a bare template."""
     return dict(prompt_template={"template": "{}", "crop_start": 0}, max_sequence_length=48, num_frames=5)
+
+
+TINY_NAME = "tiny-hunyuan-video"

@@ -203,8 +203,8 @@ def test_unsupported_models_list_the_supported_families():
 
 def test_bare_transformer_counts_forward_calls(monkeypatch):
     transformer = flux.tiny_transformer()
-    inputs = flux.tiny_inputs(transformer)
-    handle = apply(transformer, config("flux", base_grid=[6, 8], dense_steps=1))  # tiny_inputs' grid
+    inputs = flux.transformer_inputs(transformer, (6, 8), text=5)
+    handle = apply(transformer, config("flux", base_grid=[6, 8], dense_steps=1))  # the inputs' grid
     spy = OperatorSpy(monkeypatch)
     with torch.no_grad():
         transformer(**inputs)

@@ -45,6 +45,8 @@ BASE = "family: flux\nbase_grid: [64, 64]\nwindow: [16, 16]\n"
         (BASE + "overrides: [{blocks: triple}]\n", r"overrides\[0\].blocks: unknown block type 'triple'.*allowed: double, single"),
         (BASE + 'dense_layers: [{blocks: single, layers: "3-1"}]\n', r"dense_layers.0.layers: layer range '3-1' ends before it starts"),
         ("- just a list\n", r"bad.yaml: expected a mapping of keys"),
+        ("family: any\nwindow: [8, 8]\n", r"window: per-dimension values need base_grid"),
+        ("family: any\nwindow: -1\ndense_layers: [{blocks: double}]\n", r"need a model family, not 'any'"),
     ],
 )
 def test_broken_yaml_files_give_one_clear_message(tmp_path, text, message):
@@ -81,6 +83,9 @@ def test_resolution_adaptation_keeps_sparsity_and_tile_alignment():
     assert flux_4k.resolve((256, 256), (40, 64)).window == (16, 24)  # 12.5 -> 16, 20 -> 24: multiples of 8
     whole = LayerPattern(False, (-1, 24), (1, 8), (1, 1)).resolve((30, 48), (33, 45))
     assert whole.window[0] == 33 and whole.window[1] % 8 == 0
+    anywhere = LayerPattern(False, (-1,), (1,), (1,)).resolve(None, (3, 5, 7))
+    assert anywhere.window == (3, 5, 7)  # no base grid: one value for every dimension, unscaled
+    assert LayerPattern(False, (8,), (4,), (1,)).resolve(None, (6, 64)).window == (6, 8)
     with pytest.raises(ConfigError, match="preset is for a 2-D grid"):
         flux_4k.resolve((256, 256), (4, 64, 64))
 
@@ -99,4 +104,4 @@ def test_cli_presets_list_show_validate(capsys, tmp_path):
     assert main(["presets", "validate", str(bad)]) == 2
     assert "stride[0]=99 is larger than window[0]=16" in capsys.readouterr().err
     assert main(["presets", "show", "nope"]) == 2
-    assert "unknown preset 'nope'; shipped presets: flux-2k" in capsys.readouterr().err
+    assert "unknown preset 'nope'; shipped presets: dense-check, flux-2k" in capsys.readouterr().err

@@ -1,0 +1,59 @@
+"""Pictures and videos of a comparison, written atomically (temporary file + rename)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+
+# The difference image is |sparse - dense| times this, so small errors are visible.
+DIFF_GAIN = 8.0
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    return (np.clip(array, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def side_by_side(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+    """[dense | sparse | amplified difference] of (H, W, C) floats in [0, 1]; returns uint8."""
+    gap = np.ones((dense.shape[0], 4, dense.shape[2]))
+    diff = np.abs(sparse - dense) * DIFF_GAIN
+    return to_uint8(np.concatenate([dense, gap, sparse, gap, diff], axis=1))
+
+
+def frame_strip(dense: np.ndarray, sparse: np.ndarray, count: int = 4) -> np.ndarray:
+    """Rows dense / sparse / difference, columns ``count`` evenly spaced frames of (F, H, W, C) videos."""
+    picks = np.linspace(0, len(dense) - 1, num=min(count, len(dense))).round().astype(int)
+    rows = [dense[picks], sparse[picks], np.abs(sparse[picks] - dense[picks]) * DIFF_GAIN]
+    return to_uint8(np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0))
+
+
+def _atomic(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    return _atomic(Path(path), lambda tmp: imageio.imwrite(tmp, image))
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
+    """H.264 MP4 through imageio-ffmpeg's bundled ffmpeg; frames (F, H, W, C) uint8."""
+
+    def write(tmp):
+        writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, macro_block_size=1)
+        try:
+            for frame in frames:
+                writer.append_data(frame)
+        finally:
+            writer.close()
+
+    return _atomic(Path(path), write)

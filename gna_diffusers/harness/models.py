@@ -1,0 +1,103 @@
+"""Which model a run uses: a built-in tiny pipeline, a local directory, a Hugging Face hub id, or (for
+speed only) a full-size transformer built from its config with random weights."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from gna_diffusers import model_family
+from gna_diffusers.patches import FAMILY_MODULES
+
+TINY_MODELS = {module.TINY_NAME: module for module in FAMILY_MODULES.values()}
+
+
+class HarnessError(ValueError):
+    """A run that cannot start: bad model, preset or flags. The message says what to change."""
+
+
+@dataclass
+class Model:
+    name: str
+    family: ModuleType  # the patches/ module of the model's family
+    pipeline: object | None  # None in random-weights mode
+    transformer: torch.nn.Module
+    weights: str  # "pretrained", "random (built-in tiny model)" or "random (full-size config)"
+
+    @property
+    def tiny(self) -> bool:
+        return self.name in TINY_MODELS
+
+    @property
+    def has_quality(self) -> bool:
+        return self.weights == "pretrained"
+
+
+def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
+    """A tiny built-in pipeline, a local pipeline folder, or a hub id (from the local cache when offline)."""
+    if name in TINY_MODELS:
+        family = TINY_MODELS[name]
+        pipeline = family.tiny_pipeline().to(device=device, dtype=dtype)
+        return Model(name, family, pipeline, pipeline.transformer, "random (built-in tiny model)")
+    from diffusers import DiffusionPipeline
+
+    local = Path(name).expanduser()
+    if not local.is_dir() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+        raise HarnessError(
+            f"model {name!r} not found: not a built-in tiny model ({', '.join(TINY_MODELS)}), not a local "
+            f"pipeline folder, and not a hub id of the form owner/name"
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(str(local) if local.is_dir() else name, torch_dtype=dtype,
+                                                     local_files_only=offline)
+    except (OSError, ValueError) as error:
+        where = "the local folder" if local.is_dir() else "the hub (or the local cache, when offline)"
+        raise HarnessError(f"cannot load model {name!r} from {where}: {str(error).splitlines()[0]}") from None
+    transformer = getattr(pipeline, "transformer", None)
+    try:
+        patch = model_family(pipeline)
+    except TypeError as error:
+        raise HarnessError(str(error)) from None
+    pipeline.to(device)
+    return Model(name, FAMILY_MODULES[patch.family], pipeline, transformer, "pretrained")
+
+
+def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Model:
+    """A transformer with random weights: full-size from the family's real config (built on the meta
+    device, then materialized on ``device``), or the tiny one for ``tiny-*`` names."""
+    if name in TINY_MODELS:
+        family = TINY_MODELS[name]
+        transformer = family.tiny_transformer(seed).to(device=device, dtype=dtype)
+        return Model(name, family, None, transformer, "random (built-in tiny model)")
+    lowered = name.lower()
+    matches = [module for family, module in FAMILY_MODULES.items() if family.split("-")[0] in lowered]
+    if len(matches) != 1:
+        raise HarnessError(
+            f"--random-weights needs a model name that names one family ({', '.join(FAMILY_MODULES)}), e.g. "
+            f"black-forest-labs/FLUX.1-dev or hunyuanvideo-community/HunyuanVideo; got {name!r}"
+        )
+    family = matches[0]
+    transformer = materialize_random(on_meta(family.PATCH.transformer_class, family.FULL_CONFIG), device, dtype, seed)
+    return Model(name, family, None, transformer, "random (full-size config)")
+
+
+def on_meta(transformer_class, config: dict) -> torch.nn.Module:
+    """The model built from ``config`` on the meta device: shapes only, no memory, instant."""
+    with torch.device("meta"):
+        return transformer_class.from_config(config)
+
+
+def materialize_random(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """Allocate a meta-device module on ``device`` and fill its weights with N(0, 0.02) (timing does not
+    depend on the values). The transformers here register no buffers, so every tensor is a parameter."""
+    module = module.to_empty(device=device).to(dtype).eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.02, generator=generator)
+    return module

@@ -1,0 +1,392 @@
+"""compare / sweep: dense and GNA runs on the same prompts, seeds and steps, timed and compared.
+
+Layout of an output folder (every file written atomically)::
+
+    dense/<sample>.npz               dense outputs and timings, reused by every preset and by re-runs
+    <preset>/report.json, report.md  one entry per preset (compare writes its entry at the top level)
+    <preset>/<sample>.png            dense | sparse | amplified difference (videos: .mp4 + strip .png)
+    summary.json, summary.md, quality_vs_speed.png   (sweep)
+
+A sweep skips presets whose report.json exists, so an interrupted sweep re-run finishes the rest. A
+preset that fails (e.g. CUDA out of memory) is recorded with its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import gna_diffusers
+from gna_diffusers import GNAConfig, apply
+from gna_diffusers.config import dense_step_count
+from gna_diffusers.files import atomic_write_json
+from gna_diffusers.presets import resolve_preset
+
+from . import media, metrics
+from .models import HarnessError, Model, load_pipeline, random_transformer
+from .report import entry_markdown, summary_markdown, write_markdown
+
+SCHEMA_VERSION = 1
+DEFAULT_PROMPTS = ("a lighthouse on a rocky cliff at sunrise", "a red fox in fresh snow, close-up")
+# Sizes for the built-in tiny models, small enough for a CPU: 128 px -> a 32x32 token grid (their VAEs
+# downsample 2x / 4x), 9 frames -> 3 latent frames.
+TINY_DEFAULTS = dict(height=128, width=128, frames=9, steps=4)
+
+
+@dataclass
+class Settings:
+    """Everything a run depends on; recorded in every report."""
+
+    model: str = "tiny-flux"
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int | None = None
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    output: str = "runs/compare"
+    dense_backend: str | None = None  # diffusers attention backend pinned for the dense paths
+    lpips_weights: str | None = None
+    random_weights: bool = False
+    repeats: int = 5  # timed transformer steps per mode in random-weights mode
+    warmup: bool = True
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+def environment(device: torch.device) -> dict:
+    import diffusers
+    import transformers
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+        "python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
+        "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "gna_diffusers": gna_diffusers.__version__, "cuda": torch.version.cuda,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TransformerTimer:
+    """Wall time of every transformer forward (CUDA-synchronised), via forward hooks."""
+
+    def __init__(self, transformer: torch.nn.Module, device: torch.device):
+        self.device = device
+        self.calls: list[float] = []
+        self._start = 0.0
+        self._handles = [
+            transformer.register_forward_pre_hook(self._before),
+            transformer.register_forward_hook(self._after),
+        ]
+
+    def _before(self, *_):
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def _after(self, *_):
+        _sync(self.device)
+        self.calls.append(time.perf_counter() - self._start)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    prompt: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"p{self.prompt_index}-s{self.seed}"
+
+
+def _call_kwargs(model: Model, settings: Settings) -> dict:
+    kwargs = model.family.tiny_call_kwargs() if model.tiny else {}
+    for name in ("height", "width", "steps"):
+        value = getattr(settings, name)
+        if value is not None:
+            kwargs["num_inference_steps" if name == "steps" else name] = value
+    if model.family.PATCH.video and settings.frames is not None:
+        kwargs["num_frames"] = settings.frames
+    return kwargs
+
+
+def _generate(model: Model, settings: Settings, sample: Sample, device: torch.device) -> tuple[np.ndarray, dict]:
+    """One pipeline call; returns the output as float32 in [0, 1] ((H, W, C) or (F, H, W, C)) and timings."""
+    generator = torch.Generator(device="cpu").manual_seed(sample.seed)
+    timer = TransformerTimer(model.transformer, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _sync(device)
+    start = time.perf_counter()
+    try:
+        result = model.pipeline(sample.prompt, generator=generator, output_type="np", **_call_kwargs(model, settings))
+        _sync(device)
+    finally:
+        timer.close()
+    wall = time.perf_counter() - start
+    output = result.frames[0] if model.family.PATCH.video else result.images[0]
+    timings = {
+        "wall_s": wall,
+        "transformer_s": sum(timer.calls),
+        "transformer_call_s": timer.calls,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    return np.asarray(output, dtype=np.float32), timings
+
+
+def _dense_run(model, settings, sample, device, folder: Path) -> tuple[np.ndarray, dict]:
+    """The dense output of a sample, from the cache in ``folder`` when a previous run made it."""
+    path = folder / f"{sample.id}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return stored["output"], json.loads(str(stored["timings"]))
+    output, timings = _generate(model, settings, sample, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, output=output, timings=json.dumps(timings))
+    tmp.replace(path)
+    return output, timings
+
+
+def _speedup(dense: dict, sparse: dict) -> dict:
+    return {
+        "wall": dense["wall_s"] / sparse["wall_s"],
+        "transformer": dense["transformer_s"] / sparse["transformer_s"],
+    }
+
+
+def _mean(values):
+    numbers = [v for v in values if isinstance(v, (int, float)) and v is not None]
+    return float(np.mean(numbers)) if numbers else (values[0] if values else None)
+
+
+def _preset_name(preset) -> str:
+    return Path(preset).stem if isinstance(preset, (str, Path)) else "custom"
+
+
+def _base(settings: Settings, model: Model, device: torch.device, kind: str, lpips=None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(device),
+        "settings": asdict(settings),
+        "model": {"name": model.name, "family": model.family.PATCH.family,
+                  "transformer": type(model.transformer).__name__, "weights": model.weights},
+        "dense_backend": settings.dense_backend or "diffusers default",
+        "lpips": None if lpips is None else (lpips if isinstance(lpips, str) else "available"),
+    }
+
+
+def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, device, folder: Path, dense_dir: Path,
+              lpips) -> dict:
+    """Dense (cached) and GNA runs of every sample with one preset; writes the entry's files and reports."""
+    rows = []
+    for sample in tqdm(samples, desc=preset_name, leave=False, disable=len(samples) < 2):
+        dense, dense_timings = _dense_run(model, settings, sample, device, dense_dir)
+        handle = apply(model.pipeline, config)
+        try:
+            sparse, sparse_timings = _generate(model, settings, sample, device)
+            layers = handle.resolved_layers()
+        finally:
+            handle.remove()
+        measure = metrics.video_metrics if model.family.PATCH.video else metrics.image_metrics
+        quality = measure(dense, sparse, lpips)
+        if not model.has_quality:
+            quality["note"] = "random weights: the numbers check the machinery, not image quality"
+        files = {}
+        if model.family.PATCH.video:
+            files["dense_video"] = media.write_mp4(folder / f"{sample.id}-dense.mp4", media.to_uint8(dense)).name
+            files["sparse_video"] = media.write_mp4(folder / f"{sample.id}-gna.mp4", media.to_uint8(sparse)).name
+            files["strip"] = media.write_png(folder / f"{sample.id}.png", media.frame_strip(dense, sparse)).name
+        else:
+            files["side_by_side"] = media.write_png(folder / f"{sample.id}.png", media.side_by_side(dense, sparse)).name
+        rows.append({"sample": sample.id, "prompt": sample.prompt, "seed": sample.seed, "dense": dense_timings,
+                     "gna": sparse_timings, "speedup": _speedup(dense_timings, sparse_timings), "metrics": quality,
+                     "files": files})
+    report = {
+        "preset": {"name": preset_name, "config": config.model_dump(mode="json"), "layers": layers},
+        "samples": rows,
+        "summary": {
+            "speedup_wall": _mean([r["speedup"]["wall"] for r in rows]),
+            "speedup_transformer": _mean([r["speedup"]["transformer"] for r in rows]),
+            **{k: _mean([r["metrics"][k] for r in rows]) for k in rows[0]["metrics"] if k not in ("per_frame_psnr", "note")},
+        },
+    }
+    return report
+
+
+def _warm_up(model, settings, config, sample, device) -> None:
+    """One dense and one GNA generation, untimed: compilation, kernel tuning and caches happen here."""
+    _generate(model, settings, sample, device)
+    with gna_diffusers.enabled(model.pipeline, config):
+        _generate(model, settings, sample, device)
+
+
+def _check_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def _resolve_presets(presets, model: Model, single: bool) -> list[tuple[str, GNAConfig]]:
+    """Validate every preset before anything runs: a typo fails fast, not after an hour of dense runs.
+    No presets: compare uses the family's default preset, sweep every shipped preset of the family plus
+    dense-check."""
+    if not presets:
+        family = model.family.PATCH.family
+        presets = [model.family.DEFAULT_PRESET] if single else [
+            name for name in gna_diffusers.list_presets() if gna_diffusers.load_preset(name).family in (family, "any")
+        ]
+    resolved = []
+    for preset in presets:
+        config = resolve_preset(preset)
+        if config.family not in (model.family.PATCH.family, "any"):
+            raise HarnessError(
+                f"preset {_preset_name(preset)!r} is for family {config.family!r} but {model.name} is "
+                f"{model.family.PATCH.family!r}"
+            )
+        resolved.append((_preset_name(preset), config))
+    return resolved
+
+
+def _apply_tiny_defaults(settings: Settings, model_name: str) -> Settings:
+    from .models import TINY_MODELS
+
+    if model_name in TINY_MODELS:
+        for name, value in TINY_DEFAULTS.items():
+            if getattr(settings, name) is None:
+                setattr(settings, name, value)
+    return settings
+
+
+def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
+    """Run every preset against the shared dense runs; ``single`` (compare) writes the entry at the top."""
+    settings = _apply_tiny_defaults(settings, settings.model)
+    device = _check_device(settings.device)
+    if settings.random_weights:
+        return random_weights_sweep(settings, presets, device, single=single)
+    output = Path(settings.output)
+    model = load_pipeline(settings.model, device, settings.torch_dtype)
+    entries = _resolve_presets(presets, model, single)
+    if settings.dense_backend:
+        model.transformer.set_attention_backend(settings.dense_backend)
+    samples = [Sample(i, prompt, seed) for i, prompt in enumerate(settings.prompts) for seed in settings.seeds]
+    lpips = metrics.lpips_scorer(settings.lpips_weights)
+    model.pipeline.set_progress_bar_config(leave=False)
+    if settings.warmup:
+        _warm_up(model, settings, entries[0][1], samples[0], device)
+    summary_rows = []
+    for name, config in tqdm(entries, desc="presets", disable=single):
+        folder = output if single else output / name
+        report_path = folder / "report.json"
+        if report_path.exists() and not single:
+            summary_rows.append({"preset": name, "status": "done (earlier run)", **json.loads(report_path.read_text())["summary"]})
+            continue
+        try:
+            entry = run_entry(model, settings, name, config, samples, device, folder, output / "dense", lpips)
+        except torch.cuda.OutOfMemoryError:
+            if single:
+                raise HarnessError("CUDA out of memory: lower --height / --width / --frames, or use a larger GPU") from None
+            summary_rows.append({"preset": name, "status": "failed", "error": "CUDA out of memory"})
+            continue
+        except (RuntimeError, ValueError) as error:
+            if single:
+                raise
+            summary_rows.append({"preset": name, "status": "failed", "error": f"{type(error).__name__}: {error}"})
+            continue
+        report = {**_base(settings, model, device, "compare", lpips), **entry}
+        atomic_write_json(report_path, report)
+        write_markdown(folder / "report.md", entry_markdown(report))
+        summary_rows.append({"preset": name, "status": "done", **entry["summary"]})
+    if single:
+        return report
+    return _write_summary(settings, model, device, output, summary_rows, lpips)
+
+
+def _write_summary(settings, model, device, output: Path, rows: list[dict], lpips) -> dict:
+    from .report import quality_vs_speed_plot
+
+    summary = {**_base(settings, model, device, "sweep", lpips), "presets": rows}
+    atomic_write_json(output / "summary.json", summary)
+    plot = quality_vs_speed_plot(rows, output / "quality_vs_speed.png")
+    write_markdown(output / "summary.md", summary_markdown(summary, plot))
+    return summary
+
+
+def random_weights_sweep(settings: Settings, presets, device: torch.device, *, single: bool) -> dict:
+    """Speed only: transformer steps of a random-weight model at the requested size, dense vs each preset."""
+    model = random_transformer(settings.model, device, settings.torch_dtype)
+    entries = _resolve_presets(presets, model, single)
+    family = model.family
+    if settings.dense_backend:
+        model.transformer.set_attention_backend(settings.dense_backend)
+    height, width = settings.height or 1024, settings.width or 1024
+    grid = family.latent_grid(height, width, settings.frames if family.PATCH.video else None)
+    text = 8 if model.tiny else family.TEXT_TOKENS
+    inputs = family.transformer_inputs(model.transformer, grid, text=text, device=device, dtype=settings.torch_dtype)
+    def time_steps(count: int) -> list[float]:
+        timer = TransformerTimer(model.transformer, device)
+        try:
+            with torch.no_grad():
+                for _ in range(count):
+                    model.transformer(**inputs)
+        finally:
+            timer.close()
+        return timer.calls
+
+    warmup = 1 if settings.warmup else 0
+    time_steps(warmup)
+    dense_steps = time_steps(settings.repeats)
+    dense_ms = statistics.median(dense_steps) * 1e3
+    rows = []
+    for name, config in entries:
+        per_step = config.model_copy(update={"dense_steps": 0})  # every timed call is a sparse step
+        with gna_diffusers.enabled(model.transformer, per_step) as handle:
+            time_steps(warmup)
+            sparse_ms = statistics.median(time_steps(settings.repeats)) * 1e3
+            layers = handle.resolved_layers()
+        schedule_steps = settings.steps or family.DEFAULT_STEPS
+        warm = dense_step_count(config, schedule_steps)
+        estimate = schedule_steps * dense_ms / (warm * dense_ms + (schedule_steps - warm) * sparse_ms)
+        rows.append({"preset": name, "status": "done", "config": config.model_dump(mode="json"), "layers": layers,
+                     "dense_step_ms": dense_ms, "gna_step_ms": sparse_ms, "speedup_transformer": dense_ms / sparse_ms,
+                     "end_to_end_estimate": {"steps": schedule_steps, "dense_warmup_steps": warm,
+                                             "speedup": estimate},
+                     "psnr": "n/a: random weights", "ssim": "n/a: random weights"})
+    report = {**_base(settings, model, device, "random-weights"), "grid": list(grid), "text_tokens": text,
+              "timed_steps": settings.repeats, "dense_step_ms_all": [t * 1e3 for t in dense_steps], "presets": rows}
+    output = Path(settings.output)
+    atomic_write_json(output / ("report.json" if single else "summary.json"), report)
+    from .report import random_weights_markdown
+
+    write_markdown(output / ("report.md" if single else "summary.md"), random_weights_markdown(report))
+    return report

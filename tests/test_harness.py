@@ -1,0 +1,169 @@
+"""compare / sweep on the tiny offline pipelines, the metrics' wiring, resumable sweeps and errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from skimage import data, img_as_float
+from skimage import metrics as skm
+
+from gna_diffusers.cli import main
+from gna_diffusers.harness import metrics, runner
+
+FAST = ["--steps", "2", "--prompt", "a red cat", "--no-warmup"]
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, picture", [("tiny-flux", "p0-s0.png"), ("tiny-hunyuan-video", "p0-s0-gna.mp4")])
+def test_compare_writes_the_report_files(tmp_path, capsys, model, picture):
+    assert main(["compare", "--model", model, "--output", str(tmp_path), "--seeds", "0,1", *FAST]) == 0
+    assert "wrote" in capsys.readouterr().out
+    report = read(tmp_path / "report.json")
+    assert report["schema_version"] == 1 and report["kind"] == "compare"
+    assert {"device", "torch", "diffusers", "triton", "gna_diffusers"} <= set(report["environment"])
+    assert report["model"]["weights"].startswith("random") and report["dense_backend"] == "diffusers default"
+    assert report["preset"]["name"] == ("flux-4k" if model == "tiny-flux" else "hunyuan-video-720p")
+    assert report["preset"]["config"]["window"] and any(not layer["dense"] for layer in report["preset"]["layers"])
+    assert [s["seed"] for s in report["samples"]] == [0, 1]
+    sample = report["samples"][0]
+    assert sample["dense"]["wall_s"] > 0 and len(sample["gna"]["transformer_call_s"]) == 2
+    assert 0 < sample["metrics"]["psnr"] < metrics.PSNR_CAP and 0 < sample["metrics"]["ssim"] < 1
+    assert sample["metrics"]["lpips"].startswith("skipped: no LPIPS weights")
+    assert (tmp_path / picture).stat().st_size > 0 and (tmp_path / "p0-s1.png").exists()
+    markdown = (tmp_path / "report.md").read_text()
+    assert "random weights" in markdown and "| p0-s1" in markdown
+    if model == "tiny-hunyuan-video":
+        assert sample["metrics"]["temporal_psnr"] > 0 and len(sample["metrics"]["per_frame_psnr"]) == 9
+
+
+@pytest.mark.slow
+def test_dense_check_matches_dense_exactly(tmp_path):
+    assert main(["compare", "--preset", "dense-check", "--output", str(tmp_path), *FAST]) == 0
+    summary = read(tmp_path / "report.json")["summary"]
+    assert summary["psnr"] == metrics.PSNR_CAP and summary["ssim"] == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_sweep_resumes_and_records_failures(tmp_path, monkeypatch):
+    args = ["sweep", "--presets", "flux-4k,flux-4k-conservative,dense-check", "--output", str(tmp_path), *FAST]
+    assert main(args) == 0
+    summary = read(tmp_path / "summary.json")
+    assert [r["status"] for r in summary["presets"]] == ["done"] * 3
+    assert (tmp_path / "quality_vs_speed.png").stat().st_size > 0 and "quality vs speed" in (tmp_path / "summary.md").read_text()
+    for name in ("flux-4k", "flux-4k-conservative", "dense-check"):
+        assert (tmp_path / name / "report.json").exists() and (tmp_path / name / "p0-s0.png").exists()
+
+    # Interrupt: one preset's report is gone. The re-run regenerates only that preset (dense outputs are cached).
+    (tmp_path / "flux-4k-conservative" / "report.json").unlink()
+    generations = []
+    real_generate = runner._generate
+    monkeypatch.setattr(runner, "_generate", lambda *a: generations.append(1) or real_generate(*a))
+    # ...and dense-check now fails as if the GPU ran out of memory: recorded, and the sweep goes on.
+    real_apply = runner.apply
+
+    def failing_apply(pipe, config):
+        if config.family == "any":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_apply(pipe, config)
+
+    monkeypatch.setattr(runner, "apply", failing_apply)
+    (tmp_path / "dense-check" / "report.json").unlink()
+    assert main(args) == 0
+    rows = {r["preset"]: r for r in read(tmp_path / "summary.json")["presets"]}
+    assert rows["flux-4k"]["status"] == "done (earlier run)"
+    assert rows["flux-4k-conservative"]["status"] == "done"
+    assert rows["dense-check"] == {"preset": "dense-check", "status": "failed", "error": "CUDA out of memory"}
+    assert len(generations) == 1  # one GNA generation; no dense generation re-run
+
+
+@pytest.mark.slow
+def test_random_weights_mode_times_transformer_steps(tmp_path):
+    assert main(["compare", "--random-weights", "--model", "tiny-hunyuan-video", "--height", "64", "--width", "64",
+                 "--frames", "9", "--steps", "10", "--repeats", "2", "--output", str(tmp_path)]) == 0
+    report = read(tmp_path / "report.json")
+    assert report["kind"] == "random-weights" and report["grid"] == [3, 4, 4]
+    (row,) = report["presets"]
+    assert row["dense_step_ms"] > 0 and row["gna_step_ms"] > 0 and row["psnr"] == "n/a: random weights"
+    assert row["end_to_end_estimate"]["dense_warmup_steps"] == 3  # 0.3 of 10 steps
+    assert "random weights" in (tmp_path / "report.md").read_text()
+
+
+def test_full_size_transformers_are_built_on_meta_then_materialized():
+    from gna_diffusers.harness.models import materialize_random, on_meta
+    from gna_diffusers.patches import flux, hunyuan_video
+
+    full_flux = on_meta(flux.PATCH.transformer_class, flux.FULL_CONFIG)
+    assert sum(p.numel() for p in full_flux.parameters()) > 11e9  # the 12B FLUX.1-dev transformer
+    assert len(on_meta(hunyuan_video.PATCH.transformer_class, hunyuan_video.FULL_CONFIG).single_transformer_blocks) == 40
+    tiny_config = dict(flux.tiny_transformer().config)
+    small = materialize_random(on_meta(flux.PATCH.transformer_class, tiny_config), torch.device("cpu"), torch.float32)
+    weights = torch.cat([p.flatten() for p in small.parameters()])
+    assert weights.device.type == "cpu" and weights.std().item() == pytest.approx(0.02, rel=0.05)
+    inputs = flux.transformer_inputs(small, (4, 4), text=3)
+    with torch.no_grad():
+        assert torch.isfinite(small(**inputs)[0]).all()
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera"])
+def test_psnr_and_ssim_match_scikit_image(name):
+    image = img_as_float(getattr(data, name)())[:160, :200]
+    image = image[..., None] if image.ndim == 2 else image
+    rng = np.random.default_rng(0)
+    degraded = {
+        "noise": np.clip(image + rng.normal(0, 0.05, image.shape), 0, 1),
+        "blur": (image + np.roll(image, 1, 0) + np.roll(image, 1, 1)) / 3,
+        "contrast": image * 0.9 + 0.05,
+    }
+    for version in degraded.values():
+        assert metrics.psnr(image, version) == pytest.approx(skm.peak_signal_noise_ratio(image, version, data_range=1.0), abs=1e-5)
+        expected = skm.structural_similarity(image, version, data_range=1.0, channel_axis=-1, gaussian_weights=True,
+                                             sigma=1.5, use_sample_covariance=False)
+        assert metrics.ssim(image, version) == pytest.approx(expected, abs=1e-6)
+    assert metrics.psnr(image, image) == metrics.PSNR_CAP and metrics.ssim(image, image) == pytest.approx(1.0)
+
+
+def test_video_temporal_psnr_sees_motion_changes():
+    rng = np.random.default_rng(0)
+    video = rng.random((6, 24, 24, 3))
+    still = np.repeat(video[:1], 6, axis=0)  # every frame right at frame 0, motion gone
+    assert metrics.video_metrics(video, video)["temporal_psnr"] == metrics.PSNR_CAP
+    frozen = metrics.video_metrics(video, still)
+    # Uniform noise vs no motion: differences have variance 1/6 in a range of 2 -> 10 log10(4 / (1/6)) = 13.8 dB.
+    assert frozen["temporal_psnr"] == pytest.approx(13.8, abs=0.5) and len(frozen["per_frame_psnr"]) == 6
+
+
+def test_lpips_without_weights_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.delenv(metrics.LPIPS_ENV, raising=False)
+    assert metrics.lpips_scorer(None).startswith("skipped: no LPIPS weights (pass --lpips-weights")
+    assert metrics.lpips_scorer(tmp_path).startswith("skipped: no LPIPS weights at")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["compare", "--model", "./no/such/folder"], "model './no/such/folder' not found: not a built-in tiny model"),
+        (["compare", "--preset", "flux-9k"], "unknown preset 'flux-9k'"),
+        (["compare", "--preset", "hunyuan-video-720p"], "is for family 'hunyuan-video' but tiny-flux is 'flux'"),
+        (["sweep", "--presets", "flux-4k,nope"], "unknown preset 'nope'"),
+        (["compare", "--random-weights", "--model", "stable-diffusion"], "--random-weights needs a model name that names one family"),
+        (["compare", "--device", "cuda"] if not torch.cuda.is_available() else ["compare", "--prompts", "/no/file"],
+         "CUDA is not available" if not torch.cuda.is_available() else "cannot read --prompts file"),
+    ],
+)
+def test_errors_are_one_clear_line(capsys, tmp_path, args, message):
+    assert main([*args, "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("flag", [["--steps", "0"], ["--seeds", "a"], ["--dtype", "float8"], ["--height", "-5"]])
+def test_bad_flag_values_exit_with_usage(capsys, flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", *flag])
+    assert exit_info.value.code == 2 and "error: argument" in capsys.readouterr().err
