@@ -36,3 +36,29 @@ def test_kernel_bench_refuses_paper_shapes_without_a_gpu(capsys):
     with pytest.raises(SystemExit):
         load("kernel_bench").main(["--device", "cpu"])
     assert "need a CUDA GPU; use --tiny" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_suite_tiny_runs_end_to_end_and_feeds_the_readme(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))  # gpu_suite imports kernel_bench as a sibling script
+    suite = load("gpu_suite")
+    assert suite.main(["--tiny", "--device", "cpu", "--output", str(tmp_path)]) == 0
+    (results_path,) = tmp_path.glob("cpu-*.json")
+    results = json.loads(results_path.read_text())
+    assert results["suite"] == "gpu" and len(results["kernel"]["rows"]) == len(suite.kernel_bench.TINY_CASES)
+    for row in results["models"]:
+        assert row["dense_step_ms"] > 0 and row["gna_step_ms"] > 0
+        warmup = row["end_to_end"]["dense_warmup_steps"]
+        assert (warmup, row["end_to_end"]["steps"]) in {(9, 28), (15, 50)}  # the presets' paper schedules
+    assert suite.newest_results(tmp_path) == results_path
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{suite.MARKERS[0]}\nold text\n{suite.MARKERS[1]}\n\nrest\n")
+    suite.update_readme(readme, results_path)
+    text = readme.read_text()
+    assert "old text" not in text and "| tiny FLUX 64x64" in text and text.endswith("rest\n")
+    assert "Measured on **cpu" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    suite.update_readme(readme, folder=empty)
+    assert "H100 figures are pending" in readme.read_text() and "| tiny FLUX" not in readme.read_text()

@@ -72,7 +72,8 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
     device, then materialized on ``device``), or the tiny one for ``tiny-*`` names."""
     if name in TINY_MODELS:
         family = TINY_MODELS[name]
-        transformer = family.tiny_transformer(seed).to(device=device, dtype=dtype)
+        # torch.nn.Module.to: diffusers' own .to() warns about fp32-kept modules these models do not have.
+        transformer = torch.nn.Module.to(family.tiny_transformer(seed), device=device, dtype=dtype)
         return Model(name, family, None, transformer, "random (built-in tiny model)")
     lowered = name.lower()
     matches = [module for family, module in FAMILY_MODULES.items() if family.split("-")[0] in lowered]
@@ -95,7 +96,7 @@ def on_meta(transformer_class, config: dict) -> torch.nn.Module:
 def materialize_random(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int = 0):
     """Allocate a meta-device module on ``device`` and fill its weights with N(0, 0.02) (timing does not
     depend on the values). The transformers here register no buffers, so every tensor is a parameter."""
-    module = module.to_empty(device=device).to(dtype).eval()
+    module = torch.nn.Module.to(module.to_empty(device=device), dtype).eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for parameter in module.parameters():

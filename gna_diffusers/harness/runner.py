@@ -363,22 +363,32 @@ def random_weights_sweep(settings: Settings, presets, device: torch.device, *, s
             timer.close()
         return timer.calls
 
+    def peak_gib() -> float | None:
+        return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
     warmup = 1 if settings.warmup else 0
     time_steps(warmup)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     dense_steps = time_steps(settings.repeats)
     dense_ms = statistics.median(dense_steps) * 1e3
+    dense_peak = peak_gib()
     rows = []
     for name, config in entries:
         per_step = config.model_copy(update={"dense_steps": 0})  # every timed call is a sparse step
         with gna_diffusers.enabled(model.transformer, per_step) as handle:
             time_steps(warmup)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             sparse_ms = statistics.median(time_steps(settings.repeats)) * 1e3
+            sparse_peak = peak_gib()
             layers = handle.resolved_layers()
         schedule_steps = settings.steps or family.DEFAULT_STEPS
         warm = dense_step_count(config, schedule_steps)
         estimate = schedule_steps * dense_ms / (warm * dense_ms + (schedule_steps - warm) * sparse_ms)
         rows.append({"preset": name, "status": "done", "config": config.model_dump(mode="json"), "layers": layers,
                      "dense_step_ms": dense_ms, "gna_step_ms": sparse_ms, "speedup_transformer": dense_ms / sparse_ms,
+                     "peak_memory_gib": {"dense": dense_peak, "gna": sparse_peak},
                      "end_to_end_estimate": {"steps": schedule_steps, "dense_warmup_steps": warm,
                                              "speedup": estimate},
                      "psnr": "n/a: random weights", "ssim": "n/a: random weights"})

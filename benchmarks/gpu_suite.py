@@ -1,0 +1,207 @@
+"""The project's performance table, in one command on one H100 (under 9 minutes):
+
+    python benchmarks/gpu_suite.py                  # GPU: kernels + full-size transformers, updates the README
+    python benchmarks/gpu_suite.py --tiny           # CPU: the same code at tiny sizes (tests run this)
+    python benchmarks/gpu_suite.py --update-readme  # regenerate the README section from the newest results
+
+1. Kernels (benchmarks/kernel_bench.py): dense cuDNN / flash SDPA, compiled FlexAttention with the same
+   mask, and the triton backend on the GNA paper's FLUX-4K and HunyuanVideo shapes with text keys.
+2. Full-size transformers with random weights (the harness's --random-weights mode; speed does not depend
+   on weight values), bf16, batch 1: FLUX.1-dev at 4096x4096 (256x256 + 512 text tokens), HunyuanVideo at
+   768x1280x117 (30x48x80 + 256 text) and 720x1280x129 (33x45x80 + 256 text). For each: the median time
+   of one transformer step dense (cuDNN SDPA pinned) and with the shipped preset, the per-step speedup,
+   peak memory, and the end-to-end estimate for the preset's schedule (dense warm-up steps + sparse
+   steps, transformer time), next to the GNA paper's B200 figures.
+3. Writes benchmarks/results/<gpu>-<date>.json and .md, and regenerates the README's performance section
+   from the newest results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+import kernel_bench
+from gna_diffusers.files import atomic_write_json, atomic_write_text, device_slug
+from gna_diffusers.harness.runner import Settings, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+MARKERS = ("<!-- performance:start -->", "<!-- performance:end -->")
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    name: str
+    model: str
+    preset: str
+    height: int
+    width: int
+    frames: int | None
+    steps: int  # the schedule of the end-to-end estimate
+    paper_b200: float | None  # GNA paper, end to end on B200
+    targets: tuple[float, float] | None  # our H100 bars: per sparse step, end to end
+
+
+MODEL_CASES = [
+    ModelCase("FLUX.1-dev 4096x4096", "black-forest-labs/FLUX.1-dev", "flux-4k", 4096, 4096, None, 28, 1.45, (2.3, 1.6)),
+    ModelCase("HunyuanVideo 768x1280x117", "hunyuanvideo-community/HunyuanVideo", "hunyuan-video-720p", 768, 1280,
+              117, 50, 1.63, (3.3, 1.9)),
+    ModelCase("HunyuanVideo 720x1280x129", "hunyuanvideo-community/HunyuanVideo", "hunyuan-video-720p-129f", 720,
+              1280, 129, 50, None, None),
+]
+TINY_MODEL_CASES = [
+    ModelCase("tiny FLUX 64x64", "tiny-flux", "flux-4k", 64, 64, None, 28, 1.45, (2.3, 1.6)),
+    ModelCase("tiny HunyuanVideo 64x64x9", "tiny-hunyuan-video", "hunyuan-video-720p", 64, 64, 9, 50, 1.63, (3.3, 1.9)),
+]
+KERNEL_CASES = [case for case in kernel_bench.PAPER_CASES if case.text]
+
+
+def run_model(case: ModelCase, device: torch.device, tiny: bool) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        report = sweep(
+            Settings(model=case.model, random_weights=True, height=case.height, width=case.width, frames=case.frames,
+                     steps=case.steps, device=str(device), dtype="float32" if tiny else "bfloat16", output=scratch,
+                     dense_backend="_native_cudnn" if device.type == "cuda" else None, repeats=1 if tiny else 3),
+            [case.preset],
+            single=True,
+        )
+    (row,) = report["presets"]
+    result = {
+        "case": case.name, "model": case.model, "preset": case.preset, "grid": report["grid"],
+        "text_tokens": report["text_tokens"], "dense_step_ms": row["dense_step_ms"], "gna_step_ms": row["gna_step_ms"],
+        "speedup_per_step": row["speedup_transformer"], "end_to_end": row["end_to_end_estimate"],
+        "peak_memory_gib": row["peak_memory_gib"], "paper_b200_end_to_end": case.paper_b200,
+        "targets": None if case.targets is None else {"per_step": case.targets[0], "end_to_end": case.targets[1]},
+    }
+    print(f"{case.name}: dense {result['dense_step_ms']:.1f} ms, gna {result['gna_step_ms']:.1f} ms per step, "
+          f"{result['speedup_per_step']:.2f}x; end to end {result['end_to_end']['speedup']:.2f}x", flush=True)
+    return result
+
+
+def _mark(value: float | None, bar: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}x" + ("" if bar is None else (" (meets)" if value >= bar else f" (below {bar}x)"))
+
+
+def render_markdown(results: dict) -> str:
+    env = results["environment"]
+    kernel_rows = [
+        [r["case"], *(kernel_bench.fmt_ms(r["ms"][n]) for n in r["ms"]), _mark(r["speedup_vs_baseline"]["triton"], None),
+         _mark(r["speedup_vs_baseline"]["flex"], None), f"{r['flop_bound']:.2f}x", f"{r['tile_bound']:.2f}x",
+         f"{r['triton_vs_flex_max_abs_err']:.1e}"]
+        for r in results["kernel"]["rows"]
+    ]
+    names = list(results["kernel"]["rows"][0]["ms"])
+    baseline = results["kernel"]["rows"][0]["baseline"]
+    model_rows = []
+    for r in results["models"]:
+        targets = r["targets"] or {}
+        memory = r["peak_memory_gib"]
+        model_rows.append([
+            r["case"], "x".join(map(str, r["grid"])) + f" + {r['text_tokens']}", r["preset"], f"{r['dense_step_ms']:.0f}",
+            f"{r['gna_step_ms']:.0f}", _mark(r["speedup_per_step"], targets.get("per_step")),
+            f"{r['end_to_end']['dense_warmup_steps']}/{r['end_to_end']['steps']}",
+            _mark(r["end_to_end"]["speedup"], targets.get("end_to_end")),
+            "n/a" if r["paper_b200_end_to_end"] is None else f"{r['paper_b200_end_to_end']:.2f}x",
+            "n/a" if memory["dense"] is None else f"{memory['dense']:.1f} / {memory['gna']:.1f}",
+        ])
+    return "\n".join([
+        f"Measured on **{env['device']}**, {env['date']}, torch {env['torch']}, triton {env['triton']}, "
+        f"gna-diffusers {env['gna_diffusers']} (`benchmarks/results/{results['stem']}.json`).",
+        "",
+        f"Attention kernels ({results['kernel']['dtype']}, batch 1, {results['kernel']['heads']} heads x "
+        f"{results['kernel']['head_dim']}, forward, with text keys; speedups vs {baseline} SDPA in the same run):",
+        "",
+        tabulate(kernel_rows, headers=["case", *(f"{n}" for n in names), "triton", "flex", "FLOP bound", "tile bound",
+                                       "max abs err"], tablefmt="github"),
+        "",
+        f"Transformers with random weights, one step (dense attention: {results['dense_backend']}); end to end = the "
+        "preset's schedule (dense warm-up + sparse steps), transformer time:",
+        "",
+        tabulate(model_rows, headers=["model", "tokens", "preset", "dense ms/step", "gna ms/step", "per step",
+                                      "dense steps", "end to end", "GNA paper (B200)", "peak GiB dense / gna"],
+                 tablefmt="github"),
+    ])
+
+
+def newest_results(folder: Path = RESULTS) -> Path | None:
+    """The newest suite results file (kernel-only files are skipped)."""
+    candidates = []
+    for path in folder.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("suite") == "gpu":
+            candidates.append((data["environment"]["date"], path.name, path))
+    return max(candidates)[2] if candidates else None
+
+
+def update_readme(readme: Path = README, results_path: Path | None = None, folder: Path = RESULTS) -> Path:
+    """Replace the text between the README's performance markers with a table from ``results_path`` (default:
+    the newest results in ``folder``), or a "pending" line when there are none."""
+    results_path = results_path or newest_results(folder)
+    if results_path is None:
+        body = "No GPU results are committed yet: the H100 figures are pending (run `python benchmarks/gpu_suite.py`)."
+    else:
+        body = render_markdown(json.loads(results_path.read_text()))
+    text = readme.read_text()
+    start, end = MARKERS
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no performance markers {start} ... {end}")
+    new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
+    return atomic_write_text(readme, new)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes that run on CPU (a check of the suite)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, help="results folder (default benchmarks/results; --tiny: runs/bench-tiny)")
+    parser.add_argument("--update-readme", action="store_true", help="only regenerate the README section")
+    parser.add_argument("--no-readme", action="store_true", help="do not touch the README after a GPU run")
+    args = parser.parse_args(argv)
+    if args.update_readme:
+        print(f"updated {update_readme()}")
+        return 0
+    device = torch.device(args.device)
+    if not args.tiny and device.type != "cuda":
+        parser.error("the full suite needs a CUDA GPU; use --tiny on CPU")
+    output = args.output or (ROOT / "runs" / "bench-tiny" if args.tiny else RESULTS)
+    kernel_cases = kernel_bench.TINY_CASES if args.tiny else KERNEL_CASES
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    heads, head_dim = (2, 32) if args.tiny else (24, 128)
+    env = kernel_bench.environment(device)
+    kernel_rows = [
+        kernel_bench.run_case(case, device, dtype, heads, head_dim, warmup=1 if args.tiny else 10, reps=1 if args.tiny else 30)
+        for case in kernel_cases
+    ]
+    models = [run_model(case, device, args.tiny) for case in (TINY_MODEL_CASES if args.tiny else MODEL_CASES)]
+    stem = f"{device_slug(env['device'].split(' (')[0])}-{env['date']}"
+    results = {"schema": 1, "suite": "gpu", "stem": stem, "environment": env,
+               "dense_backend": "cuDNN SDPA (diffusers _native_cudnn)" if device.type == "cuda" else "diffusers default",
+               "kernel": {"dtype": str(dtype).removeprefix("torch."), "heads": heads, "head_dim": head_dim,
+                          "rows": kernel_rows},
+               "models": models}
+    json_path = atomic_write_json(output / f"{stem}.json", results)
+    atomic_write_text(output / f"{stem}.md", f"# gna-diffusers GPU suite: {env['device']}\n\n{render_markdown(results)}\n")
+    print(f"wrote {json_path} and .md")
+    if not args.tiny and not args.no_readme:
+        print(f"updated {update_readme(README, json_path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
