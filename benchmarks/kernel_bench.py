@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import statistics
 import sys
 import time
@@ -26,10 +25,10 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import gna_diffusers
 from gna_diffusers import gna_attention, simulate
 from gna_diffusers.backends import triton_gna
 from gna_diffusers.files import atomic_write_json, atomic_write_text, device_slug
+from gna_diffusers.harness.runner import environment as harness_environment
 from gna_diffusers.spec import GNASpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -146,12 +145,8 @@ def run_case(case: Case, device, dtype, heads, head_dim, warmup, reps) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    import triton
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
-    return {"device": name, "torch": torch.__version__, "triton": triton.__version__,
-            "gna_diffusers": gna_diffusers.__version__, "python": platform.python_version(),
-            "date": dt.date.today().isoformat()}
+    """The harness's environment record plus the date (results files are named by device and date)."""
+    return {**harness_environment(device), "date": dt.date.today().isoformat()}
 
 
 def markdown(env: dict, rows: list[dict], dtype: str, heads: int, head_dim: int) -> str:

@@ -74,11 +74,12 @@ def test_kernel_matches_brute_force(case, q_tile, kv_tile, extra, padded, batch)
 
 def test_public_api_with_automatic_tiles_fp16_and_strided_inputs():
     case = dict(grid=(6, 8), window=(3, 4), stride=(1, 2))
-    q, k, v, extras = make_inputs(per_axis(case), batch=1, heads=2, dim=32, extra=5, padded=True, dtype=torch.float16)
+    q, k, v, extras = make_inputs(per_axis(case), batch=2, heads=2, dim=32, extra=5, padded=True, dtype=torch.float16)
     # Non-contiguous (B, N, H, D) views, as a fused QKV projection produces: read in place, no copies.
     qkv = torch.stack([q, k, v], dim=3)  # (B, N, H, 3, D)
     q, k, v = qkv.unbind(3)
     assert not q.is_contiguous()
+    extras["extra_kv_mask"] = extras["extra_kv_mask"].t().contiguous().t()  # (B, M) with stride (1, B)
     out, lse = gna_attention(q, k, v, **case, **extras, backend="triton", return_lse=True)
     ref, ref_lse = gna_attention(q, k, v, **case, **extras, backend="reference", return_lse=True)
     assert out.dtype == torch.float16 and out.is_contiguous()

@@ -123,6 +123,8 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
     if has_extra:
         extra_k, extra_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (extra_k, extra_v))
     ek, ev = (extra_k, extra_v) if has_extra else (k, v)  # dummies never read when HAS_EXTRA is off
+    if extra_kv_mask is not None and extra_kv_mask.stride(-1) != 1:  # the kernel walks M with unit stride
+        extra_kv_mask = extra_kv_mask.contiguous()
     emask = extra_kv_mask if extra_kv_mask is not None else ek
     extents = [a[0] for a in _as_3d(spec)]
     dilations = [a[3] for a in _as_3d(spec)]
