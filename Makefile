@@ -1,6 +1,6 @@
 # The two set-up commands of the README. Both create .venv and install what they need.
 #   make run    the main job on the built-in default
-#   make test   the whole test suite (CPU, offline)
+#   make test   lint + the whole test suite (CPU, offline)
 VENV ?= .venv
 PYTHON ?= python3
 # Installed first when the venv has no torch: on the project machines this is a small CPU build on local
@@ -15,6 +15,7 @@ run: $(VENV)/.installed
 	$(BIN)/gna-diffusers compare
 
 test: $(VENV)/.installed
+	$(BIN)/python -m ruff check gna_diffusers patches benchmarks tests examples
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 $(VENV)/.installed: pyproject.toml

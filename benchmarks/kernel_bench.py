@@ -127,7 +127,7 @@ def run_case(case: Case, device, dtype, heads, head_dim, warmup, reps) -> dict:
     outputs = {}
     for name in ("flex", "triton"):
         row["ms"][name] = median_ms(
-            lambda: outputs.__setitem__(name, gna_attention(q, k, v, **pattern, **extras, backend=name)),
+            lambda name=name: outputs.__setitem__(name, gna_attention(q, k, v, **pattern, **extras, backend=name)),
             device, warmup, reps,
         )
     baseline = "cudnn" if device.type == "cuda" else "math"

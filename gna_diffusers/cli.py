@@ -21,7 +21,7 @@ def int_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 0,1,2), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 0,1,2), got {text!r}") from None
 
 
 def bool_tuple(text: str) -> tuple[bool, ...]:
@@ -30,7 +30,7 @@ def bool_tuple(text: str) -> tuple[bool, ...]:
     try:
         return tuple(table[part.strip().lower()] for part in text.split(","))
     except KeyError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated booleans such as 1,0,0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated booleans such as 1,0,0, got {text!r}") from None
 
 
 def _per_dim(value: tuple, ndim: int):

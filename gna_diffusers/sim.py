@@ -23,7 +23,7 @@ from math import ceil, prod
 
 import torch
 
-from .spec import BoolOrTuple, GNASpec, IntOrTuple, _per_axis, axis_bounds
+from .spec import BoolOrTuple, GNASpec, IntOrTuple, per_axis, axis_bounds
 
 # Queries per chunk when counting keys per (query, KV tile): bounds memory on long 1-D axes.
 _COUNT_CHUNK = 1 << 20
@@ -137,8 +137,8 @@ def simulate(
     default 1-token tiles the tile counts are token-pair counts.
     """
     spec = GNASpec.create(grid, window, stride, dilation, causal)
-    q_tile = _per_axis("q_tile", q_tile, spec.ndim, int)
-    kv_tile = _per_axis("kv_tile", kv_tile, spec.ndim, int)
+    q_tile = per_axis("q_tile", q_tile, spec.ndim, int)
+    kv_tile = per_axis("kv_tile", kv_tile, spec.ndim, int)
     for name, tile in (("q_tile", q_tile), ("kv_tile", kv_tile)):
         for axis, extent in enumerate(tile):
             if extent < 1:

@@ -35,7 +35,7 @@ def _is_int(v) -> bool:
     return isinstance(v, Integral) and not isinstance(v, bool)
 
 
-def _per_axis(name: str, value, ndim: int, kind: type) -> tuple:
+def per_axis(name: str, value, ndim: int, kind: type) -> tuple:
     """Broadcast a scalar to every axis, or check a per-axis sequence's length and element types."""
     is_scalar = isinstance(value, bool) if kind is bool else _is_int(value)
     if is_scalar:
@@ -88,10 +88,10 @@ class GNASpec:
                 raise ValueError(f"grid[{axis}] must be a positive int, got {extent!r}")
         grid = tuple(int(extent) for extent in grid)
         ndim = len(grid)
-        window = _per_axis("window", window, ndim, int)
-        stride = _per_axis("stride", stride, ndim, int)
-        dilation = _per_axis("dilation", dilation, ndim, int)
-        causal = _per_axis("causal", causal, ndim, bool)
+        window = per_axis("window", window, ndim, int)
+        stride = per_axis("stride", stride, ndim, int)
+        dilation = per_axis("dilation", dilation, ndim, int)
+        causal = per_axis("causal", causal, ndim, bool)
         for axis in range(ndim):
             w, s, r, extent = window[axis], stride[axis], dilation[axis], grid[axis]
             if r < 1:

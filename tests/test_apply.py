@@ -70,7 +70,6 @@ def test_whole_grid_windows_reproduce_the_stock_pipeline(pipe, family, monkeypat
 
 
 def test_sparse_windows_change_the_output_and_reach_exactly_the_intended_layers(pipe, family, monkeypatch):
-    stock = generate(pipe, family)
     small, large = WINDOWS[family]
     cfg = config(
         family, overrides=[{"blocks": "single", "layers": "1", "window": large}],

@@ -3,7 +3,6 @@ import random
 from math import ceil
 
 import pytest
-import torch
 from brute_force import neighbor_mask
 from conftest import random_case
 

@@ -69,7 +69,6 @@ def gna_fwd_kernel(
     BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     BLOCK_Q: tl.constexpr = T0 * T1 * T2
-    BLOCK_K: tl.constexpr = K0 * K1 * K2
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)

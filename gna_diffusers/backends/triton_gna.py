@@ -172,7 +172,7 @@ def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale
         for config in configs:
             try:
                 timings[config] = triton.testing.do_bench(
-                    lambda: _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config),
+                    lambda config=config: _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config),
                     warmup=5, rep=20,
                 )
             except triton.runtime.errors.OutOfResources:
