@@ -80,6 +80,15 @@ def test_sweep_resumes_and_records_failures(tmp_path, monkeypatch):
     assert rows["dense-check"] == {"preset": "dense-check", "status": "failed", "error": "CUDA out of memory"}
     assert len(generations) == 1  # one GNA generation; no dense generation re-run
 
+    # Other settings into the same folder: nothing stale is reused, every preset and the dense run redo.
+    monkeypatch.setattr(runner, "apply", real_apply)
+    generations.clear()
+    assert main([*args, "--steps", "3"]) == 0  # the later --steps wins
+    rows = {r["preset"]: r for r in read(tmp_path / "summary.json")["presets"]}
+    assert all(r["status"] == "done" for r in rows.values())
+    assert len(generations) == 1 + 3  # one dense, three presets
+    assert read(tmp_path / "flux-4k" / "report.json")["settings"]["steps"] == 3
+
 
 @pytest.mark.slow
 def test_random_weights_mode_times_transformer_steps(tmp_path):

@@ -2,18 +2,21 @@
 
 Layout of an output folder (every file written atomically)::
 
-    dense/<sample>.npz               dense outputs and timings, reused by every preset and by re-runs
+    dense/<sample>-<key>.npz         dense outputs and timings, reused by every preset and by re-runs
+                                     (the key fingerprints prompt, seed, model, size, steps, dtype, ...)
     <preset>/report.json, report.md  one entry per preset (compare writes its entry at the top level)
     <preset>/<sample>.png            dense | sparse | amplified difference (videos: .mp4 + strip .png)
     summary.json, summary.md, quality_vs_speed.png   (sweep)
 
-A sweep skips presets whose report.json exists, so an interrupted sweep re-run finishes the rest. A
+A sweep skips presets whose report.json was made with the same settings, so an interrupted sweep re-run
+finishes the rest, and a re-run with other settings redoes everything. A
 preset that fails (e.g. CUDA out of memory) is recorded with its error and the sweep goes on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import platform
 import statistics
@@ -161,9 +164,21 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
     return np.asarray(output, dtype=np.float32), timings
 
 
+# Settings that change a generated output; a cached dense output or a finished preset is reused only
+# when all of them match.
+OUTPUT_SETTINGS = ("model", "steps", "height", "width", "frames", "device", "dtype", "dense_backend")
+
+
+def _fingerprint(settings: Settings, sample: Sample) -> str:
+    fields = {name: getattr(settings, name) for name in OUTPUT_SETTINGS}
+    text = json.dumps({**fields, "prompt": sample.prompt, "seed": sample.seed}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def _dense_run(model, settings, sample, device, folder: Path) -> tuple[np.ndarray, dict]:
-    """The dense output of a sample, from the cache in ``folder`` when a previous run made it."""
-    path = folder / f"{sample.id}.npz"
+    """The dense output of a sample, from the cache in ``folder`` when a run with the same prompt, seed
+    and output settings made it."""
+    path = folder / f"{sample.id}-{_fingerprint(settings, sample)}.npz"
     if path.exists():
         with np.load(path) as stored:
             return stored["output"], json.loads(str(stored["timings"]))
@@ -243,6 +258,20 @@ def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, dev
     return report
 
 
+def _finished_entry(report_path: Path, settings: Settings, config: GNAConfig) -> dict | None:
+    """The earlier report of this preset if it was made with the same prompts, seeds, output settings
+    and preset config; else None (the preset runs again and its report is replaced)."""
+    if not report_path.exists():
+        return None
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    earlier = report.get("settings", {})
+    same = all(earlier.get(name) == getattr(settings, name) for name in (*OUTPUT_SETTINGS, "prompts", "seeds"))
+    return report if same and report["preset"]["config"] == config.model_dump(mode="json") else None
+
+
 def _warm_up(model, settings, config, sample, device) -> None:
     """One dense and one GNA generation, untimed: compilation, kernel tuning and caches happen here."""
     _generate(model, settings, sample, device)
@@ -308,8 +337,9 @@ def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
     for name, config in tqdm(entries, desc="presets", disable=single):
         folder = output if single else output / name
         report_path = folder / "report.json"
-        if report_path.exists() and not single:
-            summary_rows.append({"preset": name, "status": "done (earlier run)", **json.loads(report_path.read_text())["summary"]})
+        earlier = _finished_entry(report_path, settings, config) if not single else None
+        if earlier is not None:
+            summary_rows.append({"preset": name, "status": "done (earlier run)", **earlier["summary"]})
             continue
         try:
             entry = run_entry(model, settings, name, config, samples, device, folder, output / "dense", lpips)
