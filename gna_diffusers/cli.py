@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .config import load_config
+from .config import expand_per_dim, load_config
 from .presets import list_presets, load_preset, preset_text
 from .sim import PAPER_CONFIGS, SimResult, simulate
 
@@ -33,7 +33,7 @@ def bool_tuple(text: str) -> tuple[bool, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated booleans such as 1,0,0, got {text!r}") from None
 
 
-def _per_dim(value: tuple, ndim: int):
+def _one_or_all(value: tuple):
     """A one-entry tuple applies to every dimension."""
     return value[0] if len(value) == 1 else value
 
@@ -72,15 +72,14 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     else:
         if args.grid is None or args.window is None:
             raise ValueError("sim needs --grid and --window (or --paper for the published configurations)")
-        ndim = len(args.grid)
         result = simulate(
             args.grid,
-            _per_dim(args.window, ndim),
-            _per_dim(args.stride, ndim),
-            _per_dim(args.dilation, ndim),
-            _per_dim(args.causal, ndim),
-            q_tile=_per_dim(args.q_tile, ndim),
-            kv_tile=_per_dim(args.kv_tile, ndim),
+            _one_or_all(args.window),
+            _one_or_all(args.stride),
+            _one_or_all(args.dilation),
+            _one_or_all(args.causal),
+            q_tile=_one_or_all(args.q_tile),
+            kv_tile=_one_or_all(args.kv_tile),
         )
         rows = [("custom", result)]
     if args.json:
@@ -90,6 +89,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+PRESET_COLUMNS = ["family", "base grid", "window", "stride", "sparsity", "dense steps", "layer rules"]
+
+
 def _preset_row(name: str, config) -> list:
     steps = f"{config.dense_steps:.0%}" if isinstance(config.dense_steps, float) else config.dense_steps
     rules = len(config.dense_layers) + len(config.overrides) or "-"
@@ -97,21 +99,16 @@ def _preset_row(name: str, config) -> list:
         return [name, config.family, "any", "whole grid" if config.window == -1 else config.window, config.stride,
                 "0%" if config.window == -1 else "depends on grid", steps, rules]
     ndim = len(config.base_grid)
-    window = [config.base_grid[d] if w == -1 else w for d, w in enumerate(_expand(config.window, ndim))]
-    result = simulate(config.base_grid, window, _expand(config.stride, ndim), _expand(config.dilation, ndim))
-    return [name, config.family, _fmt(config.base_grid), _fmt(window), _fmt(_expand(config.stride, ndim)),
+    window = [config.base_grid[d] if w == -1 else w for d, w in enumerate(expand_per_dim(config.window, ndim))]
+    result = simulate(config.base_grid, window, expand_per_dim(config.stride, ndim), expand_per_dim(config.dilation, ndim))
+    return [name, config.family, _fmt(config.base_grid), _fmt(window), _fmt(expand_per_dim(config.stride, ndim)),
             f"{1 - result.density:.1%}", steps, rules]
-
-
-def _expand(value, ndim: int) -> list[int]:
-    return list(value) if isinstance(value, list) else [value] * ndim
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = [_preset_row(name, load_preset(name)) for name in list_presets()]
-        headers = ["preset", "family", "base grid", "window", "stride", "sparsity", "dense steps", "layer rules"]
-        print(tabulate(rows, headers=headers, tablefmt="github"))
+        print(tabulate(rows, headers=["preset", *PRESET_COLUMNS], tablefmt="github"))
     elif args.action == "show":
         if not args.target:
             raise ValueError("presets show needs a preset NAME (see: gna-diffusers presets list)")
@@ -121,8 +118,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
             raise ValueError("presets validate needs a YAML FILE")
         config = load_config(args.target)
         print(f"ok: {args.target} is a valid {config.family} preset")
-        print(tabulate([_preset_row(args.target, config)], headers=["file", "family", "base grid", "window", "stride",
-                       "sparsity", "dense steps", "layer rules"], tablefmt="github"))
+        print(tabulate([_preset_row(args.target, config)], headers=["file", *PRESET_COLUMNS], tablefmt="github"))
     return 0
 
 

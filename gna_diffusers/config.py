@@ -167,9 +167,9 @@ class GNAConfig(_Strict):
                         raise ValueError(f"{where}window[{d}]={v}: must be >= 2, or -1 for the whole extent")
                     if name != "window" and v < 1:
                         raise ValueError(f"{where}{name}[{d}]={v}: must be >= 1")
-            window = _expand(self.window if item.window is None else item.window, ndim)
-            stride = _expand(self.stride if item.stride is None else item.stride, ndim)
-            dilation = _expand(self.dilation if item.dilation is None else item.dilation, ndim)
+            window = expand_per_dim(self.window if item.window is None else item.window, ndim)
+            stride = expand_per_dim(self.stride if item.stride is None else item.stride, ndim)
+            dilation = expand_per_dim(self.dilation if item.dilation is None else item.dilation, ndim)
             for d in range(ndim):
                 w = self.base_grid[d] if window[d] == -1 else window[d]
                 if stride[d] > w:
@@ -187,7 +187,8 @@ def _round_half_up(value: float, unit: int) -> int:
     return int(value / unit + 0.5) * unit
 
 
-def _expand(value: PerDim, ndim: int) -> list[int]:
+def expand_per_dim(value: PerDim, ndim: int) -> list[int]:
+    """A per-dimension value as a list of ``ndim`` entries (one value applies to every dimension)."""
     return list(value) if isinstance(value, list) else [value] * ndim
 
 
@@ -271,7 +272,7 @@ def layer_patterns(config: GNAConfig, block_counts: dict[str, int]) -> dict[tupl
     """The pattern of every attention layer, keyed by (block type, index); raises ConfigError on bad selectors."""
     ndim = len(config.base_grid) if config.base_grid is not None else 1  # 1: broadcast when resolved
     default = LayerPattern(
-        False, tuple(_expand(config.window, ndim)), tuple(_expand(config.stride, ndim)), tuple(_expand(config.dilation, ndim))
+        False, tuple(expand_per_dim(config.window, ndim)), tuple(expand_per_dim(config.stride, ndim)), tuple(expand_per_dim(config.dilation, ndim))
     )
     patterns = {(blocks, i): default for blocks, count in block_counts.items() for i in range(count)}
 
@@ -292,9 +293,9 @@ def layer_patterns(config: GNAConfig, block_counts: dict[str, int]) -> dict[tupl
             base = patterns[key]
             patterns[key] = LayerPattern(
                 False,
-                tuple(_expand(override.window, ndim)) if override.window is not None else base.window,
-                tuple(_expand(override.stride, ndim)) if override.stride is not None else base.stride,
-                tuple(_expand(override.dilation, ndim)) if override.dilation is not None else base.dilation,
+                tuple(expand_per_dim(override.window, ndim)) if override.window is not None else base.window,
+                tuple(expand_per_dim(override.stride, ndim)) if override.stride is not None else base.stride,
+                tuple(expand_per_dim(override.dilation, ndim)) if override.dilation is not None else base.dilation,
             )
     for n, selector in enumerate(config.dense_layers):
         for key in selected(selector, f"dense_layers[{n}]"):

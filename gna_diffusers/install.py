@@ -77,25 +77,37 @@ class _Runtime:
         self.step = self.calls = 0
         self.dense_steps = dense_step_count(self.config, total_steps)
 
+    def resolved(self, layer: tuple[str, int], grid: tuple[int, ...]) -> LayerPattern:
+        """The layer's pattern at ``grid`` (cached: the denoising loop resolves each layer once per grid)."""
+        key = (layer, grid)
+        if key not in self._resolved:
+            self._resolved[key] = self.patterns[layer].resolve(self.config.base_grid, grid)
+        return self._resolved[key]
+
     def pattern_now(self, layer: tuple[str, int]) -> LayerPattern | None:
         """The resolved pattern for this layer now, or None when the layer runs dense."""
-        pattern = self.patterns[layer]
-        if pattern.dense or self.step < self.dense_steps:
+        if self.patterns[layer].dense or self.step < self.dense_steps:
             return None
-        key = (layer, self.grid)
-        if key not in self._resolved:
-            self._resolved[key] = pattern.resolve(self.config.base_grid, self.grid)
-        return self._resolved[key]
+        return self.resolved(layer, self.grid)
+
+    def layer_rows(self, grid: tuple[int, ...] | None) -> list[dict]:
+        """One dict per attention layer: the preset's values (grid None) or those resolved at ``grid``."""
+        rows = []
+        for layer, pattern in self.patterns.items():
+            row = {"blocks": layer[0], "index": layer[1], "dense": pattern.dense}
+            if grid is not None:
+                row["grid"] = list(grid)
+                pattern = self.resolved(layer, grid)
+            if not pattern.dense:
+                row.update(window=list(pattern.window), stride=list(pattern.stride), dilation=list(pattern.dilation))
+            rows.append(row)
+        return rows
 
     def log_grid_once(self) -> None:
         if self.grid in self._logged_grids:
             return
         self._logged_grids.add(self.grid)
-        resolved = {
-            f"{blocks}.{i}": ("dense" if p.dense else p.resolve(self.config.base_grid, self.grid))
-            for (blocks, i), p in self.patterns.items()
-        }
-        logger.info("gna: grid %s, per-layer patterns: %s", self.grid, resolved)
+        logger.info("gna: grid %s, per-layer patterns: %s", self.grid, self.layer_rows(self.grid))
 
 
 class GNARoute:
@@ -198,27 +210,11 @@ class GNAHandle:
 
     def layers(self) -> list[dict]:
         """One entry per attention layer: block type, index, and dense or the preset's (base-grid) values."""
-        rows = []
-        for (blocks, index), p in self.runtime.patterns.items():
-            row = {"blocks": blocks, "index": index, "dense": p.dense}
-            if not p.dense:
-                row.update(window=list(p.window), stride=list(p.stride), dilation=list(p.dilation))
-            rows.append(row)
-        return rows
+        return self.runtime.layer_rows(None)
 
     def resolved_layers(self) -> list[dict]:
         """Like :meth:`layers`, with the values resolved for the latent grid of the last forward call."""
-        grid = self.runtime.grid
-        if grid is None:
-            return self.layers()
-        rows = []
-        for (blocks, index), pattern in self.runtime.patterns.items():
-            row = {"blocks": blocks, "index": index, "dense": pattern.dense, "grid": list(grid)}
-            if not pattern.dense:
-                p = pattern.resolve(self.config.base_grid, grid)
-                row.update(window=list(p.window), stride=list(p.stride), dilation=list(p.dilation))
-            rows.append(row)
-        return rows
+        return self.runtime.layer_rows(self.runtime.grid)
 
     def describe(self) -> str:
         """A table of the installed layers (values at the preset's base grid) and the dense warm-up."""

@@ -126,8 +126,8 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
     if extra_kv_mask is not None and extra_kv_mask.stride(-1) != 1:  # the kernel walks M with unit stride
         extra_kv_mask = extra_kv_mask.contiguous()
     emask = extra_kv_mask if extra_kv_mask is not None else ek
-    extents = [a[0] for a in _as_3d(spec)]
-    dilations = [a[3] for a in _as_3d(spec)]
+    axes = _as_3d(spec)
+    extents, dilations = [a[0] for a in axes], [a[3] for a in axes]
     n_q_tiles = prod(-(-e // t) for e, t in zip(extents, config.q_tile))
     gna_fwd_kernel[(n_q_tiles, batch * heads)](
         q, k, v, out, lse, ek, ev, emask,

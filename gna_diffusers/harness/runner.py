@@ -35,7 +35,7 @@ from gna_diffusers.files import atomic_write_json
 from gna_diffusers.presets import resolve_preset
 
 from . import media, metrics
-from .models import HarnessError, Model, load_pipeline, random_transformer
+from .models import TINY_MODELS, HarnessError, Model, load_pipeline, random_transformer
 from .report import entry_markdown, summary_markdown, write_markdown
 
 SCHEMA_VERSION = 1
@@ -308,8 +308,6 @@ def _resolve_presets(presets, model: Model, single: bool) -> list[tuple[str, GNA
 
 
 def _apply_tiny_defaults(settings: Settings, model_name: str) -> Settings:
-    from .models import TINY_MODELS
-
     if model_name in TINY_MODELS:
         for name, value in TINY_DEFAULTS.items():
             if getattr(settings, name) is None:
