@@ -16,7 +16,8 @@ Resolution adaptation: when the runtime grid differs from ``base_grid``, windows
 rescaled per dimension by ``runtime / base``, rounded (halves up) to the nearest multiple of the preset's alignment unit
 (the largest power of two <= 8 dividing both base window and base stride, so block-sparse presets stay
 tile aligned), then clamped: 2 <= window <= extent and 1 <= stride <= window. A window of -1 is the
-whole extent at any resolution.
+whole extent at any resolution. An axis of extent 1 (a one-frame video) gets window 1: its only key is
+the query's own position.
 """
 
 from __future__ import annotations
@@ -262,7 +263,7 @@ class LayerPattern:
             scale = extent / base
             new_w = max(unit, _round_half_up(w * scale, unit)) if extent != base else w
             new_s = max(1, _round_half_up(s * scale, unit)) if extent != base else s
-            new_w = max(2, min(new_w, extent // r))
+            new_w = max(min(2, extent // r), min(new_w, extent // r))  # an axis of extent 1 gets window 1
             window.append(new_w)
             stride.append(max(1, min(new_s, new_w)))
         return LayerPattern(False, tuple(window), tuple(stride), tuple(dilation))

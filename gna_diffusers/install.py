@@ -1,26 +1,38 @@
 """apply() / remove() / enabled(): install GNA into a diffusers transformer, reversibly.
 
-How a sparse layer runs. The stock processors of both families do everything (projections, QK norms,
-RoPE, text/image concatenation, output projections) and then make one call,
+How a sparse layer runs. The stock processors do everything (projections, QK norms, RoPE, concatenation
+of text and image tokens, output projections) and then make one call,
 ``dispatch_attention_fn(query, key, value, attn_mask=..., backend=self._attention_backend)`` with the
 joint sequence in ``(B, S, H, D)``. Our processor subclasses keep the stock ``__call__`` untouched and
 expose ``_attention_backend`` as a :class:`GNARoute`; the family module's ``dispatch_attention_fn`` is
 wrapped (once, reference-counted) so calls that carry a route go to GNA and every other call passes
-through unchanged. The route splits the joint sequence: image queries run ``gna_attention`` over the
-latent grid with all valid text keys in the same softmax; text queries attend densely to all keys
-through the stock dispatch. A user's later ``set_attention_backend(...)`` sets the route's dense backend.
+through unchanged. A user's later ``set_attention_backend(...)`` sets the route's dense backend.
 
-A forward pre-hook on the transformer records the latent grid. Denoising steps are counted by wrapping
-the pipeline scheduler's ``set_timesteps`` (a new generation: reset) and ``step`` (one step done), so
-classifier-free guidance with several transformer calls per step counts once. A bare transformer counts
-forward calls instead (``handle.reset_steps()`` starts a new generation).
+The joint sequence is the generated latent grid plus context: text tokens, and any tokens the image
+stream carries beside the grid (FLUX.1 Kontext's reference image). The route runs ``gna_attention`` for
+the grid queries, with every valid context key in the same softmax, and dense attention for the context
+queries. A layout it cannot place runs dense, with a warning naming the layer and the layout.
+
+A forward pre-hook on the transformer, before every call: re-attaches routes to processors that diffusers'
+loaders rebuilt or replaced (``type(processor)()``, IP-Adapter processors), probes the token layout,
+resolves and validates every layer's pattern for a new grid (so a pattern that cannot run is reported at
+the first call, not after the dense warm-up), and hands each route the pattern of this call (or None:
+dense). Denoising steps are counted by the pipeline schedulers' ``set_timesteps`` (a new generation)
+and ``step`` (one step done), so classifier-free guidance with several transformer calls per step counts
+once; several pipelines sharing one transformer each count through their own scheduler. A bare
+transformer counts forward calls instead (``handle.reset_steps()`` starts a new generation).
+
+Everything the installation holds is plain objects (no closures), so ``copy.deepcopy`` of a patched
+pipeline or transformer gives an independently patched copy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import copy
+import inspect
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from math import prod
@@ -34,10 +46,38 @@ from .backends import available_backends
 from .config import ANY_FAMILY, ConfigError, GNAConfig, LayerPattern, dense_step_count, layer_patterns
 from .ops import gna_attention
 from .presets import resolve_preset
+from .spec import GNASpec
 
 logger = logging.getLogger("gna_diffusers")
 
-GridProbe = Callable[[torch.nn.Module, tuple, dict], tuple[int, ...]]
+
+class LayoutError(ValueError):
+    """A transformer call whose token layout a family's probe cannot place on a latent grid."""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the generated latent grid sits in the transformer's image/video token stream.
+
+    The stream is the ``hidden_states`` tokens of the call: ``prod(grid)`` grid tokens, row-major,
+    starting at ``grid_offset``, and ``stream_tokens - prod(grid)`` context tokens around them (e.g. a
+    reference image appended by FLUX.1 Kontext). Text tokens are not part of the stream.
+    """
+
+    grid: tuple[int, ...]
+    stream_tokens: int
+    grid_offset: int = 0
+
+    def __post_init__(self):
+        if self.grid_offset < 0 or self.grid_offset + prod(self.grid) > self.stream_tokens:
+            raise LayoutError(f"grid {self.grid} at offset {self.grid_offset} does not fit {self.stream_tokens} tokens")
+
+    def describe(self) -> str:
+        context = self.stream_tokens - prod(self.grid)
+        return f"grid {self.grid} ({prod(self.grid)} tokens)" + (f" + {context} context tokens" if context else "")
+
+
+LayoutProbe = Callable[[torch.nn.Module, tuple, dict], TokenLayout]
 
 
 class UnsupportedModelError(TypeError):
@@ -54,27 +94,155 @@ class ModelPatch:
     stock_processor_class: type
     dispatch_module: ModuleType  # the module whose dispatch_attention_fn the stock processor calls
     blocks: dict[str, str]  # block type in presets -> attribute of the transformer holding those blocks
-    text_first: bool  # joint sequence order: [text, image] (True) or [image, text]
-    grid_probe: GridProbe  # latent token grid from the transformer's forward inputs
+    text_first: bool  # joint sequence order: [text, image stream] (True) or [image stream, text]
+    layout_probe: LayoutProbe  # token layout from the transformer's forward inputs; raises LayoutError
     video: bool  # pipeline output is .frames (B, F, H, W, C) rather than .images
+    # Other processors diffusers may put on a sparse layer (e.g. IP-Adapter's) whose self-attention call
+    # also goes through dispatch_module with ``backend=self._attention_backend``: GNA stays on for them.
+    adoptable_processors: tuple[type, ...] = ()
+
+    def __deepcopy__(self, memo) -> ModelPatch:
+        return self  # immutable description of a family (it holds a module, which cannot be copied)
+
+
+class GNARoute:
+    """Stands in for a processor's attention backend; the wrapped dispatch hands its calls to this.
+
+    The transformer's pre-hook sets ``layout`` and ``pattern`` before every call; the route reads nothing
+    else, so a compiled block sees per-call constants (the pattern's values), not the step or the layer.
+    """
+
+    def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None):
+        self.layer = layer
+        self.text_first = text_first
+        self.backend = backend  # GNA backend of gna_attention
+        self.dense_backend = dense_backend  # diffusers backend of the dense paths
+        self.layout: TokenLayout | None = None
+        self.pattern: LayerPattern | None = None  # None: this call runs dense
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"GNARoute({self.layer[0]}.{self.layer[1]})"
+
+    def _dense(self, dispatch, query, key, value, attn_mask, kwargs, why: str | None = None) -> torch.Tensor:
+        if why is not None and why not in self._warned:
+            self._warned.add(why)
+            warnings.warn(f"gna: layer {self.layer[0]}.{self.layer[1]} runs dense: {why}", stacklevel=2)
+        return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+
+    def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
+        pattern, layout = self.pattern, self.layout
+        # Dense step or layer, or not self-attention (e.g. IP-Adapter's image-prompt keys).
+        if pattern is None or query.shape[1] != key.shape[1]:
+            return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+        total, stream = query.shape[1], layout.stream_tokens
+        if total < stream:
+            why = f"it got {total} tokens, fewer than the {layout.describe()} of the transformer's input"
+            return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+        text_valid = None
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool or attn_mask.ndim != 4 or attn_mask.shape[1:3] != (1, 1):
+                why = f"attention mask {attn_mask.dtype} {tuple(attn_mask.shape)} is not a (B, 1, 1, S) key mask"
+                return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+            text_valid = attn_mask[:, 0, 0]
+        grid_start = (total - stream if self.text_first else 0) + layout.grid_offset
+        grid = slice(grid_start, grid_start + prod(layout.grid))
+        context = [part for part in (slice(0, grid.start), slice(grid.stop, total)) if part.stop > part.start]
+
+        def gather(t: torch.Tensor) -> torch.Tensor:  # the context tokens of t (dim 1), in sequence order
+            return t[:, context[0]] if len(context) == 1 else torch.cat([t[:, part] for part in context], dim=1)
+
+        out_grid = gna_attention(
+            query[:, grid], key[:, grid], value[:, grid], layout.grid, pattern.window, pattern.stride,
+            pattern.dilation, extra_k=gather(key) if context else None, extra_v=gather(value) if context else None,
+            extra_kv_mask=gather(text_valid) if context and text_valid is not None else None, backend=self.backend,
+        )
+        if not context:
+            return out_grid
+        out_context = dispatch(gather(query), key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+        before = grid.start
+        return torch.cat([out_context[:, :before], out_grid, out_context[:, before:]], dim=1)
+
+
+class RoutedProcessorMixin:
+    """Mixed into a stock processor: its dispatch call carries a :class:`GNARoute` as the backend.
+
+    Constructible with no arguments like the stock processors (diffusers' loaders rebuild processors with
+    ``type(processor)()``): without a route it behaves exactly like the stock processor, and the
+    installation's pre-hook attaches the layer's route before the next call.
+    """
+
+    def __init__(self, route: GNARoute | None = None):
+        self.route = route
+        self._unrouted_backend = None
+        super().__init__()
+
+    @property
+    def _attention_backend(self):
+        return self.route if self.route is not None else self._unrouted_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend) -> None:  # diffusers' set_attention_backend: the dense path's backend
+        if isinstance(backend, GNARoute):
+            self.route = backend
+        elif self.route is not None:
+            self.route.dense_backend = backend
+        else:
+            self._unrouted_backend = backend
+
+
+class _RoutedDispatch:
+    """Replaces a family module's ``dispatch_attention_fn``: calls carrying a route go to it."""
+
+    def __init__(self, original: Callable):
+        self.original = original
+        self.__signature__ = inspect.signature(original)
+
+    def __call__(self, query, key, value, attn_mask=None, *args, backend=None, **kwargs):
+        if isinstance(backend, GNARoute):
+            return backend(self.original, query, key, value, attn_mask, kwargs)
+        return self.original(query, key, value, attn_mask, *args, backend=backend, **kwargs)
+
+
+# Installations per family module, whose dispatch_attention_fn is a _RoutedDispatch while any is active.
+_ROUTED: dict[ModuleType, int] = {}
+
+
+def _route_dispatch(module: ModuleType) -> None:
+    if module not in _ROUTED:
+        module.dispatch_attention_fn = _RoutedDispatch(module.dispatch_attention_fn)
+    _ROUTED[module] = _ROUTED.get(module, 0) + 1
+
+
+def _unroute_dispatch(module: ModuleType) -> None:
+    _ROUTED[module] -= 1
+    if _ROUTED[module] == 0:
+        module.dispatch_attention_fn = module.dispatch_attention_fn.original
+        del _ROUTED[module]
 
 
 class _Runtime:
-    """Per-installation state the routes read: the grid of the current forward, and the step."""
+    """Per-installation state: the step of the generation in progress and the patterns per grid."""
 
     def __init__(self, config: GNAConfig, patterns: dict[tuple[str, int], LayerPattern], count_forward: bool):
         self.config = config
         self.patterns = patterns
         self.count_forward = count_forward
-        self.grid: tuple[int, ...] | None = None
+        self.layout: TokenLayout | None = None
         self.step = 0
         self.calls = 0  # forward calls this generation, when counting forward calls
+        self.total_steps: int | None = None  # of the generation in progress, when a scheduler counts
         self.dense_steps = dense_step_count(config, None) if count_forward else 0
         self._resolved: dict[tuple, LayerPattern] = {}
-        self._logged_grids: set[tuple[int, ...]] = set()
+        self._checked_grids: set[tuple[int, ...]] = set()
+
+    @property
+    def grid(self) -> tuple[int, ...] | None:
+        return None if self.layout is None else self.layout.grid
 
     def new_generation(self, total_steps: int | None) -> None:
         self.step = self.calls = 0
+        self.total_steps = total_steps
         self.dense_steps = dense_step_count(self.config, total_steps)
 
     def resolved(self, layer: tuple[str, int], grid: tuple[int, ...]) -> LayerPattern:
@@ -84,11 +252,27 @@ class _Runtime:
             self._resolved[key] = self.patterns[layer].resolve(self.config.base_grid, grid)
         return self._resolved[key]
 
-    def pattern_now(self, layer: tuple[str, int]) -> LayerPattern | None:
-        """The resolved pattern for this layer now, or None when the layer runs dense."""
-        if self.patterns[layer].dense or self.step < self.dense_steps:
-            return None
-        return self.resolved(layer, self.grid)
+    def check_grid(self, grid: tuple[int, ...]) -> None:
+        """Resolve every sparse layer at a new ``grid`` and validate it; raise ConfigError naming the layer."""
+        if grid in self._checked_grids:
+            return
+        for layer, pattern in self.patterns.items():
+            if pattern.dense:
+                continue
+            resolved = self.resolved(layer, grid)
+            try:
+                GNASpec.create(grid, resolved.window, resolved.stride, resolved.dilation)
+            except ValueError as error:
+                raise ConfigError(
+                    f"gna: layer {layer[0]}.{layer[1]} cannot run on the latent grid {grid}: {error}; pick a preset "
+                    f"made for this resolution or adjust its window / stride / dilation"
+                ) from None
+        self._checked_grids.add(grid)
+        if not _compiling():
+            logger.info("gna: grid %s, per-layer patterns: %s", grid, self.layer_rows(grid))
+
+    def sparse_now(self) -> bool:
+        return self.step >= self.dense_steps
 
     def layer_rows(self, grid: tuple[int, ...] | None) -> list[dict]:
         """One dict per attention layer: the preset's values (grid None) or those resolved at ``grid``."""
@@ -103,110 +287,64 @@ class _Runtime:
             rows.append(row)
         return rows
 
-    def log_grid_once(self) -> None:
-        if self.grid in self._logged_grids:
-            return
-        self._logged_grids.add(self.grid)
-        logger.info("gna: grid %s, per-layer patterns: %s", self.grid, self.layer_rows(self.grid))
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
 
 
-class GNARoute:
-    """Stands in for a processor's attention backend; the wrapped dispatch hands its calls to this."""
+class _CountedMethod:
+    """A scheduler method that also tells the runtime: ``set_timesteps`` starts a generation, ``step`` ends
+    a denoising step. An object rather than a closure, so deepcopy copies it along with the scheduler."""
 
-    def __init__(self, runtime: _Runtime, layer: tuple[str, int], text_first: bool, dense_backend=None):
+    def __init__(self, scheduler, name: str, runtime: _Runtime):
+        self.scheduler = scheduler
+        self.name = name
+        self.original = getattr(scheduler, name)
         self.runtime = runtime
-        self.layer = layer
-        self.text_first = text_first
-        self.dense_backend = dense_backend
-
-    def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
-        pattern = self.runtime.pattern_now(self.layer)
-        if pattern is None:
-            return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
-        grid = self.runtime.grid
-        total, n = query.shape[1], prod(grid)
-        m = total - n
-        if m < 0:
-            raise RuntimeError(f"gna: the layer got {total} tokens but the latent grid {grid} has {n}")
-        image = slice(m, total) if self.text_first else slice(0, n)
-        text = slice(0, m) if self.text_first else slice(n, total)
-        text_valid = None
-        if attn_mask is not None:
-            if attn_mask.dtype != torch.bool or attn_mask.ndim != 4 or attn_mask.shape[1:3] != (1, 1):
-                raise NotImplementedError(
-                    f"gna: only boolean key-padding masks (B, 1, 1, S) are supported, got "
-                    f"{attn_mask.dtype} {tuple(attn_mask.shape)}"
-                )
-            text_valid = attn_mask[:, 0, 0, text]
-        out_image = gna_attention(
-            query[:, image], key[:, image], value[:, image], grid, pattern.window, pattern.stride, pattern.dilation,
-            extra_k=key[:, text] if m else None, extra_v=value[:, text] if m else None,
-            extra_kv_mask=text_valid if m else None, backend=self.runtime.config.backend,
-        )
-        if m == 0:
-            return out_image
-        out_text = dispatch(query[:, text], key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
-        return torch.cat([out_text, out_image] if self.text_first else [out_image, out_text], dim=1)
-
-
-class RoutedProcessorMixin:
-    """Mixed into a stock processor: its dispatch call carries a :class:`GNARoute` as the backend."""
-
-    def __init__(self, route: GNARoute):
-        super().__init__()
-        self.route = route
 
     @property
-    def _attention_backend(self):
-        return self.route
+    def __signature__(self) -> inspect.Signature:  # diffusers inspects set_timesteps for `sigmas`
+        return inspect.signature(self.original)
 
-    @_attention_backend.setter
-    def _attention_backend(self, backend) -> None:  # diffusers' set_attention_backend: the dense path's backend
-        self.route.dense_backend = backend
-
-
-# dispatch_attention_fn wrappers installed per family module: module -> (original, installations).
-_ROUTED: dict[ModuleType, tuple[Callable, int]] = {}
-
-
-def _route_dispatch(module: ModuleType) -> None:
-    if module in _ROUTED:
-        original, count = _ROUTED[module]
-        _ROUTED[module] = (original, count + 1)
-        return
-    original = module.dispatch_attention_fn
-
-    def dispatch_attention_fn(query, key, value, attn_mask=None, *args, backend=None, **kwargs):
-        if isinstance(backend, GNARoute):
-            return backend(original, query, key, value, attn_mask, kwargs)
-        return original(query, key, value, attn_mask, *args, backend=backend, **kwargs)
-
-    module.dispatch_attention_fn = dispatch_attention_fn
-    _ROUTED[module] = (original, 1)
+    def __call__(self, *args, **kwargs):
+        result = self.original(*args, **kwargs)
+        if self.name == "set_timesteps":
+            self.runtime.new_generation(len(self.scheduler.timesteps))
+        else:
+            self.runtime.step += 1
+        return result
 
 
-def _unroute_dispatch(module: ModuleType) -> None:
-    original, count = _ROUTED[module]
-    if count == 1:
-        module.dispatch_attention_fn = original
-        del _ROUTED[module]
-    else:
-        _ROUTED[module] = (original, count - 1)
+_COUNTED_METHODS = ("set_timesteps", "step")
 
 
 class GNAHandle:
-    """What :func:`apply` installed; :meth:`describe` lists it, :meth:`remove` undoes it."""
+    """What :func:`apply` installed; :meth:`describe` lists it, :meth:`remove` undoes it.
 
-    def __init__(self, transformer, scheduler, patch: ModelPatch, config: GNAConfig, runtime: _Runtime):
+    ``copy.deepcopy`` of a patched pipeline or transformer copies the installation with it: the copy is
+    patched independently (its own routes, step counter and handle) and ``remove`` works on each.
+    """
+
+    def __init__(self, transformer, patch: ModelPatch, config: GNAConfig, runtime: _Runtime):
         self.transformer = transformer
-        self.scheduler = scheduler
         self.patch = patch
         self.config = config
         self.runtime = runtime
-        self._originals: dict[torch.nn.Module, object] = {}
-        self._hooks: list = []
-        self._scheduler_methods: list[str] = []
+        self.schedulers: list = []  # schedulers whose steps are counted
+        self._routes: dict[tuple[str, int], GNARoute] = {}
+        self._installed: dict[tuple[str, int], tuple[torch.nn.Module, object, object]] = {}  # attn, ours, original
+        self._hook = None
+        self._notified: set[str] = set()
         self.active = True
+
+    def __deepcopy__(self, memo) -> GNAHandle:
+        clone = GNAHandle.__new__(GNAHandle)
+        memo[id(self)] = clone
+        for name, value in vars(self).items():
+            setattr(clone, name, copy.deepcopy(value, memo))
+        if clone.active:
+            _route_dispatch(clone.patch.dispatch_module)  # the copy's processors need the routed dispatch too
+        return clone
 
     def layers(self) -> list[dict]:
         """One entry per attention layer: block type, index, and dense or the preset's (base-grid) values."""
@@ -236,27 +374,120 @@ class GNAHandle:
         """Start a new generation (bare transformers only; pipelines reset at set_timesteps)."""
         self.runtime.new_generation(None)
 
+    def count_steps_of(self, scheduler) -> None:
+        """Count the denoising steps of ``scheduler`` (also a pipeline that shares this transformer)."""
+        for name in _COUNTED_METHODS:
+            setattr(scheduler, name, _CountedMethod(scheduler, name, self.runtime))
+        self.schedulers.append(scheduler)
+        self.runtime.count_forward = False
+
+    def _notify_once(self, key: str, message: str, warn: bool) -> None:
+        if key in self._notified or _compiling():
+            return
+        self._notified.add(key)
+        if warn:
+            warnings.warn(message, stacklevel=4)
+        else:
+            logger.info(message)
+
+    def _attach_routes(self) -> None:
+        """Give every sparse layer's current processor its route (loaders may have rebuilt or replaced it)."""
+        adopted, foreign = [], []
+        for layer, route in self._routes.items():
+            attn = self._installed[layer][0]
+            processor = attn.processor
+            if isinstance(processor, RoutedProcessorMixin):
+                if processor.route is not route:
+                    processor.route = route  # rebuilt with no arguments by a loader, e.g. type(processor)()
+            elif isinstance(processor, self.patch.adoptable_processors):
+                backend = processor._attention_backend
+                if backend is not route:
+                    if backend is not None:  # set_attention_backend since: the dense paths' backend
+                        route.dense_backend = backend
+                    processor._attention_backend = route
+                    adopted.append(layer)
+            else:
+                foreign.append((layer, type(processor).__name__))
+        if adopted:
+            names = ", ".join(f"{b}.{i}" for b, i in adopted)
+            self._notify_once(f"adopted {names}", f"gna: kept GNA on processors that diffusers replaced ({names})", False)
+        if foreign:
+            names = ", ".join(f"{b}.{i} ({cls})" for (b, i), cls in foreign)
+            self._notify_once(
+                f"foreign {names}",
+                f"gna: layers {names} now have processors that gna-diffusers cannot route; they run as those "
+                f"processors do (dense). gna_diffusers.remove() leaves them in place.",
+                True,
+            )
+
+    def _before_forward(self, module, args, kwargs) -> None:
+        """The transformer's forward pre-hook: routes, layout, step and this call's pattern per layer."""
+        runtime = self.runtime
+        self._attach_routes()
+        try:
+            layout = self.patch.layout_probe(module, args, kwargs)
+        except LayoutError as error:
+            layout = None
+            self._notify_once(f"layout {error}", f"gna: every layer runs dense for this call: {error}", True)
+        if layout is not None:
+            runtime.check_grid(layout.grid)
+        runtime.layout = layout
+        if runtime.count_forward:  # the n-th forward call of a generation is step n
+            runtime.step = runtime.calls
+            runtime.calls += 1
+        elif runtime.total_steps is not None and runtime.step >= runtime.total_steps:
+            self._notify_once(
+                "uncounted",
+                f"gna: the transformer was called after the counted generation ended (step {runtime.step} of "
+                f"{runtime.total_steps}): a pipeline whose scheduler gna-diffusers does not count is using it, "
+                f"so it runs without the dense warm-up. Call gna_diffusers.apply(that_pipeline, preset) to count "
+                f"its steps too.",
+                True,
+            )
+        sparse = layout is not None and runtime.sparse_now()
+        for layer, route in self._routes.items():
+            route.layout = layout
+            route.pattern = runtime.resolved(layer, layout.grid) if sparse else None
+
     def remove(self) -> None:
-        """Restore the original processors, hooks and scheduler methods."""
+        """Restore the original processors, hook and scheduler methods. A processor that diffusers or the
+        user put on a layer since is left in place (a stock one adopted by GNA gets its dense backend back)."""
         if not self.active:
             return
-        for attn, processor in self._originals.items():
-            attn.set_processor(processor)
-        for hook in self._hooks:
-            hook.remove()
-        for name in self._scheduler_methods:
-            delattr(self.scheduler, name)  # the instance attribute shadowed the class method
+        for layer, (attn, ours, original) in self._installed.items():
+            processor, route = attn.processor, self._routes[layer]
+            if processor is ours:
+                attn.set_processor(original)
+            elif isinstance(processor, RoutedProcessorMixin) and processor.route is route:
+                processor.route = None
+                processor._attention_backend = route.dense_backend
+            elif processor is not None and vars(processor).get("_attention_backend") is route:
+                processor._attention_backend = route.dense_backend
+        if self._hook is not None:
+            self._hook.remove()
+        for scheduler in self.schedulers:
+            for name in _COUNTED_METHODS:
+                if isinstance(vars(scheduler).get(name), _CountedMethod):
+                    delattr(scheduler, name)  # the instance attribute shadowed the class method
         _unroute_dispatch(self.patch.dispatch_module)
         del self.transformer._gna_handle
         self.active = False
 
 
+def _unwrap_compiled(module):
+    """The module inside a ``torch.compile`` wrapper (OptimizedModule), else the module itself."""
+    inner = getattr(module, "_orig_mod", None)
+    if isinstance(inner, torch.nn.Module) and type(module).__name__ == "OptimizedModule":
+        return inner
+    return module
+
+
 def _find_parts(target) -> tuple[torch.nn.Module, object | None]:
     transformer = getattr(target, "transformer", None)
     if isinstance(transformer, torch.nn.Module):
-        return transformer, getattr(target, "scheduler", None)
+        return _unwrap_compiled(transformer), getattr(target, "scheduler", None)
     if isinstance(target, torch.nn.Module):
-        return target, None
+        return _unwrap_compiled(target), None
     raise UnsupportedModelError(
         f"apply() takes a diffusers pipeline with a .transformer or the transformer itself, got {type(target).__name__}"
     )
@@ -279,7 +510,9 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
 
     Args:
         target: a diffusers pipeline (its ``.transformer`` is patched and its scheduler counts steps) or
-            a transformer module.
+            a transformer module. A transformer wrapped by ``torch.compile`` is patched inside its wrapper
+            (the compiled graph is rebuilt at the next call). A pipeline whose transformer already runs
+            this preset (shared with another pipeline) gets its scheduler counted too.
         preset: a shipped preset name (``gna-diffusers presets list``), a YAML file path, or a GNAConfig.
         backend: overrides the preset's GNA backend (``"auto"``, ``"triton"``, ``"flex"``, ...).
 
@@ -299,14 +532,22 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         )
     if config.backend not in available_backends():
         raise ConfigError(f"backend {config.backend!r} is unknown; available: {', '.join(available_backends())}")
-    if getattr(transformer, "_gna_handle", None) is not None:
-        raise RuntimeError("GNA is already applied to this transformer; call gna_diffusers.remove() first")
+    existing = getattr(transformer, "_gna_handle", None)
+    if existing is not None:
+        if existing.config != config or scheduler is None or any(s is scheduler for s in existing.schedulers):
+            raise RuntimeError(
+                "GNA is already applied to this transformer; call gna_diffusers.remove() first (a pipeline "
+                "sharing the transformer may apply the same preset, to have its steps counted)"
+            )
+        existing.count_steps_of(scheduler)
+        return existing
+    if transformer is not getattr(target, "transformer", transformer):
+        logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
     block_lists = {name: getattr(transformer, attr) for name, attr in patch.blocks.items()}
     patterns = layer_patterns(config, {name: len(blocks) for name, blocks in block_lists.items()})
-    count_forward = scheduler is None
-    runtime = _Runtime(config, patterns, count_forward)  # raises for a fractional warm-up without a scheduler
+    runtime = _Runtime(config, patterns, count_forward=scheduler is None)  # raises for a fraction without one
 
-    handle = GNAHandle(transformer, scheduler, patch, config, runtime)
+    handle = GNAHandle(transformer, patch, config, runtime)
     _route_dispatch(patch.dispatch_module)
     for name, blocks in block_lists.items():
         for index, block in enumerate(blocks):
@@ -314,36 +555,15 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 continue  # dense layers keep their stock processor
             attn = block.attn
             original = attn.processor
-            route = GNARoute(runtime, (name, index), patch.text_first, getattr(original, "_attention_backend", None))
-            handle._originals[attn] = original
-            attn.set_processor(patch.processor_class(route))
-
-    def record_grid(module, args, kwargs):
-        runtime.grid = patch.grid_probe(module, args, kwargs)
-        runtime.log_grid_once()
-        if runtime.count_forward:  # the n-th forward call of a generation is step n
-            runtime.step = runtime.calls
-            runtime.calls += 1
-
-    handle._hooks.append(transformer.register_forward_pre_hook(record_grid, with_kwargs=True))
-    if not count_forward:
-        original_set_timesteps, original_step = scheduler.set_timesteps, scheduler.step
-
-        # functools.wraps keeps the signatures visible: diffusers inspects set_timesteps for `sigmas`.
-        @functools.wraps(original_set_timesteps)
-        def set_timesteps(*args, **kwargs):
-            result = original_set_timesteps(*args, **kwargs)
-            runtime.new_generation(len(scheduler.timesteps))
-            return result
-
-        @functools.wraps(original_step)
-        def step(*args, **kwargs):
-            result = original_step(*args, **kwargs)
-            runtime.step += 1
-            return result
-
-        scheduler.set_timesteps, scheduler.step = set_timesteps, step
-        handle._scheduler_methods = ["set_timesteps", "step"]
+            route = GNARoute((name, index), patch.text_first, config.backend,
+                             getattr(original, "_attention_backend", None))
+            processor = patch.processor_class(route)
+            handle._routes[(name, index)] = route
+            handle._installed[(name, index)] = (attn, processor, original)
+            attn.set_processor(processor)
+    handle._hook = transformer.register_forward_pre_hook(handle._before_forward, with_kwargs=True)
+    if scheduler is not None:
+        handle.count_steps_of(scheduler)
     transformer._gna_handle = handle
     return handle
 

@@ -15,6 +15,10 @@ every axis. Along one axis of length ``L``, for a query at coordinate ``i``:
   inward, never truncated: every query sees exactly ``w`` keys per axis);
 * causal: ``leader = min((c // s) * s + s - 1, Lg - 1)``, ``start = max(leader - (w - 1), 0)``,
   keys ``[start, c + 1)``.
+
+A window of 1 along an axis keeps only keys at the query's own coordinate on that axis (e.g. window 1
+over time in a video: attention within each frame). It is also what an axis of extent 1 gets, since its
+only key is the query's own position.
 """
 
 from __future__ import annotations
@@ -96,11 +100,8 @@ class GNASpec:
             w, s, r, extent = window[axis], stride[axis], dilation[axis], grid[axis]
             if r < 1:
                 raise ValueError(f"dilation[{axis}]={r} must be >= 1")
-            if w < 2:
-                raise ValueError(
-                    f"window[{axis}]={w} must be >= 2 (a window of 1 attends to nothing but the "
-                    f"query itself; use a window of at least 2 along dimension {axis})"
-                )
+            if w < 1:
+                raise ValueError(f"window[{axis}]={w} must be >= 1")
             if w * r > extent:
                 raise ValueError(
                     f"window[{axis}]={w} with dilation {r} spans {w * r} positions but grid"

@@ -1,8 +1,10 @@
-"""FLUX (FluxTransformer2DModel): joint sequence [text, image] in every block, no text mask.
+"""FLUX (FluxTransformer2DModel): joint sequence [text, image stream] in every block, no text mask.
 
-Grid probe: ``img_ids`` (N, 3) holds (_, row, col) for each image token, row-major. Reading it costs a
-host sync, so the grid is computed once per ``img_ids`` tensor (pipelines build it once per generation
-and pass the same tensor every step).
+Layout probe: ``img_ids`` (N, 3) holds (_, row, col) for each image token, row-major. The generated image
+is the leading run of tokens sharing the first token's id[0]; tokens after it (FLUX.1 Kontext's
+reference image, id[0] = 1) are context, like the text. Reading the ids costs a host sync, so the layout
+is computed once per ``img_ids`` tensor (pipelines build it once per generation and pass the same tensor
+every step).
 """
 
 from __future__ import annotations
@@ -13,38 +15,42 @@ import weakref
 import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.models.transformers import transformer_flux
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 
-from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+from gna_diffusers.install import LayoutError, ModelPatch, RoutedProcessorMixin, TokenLayout
 
 
 class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
     """FluxAttnProcessor whose attention call runs GNA over the image grid; everything else is stock."""
 
 
-# The last img_ids tensor seen (by identity, weakly held) and its grid.
-_last_ids: tuple[weakref.ref, tuple[int, int]] | None = None
+# The last img_ids tensor seen (by identity, weakly held) and its layout.
+_last_ids: tuple[weakref.ref, TokenLayout] | None = None
 _FORWARD_PARAMS = inspect.signature(FluxTransformer2DModel.forward)
 
 
-def grid_probe(module, args, kwargs) -> tuple[int, int]:
-    """(rows, cols) of the image tokens, from ``img_ids``."""
-    img_ids = _FORWARD_PARAMS.bind_partial(module, *args, **kwargs).arguments.get("img_ids")
+def layout_probe(module, args, kwargs) -> TokenLayout:
+    """The generated image's (rows, cols) grid from ``img_ids``: the leading tokens that share the first
+    token's id[0] (FLUX.1 Kontext gives its reference-image tokens id[0] = 1 and appends them: context)."""
+    arguments = _FORWARD_PARAMS.bind_partial(module, *args, **kwargs).arguments
+    img_ids = arguments.get("img_ids")
     if img_ids is None:
-        raise ValueError("gna: FLUX needs img_ids in the transformer call to know the image grid")
+        raise LayoutError("FLUX needs img_ids in the transformer call to know the image grid")
     global _last_ids
     if _last_ids is not None and _last_ids[0]() is img_ids:
         return _last_ids[1]
     ids = img_ids[0] if img_ids.ndim == 3 else img_ids
-    rows, cols = (int(v) + 1 for v in ids[:, 1:3].amax(0).tolist())
-    flat = torch.arange(ids.shape[0], device=ids.device)
-    if rows * cols != ids.shape[0] or not bool(((ids[:, 1] * cols + ids[:, 2]).long() == flat).all()):
-        raise ValueError(
-            "gna: FLUX image tokens are not one row-major grid (e.g. extra reference-image tokens); "
-            "this token layout is not supported"
+    leading = int((ids[:, 0] == ids[0, 0]).cumprod(0).sum())
+    rows, cols = (int(v) + 1 for v in ids[:leading, 1:3].amax(0).tolist())
+    flat = torch.arange(leading, device=ids.device)
+    if rows * cols != leading or not bool(((ids[:leading, 1] * cols + ids[:leading, 2]).long() == flat).all()):
+        raise LayoutError(
+            f"the first {leading} image tokens (img_ids with id[0] = {ids[0, 0].item():g}) are not one row-major "
+            f"grid starting at (0, 0)"
         )
-    _last_ids = (weakref.ref(img_ids), (rows, cols))
-    return rows, cols
+    layout = TokenLayout((rows, cols), stream_tokens=ids.shape[0])
+    _last_ids = (weakref.ref(img_ids), layout)
+    return layout
 
 
 PATCH = ModelPatch(
@@ -55,8 +61,11 @@ PATCH = ModelPatch(
     dispatch_module=transformer_flux,
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=True,
-    grid_probe=grid_probe,
+    layout_probe=layout_probe,
     video=False,
+    # IP-Adapter's processor (load_ip_adapter puts it on the double blocks) and the stock one
+    # (unload_ip_adapter puts it back): both make the same self-attention call.
+    adoptable_processors=(FluxIPAdapterAttnProcessor, FluxAttnProcessor),
 )
 
 

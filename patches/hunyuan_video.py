@@ -2,28 +2,32 @@
 right-padded text with a boolean key mask (B, 1, 1, S). The token refiner (AttnProcessor2_0) is not
 touched: processors are installed per layer of the dual- and single-stream blocks only.
 
-Grid probe: hidden_states (B, C, F, H, W) -> (F / patch_t, H / patch, W / patch), from shapes (no sync).
+Layout probe: hidden_states (B, C, F, H, W) -> (F / patch_t, H / patch, W / patch), from shapes (no sync).
 """
 
 from __future__ import annotations
+
+from math import prod
 
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models.transformers import transformer_hunyuan_video
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
-from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+from gna_diffusers.install import ModelPatch, RoutedProcessorMixin, TokenLayout
 
 
 class GNAHunyuanVideoAttnProcessor(RoutedProcessorMixin, HunyuanVideoAttnProcessor2_0):
     """HunyuanVideoAttnProcessor2_0 whose attention call runs GNA over the video grid; all else stock."""
 
 
-def grid_probe(module, args, kwargs) -> tuple[int, int, int]:
+def layout_probe(module, args, kwargs) -> TokenLayout:
+    """The (frames, rows, cols) token grid from the latent's shape; the video stream is the grid alone."""
     hidden_states = args[0] if args else kwargs["hidden_states"]
     _, _, frames, height, width = hidden_states.shape
     p, p_t = module.config.patch_size, module.config.patch_size_t
-    return frames // p_t, height // p, width // p
+    grid = (frames // p_t, height // p, width // p)
+    return TokenLayout(grid, stream_tokens=prod(grid))
 
 
 PATCH = ModelPatch(
@@ -34,8 +38,9 @@ PATCH = ModelPatch(
     dispatch_module=transformer_hunyuan_video,
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=False,
-    grid_probe=grid_probe,
+    layout_probe=layout_probe,
     video=True,
+    adoptable_processors=(HunyuanVideoAttnProcessor2_0,),
 )
 
 

@@ -121,9 +121,10 @@ def test_remove_restores_processors_dispatch_and_outputs_bit_for_bit(pipe, famil
     transformer = pipe.transformer
     before = {name: module.processor for name, module in transformer.named_modules() if hasattr(module, "processor")}
     hooks_before = len(transformer._forward_pre_hooks)
-    handle = apply(pipe, config(family))
-    dispatch_module = handle.patch.dispatch_module
-    original_dispatch = gna_diffusers.install._ROUTED[dispatch_module][0]
+    dispatch_module = FAMILIES[family].PATCH.dispatch_module
+    original_dispatch = dispatch_module.dispatch_attention_fn
+    apply(pipe, config(family))
+    assert dispatch_module.dispatch_attention_fn is not original_dispatch
     generate(pipe, family, steps=1)
     remove(pipe)
     after = {name: module.processor for name, module in transformer.named_modules() if hasattr(module, "processor")}

@@ -60,6 +60,24 @@ def test_backends_match_brute_force_half(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(grid=(1, 4, 5), window=(1, 2, 3), stride=(1, 2, 1)),  # one-frame video: an axis of extent 1
+        dict(grid=(3, 4, 5), window=(1, 4, 5)),  # window 1 over time: attention within each frame
+        dict(grid=(6, 5), window=(1, 3), stride=1, dilation=(2, 1), causal=(True, False)),
+    ],
+)
+def test_window_of_one_keeps_only_the_query_coordinate(backend, case):
+    full = {"stride": 1, "dilation": 1, "causal": False, **case}
+    full = {key: value if key == "grid" or isinstance(value, tuple) else (value,) * len(case["grid"])
+            for key, value in full.items()}
+    q, k, v, extras = make_inputs(full, extra=3, padded=True, seed=5)
+    out = gna_attention(q, k, v, **case, **extras, backend=backend)
+    torch.testing.assert_close(out.double(), expected(full, q, k, v, extras)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_whole_grid_window_equals_plain_sdpa_over_grid_and_valid_text(backend):
     grid = (3, 4, 5)
     q, k, v, extras = make_inputs({"grid": grid}, batch=2, extra=6, padded=True, seed=3)
@@ -101,7 +119,7 @@ def _call(**overrides):
     [
         (dict(grid=(3, 5)), r"q has N=12 tokens but grid \(3, 5\) has 15"),
         (dict(window=(2, 5)), r"window\[1\]=5 with dilation 1 spans 5 positions but grid\[1\] is 4"),
-        (dict(window=(2, 1)), r"window\[1\]=1 must be >= 2"),
+        (dict(window=(2, 0)), r"window\[1\]=0 must be >= 1"),
         (dict(stride=(3, 1)), r"stride\[0\]=3 must be between 1 and window\[0\]=2"),
         (dict(window=(2, 2, 2)), r"window has 3 entries but the grid has 2 dimensions"),
         (dict(k=torch.randn(1, 12, 2, 4)), r"q, k, v must have the same shape"),

@@ -57,7 +57,7 @@ def test_scalars_broadcast_and_numpy_ints_are_accepted():
     "kwargs, message",
     [
         (dict(grid=(8, 8), window=(4, 4, 4)), r"window has 3 entries but the grid has 2 dimensions"),
-        (dict(grid=(8, 8), window=(4, 1)), r"window\[1\]=1 must be >= 2"),
+        (dict(grid=(8, 8), window=(4, 0)), r"window\[1\]=0 must be >= 1"),
         (dict(grid=(8, 8), window=(4, 9)), r"window\[1\]=9 with dilation 1 spans 9 positions but grid\[1\] is 8"),
         (dict(grid=(8, 8), window=4, dilation=(1, 3)), r"window\[1\]=4 with dilation 3 spans 12 positions"),
         (dict(grid=(8, 8), window=4, stride=(5, 1)), r"stride\[0\]=5 must be between 1 and window\[0\]=4"),

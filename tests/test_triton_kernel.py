@@ -54,6 +54,9 @@ CASES = [
     (dict(grid=(4, 5, 6), window=(2, 3, 4), stride=(1, 3, 2)), (2, 2, 4), (1, 4, 4), 70, True, 1),
     (dict(grid=(5, 6, 8), window=(3, 4, 4), stride=(2, 2, 4), causal=(True, False, False)), (1, 4, 4), (2, 2, 4), 0, False, 1),
     (dict(grid=(6, 4, 6), window=(2, 2, 3), dilation=(2, 2, 1)), (2, 2, 4), (2, 2, 4), 4, True, 2),
+    # A window of 1: an axis of extent 1 (one-frame video) and per-frame attention.
+    (dict(grid=(1, 6, 8), window=(1, 3, 4), stride=(1, 2, 1)), (1, 4, 4), (1, 4, 4), 5, True, 1),
+    (dict(grid=(3, 4, 8), window=(1, 4, 8)), (2, 2, 4), (1, 4, 4), 0, False, 1),
 ]
 
 
