@@ -19,7 +19,7 @@ WINDOWS = {"flux": ([2, 2], [4, 4]), "hunyuan-video": ([2, 2, 2], [2, 4, 4])}
 def generate(pipe, family, prompts=("a red cat", "a dog on a beach at sunset"), steps=3, **extra):
     common = dict(height=32, width=32, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
                   output_type="pt", **extra)
-    output = pipe(list(prompts), **FAMILIES[family].tiny_call_kwargs(), **common)
+    output = pipe(list(prompts), **{**FAMILIES[family].tiny_call_kwargs(), **common})
     return output.images if family == "flux" else output.frames
 
 

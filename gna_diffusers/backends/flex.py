@@ -96,6 +96,8 @@ def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, scale, return_lse):
 def _unsupported(q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> str | None:
     if not hasattr(flex_module, "AuxRequest"):
         return f"needs torch >= 2.9 for FlexAttention's AuxRequest (found {torch.__version__})"
+    if needs_grad and q.device.type == "cpu":
+        return "FlexAttention has no backward on CPU; use backend 'reference' for training on CPU"
     return None
 
 

@@ -1,0 +1,363 @@
+"""GNA next to what diffusers users combine it with (offline, CPU, fp32): other token layouts (FLUX.1
+Kontext, one-frame video), loaders that rebuild processors (IP-Adapter, LoRA), cache hooks, offloading,
+save/load, dtype casts, fused projections, training, deepcopy, shared and compiled transformers.
+
+"Whole-extent" windows make GNA compute exactly the stock attention, so with them every combination must
+reproduce the stock model; sparse windows must still run and change the output."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from test_apply import FAMILIES, GRIDS, OperatorSpy, config, generate
+
+import gna_diffusers
+from gna_diffusers import ConfigError, GNAConfig, apply, enabled, remove
+from gna_diffusers.patches import flux, hunyuan_video
+
+TOL = 1e-5
+
+
+def whole(family, **kwargs):
+    return config(family, window=-1, **kwargs)
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+@pytest.fixture(params=["flux", "hunyuan-video"])
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def pipe(family):
+    pipe = FAMILIES[family].tiny_pipeline()
+    yield pipe
+    remove(pipe)
+
+
+# --- token layouts --------------------------------------------------------------------------------------
+
+
+def test_one_frame_video_runs_under_the_shipped_preset(monkeypatch):
+    pipe = hunyuan_video.tiny_pipeline()
+    one_frame = dict(num_frames=1)
+    stock = generate(pipe, "hunyuan-video", **one_frame)
+    with enabled(pipe, whole("hunyuan-video")):
+        assert max_diff(generate(pipe, "hunyuan-video", **one_frame), stock) <= TOL
+    spy = OperatorSpy(monkeypatch)
+    with enabled(pipe, "hunyuan-video-720p") as handle:
+        out = generate(pipe, "hunyuan-video", steps=4, **one_frame)
+        assert handle.runtime.grid == (1, 8, 8)
+    assert spy.windows and all(window[0] == 1 for window in spy.windows)  # the time axis keeps the query only
+    assert torch.isfinite(out).all()
+
+
+def test_a_preset_that_cannot_run_on_the_grid_fails_at_the_first_call_not_after_the_warmup():
+    pipe = hunyuan_video.tiny_pipeline()
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    flat = GNAConfig(family="any", base_grid=[8, 8], window=[4, 4], dense_steps=2)  # 2-D windows, a 3-D video
+    with enabled(pipe, flat), pytest.raises(ConfigError, match=r"2-D grid \(8, 8\) but the model produced a 3-D"):
+        generate(pipe, "hunyuan-video", steps=4)
+    assert len(calls) == 1
+
+
+def kontext_pipeline():
+    from diffusers import FluxKontextPipeline
+
+    return FluxKontextPipeline(**flux.tiny_pipeline().components)
+
+
+def kontext(pipe, steps=2):
+    reference = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return pipe(image=reference, prompt="a cat wearing a hat", height=32, width=32, num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(0), output_type="pt", max_area=32 * 32, _auto_resize=False,
+                **flux.tiny_call_kwargs()).images
+
+
+def test_flux_kontext_reference_tokens_are_context(monkeypatch):
+    pipe = kontext_pipeline()
+    stock = kontext(pipe)
+    extra_tokens = []
+    real = gna_diffusers.install.gna_attention
+
+    def spy(*args, **kwargs):
+        extra_tokens.append((args[3], kwargs["extra_k"].shape[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+    with enabled(pipe, whole("flux")):
+        assert max_diff(kontext(pipe), stock) <= TOL
+    # The generated 8x8 grid is sparse; 48 text tokens and the 64 reference-image tokens are context keys.
+    assert extra_tokens and set(extra_tokens) == {((8, 8), 48 + 64)}
+    with enabled(pipe, config("flux")):
+        assert max_diff(kontext(pipe), stock) > 1e-3
+    with enabled(pipe, "flux-4k"):
+        assert torch.isfinite(kontext(pipe, steps=4)).all()
+
+
+def test_a_layout_that_is_not_understood_runs_dense_with_one_warning():
+    transformer = flux.tiny_transformer()
+    inputs = flux.transformer_inputs(transformer, (4, 4), text=5)
+    inputs["img_ids"] = inputs["img_ids"].flip(0)  # not a row-major grid
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        apply(transformer, GNAConfig(family="flux", window=2))
+        with pytest.warns(UserWarning, match="every layer runs dense for this call: the first 16 image tokens"):
+            out = transformer(**inputs)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once, not per call
+            transformer(**inputs)
+    remove(transformer)
+    assert torch.equal(out, stock)
+
+
+# --- loaders that rebuild or replace processors ----------------------------------------------------------
+
+
+def tiny_ip_adapter(transformer, clip_dim=16):
+    """An IP-Adapter state dict in diffusers' layout for the tiny FLUX transformer (random weights)."""
+    gen = torch.Generator().manual_seed(3)
+    inner, joint = transformer.inner_dim, transformer.config.joint_attention_dim
+    ip_layers = {}
+    for i in range(transformer.config.num_layers):
+        for name in ("to_k_ip", "to_v_ip"):
+            ip_layers[f"{i}.{name}.weight"] = torch.randn(inner, joint, generator=gen) * 0.2
+            ip_layers[f"{i}.{name}.bias"] = torch.zeros(inner)
+    image_proj = {"proj.weight": torch.randn(4 * joint, clip_dim, generator=gen) * 0.2,
+                  "proj.bias": torch.zeros(4 * joint), "norm.weight": torch.ones(joint), "norm.bias": torch.zeros(joint)}
+    return {"image_proj": image_proj, "ip_adapter": ip_layers}
+
+
+def test_ip_adapter_loaded_after_apply_keeps_gna_on_every_layer(monkeypatch):
+    pipe = flux.tiny_pipeline()
+    embeds = [torch.randn(1, 1, 16, generator=torch.Generator().manual_seed(4))]  # (B, images, CLIP dim)
+    ip_call = dict(prompts=("a red cat",), ip_adapter_image_embeds=embeds,
+                   negative_ip_adapter_image_embeds=[torch.zeros_like(embeds[0])])
+    handle = apply(pipe, whole("flux"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*image_encoder.*")
+        pipe.load_ip_adapter(tiny_ip_adapter(pipe.transformer), weight_name="unused",
+                             image_encoder_pretrained_model_name_or_path=None)
+    spy = OperatorSpy(monkeypatch)
+    with_gna = generate(pipe, "flux", steps=1, **ip_call)
+    assert len(spy.windows) == 4  # both double blocks (IP-Adapter processors) and both single blocks
+    handle.remove()
+    ip_processor = type(pipe.transformer.transformer_blocks[0].attn.processor)
+    assert ip_processor.__name__ == "FluxIPAdapterAttnProcessor"  # remove() leaves the loader's processors
+    assert "_attention_backend" not in vars(pipe.transformer.transformer_blocks[0].attn.processor) or \
+        pipe.transformer.transformer_blocks[0].attn.processor._attention_backend is None
+    assert max_diff(with_gna, generate(pipe, "flux", steps=1, **ip_call)) <= TOL
+    apply(pipe, whole("flux"))
+    pipe.unload_ip_adapter()  # rebuilds every processor with type(processor)()
+    spy.windows.clear()
+    generate(pipe, "flux", steps=1)
+    assert len(spy.windows) == 4
+
+
+def test_lora_loaded_after_apply_changes_the_output_and_keeps_gna(monkeypatch):
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+
+    pipe = flux.tiny_pipeline()
+    apply(pipe, config("flux"))
+    before = generate(pipe, "flux", steps=1)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                                            init_lora_weights=False))
+    spy = OperatorSpy(monkeypatch)
+    after = generate(pipe, "flux", steps=1)
+    assert len(spy.windows) == 4 and max_diff(before, after) > 1e-4
+    remove(pipe)
+
+
+class UserProcessor:
+    """A processor of the user's own (not a subclass of any stock one)."""
+
+    def __init__(self, stock):
+        self.stock = stock
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+
+def test_remove_leaves_processors_the_user_set_since(pipe, family, monkeypatch):
+    handle = apply(pipe, config(family))
+    blocks = pipe.transformer.single_transformer_blocks
+    custom, stock = UserProcessor(handle.patch.stock_processor_class()), handle.patch.stock_processor_class()
+    blocks[0].attn.set_processor(custom)
+    blocks[1].attn.set_processor(stock)
+    spy = OperatorSpy(monkeypatch)
+    with pytest.warns(UserWarning, match=r"single.0 \(UserProcessor\) now have processors that gna-diffusers cannot"):
+        generate(pipe, family, steps=1)
+    assert len(spy.windows) == 3  # the stock processor the user set on single.1 keeps GNA; single.0 is theirs
+    remove(pipe)
+    assert blocks[0].attn.processor is custom and blocks[1].attn.processor is stock
+    assert stock._attention_backend is None
+    spy.windows.clear()
+    generate(pipe, family, steps=1)
+    assert not spy.windows
+
+
+# --- diffusers features ------------------------------------------------------------------------------------
+
+
+def cache_configs(pipe):
+    from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
+                           PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig)
+
+    timestep = lambda: pipe.current_timestep  # noqa: E731
+    return {
+        "first-block": FirstBlockCacheConfig(threshold=0.5),
+        "faster": FasterCacheConfig(spatial_attention_block_skip_range=2, current_timestep_callback=timestep,
+                                    is_guidance_distilled=True),
+        "mag": MagCacheConfig(num_inference_steps=4, mag_ratios=[1.0, 1.0, 0.99, 0.98], threshold=0.01),
+        "taylorseer": TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1),
+        "pyramid": PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
+                                                   spatial_attention_timestep_skip_range=(-1, 1001),
+                                                   current_timestep_callback=timestep),
+    }
+
+
+@pytest.mark.parametrize("cache", ["first-block", "faster", "mag", "taylorseer", "pyramid"])
+def test_cache_hooks_stack_with_gna(pipe, family, cache, monkeypatch):
+    pipe.transformer.enable_cache(cache_configs(pipe)[cache])
+    stock = generate(pipe, family, steps=4)
+    with enabled(pipe, whole(family, dense_steps=1)):
+        assert max_diff(generate(pipe, family, steps=4), stock) <= TOL
+    spy = OperatorSpy(monkeypatch)
+    with enabled(pipe, config(family, dense_steps=1)) as handle:
+        sparse = generate(pipe, family, steps=4)
+        # Steps come from the scheduler, so calls a cache skips do not shift the dense warm-up.
+        assert handle.runtime.step == 4
+    assert spy.windows and torch.isfinite(sparse).all()
+    pipe.transformer.disable_cache()
+
+
+def test_save_load_dtype_cast_and_fused_projections(pipe, family, tmp_path):
+    stock = generate(pipe, family)
+    handle = apply(pipe, whole(family))
+    pipe.transformer.save_pretrained(tmp_path)  # saves weights only: processors are not part of a checkpoint
+    loaded = type(pipe.transformer).from_pretrained(tmp_path)
+    assert not any(isinstance(p, handle.patch.processor_class) for p in loaded.attn_processors.values())
+    if family == "flux":
+        pipe.transformer.fuse_qkv_projections()
+        assert max_diff(generate(pipe, family), stock) <= 1e-4
+        pipe.transformer.unfuse_qkv_projections()
+    pipe.transformer.to(torch.float64)
+    pipe.to(torch.float64)
+    assert generate(pipe, family, steps=1).dtype == torch.float64
+    pipe.to(torch.float32)
+    assert max_diff(generate(pipe, family), stock) <= TOL
+
+
+def test_cpu_offload_hooks_keep_the_layout_probe_and_step_count(pipe, family):
+    stock = generate(pipe, family)
+    handle = apply(pipe, whole(family, dense_steps=1))
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert max_diff(generate(pipe, family), stock) <= TOL
+    assert handle.runtime.grid == tuple(GRIDS[family]) and handle.runtime.step == 3
+    pipe.remove_all_hooks()
+
+
+@pytest.mark.parametrize("backend", ["reference", "flex"])
+def test_training_step_with_gradient_checkpointing(family, backend):
+    transformer = FAMILIES[family].tiny_transformer().train()
+    transformer.enable_gradient_checkpointing()
+    grid = tuple(GRIDS[family])
+    inputs = FAMILIES[family].transformer_inputs(transformer, grid, text=6)
+    apply(transformer, config(family, backend=backend))
+    if backend == "flex":  # FlexAttention has no backward on CPU: refused clearly
+        with pytest.raises(ValueError, match="backend 'flex' cannot run this call: .*backward on CPU"):
+            transformer(**inputs)[0].square().mean().backward()
+        return
+    transformer(**inputs)[0].square().mean().backward()
+    grads = [p.grad for p in transformer.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    remove(transformer)
+
+
+# --- copies, shared and compiled transformers ------------------------------------------------------------------
+
+
+def test_deepcopy_gives_an_independently_patched_copy(pipe, family, monkeypatch):
+    stock = generate(pipe, family)
+    apply(pipe, config(family, dense_steps=1))
+    sparse = generate(pipe, family)
+    routed = dict(gna_diffusers.install._ROUTED)
+    twin = copy.deepcopy(pipe)
+    assert twin.transformer._gna_handle is not pipe.transformer._gna_handle
+    assert torch.equal(generate(twin, family), sparse)
+    assert twin.transformer._gna_handle.runtime.step == 3 and pipe.transformer._gna_handle.runtime.step == 3
+    remove(twin)
+    assert max_diff(generate(twin, family), stock) <= TOL  # the copy is stock again...
+    assert torch.equal(generate(pipe, family), sparse)  # ...the original still sparse
+    remove(pipe)
+    dispatch_module = FAMILIES[family].PATCH.dispatch_module
+    assert gna_diffusers.install._ROUTED.get(dispatch_module, 0) == routed[dispatch_module] - 1  # both released
+    assert copy.deepcopy(pipe.transformer) is not None  # an unpatched copy too
+
+
+def test_two_pipelines_sharing_a_transformer_each_count_their_steps(monkeypatch):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    first = flux.tiny_pipeline()
+    second = FluxPipeline(**{**first.components, "scheduler": FlowMatchEulerDiscreteScheduler()})
+    cfg = config("flux", dense_steps=2)
+    handle = apply(first, cfg)
+    assert apply(second, cfg) is handle  # the same preset: the second scheduler is counted too
+    spy = OperatorSpy(monkeypatch)
+    per_call = []
+    first.transformer.register_forward_hook(lambda *_: per_call.append(len(spy.windows)))
+    for pipeline in (first, second, first):
+        generate(pipeline, "flux", prompts=("a cat",), steps=3)
+    assert [b - a for a, b in zip([0] + per_call, per_call)] == [0, 0, 4] * 3
+    with pytest.raises(RuntimeError, match="already applied"):
+        apply(second, config("flux", dense_steps=1))  # a different preset on the shared transformer
+    handle.remove()
+    assert "step" not in vars(second.scheduler)
+
+
+def test_a_pipeline_whose_steps_are_not_counted_is_reported():
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    first = flux.tiny_pipeline()
+    second = FluxPipeline(**{**first.components, "scheduler": FlowMatchEulerDiscreteScheduler()})
+    with enabled(first, config("flux", dense_steps=2)):
+        generate(first, "flux", steps=2)
+        with pytest.warns(UserWarning, match=r"apply\(that_pipeline, preset\) to count its steps"):
+            generate(second, "flux", steps=2)
+
+
+def test_apply_to_a_compiled_transformer_patches_the_module_inside(pipe, family, monkeypatch):
+    inner = pipe.transformer
+    pipe.transformer = torch.compile(inner, backend="eager")
+    handle = apply(pipe, config(family))
+    assert handle.transformer is inner and inner._gna_handle is handle
+    spy = OperatorSpy(monkeypatch)
+    compiled = generate(pipe, family, steps=1)
+    assert len(spy.windows) == 4
+    pipe.transformer = inner
+    assert max_diff(compiled, generate(pipe, family, steps=1)) <= TOL
+    remove(pipe)
+    assert not hasattr(inner, "_gna_handle")
+
+
+def test_apply_remove_apply(pipe, family):
+    first = None
+    for _ in range(2):
+        with enabled(pipe, config(family)):
+            out = generate(pipe, family, steps=1)
+        first = out if first is None else first
+        assert torch.equal(out, first)
+
+
+def test_processors_construct_without_arguments(family):
+    processor = FAMILIES[family].PATCH.processor_class()
+    assert processor.route is None and processor._attention_backend is None
+    processor._attention_backend = "native"
+    assert processor._attention_backend == "native"
+
