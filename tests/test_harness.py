@@ -1,6 +1,7 @@
 """compare / sweep on the tiny offline pipelines, the metrics' wiring, resumable sweeps and errors."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,12 @@ from gna_diffusers.cli import main
 from gna_diffusers.harness import metrics, runner
 
 FAST = ["--steps", "2", "--prompt", "a red cat", "--no-warmup"]
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def read(path):
@@ -35,6 +42,8 @@ def test_compare_writes_the_report_files(tmp_path, capsys, model, picture):
     assert 0 < sample["metrics"]["psnr"] < metrics.PSNR_CAP and 0 < sample["metrics"]["ssim"] < 1
     assert sample["metrics"]["lpips"].startswith("skipped: no LPIPS weights")
     assert (tmp_path / picture).stat().st_size > 0 and (tmp_path / "p0-s1.png").exists()
+    for written in ("report.json", "report.md", "p0-s1.png"):  # readable by colleagues, like any new file
+        assert (tmp_path / written).stat().st_mode & 0o777 == 0o666 & ~current_umask()
     markdown = (tmp_path / "report.md").read_text()
     assert "random weights" in markdown and "| p0-s1" in markdown
     if model == "tiny-hunyuan-video":

@@ -41,7 +41,10 @@ def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
     """A tiny built-in pipeline, a local pipeline folder, or a hub id (from the local cache when offline)."""
     if name in TINY_MODELS:
         family = TINY_MODELS[name]
-        pipeline = family.tiny_pipeline().to(device=device, dtype=dtype)
+        pipeline = family.tiny_pipeline()
+        for component in pipeline.components.values():
+            if isinstance(component, torch.nn.Module):  # nn.Module.to: see random_transformer
+                torch.nn.Module.to(component, device=device, dtype=dtype)
         return Model(name, family, pipeline, pipeline.transformer, "random (built-in tiny model)")
     from diffusers import DiffusionPipeline
 

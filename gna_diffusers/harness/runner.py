@@ -328,7 +328,7 @@ def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
         model.transformer.set_attention_backend(settings.dense_backend)
     samples = [Sample(i, prompt, seed) for i, prompt in enumerate(settings.prompts) for seed in settings.seeds]
     lpips = metrics.lpips_scorer(settings.lpips_weights)
-    model.pipeline.set_progress_bar_config(leave=False)
+    model.pipeline.set_progress_bar_config(leave=False, disable=model.tiny)  # tiny runs take a second
     if settings.warmup:
         _warm_up(model, settings, entries[0][1], samples[0], device)
     summary_rows = []
