@@ -77,7 +77,8 @@ class TokenLayout:
         return f"grid {self.grid} ({prod(self.grid)} tokens)" + (f" + {context} context tokens" if context else "")
 
 
-LayoutProbe = Callable[[torch.nn.Module, tuple, dict], TokenLayout]
+# (transformer, forward args, forward kwargs, layout the pipeline prepared or None) -> layout of this call
+LayoutProbe = Callable[[torch.nn.Module, tuple, dict, "TokenLayout | None"], TokenLayout]
 
 
 class UnsupportedModelError(TypeError):
@@ -100,6 +101,9 @@ class ModelPatch:
     # Other processors diffusers may put on a sparse layer (e.g. IP-Adapter's) whose self-attention call
     # also goes through dispatch_module with ``backend=self._attention_backend``: GNA stays on for them.
     adoptable_processors: tuple[type, ...] = ()
+    # The layout from what the pipeline's ``prepare_latents`` returned (None: not recognised), computed
+    # outside the transformer call, so a compiled transformer's probe needs no host sync.
+    layout_from_prepared: Callable[[object, torch.nn.Module], TokenLayout | None] | None = None
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
@@ -222,17 +226,25 @@ def _unroute_dispatch(module: ModuleType) -> None:
 
 
 class _Runtime:
-    """Per-installation state: the step of the generation in progress and the patterns per grid."""
+    """Per-installation state: the generation in progress, the pipeline's prepared layout, and the
+    patterns per grid. ``sparse`` (the one value a compiled forward reads) changes only outside the
+    transformer call, when a scheduler step ends, so torch.compile sees it flip once per generation."""
 
-    def __init__(self, config: GNAConfig, patterns: dict[tuple[str, int], LayerPattern], count_forward: bool):
+    def __init__(self, config: GNAConfig, patterns: dict[tuple[str, int], LayerPattern], count_forward: bool,
+                 transformer: torch.nn.Module, layout_from_prepared=None):
         self.config = config
         self.patterns = patterns
         self.count_forward = count_forward
+        self.transformer = transformer
+        self.layout_from_prepared = layout_from_prepared
         self.layout: TokenLayout | None = None
+        self.prepared: TokenLayout | None = None  # from the pipeline's prepare_latents, this generation
         self.step = 0
         self.calls = 0  # forward calls this generation, when counting forward calls
         self.total_steps: int | None = None  # of the generation in progress, when a scheduler counts
         self.dense_steps = dense_step_count(config, None) if count_forward else 0
+        self.sparse = self.dense_steps == 0
+        self.generation_over = False  # every counted step done: a later call is from an uncounted pipeline
         self._resolved: dict[tuple, LayerPattern] = {}
         self._checked_grids: set[tuple[int, ...]] = set()
 
@@ -244,6 +256,29 @@ class _Runtime:
         self.step = self.calls = 0
         self.total_steps = total_steps
         self.dense_steps = dense_step_count(self.config, total_steps)
+        self._set_step(0)
+
+    def _set_step(self, step: int) -> None:
+        self.step = step
+        self.sparse = step >= self.dense_steps
+        self.generation_over = self.total_steps is not None and step >= self.total_steps
+
+    def observe(self, name: str, owner, result) -> None:
+        """Called after a wrapped scheduler or pipeline method returned ``result``."""
+        if name == "set_timesteps":
+            self.new_generation(len(owner.timesteps))
+        elif name == "step":
+            self._set_step(self.step + 1)
+        elif name == "prepare_latents":
+            self.prepared = self.layout_from_prepared(result, self.transformer)
+            if self.prepared is not None:
+                self.check_grid(self.prepared.grid)
+
+    def count_call(self) -> None:
+        """A bare transformer's forward call: the n-th call of a generation is step n."""
+        if self.dense_steps:  # with no warm-up nothing to count (and nothing for torch.compile to specialise on)
+            self._set_step(self.calls)
+            self.calls += 1
 
     def resolved(self, layer: tuple[str, int], grid: tuple[int, ...]) -> LayerPattern:
         """The layer's pattern at ``grid`` (cached: the denoising loop resolves each layer once per grid)."""
@@ -271,9 +306,6 @@ class _Runtime:
         if not _compiling():
             logger.info("gna: grid %s, per-layer patterns: %s", grid, self.layer_rows(grid))
 
-    def sparse_now(self) -> bool:
-        return self.step >= self.dense_steps
-
     def layer_rows(self, grid: tuple[int, ...] | None) -> list[dict]:
         """One dict per attention layer: the preset's values (grid None) or those resolved at ``grid``."""
         rows = []
@@ -292,14 +324,15 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-class _CountedMethod:
-    """A scheduler method that also tells the runtime: ``set_timesteps`` starts a generation, ``step`` ends
-    a denoising step. An object rather than a closure, so deepcopy copies it along with the scheduler."""
+class _ObservedMethod:
+    """A scheduler or pipeline method that reports each result to the runtime (``set_timesteps`` starts a
+    generation, ``step`` ends a step, ``prepare_latents`` gives the layout). An object rather than a
+    closure, so deepcopy copies it along with its owner."""
 
-    def __init__(self, scheduler, name: str, runtime: _Runtime):
-        self.scheduler = scheduler
+    def __init__(self, owner, name: str, runtime: _Runtime):
+        self.owner = owner
         self.name = name
-        self.original = getattr(scheduler, name)
+        self.original = getattr(owner, name)
         self.runtime = runtime
 
     @property
@@ -308,14 +341,23 @@ class _CountedMethod:
 
     def __call__(self, *args, **kwargs):
         result = self.original(*args, **kwargs)
-        if self.name == "set_timesteps":
-            self.runtime.new_generation(len(self.scheduler.timesteps))
-        else:
-            self.runtime.step += 1
+        self.runtime.observe(self.name, self.owner, result)
         return result
 
 
-_COUNTED_METHODS = ("set_timesteps", "step")
+def _observe(owner, names: tuple[str, ...], runtime: _Runtime) -> None:
+    for name in names:
+        setattr(owner, name, _ObservedMethod(owner, name, runtime))
+
+
+def _unobserve(owner, names: tuple[str, ...]) -> None:
+    for name in names:
+        if isinstance(vars(owner).get(name), _ObservedMethod):
+            delattr(owner, name)  # the instance attribute shadowed the class method
+
+
+_SCHEDULER_METHODS = ("set_timesteps", "step")
+_PIPELINE_METHODS = ("prepare_latents",)
 
 
 class GNAHandle:
@@ -331,6 +373,7 @@ class GNAHandle:
         self.config = config
         self.runtime = runtime
         self.schedulers: list = []  # schedulers whose steps are counted
+        self.pipelines: list = []  # pipelines whose prepare_latents gives the layout
         self._routes: dict[tuple[str, int], GNARoute] = {}
         self._installed: dict[tuple[str, int], tuple[torch.nn.Module, object, object]] = {}  # attn, ours, original
         self._hook = None
@@ -374,11 +417,14 @@ class GNAHandle:
         """Start a new generation (bare transformers only; pipelines reset at set_timesteps)."""
         self.runtime.new_generation(None)
 
-    def count_steps_of(self, scheduler) -> None:
-        """Count the denoising steps of ``scheduler`` (also a pipeline that shares this transformer)."""
-        for name in _COUNTED_METHODS:
-            setattr(scheduler, name, _CountedMethod(scheduler, name, self.runtime))
+    def attach_pipeline(self, pipeline, scheduler) -> None:
+        """Count ``scheduler``'s denoising steps and take the layout from ``pipeline.prepare_latents``
+        (also for a second pipeline that shares this transformer)."""
+        _observe(scheduler, _SCHEDULER_METHODS, self.runtime)
         self.schedulers.append(scheduler)
+        if self.patch.layout_from_prepared is not None and callable(getattr(pipeline, "prepare_latents", None)):
+            _observe(pipeline, _PIPELINE_METHODS, self.runtime)
+            self.pipelines.append(pipeline)
         self.runtime.count_forward = False
 
     def _notify_once(self, key: str, message: str, warn: bool) -> None:
@@ -421,30 +467,30 @@ class GNAHandle:
             )
 
     def _before_forward(self, module, args, kwargs) -> None:
-        """The transformer's forward pre-hook: routes, layout, step and this call's pattern per layer."""
+        """The transformer's forward pre-hook: routes, layout and this call's pattern per layer. Under
+        torch.compile it reads only per-generation constants (the layout, ``runtime.sparse``)."""
         runtime = self.runtime
         self._attach_routes()
         try:
-            layout = self.patch.layout_probe(module, args, kwargs)
+            layout = self.patch.layout_probe(module, args, kwargs, runtime.prepared)
         except LayoutError as error:
             layout = None
             self._notify_once(f"layout {error}", f"gna: every layer runs dense for this call: {error}", True)
-        if layout is not None:
+        if layout is not None and layout is not runtime.prepared:
             runtime.check_grid(layout.grid)
         runtime.layout = layout
-        if runtime.count_forward:  # the n-th forward call of a generation is step n
-            runtime.step = runtime.calls
-            runtime.calls += 1
-        elif runtime.total_steps is not None and runtime.step >= runtime.total_steps:
+        if runtime.count_forward:
+            runtime.count_call()
+        elif runtime.generation_over:
             self._notify_once(
                 "uncounted",
-                f"gna: the transformer was called after the counted generation ended (step {runtime.step} of "
-                f"{runtime.total_steps}): a pipeline whose scheduler gna-diffusers does not count is using it, "
-                f"so it runs without the dense warm-up. Call gna_diffusers.apply(that_pipeline, preset) to count "
-                f"its steps too.",
+                f"gna: the transformer was called after the counted generation ended ({runtime.total_steps} "
+                f"steps): a pipeline whose scheduler gna-diffusers does not count is using it, so it runs "
+                f"without the dense warm-up. Call gna_diffusers.apply(that_pipeline, preset) to count its "
+                f"steps too.",
                 True,
             )
-        sparse = layout is not None and runtime.sparse_now()
+        sparse = layout is not None and runtime.sparse
         for layer, route in self._routes.items():
             route.layout = layout
             route.pattern = runtime.resolved(layer, layout.grid) if sparse else None
@@ -466,9 +512,9 @@ class GNAHandle:
         if self._hook is not None:
             self._hook.remove()
         for scheduler in self.schedulers:
-            for name in _COUNTED_METHODS:
-                if isinstance(vars(scheduler).get(name), _CountedMethod):
-                    delattr(scheduler, name)  # the instance attribute shadowed the class method
+            _unobserve(scheduler, _SCHEDULER_METHODS)
+        for pipeline in self.pipelines:
+            _unobserve(pipeline, _PIPELINE_METHODS)
         _unroute_dispatch(self.patch.dispatch_module)
         del self.transformer._gna_handle
         self.active = False
@@ -483,6 +529,7 @@ def _unwrap_compiled(module):
 
 
 def _find_parts(target) -> tuple[torch.nn.Module, object | None]:
+    """(transformer, scheduler) of a pipeline, or (transformer, None) for a bare transformer."""
     transformer = getattr(target, "transformer", None)
     if isinstance(transformer, torch.nn.Module):
         return _unwrap_compiled(transformer), getattr(target, "scheduler", None)
@@ -539,13 +586,14 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 "GNA is already applied to this transformer; call gna_diffusers.remove() first (a pipeline "
                 "sharing the transformer may apply the same preset, to have its steps counted)"
             )
-        existing.count_steps_of(scheduler)
+        existing.attach_pipeline(target, scheduler)
         return existing
     if transformer is not getattr(target, "transformer", transformer):
         logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
     block_lists = {name: getattr(transformer, attr) for name, attr in patch.blocks.items()}
     patterns = layer_patterns(config, {name: len(blocks) for name, blocks in block_lists.items()})
-    runtime = _Runtime(config, patterns, count_forward=scheduler is None)  # raises for a fraction without one
+    # Raises for a fractional warm-up without a scheduler to count steps.
+    runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared)
 
     handle = GNAHandle(transformer, patch, config, runtime)
     _route_dispatch(patch.dispatch_module)
@@ -563,7 +611,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
             attn.set_processor(processor)
     handle._hook = transformer.register_forward_pre_hook(handle._before_forward, with_kwargs=True)
     if scheduler is not None:
-        handle.count_steps_of(scheduler)
+        handle.attach_pipeline(target, scheduler)
     transformer._gna_handle = handle
     return handle
 

@@ -29,17 +29,9 @@ _last_ids: tuple[weakref.ref, TokenLayout] | None = None
 _FORWARD_PARAMS = inspect.signature(FluxTransformer2DModel.forward)
 
 
-def layout_probe(module, args, kwargs) -> TokenLayout:
-    """The generated image's (rows, cols) grid from ``img_ids``: the leading tokens that share the first
-    token's id[0] (FLUX.1 Kontext gives its reference-image tokens id[0] = 1 and appends them: context)."""
-    arguments = _FORWARD_PARAMS.bind_partial(module, *args, **kwargs).arguments
-    img_ids = arguments.get("img_ids")
-    if img_ids is None:
-        raise LayoutError("FLUX needs img_ids in the transformer call to know the image grid")
-    global _last_ids
-    if _last_ids is not None and _last_ids[0]() is img_ids:
-        return _last_ids[1]
-    ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
+    """The layout of image-stream ids (N, 3): the generated image is the leading run of tokens sharing the
+    first token's id[0], one row-major grid starting at (0, 0); the rest are context. Syncs with the host."""
     leading = int((ids[:, 0] == ids[0, 0]).cumprod(0).sum())
     rows, cols = (int(v) + 1 for v in ids[:leading, 1:3].amax(0).tolist())
     flat = torch.arange(leading, device=ids.device)
@@ -48,7 +40,40 @@ def layout_probe(module, args, kwargs) -> TokenLayout:
             f"the first {leading} image tokens (img_ids with id[0] = {ids[0, 0].item():g}) are not one row-major "
             f"grid starting at (0, 0)"
         )
-    layout = TokenLayout((rows, cols), stream_tokens=ids.shape[0])
+    return TokenLayout((rows, cols), stream_tokens=ids.shape[0])
+
+
+def layout_from_prepared(result, transformer) -> TokenLayout | None:
+    """From ``prepare_latents``' result: its (N, 3) id tensors, in order, are the ``img_ids`` the pipeline
+    passes (FLUX.1 Kontext returns the generated image's ids, then the reference image's)."""
+    parts = [t for t in (result if isinstance(result, tuple) else (result,))
+             if isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[1] == 3]
+    if not parts:
+        return None
+    try:
+        return layout_from_ids(torch.cat(parts))
+    except LayoutError:
+        return None  # the transformer call's own probe reports it
+
+
+def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
+    """The layout of this call: the pipeline's prepared layout when the token count matches (no host
+    sync: what a compiled transformer uses), else read from ``img_ids`` (once per ids tensor)."""
+    arguments = _FORWARD_PARAMS.bind_partial(module, *args, **kwargs).arguments
+    img_ids = arguments.get("img_ids")
+    if img_ids is None:
+        raise LayoutError("FLUX needs img_ids in the transformer call to know the image grid")
+    if prepared is not None and prepared.stream_tokens == img_ids.shape[-2]:
+        return prepared
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            "gna: under torch.compile the FLUX image grid comes from the pipeline's prepare_latents; apply GNA "
+            "to the pipeline (gna_diffusers.apply(pipe, ...)), or run a bare transformer uncompiled"
+        )
+    global _last_ids
+    if _last_ids is not None and _last_ids[0]() is img_ids:
+        return _last_ids[1]
+    layout = layout_from_ids(img_ids[0] if img_ids.ndim == 3 else img_ids)
     _last_ids = (weakref.ref(img_ids), layout)
     return layout
 
@@ -62,6 +87,7 @@ PATCH = ModelPatch(
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=True,
     layout_probe=layout_probe,
+    layout_from_prepared=layout_from_prepared,
     video=False,
     # IP-Adapter's processor (load_ip_adapter puts it on the double blocks) and the stock one
     # (unload_ip_adapter puts it back): both make the same self-attention call.

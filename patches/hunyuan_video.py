@@ -21,12 +21,26 @@ class GNAHunyuanVideoAttnProcessor(RoutedProcessorMixin, HunyuanVideoAttnProcess
     """HunyuanVideoAttnProcessor2_0 whose attention call runs GNA over the video grid; all else stock."""
 
 
-def layout_probe(module, args, kwargs) -> TokenLayout:
+def _grid(latents: torch.Tensor, transformer) -> tuple[int, int, int]:
+    _, _, frames, height, width = latents.shape
+    p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
+    return frames // p_t, height // p, width // p
+
+
+def layout_from_prepared(result, transformer) -> TokenLayout | None:
+    """From ``prepare_latents``' result, the latents (B, C, F, H, W) (image-to-video: the first tensor)."""
+    latents = result[0] if isinstance(result, tuple) else result
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
+        return None
+    grid = _grid(latents, transformer)
+    return TokenLayout(grid, stream_tokens=prod(grid))
+
+
+def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
     """The (frames, rows, cols) token grid from the latent's shape; the video stream is the grid alone."""
-    hidden_states = args[0] if args else kwargs["hidden_states"]
-    _, _, frames, height, width = hidden_states.shape
-    p, p_t = module.config.patch_size, module.config.patch_size_t
-    grid = (frames // p_t, height // p, width // p)
+    grid = _grid(args[0] if args else kwargs["hidden_states"], module)
+    if prepared is not None and prepared.grid == grid:
+        return prepared  # the same object every call: nothing new for torch.compile to guard on
     return TokenLayout(grid, stream_tokens=prod(grid))
 
 
@@ -39,6 +53,7 @@ PATCH = ModelPatch(
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=False,
     layout_probe=layout_probe,
+    layout_from_prepared=layout_from_prepared,
     video=True,
     adoptable_processors=(HunyuanVideoAttnProcessor2_0,),
 )

@@ -67,6 +67,8 @@ def select_backend(name: str, q: torch.Tensor, spec: GNASpec, needs_grad: bool) 
         if backend is None:
             continue
         reason = backend.unsupported(q, spec, needs_grad)
+        if reason is None and torch.compiler.is_compiling():
+            return backend  # logging and warnings would break the graph; the eager call already said it
         if reason is None:
             logger.debug("gna_attention auto backend: %s (%s)", candidate, "; ".join(reasons) or "first choice")
             if reasons and reasons[0] not in _WARNED:  # the device's first choice was skipped: say why, once
