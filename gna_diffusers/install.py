@@ -247,6 +247,7 @@ class _Runtime:
         self.generation_over = False  # every counted step done: a later call is from an uncounted pipeline
         self._resolved: dict[tuple, LayerPattern] = {}
         self._checked_grids: set[tuple[int, ...]] = set()
+        self._layouts: dict[TokenLayout, TokenLayout] = {}
 
     @property
     def grid(self) -> tuple[int, ...] | None:
@@ -262,6 +263,8 @@ class _Runtime:
         self.step = step
         self.sparse = step >= self.dense_steps
         self.generation_over = self.total_steps is not None and step >= self.total_steps
+        if self.generation_over:
+            self.prepared = None  # belongs to the generation that just ended
 
     def observe(self, name: str, owner, result) -> None:
         """Called after a wrapped scheduler or pipeline method returned ``result``."""
@@ -270,9 +273,11 @@ class _Runtime:
         elif name == "step":
             self._set_step(self.step + 1)
         elif name == "prepare_latents":
-            self.prepared = self.layout_from_prepared(result, self.transformer)
-            if self.prepared is not None:
-                self.check_grid(self.prepared.grid)
+            layout = self.layout_from_prepared(result, self.transformer)
+            if layout is not None:
+                self.check_grid(layout.grid)
+                layout = self._layouts.setdefault(layout, layout)  # one object per layout: compile guards hold
+            self.prepared = layout
 
     def count_call(self) -> None:
         """A bare transformer's forward call: the n-th call of a generation is step n."""
@@ -373,7 +378,7 @@ class GNAHandle:
         self.config = config
         self.runtime = runtime
         self.schedulers: list = []  # schedulers whose steps are counted
-        self.pipelines: list = []  # pipelines whose prepare_latents gives the layout
+        self.pipelines: list = []  # pipelines attached (their prepare_latents gives the layout)
         self._routes: dict[tuple[str, int], GNARoute] = {}
         self._installed: dict[tuple[str, int], tuple[torch.nn.Module, object, object]] = {}  # attn, ours, original
         self._hook = None
@@ -419,12 +424,13 @@ class GNAHandle:
 
     def attach_pipeline(self, pipeline, scheduler) -> None:
         """Count ``scheduler``'s denoising steps and take the layout from ``pipeline.prepare_latents``
-        (also for a second pipeline that shares this transformer)."""
-        _observe(scheduler, _SCHEDULER_METHODS, self.runtime)
-        self.schedulers.append(scheduler)
+        (also for another pipeline sharing this transformer, e.g. one made with ``from_pipe``)."""
+        if not any(s is scheduler for s in self.schedulers):
+            _observe(scheduler, _SCHEDULER_METHODS, self.runtime)
+            self.schedulers.append(scheduler)
         if self.patch.layout_from_prepared is not None and callable(getattr(pipeline, "prepare_latents", None)):
             _observe(pipeline, _PIPELINE_METHODS, self.runtime)
-            self.pipelines.append(pipeline)
+        self.pipelines.append(pipeline)
         self.runtime.count_forward = False
 
     def _notify_once(self, key: str, message: str, warn: bool) -> None:
@@ -581,7 +587,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         raise ConfigError(f"backend {config.backend!r} is unknown; available: {', '.join(available_backends())}")
     existing = getattr(transformer, "_gna_handle", None)
     if existing is not None:
-        if existing.config != config or scheduler is None or any(s is scheduler for s in existing.schedulers):
+        if existing.config != config or scheduler is None or any(p is target for p in existing.pipelines):
             raise RuntimeError(
                 "GNA is already applied to this transformer; call gna_diffusers.remove() first (a pipeline "
                 "sharing the transformer may apply the same preset, to have its steps counted)"

@@ -57,18 +57,18 @@ def layout_from_prepared(result, transformer) -> TokenLayout | None:
 
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
-    """The layout of this call: the pipeline's prepared layout when the token count matches (no host
-    sync: what a compiled transformer uses), else read from ``img_ids`` (once per ids tensor)."""
+    """The layout of this call, read from ``img_ids`` (one host sync per ids tensor). Under torch.compile,
+    where a sync would break the graph, the pipeline's prepared layout (same token count) is used."""
     arguments = _FORWARD_PARAMS.bind_partial(module, *args, **kwargs).arguments
     img_ids = arguments.get("img_ids")
     if img_ids is None:
         raise LayoutError("FLUX needs img_ids in the transformer call to know the image grid")
-    if prepared is not None and prepared.stream_tokens == img_ids.shape[-2]:
-        return prepared
     if torch.compiler.is_compiling():
+        if prepared is not None and prepared.stream_tokens == img_ids.shape[-2]:
+            return prepared
         raise RuntimeError(
             "gna: under torch.compile the FLUX image grid comes from the pipeline's prepare_latents; apply GNA "
-            "to the pipeline (gna_diffusers.apply(pipe, ...)), or run a bare transformer uncompiled"
+            "to the pipeline that runs (gna_diffusers.apply(pipe, ...)), or run a bare transformer uncompiled"
         )
     global _last_ids
     if _last_ids is not None and _last_ids[0]() is img_ids:

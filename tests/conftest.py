@@ -29,3 +29,16 @@ def random_case(rng: random.Random, max_tokens: int = 96) -> dict:
 @pytest.fixture
 def rng() -> random.Random:
     return random.Random(1234)
+
+
+@pytest.fixture(autouse=True)
+def no_installation_outlives_its_test():
+    """Every test removes what it applied: a leftover dispatch wrapper would hide the next test's bugs."""
+    yield
+    from gna_diffusers import install
+
+    leftover = dict(install._ROUTED)
+    for module in leftover:  # clean up first, so one failure does not cascade
+        module.dispatch_attention_fn = module.dispatch_attention_fn.original
+    install._ROUTED.clear()
+    assert not leftover, f"GNA left applied on {[m.__name__ for m in leftover]}"

@@ -161,20 +161,26 @@ def test_ip_adapter_loaded_after_apply_keeps_gna_on_every_layer(monkeypatch):
     spy.windows.clear()
     generate(pipe, "flux", steps=1)
     assert len(spy.windows) == 4
+    remove(pipe)
 
 
 def test_lora_loaded_after_apply_changes_the_output_and_keeps_gna(monkeypatch):
     pytest.importorskip("peft")
     from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
 
+    donor = flux.tiny_transformer()
+    donor.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
+    lora = {f"transformer.{name}": weight for name, weight in get_peft_model_state_dict(donor).items()}
     pipe = flux.tiny_pipeline()
     apply(pipe, config("flux"))
     before = generate(pipe, "flux", steps=1)
-    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
-                                            init_lora_weights=False))
+    pipe.load_lora_weights(lora, adapter_name="style")
     spy = OperatorSpy(monkeypatch)
     after = generate(pipe, "flux", steps=1)
     assert len(spy.windows) == 4 and max_diff(before, after) > 1e-4
+    pipe.unload_lora_weights()
+    assert torch.equal(generate(pipe, "flux", steps=1), before)
     remove(pipe)
 
 
@@ -273,15 +279,14 @@ def test_training_step_with_gradient_checkpointing(family, backend):
     transformer.enable_gradient_checkpointing()
     grid = tuple(GRIDS[family])
     inputs = FAMILIES[family].transformer_inputs(transformer, grid, text=6)
-    apply(transformer, config(family, backend=backend))
-    if backend == "flex":  # FlexAttention has no backward on CPU: refused clearly
-        with pytest.raises(ValueError, match="backend 'flex' cannot run this call: .*backward on CPU"):
-            transformer(**inputs)[0].square().mean().backward()
-        return
-    transformer(**inputs)[0].square().mean().backward()
+    with enabled(transformer, config(family, backend=backend)):
+        if backend == "flex":  # FlexAttention has no backward on CPU: refused clearly
+            with pytest.raises(ValueError, match="backend 'flex' cannot run this call: .*backward on CPU"):
+                transformer(**inputs)[0].square().mean().backward()
+            return
+        transformer(**inputs)[0].square().mean().backward()
     grads = [p.grad for p in transformer.parameters() if p.requires_grad]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
-    remove(transformer)
 
 
 # --- copies, shared and compiled transformers ------------------------------------------------------------------
@@ -323,6 +328,24 @@ def test_two_pipelines_sharing_a_transformer_each_count_their_steps(monkeypatch)
         apply(second, config("flux", dense_steps=1))  # a different preset on the shared transformer
     handle.remove()
     assert "step" not in vars(second.scheduler)
+
+
+def test_from_pipe_shares_the_scheduler_and_is_attached_by_apply(monkeypatch):
+    from diffusers import FluxImg2ImgPipeline
+
+    pipe = flux.tiny_pipeline()
+    cfg = config("flux", dense_steps=1)
+    handle = apply(pipe, cfg)
+    img2img = FluxImg2ImgPipeline.from_pipe(pipe)
+    assert apply(img2img, cfg) is handle and "prepare_latents" in vars(img2img)
+    spy = OperatorSpy(monkeypatch)
+    per_call = []
+    pipe.transformer.register_forward_hook(lambda *_: per_call.append(len(spy.windows)))
+    img2img(prompt="a cat", image=torch.rand(1, 3, 32, 32), strength=1.0, height=32, width=32, num_inference_steps=3,
+            generator=torch.Generator().manual_seed(0), output_type="pt", **flux.tiny_call_kwargs())
+    assert [b - a for a, b in zip([0] + per_call, per_call)] == [0, 4, 4]
+    handle.remove()
+    assert "prepare_latents" not in vars(img2img) and "step" not in vars(pipe.scheduler)
 
 
 def test_a_pipeline_whose_steps_are_not_counted_is_reported():
@@ -368,7 +391,7 @@ def test_processors_construct_without_arguments(family):
 
 
 def compiled_graphs(family, mode, dense_steps):
-    """Graphs dynamo builds over a 6-step generation (``dense_steps`` None: the stock model), and the
+    """Graphs dynamo builds over two 6-step generations (``dense_steps`` None: the stock model), and the
     graph breaks it met. The eager backend: the graph capture is what is measured, not inductor."""
     from torch._dynamo.utils import counters
 
@@ -383,7 +406,8 @@ def compiled_graphs(family, mode, dense_steps):
         pipe.transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*lru_cache.*")  # the CPU reference backend's mask cache
-        generate(pipe, family, prompts=("a cat",), steps=6)
+        for _ in range(2):  # a second generation compiles nothing new
+            generate(pipe, family, prompts=("a cat",), steps=6)
     remove(pipe)
     graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     torch._dynamo.reset()
