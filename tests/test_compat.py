@@ -70,6 +70,24 @@ def test_a_preset_that_cannot_run_on_the_grid_fails_before_the_warmup():
         transformer(**inputs)  # a bare transformer: at its first call
 
 
+def test_hunyuan_video_image_to_video_token_replace_blocks(monkeypatch):
+    """HunyuanVideo I2V (image_condition_type="token_replace") swaps in other block classes around the same
+    processor; its first latent frame is the conditioning image, part of the video grid."""
+    torch.manual_seed(0)
+    transformer = type(hunyuan_video.tiny_transformer()).from_config(
+        {**hunyuan_video.tiny_transformer().config, "image_condition_type": "token_replace"}
+    ).eval()
+    inputs = hunyuan_video.transformer_inputs(transformer, (3, 4, 4), text=6, batch=2, valid_text=(3, 6))
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="hunyuan-video", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= TOL
+        with enabled(transformer, GNAConfig(family="hunyuan-video", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+    assert len(spy.windows) == 8
+
+
 def kontext_pipeline():
     from diffusers import FluxKontextPipeline
 
