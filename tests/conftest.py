@@ -42,3 +42,20 @@ def no_installation_outlives_its_test():
         module.dispatch_attention_fn = module.dispatch_attention_fn.original
     install._ROUTED.clear()
     assert not leftover, f"GNA left applied on {[m.__name__ for m in leftover]}"
+
+
+@pytest.fixture(params=["flux", "hunyuan-video"])
+def family(request) -> str:
+    """Each family with a tiny offline pipeline."""
+    return request.param
+
+
+@pytest.fixture
+def pipe(family):
+    """The family's tiny offline pipeline (fp32, CPU); GNA is removed after the test."""
+    from gna_diffusers import remove
+    from gna_diffusers.patches import FAMILY_MODULES
+
+    pipe = FAMILY_MODULES[family].tiny_pipeline()
+    yield pipe
+    remove(pipe)

@@ -23,18 +23,6 @@ def generate(pipe, family, prompts=("a red cat", "a dog on a beach at sunset"), 
     return output.images if family == "flux" else output.frames
 
 
-@pytest.fixture(params=["flux", "hunyuan-video"])
-def family(request):
-    return request.param
-
-
-@pytest.fixture
-def pipe(family):
-    pipe = FAMILIES[family].tiny_pipeline()
-    yield pipe
-    remove(pipe)  # tests may leave GNA applied; the dispatch wrapper is shared per family module
-
-
 def config(family, **kwargs):
     return GNAConfig(**{"family": family, "base_grid": GRIDS[family], "window": WINDOWS[family][0], **kwargs})
 

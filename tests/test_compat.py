@@ -27,18 +27,6 @@ def max_diff(a, b) -> float:
     return (a - b).abs().max().item()
 
 
-@pytest.fixture(params=["flux", "hunyuan-video"])
-def family(request):
-    return request.param
-
-
-@pytest.fixture
-def pipe(family):
-    pipe = FAMILIES[family].tiny_pipeline()
-    yield pipe
-    remove(pipe)
-
-
 # --- token layouts --------------------------------------------------------------------------------------
 
 
