@@ -95,7 +95,7 @@ class ModelPatch:
     stock_processor_class: type
     dispatch_module: ModuleType  # the module whose dispatch_attention_fn the stock processor calls
     blocks: dict[str, str]  # block type in presets -> attribute of the transformer holding those blocks
-    text_first: bool  # joint sequence order: [text, image stream] (True) or [image stream, text]
+    text_first: bool  # where text shares the sequence: [text, image stream] (True) or [image stream, text]
     layout_probe: LayoutProbe  # token layout from the transformer's forward inputs; raises LayoutError
     video: bool  # pipeline output is .frames (B, F, H, W, C) rather than .images
     # Other processors diffusers may put on a sparse layer (e.g. IP-Adapter's) whose self-attention call
@@ -104,6 +104,9 @@ class ModelPatch:
     # The layout from what the pipeline's ``prepare_latents`` returned (None: not recognised), computed
     # outside the transformer call, so a compiled transformer's probe needs no host sync.
     layout_from_prepared: Callable[[object, torch.nn.Module], TokenLayout | None] | None = None
+    attention: str = "attn"  # the attribute of a block holding its self-attention module
+    # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
+    pipeline_transformers: tuple[str, ...] = ("transformer",)
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
@@ -365,6 +368,17 @@ _SCHEDULER_METHODS = ("set_timesteps", "step")
 _PIPELINE_METHODS = ("prepare_latents",)
 
 
+@dataclass
+class _Site:
+    """One sparse attention layer: its module, its route, the processor GNA installed and the original."""
+
+    transformer: torch.nn.Module
+    attn: torch.nn.Module
+    route: GNARoute
+    installed: object
+    original: object
+
+
 class GNAHandle:
     """What :func:`apply` installed; :meth:`describe` lists it, :meth:`remove` undoes it.
 
@@ -372,18 +386,22 @@ class GNAHandle:
     patched independently (its own routes, step counter and handle) and ``remove`` works on each.
     """
 
-    def __init__(self, transformer, patch: ModelPatch, config: GNAConfig, runtime: _Runtime):
-        self.transformer = transformer
+    def __init__(self, transformers: list[torch.nn.Module], patch: ModelPatch, config: GNAConfig, runtime: _Runtime):
+        self.transformers = transformers  # one, or a pipeline's experts (Wan 2.2 A14B)
         self.patch = patch
         self.config = config
         self.runtime = runtime
         self.schedulers: list = []  # schedulers whose steps are counted
         self.pipelines: list = []  # pipelines attached (their prepare_latents gives the layout)
-        self._routes: dict[tuple[str, int], GNARoute] = {}
-        self._installed: dict[tuple[str, int], tuple[torch.nn.Module, object, object]] = {}  # attn, ours, original
-        self._hook = None
+        self._sites: list[_Site] = []  # one per sparse attention layer of every transformer
+        self._hooks: list = []
         self._notified: set[str] = set()
         self.active = True
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        """The (first) patched transformer."""
+        return self.transformers[0]
 
     def __deepcopy__(self, memo) -> GNAHandle:
         clone = GNAHandle.__new__(GNAHandle)
@@ -442,12 +460,13 @@ class GNAHandle:
         else:
             logger.info(message)
 
-    def _attach_routes(self) -> None:
+    def _attach_routes(self, transformer: torch.nn.Module) -> None:
         """Give every sparse layer's current processor its route (loaders may have rebuilt or replaced it)."""
         adopted, foreign = [], []
-        for layer, route in self._routes.items():
-            attn = self._installed[layer][0]
-            processor = attn.processor
+        for site in self._sites:
+            if site.transformer is not transformer:
+                continue
+            processor, route = site.attn.processor, site.route
             if isinstance(processor, RoutedProcessorMixin):
                 if processor.route is not route:
                     processor.route = route  # rebuilt with no arguments by a loader, e.g. type(processor)()
@@ -457,9 +476,9 @@ class GNAHandle:
                     if backend is not None:  # set_attention_backend since: the dense paths' backend
                         route.dense_backend = backend
                     processor._attention_backend = route
-                    adopted.append(layer)
+                    adopted.append(route.layer)
             else:
-                foreign.append((layer, type(processor).__name__))
+                foreign.append((route.layer, type(processor).__name__))
         if adopted:
             names = ", ".join(f"{b}.{i}" for b, i in adopted)
             self._notify_once(f"adopted {names}", f"gna: kept GNA on processors that diffusers replaced ({names})", False)
@@ -476,7 +495,7 @@ class GNAHandle:
         """The transformer's forward pre-hook: routes, layout and this call's pattern per layer. Under
         torch.compile it reads only per-generation constants (the layout, ``runtime.sparse``)."""
         runtime = self.runtime
-        self._attach_routes()
+        self._attach_routes(module)
         try:
             layout = self.patch.layout_probe(module, args, kwargs, runtime.prepared)
         except LayoutError as error:
@@ -497,32 +516,34 @@ class GNAHandle:
                 True,
             )
         sparse = layout is not None and runtime.sparse
-        for layer, route in self._routes.items():
-            route.layout = layout
-            route.pattern = runtime.resolved(layer, layout.grid) if sparse else None
+        for site in self._sites:
+            if site.transformer is module:
+                site.route.layout = layout
+                site.route.pattern = runtime.resolved(site.route.layer, layout.grid) if sparse else None
 
     def remove(self) -> None:
         """Restore the original processors, hook and scheduler methods. A processor that diffusers or the
         user put on a layer since is left in place (a stock one adopted by GNA gets its dense backend back)."""
         if not self.active:
             return
-        for layer, (attn, ours, original) in self._installed.items():
-            processor, route = attn.processor, self._routes[layer]
-            if processor is ours:
-                attn.set_processor(original)
+        for site in self._sites:
+            processor, route = site.attn.processor, site.route
+            if processor is site.installed:
+                site.attn.set_processor(site.original)
             elif isinstance(processor, RoutedProcessorMixin) and processor.route is route:
                 processor.route = None
                 processor._attention_backend = route.dense_backend
             elif processor is not None and vars(processor).get("_attention_backend") is route:
                 processor._attention_backend = route.dense_backend
-        if self._hook is not None:
-            self._hook.remove()
+        for hook in self._hooks:
+            hook.remove()
         for scheduler in self.schedulers:
             _unobserve(scheduler, _SCHEDULER_METHODS)
         for pipeline in self.pipelines:
             _unobserve(pipeline, _PIPELINE_METHODS)
         _unroute_dispatch(self.patch.dispatch_module)
-        del self.transformer._gna_handle
+        for transformer in self.transformers:
+            del transformer._gna_handle
         self.active = False
 
 
@@ -562,8 +583,9 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     """Swap the self-attention of a pipeline's transformer (or a bare transformer) for GNA.
 
     Args:
-        target: a diffusers pipeline (its ``.transformer`` is patched and its scheduler counts steps) or
-            a transformer module. A transformer wrapped by ``torch.compile`` is patched inside its wrapper
+        target: a diffusers pipeline (its ``.transformer`` is patched, with the family's other
+            transformers such as Wan 2.2's ``transformer_2``, and its scheduler counts steps) or a
+            transformer module. A transformer wrapped by ``torch.compile`` is patched inside its wrapper
             (the compiled graph is rebuilt at the next call). A pipeline whose transformer already runs
             this preset (shared with another pipeline) gets its scheduler counted too.
         preset: a shipped preset name (``gna-diffusers presets list``), a YAML file path, or a GNAConfig.
@@ -596,30 +618,53 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         return existing
     if transformer is not getattr(target, "transformer", transformer):
         logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
-    block_lists = {name: getattr(transformer, attr) for name, attr in patch.blocks.items()}
-    patterns = layer_patterns(config, {name: len(blocks) for name, blocks in block_lists.items()})
+    transformers = [transformer] + _more_transformers(target, patch) if scheduler is not None else [transformer]
+    block_counts = {name: len(getattr(transformer, attr)) for name, attr in patch.blocks.items()}
+    patterns = layer_patterns(config, block_counts)
     # Raises for a fractional warm-up without a scheduler to count steps.
     runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared)
 
-    handle = GNAHandle(transformer, patch, config, runtime)
+    handle = GNAHandle(transformers, patch, config, runtime)
     _route_dispatch(patch.dispatch_module)
-    for name, blocks in block_lists.items():
-        for index, block in enumerate(blocks):
-            if patterns[(name, index)].dense:
-                continue  # dense layers keep their stock processor
-            attn = block.attn
-            original = attn.processor
-            route = GNARoute((name, index), patch.text_first, config.backend,
-                             getattr(original, "_attention_backend", None))
-            processor = patch.processor_class(route)
-            handle._routes[(name, index)] = route
-            handle._installed[(name, index)] = (attn, processor, original)
-            attn.set_processor(processor)
-    handle._hook = transformer.register_forward_pre_hook(handle._before_forward, with_kwargs=True)
+    for model in transformers:
+        for name, attr in patch.blocks.items():
+            for index, block in enumerate(getattr(model, attr)):
+                if patterns[(name, index)].dense:
+                    continue  # dense layers keep their stock processor
+                attn = getattr(block, patch.attention)
+                original = attn.processor
+                route = GNARoute((name, index), patch.text_first, config.backend,
+                                 getattr(original, "_attention_backend", None))
+                handle._sites.append(_Site(model, attn, route, patch.processor_class(route), original))
+                attn.set_processor(handle._sites[-1].installed)
+        handle._hooks.append(model.register_forward_pre_hook(handle._before_forward, with_kwargs=True))
+        model._gna_handle = handle
     if scheduler is not None:
         handle.attach_pipeline(target, scheduler)
-    transformer._gna_handle = handle
     return handle
+
+
+def _more_transformers(pipeline, patch: ModelPatch) -> list[torch.nn.Module]:
+    """A pipeline's other transformers of the family (e.g. Wan 2.2's low-noise expert), checked to have
+    the first one's blocks, since one preset's layer selection serves them all."""
+    first = _unwrap_compiled(pipeline.transformer)
+    counts = {name: len(getattr(first, attr)) for name, attr in patch.blocks.items()}
+    more = []
+    for name in patch.pipeline_transformers[1:]:
+        model = getattr(pipeline, name, None)
+        if model is None:
+            continue
+        model = _unwrap_compiled(model)
+        other = {block: len(getattr(model, attr, ())) for block, attr in patch.blocks.items()}
+        if not isinstance(model, patch.transformer_class) or other != counts:
+            raise UnsupportedModelError(
+                f"pipeline.{name} ({type(model).__name__}, blocks {other}) differs from pipeline.transformer "
+                f"(blocks {counts}); gna-diffusers applies one preset to a family's transformers of one shape"
+            )
+        if getattr(model, "_gna_handle", None) is not None:
+            raise RuntimeError(f"GNA is already applied to pipeline.{name}; call gna_diffusers.remove() first")
+        more.append(model)
+    return more
 
 
 def remove(target) -> None:
