@@ -1,4 +1,5 @@
-"""The project's performance table, in one command on one H100 (under 9 minutes):
+"""The project's performance table, in one command on one H100 (about 10 minutes by estimate: never run
+yet; results are written after every case, and `--models flux,hunyuan` runs a subset):
 
     python benchmarks/gpu_suite.py                  # GPU: kernels + full-size transformers, updates the README
     python benchmarks/gpu_suite.py --tiny           # CPU: the same code at tiny sizes (tests run this)
@@ -8,7 +9,8 @@
    mask, and the triton backend on the GNA paper's FLUX-4K and HunyuanVideo shapes with text keys.
 2. Full-size transformers with random weights (the harness's --random-weights mode; speed does not depend
    on weight values), bf16, batch 1: FLUX.1-dev at 4096x4096 (256x256 + 512 text tokens), HunyuanVideo at
-   768x1280x117 (30x48x80 + 256 text) and 720x1280x129 (33x45x80 + 256 text). For each: the median time
+   768x1280x117 (30x48x80 + 256 text) and 720x1280x129 (33x45x80 + 256 text), Wan 2.1 14B at 720x1280x81
+   (21x45x80, no text in its self-attention) and Wan 2.2 TI2V-5B at 704x1280x121. For each: the median time
    of one transformer step dense (cuDNN SDPA pinned) and with the shipped preset, the per-step speedup,
    peak memory, and the end-to-end estimate for the preset's schedule (dense warm-up steps + sparse
    steps, transformer time), next to the GNA paper's B200 figures.
@@ -58,12 +60,17 @@ MODEL_CASES = [
               117, 50, 1.63, (3.3, 1.9)),
     ModelCase("HunyuanVideo 720x1280x129", "hunyuanvideo-community/HunyuanVideo", "hunyuan-video-720p-129f", 720,
               1280, 129, 50, None, None),
+    ModelCase("Wan 2.1 14B 720x1280x81", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "wan-720p", 720, 1280, 81, 50, None, None),
+    ModelCase("Wan 2.2 TI2V-5B 704x1280x121", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan-720p", 704, 1280, 121, 50, None,
+              None),
 ]
 TINY_MODEL_CASES = [
     ModelCase("tiny FLUX 64x64", "tiny-flux", "flux-4k", 64, 64, None, 28, 1.45, (2.3, 1.6)),
     ModelCase("tiny HunyuanVideo 64x64x9", "tiny-hunyuan-video", "hunyuan-video-720p", 64, 64, 9, 50, 1.63, (3.3, 1.9)),
+    ModelCase("tiny Wan 64x64x9", "tiny-wan", "wan-720p", 64, 64, 9, 50, None, None),
 ]
-KERNEL_CASES = [case for case in kernel_bench.PAPER_CASES if case.text]
+# The paper shapes with their text keys, and Wan's text-free self-attention.
+KERNEL_CASES = [case for case in kernel_bench.PAPER_CASES if case.text or case.name.startswith("wan")]
 
 
 def run_model(case: ModelCase, device: torch.device, tiny: bool) -> dict:
@@ -171,6 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, help="results folder (default benchmarks/results; --tiny: runs/bench-tiny)")
     parser.add_argument("--update-readme", action="store_true", help="only regenerate the README section")
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README after a GPU run")
+    parser.add_argument("--models", help="comma-separated families of model cases to run (default: all), e.g. flux,wan;"
+                        " the results file is then named after them")
     args = parser.parse_args(argv)
     if args.update_readme:
         print(f"updated {update_readme()}")
@@ -183,19 +192,27 @@ def main(argv=None) -> int:
     dtype = torch.float32 if args.tiny else torch.bfloat16
     heads, head_dim = (2, 32) if args.tiny else (24, 128)
     env = kernel_bench.environment(device)
+    cases = TINY_MODEL_CASES if args.tiny else MODEL_CASES
+    stem = f"{device_slug(env['device'].split(' (')[0])}-{env['date']}"
+    if args.models:
+        wanted = [name.strip().lower() for name in args.models.split(",")]
+        cases = [case for case in cases if any(name in case.model.lower() for name in wanted)]
+        if not cases:
+            parser.error(f"--models {args.models}: no model case matches; cases: {', '.join(c.model for c in MODEL_CASES)}")
+        stem += "-" + "-".join(wanted)
     kernel_rows = [
         kernel_bench.run_case(case, device, dtype, heads, head_dim, warmup=1 if args.tiny else 10, reps=1 if args.tiny else 30)
         for case in kernel_cases
     ]
-    models = [run_model(case, device, args.tiny) for case in (TINY_MODEL_CASES if args.tiny else MODEL_CASES)]
-    stem = f"{device_slug(env['device'].split(' (')[0])}-{env['date']}"
     results = {"schema": 1, "suite": "gpu", "stem": stem, "environment": env,
                "dense_backend": "cuDNN SDPA (diffusers _native_cudnn)" if device.type == "cuda" else "diffusers default",
                "kernel": {"dtype": str(dtype).removeprefix("torch."), "heads": heads, "head_dim": head_dim,
                           "rows": kernel_rows},
-               "models": models}
-    json_path = atomic_write_json(output / f"{stem}.json", results)
-    atomic_write_text(output / f"{stem}.md", f"# gna-diffusers GPU suite: {env['device']}\n\n{render_markdown(results)}\n")
+               "models": []}
+    for case in cases:  # written after every case: a run cut short keeps what it measured
+        results["models"].append(run_model(case, device, args.tiny))
+        json_path = atomic_write_json(output / f"{stem}.json", results)
+        atomic_write_text(output / f"{stem}.md", f"# gna-diffusers GPU suite: {env['device']}\n\n{render_markdown(results)}\n")
     print(f"wrote {json_path} and .md")
     if not args.tiny and not args.no_readme:
         print(f"updated {update_readme(README, json_path)}")

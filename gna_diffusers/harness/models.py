@@ -4,6 +4,7 @@ speed only) a full-size transformer built from its config with random weights.""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +28,12 @@ class Model:
     pipeline: object | None  # None in random-weights mode
     transformer: torch.nn.Module
     weights: str  # "pretrained", "random (built-in tiny model)" or "random (full-size config)"
+    # (height, width, frames) -> latent token grid; a family's variants may differ (Wan 2.2 TI2V-5B's VAE)
+    latent_grid: Callable[..., tuple[int, ...]] | None = None
+
+    def __post_init__(self):
+        if self.latent_grid is None:
+            self.latent_grid = self.family.latent_grid
 
     @property
     def tiny(self) -> bool:
@@ -83,11 +90,14 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
     if len(matches) != 1:
         raise HarnessError(
             f"--random-weights needs a model name that names one family ({', '.join(FAMILY_MODULES)}), e.g. "
-            f"black-forest-labs/FLUX.1-dev or hunyuanvideo-community/HunyuanVideo; got {name!r}"
+            f"black-forest-labs/FLUX.1-dev, hunyuanvideo-community/HunyuanVideo or Wan-AI/Wan2.1-T2V-14B-Diffusers; "
+            f"got {name!r}"
         )
     family = matches[0]
-    transformer = materialize_random(on_meta(family.PATCH.transformer_class, family.FULL_CONFIG), device, dtype, seed)
-    return Model(name, family, None, transformer, "random (full-size config)")
+    # A family with several full-size shapes says which one a name means (e.g. Wan 2.1 14B or 2.2 TI2V-5B).
+    config, latent_grid = family.full_size(name) if hasattr(family, "full_size") else (family.FULL_CONFIG, None)
+    transformer = materialize_random(on_meta(family.PATCH.transformer_class, config), device, dtype, seed)
+    return Model(name, family, None, transformer, "random (full-size config)", latent_grid)
 
 
 def on_meta(transformer_class, config: dict) -> torch.nn.Module:

@@ -378,7 +378,7 @@ def random_weights_sweep(settings: Settings, presets, device: torch.device, *, s
     if settings.dense_backend:
         model.transformer.set_attention_backend(settings.dense_backend)
     height, width = settings.height or 1024, settings.width or 1024
-    grid = family.latent_grid(height, width, settings.frames if family.PATCH.video else None)
+    grid = model.latent_grid(height, width, settings.frames if family.PATCH.video else None)
     text = 8 if model.tiny else family.TEXT_TOKENS
     inputs = family.transformer_inputs(model.transformer, grid, text=text, device=device, dtype=settings.torch_dtype)
     def time_steps(count: int) -> list[float]:

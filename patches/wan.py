@@ -1,0 +1,177 @@
+"""Wan 2.1 / 2.2 (WanTransformer3DModel): each block's ``attn1`` is self-attention over the video tokens
+alone (RoPE inside the processor, no text in the sequence); ``attn2`` is the text (and, for image-to-video,
+image) cross-attention and keeps its stock processor. Both use ``WanAttnProcessor``: only ``attn1`` is
+routed. Wan 2.2 A14B pipelines hold two experts (``transformer`` for high noise, ``transformer_2`` for
+low noise) behind one scheduler: both are patched, and steps count across both.
+
+Layout probe: hidden_states (B, C, F, H, W) with patch (1, 2, 2) -> (F, H / 2, W / 2), from shapes (no
+sync). Image-to-video concatenates its condition along channels: the grid is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from math import prod
+
+import torch
+from diffusers import WanTransformer3DModel
+from diffusers.models.transformers import transformer_wan
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from gna_diffusers.install import ModelPatch, RoutedProcessorMixin, TokenLayout
+
+
+class GNAWanAttnProcessor(RoutedProcessorMixin, WanAttnProcessor):
+    """WanAttnProcessor whose self-attention call runs GNA over the video grid; everything else is stock."""
+
+
+def _grid(latents: torch.Tensor, transformer) -> tuple[int, int, int]:
+    _, _, frames, height, width = latents.shape
+    p_t, p_h, p_w = transformer.config.patch_size
+    return frames // p_t, height // p_h, width // p_w
+
+
+def layout_from_prepared(result, transformer) -> TokenLayout | None:
+    """From ``prepare_latents``' result: the latents (B, C, F, H, W), alone or first in a tuple (I2V)."""
+    latents = result[0] if isinstance(result, tuple) else result
+    if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
+        return None
+    grid = _grid(latents, transformer)
+    return TokenLayout(grid, stream_tokens=prod(grid))
+
+
+def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
+    """The (frames, rows, cols) token grid from the latent's shape; the sequence is the grid alone."""
+    grid = _grid(args[0] if args else kwargs["hidden_states"], module)
+    if prepared is not None and prepared.grid == grid:
+        return prepared  # the same object every call: nothing new for torch.compile to guard on
+    return TokenLayout(grid, stream_tokens=prod(grid))
+
+
+PATCH = ModelPatch(
+    family="wan",
+    transformer_class=WanTransformer3DModel,
+    processor_class=GNAWanAttnProcessor,
+    stock_processor_class=WanAttnProcessor,
+    dispatch_module=transformer_wan,
+    blocks={"blocks": "blocks"},
+    text_first=False,  # no text in the self-attention sequence
+    layout_probe=layout_probe,
+    layout_from_prepared=layout_from_prepared,
+    video=True,
+    adoptable_processors=(WanAttnProcessor,),
+    attention="attn1",
+    pipeline_transformers=("transformer", "transformer_2"),
+)
+
+
+def tiny_transformer(seed: int = 0, num_layers: int = 2) -> WanTransformer3DModel:
+    """A randomly initialised Wan transformer for CPU tests (2 heads x 16, 4 latent channels)."""
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=num_layers, rope_max_seq_len=64,
+    ).eval()
+
+
+def latent_grid(height: int, width: int, frames: int | None = None, vae_spatial: int = 8) -> tuple[int, int, int]:
+    """Video-token grid: the VAE compresses 4x in time (frames = 4k + 1) and ``vae_spatial``x in space (8;
+    Wan 2.2 TI2V-5B: 16), patches are 1x2x2."""
+    if frames is None or (frames - 1) % 4:
+        raise ValueError(f"Wan needs a frame count of the form 4k + 1 (e.g. 81), got {frames}")
+    unit = 2 * vae_spatial
+    if height % unit or width % unit:
+        raise ValueError(f"this Wan model needs height and width divisible by {unit}, got {height}x{width}")
+    return (frames - 1) // 4 + 1, height // unit, width // unit
+
+
+def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512, batch: int = 1, device="cpu",
+                       dtype=torch.float32, seed: int = 0) -> dict:
+    """Keyword inputs of one call on a (frames, rows, cols) token grid with ``text`` UMT5 tokens."""
+    config = transformer.config
+    p_t, p_h, p_w = config.patch_size
+    frames, rows, cols = grid
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    return dict(
+        hidden_states=randn(batch, config.in_channels, frames * p_t, rows * p_h, cols * p_w),
+        timestep=torch.full((batch,), 500, device=device),
+        encoder_hidden_states=randn(batch, text, config.text_dim),
+        return_dict=False,
+    )
+
+
+# Wan 2.1 T2V 14B (Wan 2.2 A14B's experts have the same shape); for timing with random weights.
+FULL_CONFIG = dict(
+    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)
+# Wan 2.2 TI2V 5B: 24 heads x 128, 30 layers, 48 latent channels (its VAE compresses 16x in space).
+FULL_CONFIG_TI2V_5B = dict(
+    FULL_CONFIG, num_attention_heads=24, in_channels=48, out_channels=48, ffn_dim=14336, num_layers=30,
+)
+# Wan 2.1 T2V 1.3B: 12 heads x 128, 30 layers.
+FULL_CONFIG_1_3B = dict(FULL_CONFIG, num_attention_heads=12, ffn_dim=8960, num_layers=30)
+
+
+def full_size(model_name: str):
+    """(config, latent-grid function) of the full-size model a hub name refers to: Wan 2.2 TI2V-5B, Wan 2.1
+    1.3B, or else the 14B shape (Wan 2.1 14B and each Wan 2.2 A14B expert)."""
+    name = model_name.lower()
+    if "ti2v" in name or "5b" in name:
+        return FULL_CONFIG_TI2V_5B, functools.partial(latent_grid, vae_spatial=16)
+    if "1.3b" in name:
+        return FULL_CONFIG_1_3B, latent_grid
+    return FULL_CONFIG, latent_grid
+DEFAULT_PRESET = "wan-720p"  # what `gna-diffusers compare` uses when no preset is given
+DEFAULT_STEPS = 50  # the pipeline's default num_inference_steps
+TEXT_TOKENS = 512  # the pipeline's max_sequence_length (UMT5)
+
+
+def _tiny_parts(seed: int) -> dict:
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    from ._tiny import CHARS
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -2.0) for c in CHARS]
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(vocab_size=len(vocab), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    ).eval()
+    z_dim = 4
+    # 2x in time and 4x in space (the real VAE: 4x / 8x), so 32x32 pixels give a 4x4 token grid.
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=z_dim, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim, scale_factor_temporal=2, scale_factor_spatial=4,
+    ).eval()
+    return dict(tokenizer=T5Tokenizer(vocab=vocab, extra_ids=0), text_encoder=text_encoder, vae=vae,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline WanPipeline with random weights: 32x32 pixels x 9 frames -> a 5x4x4 latent token grid."""
+    from diffusers import WanPipeline
+
+    return WanPipeline(transformer=tiny_transformer(seed), **_tiny_parts(seed))
+
+
+def tiny_two_expert_pipeline(seed: int = 0, boundary_ratio: float = 0.5):
+    """Like :func:`tiny_pipeline` with Wan 2.2 A14B's two experts (switched at ``boundary_ratio``)."""
+    from diffusers import WanPipeline
+
+    return WanPipeline(transformer=tiny_transformer(seed), transformer_2=tiny_transformer(seed + 1),
+                       boundary_ratio=boundary_ratio, **_tiny_parts(seed))
+
+
+def tiny_call_kwargs() -> dict:
+    """Pipeline call arguments for the tiny pipeline (short UMT5 sequence: the tokenizer is per character)."""
+    return dict(max_sequence_length=48, num_frames=9)
+
+
+TINY_NAME = "tiny-wan"

@@ -1,0 +1,130 @@
+"""Wan 2.1 / 2.2 (tiny offline models, fp32, CPU): only each block's self-attention (attn1) is routed, the
+cross-attention keeps its stock processor, and a Wan 2.2 pipeline's two experts are patched together."""
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, apply, enabled, remove
+from gna_diffusers.cli import main
+from gna_diffusers.patches import wan
+
+GRID = (5, 4, 4)  # the tiny pipeline's latent token grid at 32x32 pixels, 9 frames
+
+
+def generate(pipe, steps=3, prompts=("a red cat", "a dog on a beach at sunset")):
+    return pipe(list(prompts), height=32, width=32, num_inference_steps=steps, output_type="pt",
+                generator=torch.Generator().manual_seed(0), **wan.tiny_call_kwargs()).frames
+
+
+def sparse(**kwargs):
+    return GNAConfig(family="wan", base_grid=list(GRID), window=[2, 2, 2], **kwargs)
+
+
+def whole():
+    return GNAConfig(family="wan", window=-1)
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_whole_extent_windows_reproduce_the_stock_transformer_and_pipeline():
+    transformer = wan.tiny_transformer()
+    inputs = wan.transformer_inputs(transformer, (3, 4, 6), text=7, batch=2)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, whole()):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+    pipe = wan.tiny_pipeline()
+    stock = generate(pipe)
+    with enabled(pipe, whole()) as handle:
+        assert max_diff(generate(pipe), stock) <= 1e-5
+        assert handle.runtime.grid == GRID
+
+
+def test_only_the_self_attention_of_selected_layers_is_routed(monkeypatch):
+    pipe = wan.tiny_pipeline()
+    blocks = pipe.transformer.blocks
+    cross = [block.attn2.processor for block in blocks]
+    handle = apply(pipe, sparse(dense_layers=[{"blocks": "blocks", "layers": [0]}]))
+    assert type(blocks[0].attn1.processor) is WanAttnProcessor  # a dense layer keeps the stock processor
+    assert isinstance(blocks[1].attn1.processor, handle.patch.processor_class)
+    assert [block.attn2.processor for block in blocks] == cross  # cross-attention untouched
+    spy = OperatorSpy(monkeypatch)
+    generate(pipe, steps=1)
+    remove(pipe)
+    assert spy.windows == [(2, 2, 2)] * 2  # conditional and unconditional calls, one sparse layer each
+
+
+def test_remove_restores_outputs_bit_for_bit():
+    pipe = wan.tiny_pipeline()
+    stock = generate(pipe)
+    with enabled(pipe, sparse()):
+        assert max_diff(generate(pipe), stock) > 1e-4
+    assert torch.equal(generate(pipe), stock)
+
+
+def test_both_experts_of_a_wan_2_2_pipeline_are_patched_counted_and_restored(monkeypatch):
+    pipe = wan.tiny_two_expert_pipeline(boundary_ratio=0.5)
+    experts = (pipe.transformer, pipe.transformer_2)
+    before = [[block.attn1.processor for block in expert.blocks] for expert in experts]
+    stock = generate(pipe, steps=4)
+    handle = apply(pipe, sparse(dense_steps=1))
+    assert handle.transformers == list(experts)
+    assert all(expert._gna_handle is handle for expert in experts)
+    calls = []
+    spy = OperatorSpy(monkeypatch)
+    for index, expert in enumerate(experts):
+        expert.register_forward_hook(lambda *_, index=index: calls.append((index, len(spy.windows))))
+    generate(pipe, steps=4)
+    experts_used = [index for index, _ in calls]
+    assert set(experts_used) == {0, 1}  # the boundary switched experts within the generation
+    handle.remove()
+    sparse_per_call = [b - a for a, b in zip([0] + [n for _, n in calls], [n for _, n in calls])]
+    # Two calls per step (guidance), two sparse layers per call; the warm-up step counts across both experts.
+    assert sparse_per_call == [0, 0] + [2] * 6
+    after = [[block.attn1.processor for block in expert.blocks] for expert in experts]
+    assert after == before and not any(hasattr(expert, "_gna_handle") for expert in experts)
+    assert torch.equal(generate(pipe, steps=4), stock)
+
+
+def test_experts_of_different_shapes_are_refused_before_anything_is_installed():
+    pipe = wan.tiny_two_expert_pipeline()
+    pipe.transformer_2 = wan.tiny_transformer(num_layers=3)
+    with pytest.raises(TypeError, match=r"pipeline.transformer_2 .* differs from pipeline.transformer"):
+        apply(pipe, sparse())
+    assert not hasattr(pipe.transformer, "_gna_handle")
+    assert type(pipe.transformer.blocks[0].attn1.processor) is WanAttnProcessor
+
+
+@pytest.mark.parametrize("name", ["wan-720p", "wan-480p", "wan-720p-conservative", "wan-480p-conservative"])
+def test_shipped_presets_run_on_the_tiny_pipeline(name):
+    pipe = wan.tiny_pipeline()
+    with enabled(pipe, name):
+        assert torch.isfinite(generate(pipe, steps=4)).all()
+
+
+def test_full_size_configs_name_the_real_shapes():
+    from gna_diffusers.harness.models import on_meta
+
+    for hub_id, billions, grid, size in [
+        ("Wan-AI/Wan2.1-T2V-14B-Diffusers", 14.29, (21, 45, 80), (720, 1280, 81)),
+        ("Wan-AI/Wan2.2-TI2V-5B-Diffusers", 5.00, (31, 22, 40), (704, 1280, 121)),
+        ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 1.42, (21, 30, 52), (480, 832, 81)),
+    ]:
+        config, latent_grid = wan.full_size(hub_id)
+        model = on_meta(wan.PATCH.transformer_class, config)
+        assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions
+        assert latent_grid(*size) == grid
+
+
+@pytest.mark.slow
+def test_compare_and_random_weights_accept_wan(tmp_path, capsys):
+    fast = ["--steps", "2", "--prompt", "a red cat", "--no-warmup"]
+    assert main(["compare", "--model", "tiny-wan", "--output", str(tmp_path / "cmp"), *fast]) == 0
+    assert (tmp_path / "cmp" / "report.json").exists()
+    assert main(["compare", "--model", "tiny-wan", "--random-weights", "--output", str(tmp_path / "rw"),
+                 "--height", "64", "--width", "64", "--frames", "9", "--steps", "4", "--no-warmup"]) == 0
+    assert "wan-720p" in (tmp_path / "rw" / "report.md").read_text()
