@@ -146,27 +146,33 @@ class GNARoute:
         if total < stream:
             why = f"it got {total} tokens, fewer than the {layout.describe()} of the transformer's input"
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-        text_valid = None
-        if attn_mask is not None:
-            if attn_mask.dtype != torch.bool or attn_mask.ndim != 4 or attn_mask.shape[1:3] != (1, 1):
-                why = f"attention mask {attn_mask.dtype} {tuple(attn_mask.shape)} is not a (B, 1, 1, S) key mask"
-                return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-            text_valid = attn_mask[:, 0, 0]
         grid_start = (total - stream if self.text_first else 0) + layout.grid_offset
         grid = slice(grid_start, grid_start + prod(layout.grid))
         context = [part for part in (slice(0, grid.start), slice(grid.stop, total)) if part.stop > part.start]
 
-        def gather(t: torch.Tensor) -> torch.Tensor:  # the context tokens of t (dim 1), in sequence order
-            return t[:, context[0]] if len(context) == 1 else torch.cat([t[:, part] for part in context], dim=1)
+        def gather(t: torch.Tensor, dim: int = 1) -> torch.Tensor:  # the context tokens of t, in sequence order
+            parts = [t.narrow(dim, part.start, part.stop - part.start) for part in context]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
+        # A boolean mask is a key-padding mask (B, 1, 1, S), or (B, 1, S, S) "query valid and key valid"
+        # (Chroma): the grid queries' key validity is then the row of a grid query.
+        key_valid, context_mask = None, attn_mask
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool or attn_mask.ndim != 4 or attn_mask.shape[1] != 1 or \
+                    attn_mask.shape[2] not in (1, total):
+                why = f"attention mask {attn_mask.dtype} {tuple(attn_mask.shape)} is not a boolean (B, 1, 1 or S, S) mask"
+                return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+            key_valid = attn_mask[:, 0, 0 if attn_mask.shape[2] == 1 else grid.start].expand(query.shape[0], -1)
+            if attn_mask.shape[2] != 1 and context:
+                context_mask = gather(attn_mask, dim=2)
         out_grid = gna_attention(
             query[:, grid], key[:, grid], value[:, grid], layout.grid, pattern.window, pattern.stride,
             pattern.dilation, extra_k=gather(key) if context else None, extra_v=gather(value) if context else None,
-            extra_kv_mask=gather(text_valid) if context and text_valid is not None else None, backend=self.backend,
+            extra_kv_mask=gather(key_valid) if context and key_valid is not None else None, backend=self.backend,
         )
         if not context:
             return out_grid
-        out_context = dispatch(gather(query), key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+        out_context = dispatch(gather(query), key, value, attn_mask=context_mask, backend=self.dense_backend, **kwargs)
         before = grid.start
         return torch.cat([out_context[:, :before], out_grid, out_context[:, before:]], dim=1)
 

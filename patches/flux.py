@@ -9,6 +9,7 @@ every step).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 
@@ -26,7 +27,11 @@ class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
 
 # The last img_ids tensor seen (by identity, weakly held) and its layout.
 _last_ids: tuple[weakref.ref, TokenLayout] | None = None
-_FORWARD_PARAMS = inspect.signature(FluxTransformer2DModel.forward)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_signature(transformer_class: type) -> inspect.Signature:
+    return inspect.signature(transformer_class.forward)
 
 
 def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
@@ -59,8 +64,9 @@ def layout_from_prepared(result, transformer) -> TokenLayout | None:
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
     """The layout of this call, read from ``img_ids`` (one host sync per ids tensor). Under torch.compile,
     where a sync would break the graph, the pipeline's prepared layout (same token count) is used."""
-    arguments = _FORWARD_PARAMS.bind_partial(module, *args, **kwargs).arguments
-    img_ids = arguments.get("img_ids")
+    img_ids = kwargs.get("img_ids")  # pipelines pass it by keyword; bind positional calls to the signature
+    if img_ids is None and args:
+        img_ids = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments.get("img_ids")
     if img_ids is None:
         raise LayoutError("FLUX needs img_ids in the transformer call to know the image grid")
     if torch.compiler.is_compiling():
@@ -150,30 +156,44 @@ DEFAULT_STEPS = 28  # the pipeline's default num_inference_steps
 TEXT_TOKENS = 512  # FLUX.1-dev's T5 sequence length
 
 
-def tiny_pipeline(seed: int = 0):
-    """An offline FluxPipeline with random weights: 32x32 images -> an 8x8 latent token grid."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+def tiny_t5(seed: int = 0):
+    """An in-memory T5 tokenizer (one token per character) and a 2-layer T5 encoder (d_model 32)."""
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-    from ._tiny import CHARS, clip_text_encoder, clip_tokenizer
+    from ._tiny import CHARS
 
-    tokenizer = clip_tokenizer()
-    t5_vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -2.0) for c in CHARS]
-    tokenizer_2 = T5Tokenizer(vocab=t5_vocab, extra_ids=0)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)] + [(c, -2.0) for c in CHARS]
     torch.manual_seed(seed)
-    text_encoder_2 = T5EncoderModel(
-        T5Config(vocab_size=len(t5_vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+    encoder = T5EncoderModel(
+        T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     ).eval()
-    vae = AutoencoderKL(
+    return T5Tokenizer(vocab=vocab, extra_ids=0), encoder
+
+
+def tiny_vae():
+    """A 1-channel AutoencoderKL that downsamples 2x: 32x32 pixels -> 16x16 latents -> 8x8 packed tokens."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=1, block_out_channels=(8, 8), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0,
         sample_size=32,
     ).eval()
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline FluxPipeline with random weights: 32x32 images -> an 8x8 latent token grid."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    from ._tiny import clip_text_encoder, clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    tokenizer_2, text_encoder_2 = tiny_t5(seed)
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
+        vae=tiny_vae(),
         text_encoder=clip_text_encoder(32, len(tokenizer), seed),
         tokenizer=tokenizer,
         text_encoder_2=text_encoder_2,

@@ -433,3 +433,35 @@ def test_torch_compile_sees_no_graph_break_and_recompiles_once_for_the_warmup(fa
     assert stock < with_warmup <= 2 * stock
     if mode == "fullgraph":
         assert with_warmup == 2
+
+
+@pytest.mark.parametrize("square", [False, True])
+def test_route_honours_boolean_key_masks_over_context_on_both_sides(square):
+    """The route on its own: [text, grid, reference] with padded text, a (B, 1, 1, S) key mask or a
+    (B, 1, S, S) "query valid and key valid" mask, whole-extent windows: exactly masked dense attention."""
+    import torch.nn.functional as F
+
+    from gna_diffusers.config import LayerPattern
+    from gna_diffusers.install import GNARoute, TokenLayout
+
+    def sdpa(q, k, v, attn_mask=None, backend=None):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
+        return out.transpose(1, 2)
+
+    gen = torch.Generator().manual_seed(0)
+    text, grid, reference = 5, (3, 4), 6
+    total = text + 12 + reference
+    q, k, v = (torch.randn(2, total, 2, 8, generator=gen) for _ in range(3))
+    valid = torch.ones(2, total, dtype=torch.bool)
+    valid[0, 3:text] = False  # the first prompt has 3 real text tokens
+    mask = valid[:, None, None, :] & (valid[:, None, :, None] if square else True)
+    route = GNARoute(("double", 0), text_first=True, backend="reference")
+    route.layout = TokenLayout(grid, stream_tokens=12 + reference)
+    route.pattern = LayerPattern(False, grid, (1, 1), (1, 1))
+    out = route(sdpa, q, k, v, mask, {})
+    rows = valid if square else torch.ones_like(valid)  # padded query rows of a square mask are all-masked: NaN
+    torch.testing.assert_close(out[rows], sdpa(q, k, v, mask)[rows], atol=1e-5, rtol=1e-5)
+    route.pattern = LayerPattern(False, (2, 2), (1, 1), (1, 1))
+    sparse = route(sdpa, q, k, v, mask, {})
+    assert (sparse[:, text:text + 12] - out[:, text:text + 12]).abs().max() > 1e-3  # grid queries changed
+    torch.testing.assert_close(sparse[:, :text][rows[:, :text]], out[:, :text][rows[:, :text]])  # context kept
