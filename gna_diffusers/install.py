@@ -78,6 +78,18 @@ class TokenLayout:
 
 
 # (transformer, forward args, forward kwargs, layout the pipeline prepared or None) -> layout of this call
+_LAYOUTS: dict[tuple, TokenLayout] = {}
+
+
+def token_layout(grid: tuple[int, ...], stream_tokens: int, grid_offset: int = 0) -> TokenLayout:
+    """The one shared :class:`TokenLayout` for these values: probes that build a layout every call hand
+    torch.compile the same object, so its guards hold from call to call."""
+    key = (tuple(grid), stream_tokens, grid_offset)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = TokenLayout(key[0], stream_tokens, grid_offset)
+    return _LAYOUTS[key]
+
+
 LayoutProbe = Callable[[torch.nn.Module, tuple, dict, "TokenLayout | None"], TokenLayout]
 
 
@@ -256,7 +268,6 @@ class _Runtime:
         self.generation_over = False  # every counted step done: a later call is from an uncounted pipeline
         self._resolved: dict[tuple, LayerPattern] = {}
         self._checked_grids: set[tuple[int, ...]] = set()
-        self._layouts: dict[TokenLayout, TokenLayout] = {}
 
     @property
     def grid(self) -> tuple[int, ...] | None:
@@ -285,7 +296,6 @@ class _Runtime:
             layout = self.layout_from_prepared(result, self.transformer)
             if layout is not None:
                 self.check_grid(layout.grid)
-                layout = self._layouts.setdefault(layout, layout)  # one object per layout: compile guards hold
             self.prepared = layout
 
     def count_call(self) -> None:

@@ -18,7 +18,7 @@ from diffusers import FluxTransformer2DModel
 from diffusers.models.transformers import transformer_flux
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 
-from gna_diffusers.install import LayoutError, ModelPatch, RoutedProcessorMixin, TokenLayout
+from gna_diffusers.install import LayoutError, ModelPatch, RoutedProcessorMixin, TokenLayout, token_layout
 
 
 class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
@@ -45,7 +45,7 @@ def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
             f"the first {leading} image tokens (img_ids with id[0] = {ids[0, 0].item():g}) are not one row-major "
             f"grid starting at (0, 0)"
         )
-    return TokenLayout((rows, cols), stream_tokens=ids.shape[0])
+    return token_layout((rows, cols), ids.shape[0])
 
 
 def layout_from_prepared(result, transformer) -> TokenLayout | None:

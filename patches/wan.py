@@ -18,7 +18,7 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers import transformer_wan
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from gna_diffusers.install import ModelPatch, RoutedProcessorMixin, TokenLayout
+from gna_diffusers.install import ModelPatch, RoutedProcessorMixin, TokenLayout, token_layout
 
 
 class GNAWanAttnProcessor(RoutedProcessorMixin, WanAttnProcessor):
@@ -37,15 +37,13 @@ def layout_from_prepared(result, transformer) -> TokenLayout | None:
     if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
         return None
     grid = _grid(latents, transformer)
-    return TokenLayout(grid, stream_tokens=prod(grid))
+    return token_layout(grid, prod(grid))
 
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
     """The (frames, rows, cols) token grid from the latent's shape; the sequence is the grid alone."""
     grid = _grid(args[0] if args else kwargs["hidden_states"], module)
-    if prepared is not None and prepared.grid == grid:
-        return prepared  # the same object every call: nothing new for torch.compile to guard on
-    return TokenLayout(grid, stream_tokens=prod(grid))
+    return token_layout(grid, prod(grid))
 
 
 PATCH = ModelPatch(

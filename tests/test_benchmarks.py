@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from gna_diffusers import load_preset
+from gna_diffusers.config import dense_step_count
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -48,8 +51,8 @@ def test_gpu_suite_tiny_runs_end_to_end_and_feeds_the_readme(tmp_path):
     assert results["suite"] == "gpu" and len(results["kernel"]["rows"]) == len(suite.kernel_bench.TINY_CASES)
     for row in results["models"]:
         assert row["dense_step_ms"] > 0 and row["gna_step_ms"] > 0
-        warmup = row["end_to_end"]["dense_warmup_steps"]
-        assert (warmup, row["end_to_end"]["steps"]) in {(9, 28), (15, 50)}  # the presets' paper schedules
+        schedule = row["end_to_end"]
+        assert schedule["dense_warmup_steps"] == dense_step_count(load_preset(row["preset"]), schedule["steps"])
     assert suite.newest_results(tmp_path) == results_path
 
     readme = tmp_path / "README.md"

@@ -90,8 +90,8 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
     if len(matches) != 1:
         raise HarnessError(
             f"--random-weights needs a model name that names one family ({', '.join(FAMILY_MODULES)}), e.g. "
-            f"black-forest-labs/FLUX.1-dev, hunyuanvideo-community/HunyuanVideo or Wan-AI/Wan2.1-T2V-14B-Diffusers; "
-            f"got {name!r}"
+            f"black-forest-labs/FLUX.1-dev, hunyuanvideo-community/HunyuanVideo, Wan-AI/Wan2.1-T2V-14B-Diffusers or "
+            f"Qwen/Qwen-Image; got {name!r}"
         )
     family = matches[0]
     # A family with several full-size shapes says which one a name means (e.g. Wan 2.1 14B or 2.2 TI2V-5B).

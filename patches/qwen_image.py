@@ -1,0 +1,151 @@
+"""Qwen-Image and Qwen-Image-Edit (QwenImageTransformer2DModel, QwenDoubleStreamAttnProcessor2_0): every
+block is dual-stream with joint sequence [text, image stream]; padded text is hidden by a boolean key
+mask (B, 1, 1, S) built inside the processor; RoPE inside the processor.
+
+Layout: the ``img_shapes`` keyword lists, per sample, the (frames, rows, cols) token shapes of the image
+stream: the first is the generated image (the grid), the rest are reference images that Qwen-Image-Edit
+appends (context). Plain Python ints: no host sync, nothing for torch.compile to break on.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from math import prod
+
+import torch
+from diffusers import QwenImageTransformer2DModel
+from diffusers.models.transformers import transformer_qwenimage
+from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
+
+from gna_diffusers.install import LayoutError, ModelPatch, RoutedProcessorMixin, TokenLayout, token_layout
+
+
+class GNAQwenAttnProcessor(RoutedProcessorMixin, QwenDoubleStreamAttnProcessor2_0):
+    """QwenDoubleStreamAttnProcessor2_0 whose joint attention runs GNA over the image grid; all else stock."""
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_signature(transformer_class: type) -> inspect.Signature:
+    return inspect.signature(transformer_class.forward)
+
+
+def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
+    """The generated image's grid from ``img_shapes`` (2-D, or 3-D when it has several frames)."""
+    shapes = kwargs.get("img_shapes")
+    if shapes is None and args:
+        shapes = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments.get("img_shapes")
+    if not shapes:
+        raise LayoutError("Qwen-Image needs img_shapes in the transformer call to know the image grid")
+    per_sample = [sample if isinstance(sample, list) else [sample] for sample in shapes]
+    if any(sample != per_sample[0] for sample in per_sample):
+        raise LayoutError(f"the samples of the batch have different image shapes {shapes}")
+    frames, rows, cols = per_sample[0][0]
+    grid = (rows, cols) if frames == 1 else (frames, rows, cols)
+    return token_layout(grid, sum(prod(shape) for shape in per_sample[0]))
+
+
+PATCH = ModelPatch(
+    family="qwen-image",
+    transformer_class=QwenImageTransformer2DModel,
+    processor_class=GNAQwenAttnProcessor,
+    stock_processor_class=QwenDoubleStreamAttnProcessor2_0,
+    dispatch_module=transformer_qwenimage,
+    blocks={"blocks": "transformer_blocks"},
+    text_first=True,
+    layout_probe=layout_probe,
+    video=False,
+    adoptable_processors=(QwenDoubleStreamAttnProcessor2_0,),
+)
+
+
+def tiny_transformer(seed: int = 0, num_layers: int = 2) -> QwenImageTransformer2DModel:
+    """A randomly initialised Qwen-Image transformer for CPU tests (2 heads x 16, 4 latent channels)."""
+    torch.manual_seed(seed)
+    return QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=num_layers, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(4, 4, 8),
+    ).eval()
+
+
+def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int]:
+    """Image-token grid: the VAE downsamples 8x, the pipeline packs 2x2 patches."""
+    if height % 16 or width % 16:
+        raise ValueError(f"Qwen-Image needs height and width divisible by 16, got {height}x{width}")
+    return height // 16, width // 16
+
+
+def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batch: int = 1,
+                       valid_text: tuple[int, ...] | None = None, references: tuple[tuple[int, int], ...] = (),
+                       device="cpu", dtype=torch.float32, seed: int = 0) -> dict:
+    """Keyword inputs of one call on a (rows, cols) grid with ``text`` tokens (``valid_text``: each sample's
+    unpadded length) and Qwen-Image-Edit style reference images of the given (rows, cols) token shapes."""
+    config = transformer.config
+    gen = torch.Generator(device=device).manual_seed(seed)
+    valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
+    shapes = [(1, *grid), *((1, *shape) for shape in references)]
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    return dict(
+        hidden_states=randn(len(valid), sum(prod(shape) for shape in shapes), config.in_channels),
+        encoder_hidden_states=randn(len(valid), text, config.joint_attention_dim),
+        encoder_hidden_states_mask=(torch.arange(text, device=device)[None, :] < valid[:, None]).long(),
+        timestep=torch.full((len(valid),), 0.5, device=device, dtype=dtype),
+        img_shapes=[shapes] * len(valid),
+        return_dict=False,
+    )
+
+
+# Qwen-Image (20B): 60 dual-stream blocks, 24 heads x 128, Qwen2.5-VL text features of width 3584.
+FULL_CONFIG = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, axes_dims_rope=(16, 56, 56),
+)
+DEFAULT_PRESET = "qwen-image"
+DEFAULT_STEPS = 50  # QwenImagePipeline's default num_inference_steps
+TEXT_TOKENS = 256  # prompts vary in length (the pipeline trims padding); a long prompt
+
+
+def _tiny_text_parts(seed: int):
+    """A byte-level BPE tokenizer with no merges (one token per byte) and a 2-layer Qwen2.5-VL."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+
+    # GPT-2's reversible byte -> unicode map: printable bytes stand for themselves, the rest from U+0100.
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    pieces = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    tokenizer = Qwen2Tokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]})
+    tokenizer.pad_token = "<|endoftext|>"
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16,
+                           fullatt_block_indexes=[0]),
+        vocab_size=len(tokenizer), hidden_size=16,
+    )
+    torch.manual_seed(seed)
+    return tokenizer, Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline QwenImagePipeline with random weights: 32x32 images -> a 4x4 latent token grid (the tiny
+    VAE downsamples 4x, not 8x)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    tokenizer, text_encoder = _tiny_text_parts(seed)
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    ).eval()
+    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                             tokenizer=tokenizer, transformer=tiny_transformer(seed))
+
+
+def tiny_call_kwargs() -> dict:
+    return dict(max_sequence_length=64)
+
+
+TINY_NAME = "tiny-qwen-image"
