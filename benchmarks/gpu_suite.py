@@ -10,8 +10,8 @@ yet; results are written after every case, and `--models flux,hunyuan` runs a su
 2. Full-size transformers with random weights (the harness's --random-weights mode; speed does not depend
    on weight values), bf16, batch 1: FLUX.1-dev at 4096x4096 (256x256 + 512 text tokens), HunyuanVideo at
    768x1280x117 (30x48x80 + 256 text) and 720x1280x129 (33x45x80 + 256 text), Wan 2.1 14B at 720x1280x81
-   (21x45x80, no text in its self-attention), Wan 2.2 TI2V-5B at 704x1280x121 and Qwen-Image at 1328x1328
-   (83x83 + 256 text). For each: the median time
+   (21x45x80, no text in its self-attention), Wan 2.2 TI2V-5B at 704x1280x121, Qwen-Image at 1328x1328
+   (83x83 + 256 text) and HunyuanVideo 1.5 at 720x1280x121 (31x45x80). For each: the median time
    of one transformer step dense (cuDNN SDPA pinned) and with the shipped preset, the per-step speedup,
    peak memory, and the end-to-end estimate for the preset's schedule (dense warm-up steps + sparse
    steps, transformer time), next to the GNA paper's B200 figures.
@@ -65,12 +65,16 @@ MODEL_CASES = [
     ModelCase("Wan 2.2 TI2V-5B 704x1280x121", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan-720p", 704, 1280, 121, 50, None,
               None),
     ModelCase("Qwen-Image 1328x1328", "Qwen/Qwen-Image", "qwen-image", 1328, 1328, None, 50, None, None),
+    ModelCase("HunyuanVideo 1.5 720x1280x121", "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v",
+              "hunyuan-video-1.5-720p", 720, 1280, 121, 50, None, None),
 ]
 TINY_MODEL_CASES = [
     ModelCase("tiny FLUX 64x64", "tiny-flux", "flux-4k", 64, 64, None, 28, 1.45, (2.3, 1.6)),
     ModelCase("tiny HunyuanVideo 64x64x9", "tiny-hunyuan-video", "hunyuan-video-720p", 64, 64, 9, 50, 1.63, (3.3, 1.9)),
     ModelCase("tiny Wan 64x64x9", "tiny-wan", "wan-720p", 64, 64, 9, 50, None, None),
     ModelCase("tiny Qwen-Image 64x64", "tiny-qwen-image", "qwen-image", 64, 64, None, 50, None, None),
+    ModelCase("tiny HunyuanVideo 1.5 64x64x9", "tiny-hunyuan-video-1.5", "hunyuan-video-1.5-720p", 64, 64, 9, 50,
+              None, None),
 ]
 # The paper shapes with their text keys, and Wan's text-free self-attention.
 KERNEL_CASES = [case for case in kernel_bench.PAPER_CASES if case.text or case.name.startswith("wan")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import string
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Qwen2Tokenizer
 
 # Characters every tiny tokenizer knows; anything else maps to its unknown token.
 CHARS = string.ascii_letters + string.digits + string.punctuation
@@ -29,3 +29,22 @@ def clip_text_encoder(hidden_size: int, vocab_size: int, seed: int = 0) -> CLIPT
         bos_token_id=0, eos_token_id=1, pad_token_id=1,
     )
     return CLIPTextModel(config).eval()
+
+
+# A ChatML template, as Qwen2.5-VL's tokenizer carries (HunyuanVideo 1.5 formats its prompts with it).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def byte_level_tokenizer() -> Qwen2Tokenizer:
+    """A Qwen2 byte-level BPE tokenizer with no merges (one token per byte) plus ChatML's special tokens."""
+    # GPT-2's reversible byte -> unicode map: printable bytes stand for themselves, the rest from U+0100.
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    pieces = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    tokenizer = Qwen2Tokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]})
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.chat_template = CHATML
+    return tokenizer

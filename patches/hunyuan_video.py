@@ -159,3 +159,5 @@ def tiny_call_kwargs() -> dict:
 
 
 TINY_NAME = "tiny-hunyuan-video"
+# Hub names of this family, for --random-weights (HunyuanVideo 1.5 is another family).
+NAME_PATTERN = r"^(?!.*hunyuan-?video[-_.]?1[._]5).*hunyuan-?video"

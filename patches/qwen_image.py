@@ -109,15 +109,12 @@ TEXT_TOKENS = 256  # prompts vary in length (the pipeline trims padding); a long
 
 
 def _tiny_text_parts(seed: int):
-    """A byte-level BPE tokenizer with no merges (one token per byte) and a 2-layer Qwen2.5-VL."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+    """The byte-level tokenizer and a 2-layer Qwen2.5-VL."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    # GPT-2's reversible byte -> unicode map: printable bytes stand for themselves, the rest from U+0100.
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    pieces = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
-    tokenizer = Qwen2Tokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[])
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]})
-    tokenizer.pad_token = "<|endoftext|>"
+    from ._tiny import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
@@ -149,3 +146,4 @@ def tiny_call_kwargs() -> dict:
 
 
 TINY_NAME = "tiny-qwen-image"
+NAME_PATTERN = r"qwen-?image"  # hub names of this family, for --random-weights

@@ -173,3 +173,4 @@ def tiny_call_kwargs() -> dict:
 
 
 TINY_NAME = "tiny-wan"
+NAME_PATTERN = r"\bwan"  # hub names of this family, for --random-weights

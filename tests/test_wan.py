@@ -128,3 +128,24 @@ def test_compare_and_random_weights_accept_wan(tmp_path, capsys):
     assert main(["compare", "--model", "tiny-wan", "--random-weights", "--output", str(tmp_path / "rw"),
                  "--height", "64", "--width", "64", "--frames", "9", "--steps", "4", "--no-warmup"]) == 0
     assert "wan-720p" in (tmp_path / "rw" / "report.md").read_text()
+
+
+def test_image_to_video_transformer_keeps_its_image_branch_stock(monkeypatch):
+    """Wan 2.1 I2V: attn2 also attends to CLIP image tokens (added K/V projections); only attn1 is routed."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4,
+        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64, image_dim=12, added_kv_proj_dim=32,
+    ).eval()
+    inputs = wan.transformer_inputs(transformer, (2, 4, 4), text=512)  # the processor expects 512 text tokens
+    inputs["encoder_hidden_states_image"] = torch.randn(1, 257, 12, generator=torch.Generator().manual_seed(1))
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, whole()):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+        with enabled(transformer, GNAConfig(family="wan", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+    assert len(spy.windows) == 4  # two blocks' attn1, twice

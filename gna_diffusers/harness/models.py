@@ -4,6 +4,7 @@ speed only) a full-size transformer built from its config with random weights.""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,13 +86,12 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
         # torch.nn.Module.to: diffusers' own .to() warns about fp32-kept modules these models do not have.
         transformer = torch.nn.Module.to(family.tiny_transformer(seed), device=device, dtype=dtype)
         return Model(name, family, None, transformer, "random (built-in tiny model)")
-    lowered = name.lower()
-    matches = [module for family, module in FAMILY_MODULES.items() if family.split("-")[0] in lowered]
+    matches = [module for module in FAMILY_MODULES.values() if re.search(module.NAME_PATTERN, name, re.IGNORECASE)]
     if len(matches) != 1:
         raise HarnessError(
             f"--random-weights needs a model name that names one family ({', '.join(FAMILY_MODULES)}), e.g. "
-            f"black-forest-labs/FLUX.1-dev, hunyuanvideo-community/HunyuanVideo, Wan-AI/Wan2.1-T2V-14B-Diffusers or "
-            f"Qwen/Qwen-Image; got {name!r}"
+            f"black-forest-labs/FLUX.1-dev, hunyuanvideo-community/HunyuanVideo, Wan-AI/Wan2.1-T2V-14B-Diffusers, "
+            f"Qwen/Qwen-Image or hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v; got {name!r}"
         )
     family = matches[0]
     # A family with several full-size shapes says which one a name means (e.g. Wan 2.1 14B or 2.2 TI2V-5B).

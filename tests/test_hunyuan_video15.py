@@ -1,0 +1,80 @@
+"""HunyuanVideo 1.5 (tiny offline models, fp32, CPU): [video, LLM text, ByT5, SigLIP] with a (B, 1, S, S)
+query-and-key-valid mask; padded text never reaches a window, the token refiner is untouched."""
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+import gna_diffusers
+from gna_diffusers import GNAConfig, enabled
+from gna_diffusers.patches import hunyuan_video15
+
+GRID = (3, 8, 8)  # the tiny pipeline's token grid at 32x32 pixels, 5 frames
+
+
+def generate(pipe, steps=2):
+    # One prompt: diffusers' HunyuanVideo 1.5 VAE decoder cannot broadcast its causal mask over a batch of 2.
+    return pipe(["a red cat on a sofa"], height=32, width=32, num_inference_steps=steps, output_type="pt",
+                generator=torch.Generator().manual_seed(0), **hunyuan_video15.tiny_call_kwargs()).frames
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_padded_batch_whole_extent_equals_stock_and_context_validity_is_right(monkeypatch):
+    transformer = hunyuan_video15.tiny_transformer()
+    inputs = hunyuan_video15.transformer_inputs(transformer, (2, 4, 6), text=7, valid_text=(3, 7), image_tokens=4)
+    masks = []
+    real = gna_diffusers.install.gna_attention
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs["extra_kv_mask"].clone())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="hunyuan-video-1.5", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+        with enabled(transformer, GNAConfig(family="hunyuan-video-1.5", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+    # Context = 7 LLM + 8 ByT5 + 4 SigLIP tokens, valid ones first: 8 ByT5 + 3 or 7 LLM (SigLIP masked: t2v).
+    assert [mask.sum(1).tolist() for mask in masks[:1]] == [[11, 15]] and masks[0].shape == (2, 19)
+
+
+def test_pipeline_whole_extent_sparse_and_remove():
+    pipe = hunyuan_video15.tiny_pipeline()
+    refiner = {n: m.processor for n, m in pipe.transformer.context_embedder.named_modules() if hasattr(m, "processor")}
+    stock = generate(pipe)
+    with enabled(pipe, GNAConfig(family="hunyuan-video-1.5", window=-1)) as handle:
+        assert max_diff(generate(pipe), stock) <= 1e-5
+        assert handle.runtime.grid == GRID
+        assert all(isinstance(p, AttnProcessor2_0) for p in refiner.values())
+    with enabled(pipe, GNAConfig(family="hunyuan-video-1.5", base_grid=list(GRID), window=[2, 4, 4])):
+        assert max_diff(generate(pipe), stock) > 1e-3
+    assert torch.equal(generate(pipe), stock)
+
+
+@pytest.mark.parametrize("name", ["hunyuan-video-1.5-720p", "hunyuan-video-1.5-480p"])
+def test_shipped_presets_run_on_the_tiny_pipeline(name):
+    pipe = hunyuan_video15.tiny_pipeline()
+    with enabled(pipe, name):
+        assert torch.isfinite(generate(pipe, steps=4)).all()
+
+
+def test_full_size_config_is_the_8b_model():
+    from gna_diffusers.harness.models import on_meta
+
+    model = on_meta(hunyuan_video15.PATCH.transformer_class, hunyuan_video15.FULL_CONFIG)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 8.3
+    assert hunyuan_video15.latent_grid(720, 1280, 121) == (31, 45, 80)
+
+
+@pytest.mark.slow
+def test_compare_accepts_hunyuan_video_15(tmp_path):
+    from gna_diffusers.cli import main
+
+    args = ["--steps", "2", "--prompt", "a red cat", "--no-warmup", "--height", "32", "--width", "32", "--frames", "5"]
+    assert main(["compare", "--model", "tiny-hunyuan-video-1.5", "--output", str(tmp_path), *args]) == 0
+    assert (tmp_path / "report.json").exists()
