@@ -34,7 +34,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 from types import ModuleType
@@ -117,11 +117,17 @@ class ModelPatch:
     # outside the transformer call, so a compiled transformer's probe needs no host sync.
     layout_from_prepared: Callable[[object, torch.nn.Module], TokenLayout | None] | None = None
     attention: str = "attn"  # the attribute of a block holding its self-attention module
+    # GNA processor classes for block types whose stock processor differs (FLUX.2's single blocks).
+    block_processors: dict[str, type] = field(default_factory=dict)
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
     pipeline_transformers: tuple[str, ...] = ("transformer",)
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
+
+    def processor_for(self, block_type: str) -> type:
+        """The GNA processor class of a block type."""
+        return self.block_processors.get(block_type, self.processor_class)
 
 
 class GNARoute:
@@ -651,7 +657,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 original = attn.processor
                 route = GNARoute((name, index), patch.text_first, config.backend,
                                  getattr(original, "_attention_backend", None))
-                handle._sites.append(_Site(model, attn, route, patch.processor_class(route), original))
+                handle._sites.append(_Site(model, attn, route, patch.processor_for(name)(route), original))
                 attn.set_processor(handle._sites[-1].installed)
         handle._hooks.append(model.register_forward_pre_hook(handle._before_forward, with_kwargs=True))
         model._gna_handle = handle

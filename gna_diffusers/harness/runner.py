@@ -149,7 +149,7 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
     _sync(device)
     start = time.perf_counter()
     try:
-        result = model.pipeline(sample.prompt, generator=generator, output_type="np", **_call_kwargs(model, settings))
+        result = model.pipeline(prompt=sample.prompt, generator=generator, output_type="np", **_call_kwargs(model, settings))
         _sync(device)
     finally:
         timer.close()

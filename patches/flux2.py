@@ -1,0 +1,140 @@
+"""FLUX.2 (Flux2Transformer2DModel): double-stream blocks (``Flux2AttnProcessor``) and single-stream
+blocks (``Flux2ParallelSelfAttnProcessor``, one GNA subclass each); joint sequence [text, target image,
+reference images], no text mask.
+
+Layout probe: ``img_ids`` (B, N, 4) holds (t, row, col, layer) per image token: the generated image is the
+leading run with t = 0 (reference images get t = 10, 20, ...): FLUX.1's rule on axes 1 and 2. The KV-cache
+path of FLUX.2 klein (``Flux2KV*`` processors, [text, reference, image] with cached reference keys) is not
+routed: those processors run as they are (dense), with a warning naming the layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import Flux2Transformer2DModel
+from diffusers.models.transformers import transformer_flux2
+from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
+
+from gna_diffusers.install import LayoutError, ModelPatch, RoutedProcessorMixin, TokenLayout
+
+from . import flux
+
+
+class GNAFlux2AttnProcessor(RoutedProcessorMixin, Flux2AttnProcessor):
+    """Flux2AttnProcessor (double-stream blocks) whose attention runs GNA over the image grid; all else stock."""
+
+
+class GNAFlux2ParallelSelfAttnProcessor(RoutedProcessorMixin, Flux2ParallelSelfAttnProcessor):
+    """Flux2ParallelSelfAttnProcessor (single-stream blocks) whose attention runs GNA over the image grid."""
+
+
+def layout_from_prepared(result, transformer) -> TokenLayout | None:
+    """From ``prepare_latents``' result ``(latents, latent_ids)``: the generated image's layout (reference
+    images come from another method, so under torch.compile an edit with references is refused clearly)."""
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], torch.Tensor)):
+        return None
+    try:
+        return flux.layout_from_ids(result[1][0])
+    except LayoutError:
+        return None  # the transformer call's own probe reports it
+
+
+PATCH = ModelPatch(
+    family="flux2",
+    transformer_class=Flux2Transformer2DModel,
+    processor_class=GNAFlux2AttnProcessor,
+    stock_processor_class=Flux2AttnProcessor,
+    dispatch_module=transformer_flux2,
+    blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
+    text_first=True,
+    layout_probe=flux.layout_probe,
+    layout_from_prepared=layout_from_prepared,
+    video=False,
+    adoptable_processors=(Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor),
+    block_processors={"single": GNAFlux2ParallelSelfAttnProcessor},
+)
+
+
+def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2) -> Flux2Transformer2DModel:
+    """A randomly initialised FLUX.2 transformer for CPU tests (2 heads x 16, 16 packed latent channels)."""
+    torch.manual_seed(seed)
+    return Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=num_layers, num_single_layers=num_single_layers,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False,
+    ).eval()
+
+
+latent_grid = flux.latent_grid  # VAE 8x (a 2x2 patchified latent): 16 pixels per token, like FLUX.1
+
+
+def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batch: int = 1,
+                       references: tuple[tuple[int, int], ...] = (), device="cpu", dtype=torch.float32,
+                       seed: int = 0) -> dict:
+    """Keyword inputs of one call on a (rows, cols) grid with ``text`` tokens and reference images of the
+    given (rows, cols) token shapes (t = 10, 20, ... as the pipelines number them)."""
+    config = transformer.config
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def ids(t: int, rows: int, cols: int) -> torch.Tensor:
+        return torch.cartesian_prod(torch.tensor([t]), torch.arange(rows), torch.arange(cols), torch.tensor([0]))
+
+    img_ids = torch.cat([ids(0, *grid), *(ids(10 * (i + 1), *shape) for i, shape in enumerate(references))])
+    txt_ids = torch.cartesian_prod(torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), torch.arange(text))
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    inputs = dict(
+        hidden_states=randn(batch, img_ids.shape[0], config.in_channels),
+        encoder_hidden_states=randn(batch, text, config.joint_attention_dim),
+        timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
+        img_ids=img_ids[None].expand(batch, -1, -1).to(device=device, dtype=dtype),
+        txt_ids=txt_ids[None].expand(batch, -1, -1).to(device=device, dtype=dtype),
+        return_dict=False,
+    )
+    if config.guidance_embeds:
+        inputs["guidance"] = torch.full((batch,), 4.0, device=device, dtype=dtype)
+    return inputs
+
+
+# FLUX.2 [dev] (32B): 8 double + 48 single blocks, 48 heads x 128, Mistral text features of width 15360.
+FULL_CONFIG = dict(
+    patch_size=1, in_channels=128, num_layers=8, num_single_layers=48, attention_head_dim=128, num_attention_heads=48,
+    joint_attention_dim=15360, timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
+    rope_theta=2000, guidance_embeds=True,
+)
+DEFAULT_PRESET = "flux2-2k"
+DEFAULT_STEPS = 50  # Flux2Pipeline's default num_inference_steps
+TEXT_TOKENS = 512
+NAME_PATTERN = r"flux[.-]?2"  # hub names of this family, for --random-weights
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline Flux2KleinPipeline (Qwen3 text encoder) with random weights: 32x32 images -> an 8x8 grid
+    (the tiny VAE downsamples 2x and patchifies 2x2)."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from ._tiny import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+    )).eval()
+    vae = AutoencoderKLFlux2(
+        latent_channels=4, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4, sample_size=32,
+    ).eval()
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer, transformer=tiny_transformer(seed))
+
+
+def tiny_call_kwargs() -> dict:
+    """The tiny Qwen3 has 3 layers (the pipeline stacks layers 9, 18 and 27 of the real one)."""
+    return dict(max_sequence_length=32, text_encoder_out_layers=(1, 2, 3))
+
+
+TINY_NAME = "tiny-flux2"

@@ -1,0 +1,93 @@
+"""FLUX.2 (tiny offline models, fp32, CPU): two processor classes (double and single blocks), 4-axis ids,
+reference images as context."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
+from PIL import Image
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, apply, enabled, remove
+from gna_diffusers.patches import flux2
+
+GRID = (8, 8)  # the tiny pipeline's token grid at 32x32 pixels
+
+
+def generate(pipe, steps=2, **extra):
+    return pipe(prompt=["a red cat", "a dog on a beach"], height=32, width=32, num_inference_steps=steps,
+                output_type="pt", generator=torch.Generator().manual_seed(0), **flux2.tiny_call_kwargs(),
+                **extra).images
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_each_block_type_gets_its_own_gna_processor_and_remove_restores(monkeypatch):
+    pipe = flux2.tiny_pipeline()
+    stock = generate(pipe)
+    handle = apply(pipe, GNAConfig(family="flux2", base_grid=list(GRID), window=[2, 2]))
+    transformer = pipe.transformer
+    assert isinstance(transformer.transformer_blocks[0].attn.processor, flux2.GNAFlux2AttnProcessor)
+    assert isinstance(transformer.single_transformer_blocks[0].attn.processor, flux2.GNAFlux2ParallelSelfAttnProcessor)
+    spy = OperatorSpy(monkeypatch)
+    generate(pipe, steps=1)
+    handle.remove()
+    assert len(spy.windows) == 8  # two double and two single blocks; conditional and unconditional calls
+    assert type(transformer.transformer_blocks[0].attn.processor) is Flux2AttnProcessor
+    assert type(transformer.single_transformer_blocks[0].attn.processor) is Flux2ParallelSelfAttnProcessor
+    assert torch.equal(generate(pipe), stock)
+
+
+def test_whole_extent_windows_reproduce_the_stock_pipeline_with_and_without_references():
+    pipe = flux2.tiny_pipeline()
+    reference = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8"))
+    for extra in ({}, {"image": [reference]}):
+        stock = generate(pipe, **extra)
+        with enabled(pipe, GNAConfig(family="flux2", window=-1)) as handle:
+            assert max_diff(generate(pipe, **extra), stock) <= 1e-5
+            assert handle.runtime.layout.grid == GRID
+            assert handle.runtime.layout.stream_tokens == 64 + (256 if extra else 0)  # 64x64 px reference
+
+
+def test_reference_tokens_are_context_keys(monkeypatch):
+    import gna_diffusers
+
+    transformer = flux2.tiny_transformer()
+    inputs = flux2.transformer_inputs(transformer, (4, 6), text=5, references=((3, 3), (2, 4)))
+    extras = []
+    real = gna_diffusers.install.gna_attention
+
+    def spy(*args, **kwargs):
+        extras.append((args[3], kwargs["extra_k"].shape[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+    with torch.no_grad(), enabled(transformer, GNAConfig(family="flux2", window=2)):
+        transformer(**inputs)
+    assert set(extras) == {((4, 6), 5 + 9 + 8)}
+
+
+@pytest.mark.parametrize("name", ["flux2-2k", "flux2-1k"])
+def test_shipped_presets_run_on_the_tiny_pipeline(name):
+    pipe = flux2.tiny_pipeline()
+    with enabled(pipe, name):
+        assert torch.isfinite(generate(pipe, steps=4)).all()
+    remove(pipe)
+
+
+def test_full_size_config_is_the_32b_dev_model():
+    from gna_diffusers.harness.models import on_meta
+
+    model = on_meta(flux2.PATCH.transformer_class, flux2.FULL_CONFIG)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 32.2
+
+
+@pytest.mark.slow
+def test_compare_accepts_flux2(tmp_path):
+    from gna_diffusers.cli import main
+
+    args = ["--steps", "2", "--prompt", "a red cat", "--no-warmup"]
+    assert main(["compare", "--model", "tiny-flux2", "--output", str(tmp_path), *args]) == 0
+    assert (tmp_path / "report.json").exists()
