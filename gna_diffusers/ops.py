@@ -8,7 +8,7 @@ from .backends import select_backend
 from .spec import BoolOrTuple, GNASpec, IntOrTuple
 
 
-def _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask) -> None:
+def _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.ndim != 4:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -28,6 +28,8 @@ def _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask) -> None:
         raise ValueError("extra_k and extra_v must be given together (both or neither)")
     if extra_k is None and extra_kv_mask is not None:
         raise ValueError("extra_kv_mask was given without extra_k / extra_v")
+    if extra_k is None and extra_kv_bias is not None:
+        raise ValueError("extra_kv_bias was given without extra_k / extra_v")
     if extra_k is not None:
         batch, _, heads, dim = q.shape
         for name, t in (("extra_k", extra_k), ("extra_v", extra_v)):
@@ -50,6 +52,15 @@ def _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask) -> None:
                 raise ValueError(f"extra_kv_mask must be a bool tensor (True = real token), got {extra_kv_mask.dtype}")
             if extra_kv_mask.device != q.device:
                 raise ValueError(f"extra_kv_mask is on {extra_kv_mask.device} but q is on {q.device}")
+        if extra_kv_bias is not None:
+            expected = (batch, extra_k.shape[1])
+            if not isinstance(extra_kv_bias, torch.Tensor) or tuple(extra_kv_bias.shape) != expected:
+                got = tuple(extra_kv_bias.shape) if isinstance(extra_kv_bias, torch.Tensor) else extra_kv_bias
+                raise ValueError(f"extra_kv_bias must have shape (B, M) = {expected}, got {got}")
+            if not extra_kv_bias.dtype.is_floating_point:
+                raise ValueError(f"extra_kv_bias must be a floating point tensor, got {extra_kv_bias.dtype}")
+            if extra_kv_bias.device != q.device:
+                raise ValueError(f"extra_kv_bias is on {extra_kv_bias.device} but q is on {q.device}")
     for name, t in tensors.items():
         if t.dtype != q.dtype:
             raise ValueError(f"{name} has dtype {t.dtype} but q has {q.dtype}; all inputs must share one dtype")
@@ -72,6 +83,7 @@ def gna_attention(
     extra_k: torch.Tensor | None = None,
     extra_v: torch.Tensor | None = None,
     extra_kv_mask: torch.Tensor | None = None,
+    extra_kv_bias: torch.Tensor | None = None,
     scale: float | None = None,
     backend: str = "auto",
     return_lse: bool = False,
@@ -87,6 +99,8 @@ def gna_attention(
         extra_k, extra_v: ``(B, M, H, D)`` keys/values every grid query attends to in addition to its
             neighborhood (e.g. text tokens), in the same softmax as the neighborhood keys.
         extra_kv_mask: ``(B, M)`` bool, True for real extra tokens, False for padding.
+        extra_kv_bias: ``(B, M)`` float added to every grid query's (scaled) score of each extra key, as an
+            additive attention mask adds it (``-inf`` hides a key).
         scale: softmax scale, ``1 / sqrt(D)`` when None.
         backend: ``"auto"`` or a name from :func:`gna_diffusers.available_backends`.
         return_lse: also return the log-sum-exp of the attention scores.
@@ -98,12 +112,12 @@ def gna_attention(
         ValueError: one message per invalid argument, naming it and its dimension.
     """
     spec = GNASpec.create(grid, window, stride, dilation, causal)
-    _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask)
+    _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, extra_k, extra_v)
     )
     impl = select_backend(backend, q, spec, needs_grad)
-    out, lse = impl.run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, float(scale), return_lse)
+    out, lse = impl.run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, float(scale), return_lse)
     return (out, lse) if return_lse else out

@@ -41,8 +41,9 @@ def neighbor_mask(grid, window, stride, dilation, causal) -> torch.Tensor:
     return mask
 
 
-def attention(q, k, v, mask, extra_k=None, extra_v=None, extra_mask=None, scale=None):
-    """Masked softmax attention in float64. q, k, v: (B, N, H, D); mask (N, N). Returns (out, lse)."""
+def attention(q, k, v, mask, extra_k=None, extra_v=None, extra_mask=None, scale=None, extra_bias=None):
+    """Masked softmax attention in float64. q, k, v: (B, N, H, D); mask (N, N); extra_bias (B, M) is added
+    to the scaled scores of the extra keys. Returns (out, lse)."""
     batch, n, _, dim = q.shape
     scale = dim**-0.5 if scale is None else scale
     full = mask.expand(batch, n, n)
@@ -51,6 +52,8 @@ def attention(q, k, v, mask, extra_k=None, extra_v=None, extra_mask=None, scale=
         valid = torch.ones(extra_k.shape[:2], dtype=torch.bool) if extra_mask is None else extra_mask
         full = torch.cat([full, valid[:, None, :].expand(batch, n, -1)], -1)
     scores = torch.einsum("bnhd,bmhd->bhnm", q.double(), k.double()) * scale
+    if extra_bias is not None:
+        scores[..., n:] += extra_bias.double()[:, None, None, :]
     scores = scores.masked_fill(~full[:, None], float("-inf"))
     lse = scores.logsumexp(-1)
     out = torch.einsum("bhnm,bmhd->bnhd", (scores - lse[..., None]).exp(), v.double())

@@ -10,7 +10,8 @@ import json
 import sys
 
 
-def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool):
+def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool,
+                     has_bias: bool = False):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -19,10 +20,11 @@ def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool
     from gna_diffusers.backends.triton_gna import EXTRA_BLOCK
 
     params = list(inspect.signature(gna_fwd_kernel.fn).parameters)
-    pointers = {"LSE": "*fp32", "EMASK": "*i1", **{p: f"*{dtype}" for p in ("Q", "K", "V", "O", "EK", "EV")}}
+    pointers = {"LSE": "*fp32", "EMASK": "*i1", "EBIAS": "*fp32",
+                **{p: f"*{dtype}" for p in ("Q", "K", "V", "O", "EK", "EV")}}
     constants = dict(
         zip(("T0", "T1", "T2"), q_tile), **dict(zip(("K0", "K1", "K2"), kv_tile)), HEAD_DIM=head_dim,
-        HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, BLOCK_M=EXTRA_BLOCK,
+        HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, HAS_EXTRA_BIAS=has_bias, BLOCK_M=EXTRA_BLOCK,
         DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
     )
     signature = {}

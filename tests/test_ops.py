@@ -78,6 +78,22 @@ def test_window_of_one_keeps_only_the_query_coordinate(backend, case):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_extra_key_bias_is_added_to_their_scores(backend):
+    """An additive mask's column for the extra keys: finite values shift, -inf hides (with or without mask)."""
+    case = dict(grid=(3, 5), window=(2, 3), stride=(1, 2), dilation=(1, 1), causal=(False, False))
+    q, k, v, extras = make_inputs(case, extra=5, padded=True, seed=9)
+    bias = torch.randn(2, 5, generator=torch.Generator().manual_seed(2))
+    bias[1, 0] = float("-inf")
+    mask = neighbor_mask(*(case[key] for key in ("grid", "window", "stride", "dilation", "causal")))
+    for kwargs in (extras, {key: value for key, value in extras.items() if key != "extra_kv_mask"}):
+        out, lse = gna_attention(q, k, v, **case, **kwargs, extra_kv_bias=bias, backend=backend, return_lse=True)
+        ref_out, ref_lse = attention(q, k, v, mask, kwargs["extra_k"], kwargs["extra_v"], kwargs.get("extra_kv_mask"),
+                                     extra_bias=bias)
+        torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_whole_grid_window_equals_plain_sdpa_over_grid_and_valid_text(backend):
     grid = (3, 4, 5)
     q, k, v, extras = make_inputs({"grid": grid}, batch=2, extra=6, padded=True, seed=3)
@@ -126,6 +142,7 @@ def _call(**overrides):
         (dict(v=torch.randn(12, 2, 8)), r"v must be a 4-D tensor \(B, N, H, D\)"),
         (dict(k=torch.randn(1, 12, 2, 8, dtype=torch.float64)), r"k has dtype torch.float64 but q has torch.float32"),
         (dict(extra_k=torch.randn(1, 3, 2, 8)), r"extra_k and extra_v must be given together"),
+        (dict(extra_kv_bias=torch.zeros(1, 3)), r"extra_kv_bias was given without extra_k / extra_v"),
         (dict(extra_kv_mask=torch.ones(1, 3, dtype=torch.bool)), r"extra_kv_mask was given without extra_k"),
         (
             dict(extra_k=torch.randn(1, 3, 4, 8), extra_v=torch.randn(1, 3, 4, 8)),

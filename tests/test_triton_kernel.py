@@ -75,6 +75,27 @@ def test_kernel_matches_brute_force(case, q_tile, kv_tile, extra, padded, batch)
     torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_kernel_adds_the_extra_key_bias(padded):
+    """Chroma-style additive masks: a per-extra-key bias (with -inf entries), with or without a bool mask,
+    over more than one block of extra keys (70 > 64)."""
+    case = dict(grid=(4, 5, 6), window=(2, 3, 4), stride=(1, 3, 2))
+    full = per_axis(case)
+    q, k, v, extras = make_inputs(full, batch=2, heads=2, dim=16, extra=70, padded=padded, seed=11)
+    bias = torch.randn(2, 70, generator=torch.Generator().manual_seed(3))
+    bias[0, :5] = float("-inf")
+    spec = GNASpec.create(**case)
+    out, lse = triton_gna._launch(
+        q, k, v, extras["extra_k"], extras["extra_v"], extras.get("extra_kv_mask"), spec, 16**-0.5,
+        KernelConfig((2, 2, 4), (1, 4, 4)), bias,
+    )
+    mask = neighbor_mask(full["grid"], full["window"], full["stride"], full["dilation"], full["causal"])
+    ref_out, ref_lse = attention(q, k, v, mask, extras["extra_k"], extras["extra_v"], extras.get("extra_kv_mask"),
+                                 extra_bias=bias)
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
+
+
 def test_public_api_with_automatic_tiles_fp16_and_strided_inputs():
     case = dict(grid=(6, 8), window=(3, 4), stride=(1, 2))
     q, k, v, extras = make_inputs(per_axis(case), batch=2, heads=2, dim=32, extra=5, padded=True, dtype=torch.float16)
@@ -105,7 +126,9 @@ def test_torch_compile_fullgraph_sees_no_graph_break():
 def test_custom_op_passes_opcheck():
     case = dict(grid=(4, 4), window=2)
     q, k, v, extras = make_inputs(per_axis(case), batch=1, heads=1, dim=16, extra=2, padded=True)
-    args = (q, k, v, extras["extra_k"], extras["extra_v"], extras["extra_kv_mask"], [4, 4], [2, 2], [1, 1], [1, 1], [False, False], 0.25)
+    bias = torch.zeros(1, 2)
+    args = (q, k, v, extras["extra_k"], extras["extra_v"], extras["extra_kv_mask"], bias, [4, 4], [2, 2], [1, 1], [1, 1],
+            [False, False], 0.25)
     torch.library.opcheck(triton_gna.gna_fwd, args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -128,16 +151,18 @@ def test_tile_choice_prefers_perfectly_block_sparse_tilings(config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "dtype, head_dim, q_tile, kv_tile, has_extra, has_mask",
+    "dtype, head_dim, q_tile, kv_tile, has_extra, has_mask, has_bias",
     [
-        ("bf16", 128, (2, 8, 8), (2, 8, 8), True, True),  # HunyuanVideo paper tiles, padded text
-        ("fp16", 64, (1, 16, 8), (1, 16, 8), True, False),  # FLUX paper tiles, unpadded text
-        ("fp32", 32, (1, 1, 64), (1, 1, 64), False, False),
+        ("bf16", 128, (2, 8, 8), (2, 8, 8), True, True, False),  # HunyuanVideo paper tiles, padded text
+        ("fp16", 64, (1, 16, 8), (1, 16, 8), True, False, False),  # FLUX paper tiles, unpadded text
+        ("bf16", 128, (1, 16, 8), (1, 16, 8), True, True, True),  # Chroma: text padding as an additive bias
+        ("fp32", 32, (1, 1, 64), (1, 1, 64), False, False, False),
     ],
 )
-def test_kernel_compiles_for_hopper(dtype, head_dim, q_tile, kv_tile, has_extra, has_mask):
+def test_kernel_compiles_for_hopper(dtype, head_dim, q_tile, kv_tile, has_extra, has_mask, has_bias):
     """Real code generation (not the interpreter) down to an sm_90 cubin; needs no GPU."""
-    args = dict(dtype=dtype, head_dim=head_dim, q_tile=q_tile, kv_tile=kv_tile, has_extra=has_extra, has_mask=has_mask)
+    args = dict(dtype=dtype, head_dim=head_dim, q_tile=q_tile, kv_tile=kv_tile, has_extra=has_extra, has_mask=has_mask,
+                has_bias=has_bias)
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     done = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("compile_sm90.py")), json.dumps(args)],

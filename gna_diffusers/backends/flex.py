@@ -2,8 +2,8 @@
 
 The BlockMask encodes only the grid neighborhood (plus "every extra key"), so it is cached per
 (spec, number of extra keys, device) and a denoising loop builds it once. Text padding varies per call
-and per batch element, so it is applied through a ``score_mod`` that reads the padding mask, not baked
-into the cached BlockMask. Compiled on CUDA; eager on CPU (where flex materializes the score matrix).
+and per batch element, so it is applied through a ``score_mod`` that reads the padding mask (and adds an
+extra-key bias), not baked into the cached BlockMask. Compiled on CUDA; eager on CPU (where flex materializes the score matrix).
 """
 
 from __future__ import annotations
@@ -62,17 +62,21 @@ def _flex(device: torch.device):
     return _compiled_flex() if device.type == "cuda" else flex_module.flex_attention
 
 
-def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, scale, return_lse):
+def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, scale, return_lse):
     n = spec.num_tokens
     num_extra = 0 if extra_k is None else extra_k.shape[1]
     if extra_k is not None:
         k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
     score_mod = None
-    if extra_kv_mask is not None:
+    if extra_kv_mask is not None or extra_kv_bias is not None:
+        valid = extra_kv_mask if extra_kv_mask is not None else torch.ones_like(extra_kv_bias, dtype=torch.bool)
+        bias = extra_kv_bias.float() if extra_kv_bias is not None else torch.zeros_like(valid, dtype=torch.float32)
 
         def score_mod(score, b, h, q_idx, kv_idx):
-            padded = (kv_idx >= n) & ~extra_kv_mask[b, (kv_idx - n).clamp(min=0)]
-            return torch.where(padded, _NEG_INF, score)
+            extra = (kv_idx - n).clamp(min=0)
+            is_extra = kv_idx >= n
+            score = score + torch.where(is_extra, bias[b, extra], 0.0)
+            return torch.where(is_extra & ~valid[b, extra], _NEG_INF, score)
 
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, tokens, D) views
     with warnings.catch_warnings():

@@ -19,9 +19,10 @@ def _cached_grid_mask(spec: GNASpec, device: torch.device) -> torch.Tensor:
     return grid_mask(spec, device)
 
 
-def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, scale, return_lse):
+def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, scale, return_lse):
     batch, n = q.shape[:2]
     mask = _cached_grid_mask(spec, q.device).expand(batch, n, n)
+    bias = None  # (B, 1, N, N + M) float added to the scores, when there is an extra-key bias
     if extra_k is not None:
         k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
         extra_valid = (
@@ -30,12 +31,17 @@ def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, scale, return_lse):
             else torch.ones(extra_k.shape[:2], dtype=torch.bool, device=q.device)
         )
         mask = torch.cat([mask, extra_valid[:, None, :].expand(batch, n, -1)], dim=-1)
+        if extra_kv_bias is not None:
+            bias = torch.cat([torch.zeros(batch, n, device=q.device), extra_kv_bias.float()], dim=-1)[:, None, None, :]
     mask = mask[:, None]  # (B, 1, N, N + M), broadcast over heads
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, tokens, D)
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale).transpose(1, 2)
+    attn_mask = mask if bias is None else torch.where(mask, bias, float("-inf")).to(q.dtype)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask, scale=scale).transpose(1, 2)
     if not return_lse:
         return out, None
     scores = (qh.float() @ kh.float().transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
     lse = scores.masked_fill(~mask, float("-inf")).logsumexp(dim=-1)  # (B, H, N)
     return out, lse.transpose(1, 2)
 

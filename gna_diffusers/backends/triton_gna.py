@@ -114,7 +114,8 @@ def tile_candidates(spec: GNASpec, block_sizes=(64, 128), limit: int = 4) -> lis
     return [config for _, config in scored[:limit]]
 
 
-def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float, config: KernelConfig):
+def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float, config: KernelConfig,
+            extra_kv_bias: torch.Tensor | None = None):
     batch, n, heads, dim = q.shape
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = q.new_empty(q.shape)
@@ -126,21 +127,24 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
     if extra_kv_mask is not None and extra_kv_mask.stride(-1) != 1:  # the kernel walks M with unit stride
         extra_kv_mask = extra_kv_mask.contiguous()
     emask = extra_kv_mask if extra_kv_mask is not None else ek
+    # The kernel adds the bias to raw q.k scores before scaling: divide by the scale once here.
+    ebias = (extra_kv_bias.float() / scale).contiguous() if extra_kv_bias is not None else ek
     axes = _as_3d(spec)
     extents, dilations = [a[0] for a in axes], [a[3] for a in axes]
     n_q_tiles = prod(-(-e // t) for e, t in zip(extents, config.q_tile))
     gna_fwd_kernel[(n_q_tiles, batch * heads)](
-        q, k, v, out, lse, ek, ev, emask,
+        q, k, v, out, lse, ek, ev, emask, ebias,
         *_bound_tables(spec, q.device),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), ek.stride(0), ek.stride(1), ek.stride(2), ev.stride(0), ev.stride(1),
-        ev.stride(2), emask.stride(0),
+        ev.stride(2), emask.stride(0), ebias.stride(0),
         heads, *extents, *dilations, ek.shape[1] if has_extra else 0, dim, scale * LOG2E,
         *config.q_tile, *config.kv_tile,
         HEAD_DIM=max(16, triton.next_power_of_2(dim)),
         HAS_EXTRA=has_extra,
         HAS_EXTRA_MASK=extra_kv_mask is not None,
+        HAS_EXTRA_BIAS=extra_kv_bias is not None,
         BLOCK_M=EXTRA_BLOCK,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=config.num_warps,
@@ -152,11 +156,12 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
 _TUNED: dict[tuple, KernelConfig] = {}
 
 
-def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float) -> KernelConfig:
+def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float,
+                  extra_kv_bias: torch.Tensor | None = None) -> KernelConfig:
     """The kernel configuration used for these inputs (tuned on the first call for this problem key)."""
     key = (
         spec, tuple(q.shape), q.dtype, q.device,
-        None if extra_k is None else extra_k.shape[1], extra_kv_mask is not None,
+        None if extra_k is None else extra_k.shape[1], extra_kv_mask is not None, extra_kv_bias is not None,
     )
     if key in _TUNED:
         return _TUNED[key]
@@ -172,7 +177,9 @@ def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale
         for config in configs:
             try:
                 timings[config] = triton.testing.do_bench(
-                    lambda config=config: _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config),
+                    lambda config=config: _launch(
+                        q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias
+                    ),
                     warmup=5, rep=20,
                 )
             except triton.runtime.errors.OutOfResources:
@@ -191,6 +198,7 @@ def gna_fwd(
     extra_k: torch.Tensor | None,
     extra_v: torch.Tensor | None,
     extra_kv_mask: torch.Tensor | None,
+    extra_kv_bias: torch.Tensor | None,
     grid: list[int],
     window: list[int],
     stride: list[int],
@@ -200,18 +208,18 @@ def gna_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Custom op around the kernel: returns ``(out (B, N, H, D), lse (B, N, H) float32)``."""
     spec = GNASpec(tuple(grid), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
-    config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale)
-    return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config)
+    config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, extra_kv_bias)
+    return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias)
 
 
 @gna_fwd.register_fake
-def _(q, k, v, extra_k, extra_v, extra_kv_mask, grid, window, stride, dilation, causal, scale):
+def _(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, stride, dilation, causal, scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, scale, return_lse):
+def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, scale, return_lse):
     out, lse = gna_fwd(
-        q, k, v, extra_k, extra_v, extra_kv_mask,
+        q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias,
         list(spec.grid), list(spec.window), list(spec.stride), list(spec.dilation), list(spec.causal), scale,
     )
     return out, (lse if return_lse else None)
