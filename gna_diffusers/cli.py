@@ -175,7 +175,7 @@ def _cmd_harness(args: argparse.Namespace) -> int:
 
 def _add_harness_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny-flux",
-                        help="hub id, local pipeline folder, or a built-in tiny model: tiny-flux, tiny-flux2, "
+                        help="hub id, local pipeline folder, or a built-in tiny model: tiny-flux, tiny-flux2, tiny-chroma, "
                              "tiny-hunyuan-video, tiny-hunyuan-video-1.5, tiny-wan, tiny-qwen-image (default tiny-flux)")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts", help="a text file with one prompt per line")

@@ -172,21 +172,32 @@ class GNARoute:
             parts = [t.narrow(dim, part.start, part.stop - part.start) for part in context]
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
-        # A boolean mask is a key-padding mask (B, 1, 1, S), or (B, 1, S, S) "query valid and key valid"
-        # (Chroma): the grid queries' key validity is then the row of a grid query.
-        key_valid, context_mask = None, attn_mask
+        # A mask is (B, 1, 1, S) per key, or (B, 1, S, S) "query valid and key valid" (Chroma, HunyuanVideo
+        # 1.5): the grid queries then share a grid query's row. Boolean: key validity. Float: an additive
+        # bias, uniform over the grid keys (they are never padded), so only its context part matters.
+        key_valid = key_bias = None
+        context_mask = attn_mask
         if attn_mask is not None:
-            if attn_mask.dtype != torch.bool or attn_mask.ndim != 4 or attn_mask.shape[1] != 1 or \
-                    attn_mask.shape[2] not in (1, total):
-                why = f"attention mask {attn_mask.dtype} {tuple(attn_mask.shape)} is not a boolean (B, 1, 1 or S, S) mask"
+            if attn_mask.ndim != 4 or attn_mask.shape[1] != 1 or attn_mask.shape[2] not in (1, total):
+                why = f"attention mask of shape {tuple(attn_mask.shape)} is not (B, 1, 1 or S, S)"
                 return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-            key_valid = attn_mask[:, 0, 0 if attn_mask.shape[2] == 1 else grid.start].expand(query.shape[0], -1)
+            row = attn_mask[:, 0, 0 if attn_mask.shape[2] == 1 else grid.start].expand(query.shape[0], -1)
+            if attn_mask.dtype == torch.bool:
+                key_valid = row
+            else:
+                row = row.float()
+                grid_bias = row[:, grid.start, None]
+                if not torch.compiler.is_compiling() and not bool((row[:, grid] == grid_bias).all()):
+                    why = "its additive attention mask is not uniform over the grid keys"
+                    return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+                key_bias = row - grid_bias
             if attn_mask.shape[2] != 1 and context:
                 context_mask = gather(attn_mask, dim=2)
         out_grid = gna_attention(
             query[:, grid], key[:, grid], value[:, grid], layout.grid, pattern.window, pattern.stride,
             pattern.dilation, extra_k=gather(key) if context else None, extra_v=gather(value) if context else None,
-            extra_kv_mask=gather(key_valid) if context and key_valid is not None else None, backend=self.backend,
+            extra_kv_mask=gather(key_valid) if context and key_valid is not None else None,
+            extra_kv_bias=gather(key_bias) if context and key_bias is not None else None, backend=self.backend,
         )
         if not context:
             return out_grid

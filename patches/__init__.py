@@ -2,9 +2,10 @@
 gna_diffusers.patches). Each module defines ``PATCH`` (a gna_diffusers.install.ModelPatch) and tiny
 in-code builders for offline tests."""
 
-from . import flux, flux2, hunyuan_video, hunyuan_video15, qwen_image, wan
+from . import chroma, flux, flux2, hunyuan_video, hunyuan_video15, qwen_image, wan
 
 FAMILY_MODULES = {
-    module.PATCH.family: module for module in (flux, hunyuan_video, wan, qwen_image, hunyuan_video15, flux2)
+    module.PATCH.family: module
+    for module in (flux, hunyuan_video, wan, qwen_image, hunyuan_video15, flux2, chroma)
 }
 PATCHES = {family: module.PATCH for family, module in FAMILY_MODULES.items()}

@@ -435,10 +435,11 @@ def test_torch_compile_sees_no_graph_break_and_recompiles_once_for_the_warmup(fa
         assert with_warmup == 2
 
 
-@pytest.mark.parametrize("square", [False, True])
-def test_route_honours_boolean_key_masks_over_context_on_both_sides(square):
-    """The route on its own: [text, grid, reference] with padded text, a (B, 1, 1, S) key mask or a
-    (B, 1, S, S) "query valid and key valid" mask, whole-extent windows: exactly masked dense attention."""
+@pytest.mark.parametrize("kind", ["bool key", "bool square", "additive key", "float product square"])
+def test_route_honours_masks_over_context_on_both_sides(kind):
+    """The route on its own: [text, grid, reference] with padded text, whole-extent windows: exactly the
+    masked dense attention, for boolean masks (key validity) and float masks (additive: -inf / 0 per key, or
+    Chroma's 1 / 0 outer product, which SDPA adds as a bias)."""
     import torch.nn.functional as F
 
     from gna_diffusers.config import LayerPattern
@@ -454,12 +455,19 @@ def test_route_honours_boolean_key_masks_over_context_on_both_sides(square):
     q, k, v = (torch.randn(2, total, 2, 8, generator=gen) for _ in range(3))
     valid = torch.ones(2, total, dtype=torch.bool)
     valid[0, 3:text] = False  # the first prompt has 3 real text tokens
-    mask = valid[:, None, None, :] & (valid[:, None, :, None] if square else True)
+    square = kind.endswith("square")
+    if kind.startswith("bool"):
+        mask = valid[:, None, None, :] & (valid[:, None, :, None] if square else True)
+    elif kind == "additive key":
+        mask = torch.zeros(2, 1, 1, total).masked_fill(~valid[:, None, None, :], float("-inf"))
+    else:
+        m = valid.float()
+        mask = m[:, None, None, :] * m[:, None, :, None]
     route = GNARoute(("double", 0), text_first=True, backend="reference")
     route.layout = TokenLayout(grid, stream_tokens=12 + reference)
     route.pattern = LayerPattern(False, grid, (1, 1), (1, 1))
     out = route(sdpa, q, k, v, mask, {})
-    rows = valid if square else torch.ones_like(valid)  # padded query rows of a square mask are all-masked: NaN
+    rows = valid if kind == "bool square" else torch.ones_like(valid)  # all-masked query rows are NaN
     torch.testing.assert_close(out[rows], sdpa(q, k, v, mask)[rows], atol=1e-5, rtol=1e-5)
     route.pattern = LayerPattern(False, (2, 2), (1, 1), (1, 1))
     sparse = route(sdpa, q, k, v, mask, {})
