@@ -1,5 +1,9 @@
-"""The project's performance table, in one command on one H100 (about 10 minutes by estimate: never run
-yet; results are written after every case, and `--models flux,hunyuan` runs a subset):
+"""The project's performance table on one H100. All cases take longer than one 10-minute device call (an
+estimate: never run yet), so run it in parts; results are written after every case, and the README table
+merges the parts measured on the same GPU and day:
+
+    python benchmarks/gpu_suite.py --models flux,hunyuan            # kernels + FLUX.1, HunyuanVideo (1.5)
+    python benchmarks/gpu_suite.py --models wan,qwen,chroma --no-kernels
 
     python benchmarks/gpu_suite.py                  # GPU: kernels + full-size transformers, updates the README
     python benchmarks/gpu_suite.py --tiny           # CPU: the same code at tiny sizes (tests run this)
@@ -11,12 +15,12 @@ yet; results are written after every case, and `--models flux,hunyuan` runs a su
    on weight values), bf16, batch 1: FLUX.1-dev at 4096x4096 (256x256 + 512 text tokens), HunyuanVideo at
    768x1280x117 (30x48x80 + 256 text) and 720x1280x129 (33x45x80 + 256 text), Wan 2.1 14B at 720x1280x81
    (21x45x80, no text in its self-attention), Wan 2.2 TI2V-5B at 704x1280x121, Qwen-Image at 1328x1328
-   (83x83 + 256 text) and HunyuanVideo 1.5 at 720x1280x121 (31x45x80). For each: the median time
-   of one transformer step dense (cuDNN SDPA pinned) and with the shipped preset, the per-step speedup,
+   (83x83 + 256 text), HunyuanVideo 1.5 at 720x1280x121 (31x45x80) and Chroma1-HD at 2048x2048. For each:
+   the median time of one transformer step dense (cuDNN SDPA pinned) and with the shipped preset, the per-step speedup,
    peak memory, and the end-to-end estimate for the preset's schedule (dense warm-up steps + sparse
    steps, transformer time), next to the GNA paper's B200 figures.
-3. Writes benchmarks/results/<gpu>-<date>.json and .md, and regenerates the README's performance section
-   from the newest results file.
+3. Writes benchmarks/results/<gpu>-<date>[-<models>].json and .md, and regenerates the README's performance
+   section from the newest results, merged with the other parts of the same GPU and day.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ MODEL_CASES = [
     ModelCase("Qwen-Image 1328x1328", "Qwen/Qwen-Image", "qwen-image", 1328, 1328, None, 50, None, None),
     ModelCase("HunyuanVideo 1.5 720x1280x121", "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v",
               "hunyuan-video-1.5-720p", 720, 1280, 121, 50, None, None),
+    ModelCase("Chroma1-HD 2048x2048", "lodestones/Chroma1-HD", "chroma-2k", 2048, 2048, None, 35, None, None),
+    # FLUX.2 [dev] (32B, 64 GB of bf16 weights) is left out: time it on an H200 with
+    # `gna-diffusers compare --random-weights --model black-forest-labs/FLUX.2-dev --height 2048 --width 2048`.
 ]
 TINY_MODEL_CASES = [
     ModelCase("tiny FLUX 64x64", "tiny-flux", "flux-4k", 64, 64, None, 28, 1.45, (2.3, 1.6)),
@@ -116,8 +123,6 @@ def render_markdown(results: dict) -> str:
          f"{r['triton_vs_flex_max_abs_err']:.1e}"]
         for r in results["kernel"]["rows"]
     ]
-    names = list(results["kernel"]["rows"][0]["ms"])
-    baseline = results["kernel"]["rows"][0]["baseline"]
     model_rows = []
     for r in results["models"]:
         targets = r["targets"] or {}
@@ -130,16 +135,25 @@ def render_markdown(results: dict) -> str:
             "n/a" if r["paper_b200_end_to_end"] is None else f"{r['paper_b200_end_to_end']:.2f}x",
             "n/a" if memory["dense"] is None else f"{memory['dense']:.1f} / {memory['gna']:.1f}",
         ])
+    kernel_part = []
+    if kernel_rows:  # a part run with --no-kernels alone has none
+        names = list(results["kernel"]["rows"][0]["ms"])
+        baseline = results["kernel"]["rows"][0]["baseline"]
+        kernel_part = [
+            f"Attention kernels ({results['kernel']['dtype']}, batch 1, {results['kernel']['heads']} heads x "
+            f"{results['kernel']['head_dim']}, forward, with text keys except Wan's; speedups vs {baseline} SDPA in "
+            f"the same run):",
+            "",
+            tabulate(kernel_rows, headers=["case", *names, "triton", "flex", "FLOP bound", "tile bound", "max abs err"],
+                     tablefmt="github"),
+            "",
+        ]
     return "\n".join([
         f"Measured on **{env['device']}**, {env['date']}, torch {env['torch']}, triton {env['triton']}, "
-        f"gna-diffusers {env['gna_diffusers']} (`benchmarks/results/{results['stem']}.json`).",
+        f"gna-diffusers {env['gna_diffusers']} (`benchmarks/results/{results['stem']}.json`"
+        f"{' and the other parts of this run' if results.get('merged') else ''}).",
         "",
-        f"Attention kernels ({results['kernel']['dtype']}, batch 1, {results['kernel']['heads']} heads x "
-        f"{results['kernel']['head_dim']}, forward, with text keys; speedups vs {baseline} SDPA in the same run):",
-        "",
-        tabulate(kernel_rows, headers=["case", *(f"{n}" for n in names), "triton", "flex", "FLOP bound", "tile bound",
-                                       "max abs err"], tablefmt="github"),
-        "",
+        *kernel_part,
         f"Transformers with random weights, one step (dense attention: {results['dense_backend']}); end to end = the "
         "preset's schedule (dense warm-up + sparse steps), transformer time:",
         "",
@@ -162,14 +176,36 @@ def newest_results(folder: Path = RESULTS) -> Path | None:
     return max(candidates)[2] if candidates else None
 
 
+def merged_results(results_path: Path, folder: Path = RESULTS) -> dict:
+    """The results of ``results_path`` plus the model cases and kernel rows of every other suite file in
+    ``folder`` from the same GPU and day (the suite run in parts); a later part's case replaces an earlier one."""
+    base = json.loads(results_path.read_text())
+    device, date = base["environment"]["device"], base["environment"]["date"]
+    models, kernels = {}, {}
+    parts = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
+    for path in [p for p in parts if p.resolve() != results_path.resolve()] + [results_path]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if data.get("suite") != "gpu" or (data["environment"]["device"], data["environment"]["date"]) != (device, date):
+            continue
+        models.update((row["case"], row) for row in data["models"])
+        kernels.update((row["case"], row) for row in data["kernel"]["rows"])
+    merged = len(models) > len(base["models"]) or len(kernels) > len(base["kernel"]["rows"])
+    return {**base, "models": list(models.values()), "kernel": {**base["kernel"], "rows": list(kernels.values())},
+            "merged": merged}
+
+
 def update_readme(readme: Path = README, results_path: Path | None = None, folder: Path = RESULTS) -> Path:
     """Replace the text between the README's performance markers with a table from ``results_path`` (default:
-    the newest results in ``folder``), or a "pending" line when there are none."""
+    the newest results in ``folder``) merged with the other parts of its run, or a "pending" line when there
+    are none."""
     results_path = results_path or newest_results(folder)
     if results_path is None:
         body = "No GPU results are committed yet: the H100 figures are pending (run `python benchmarks/gpu_suite.py`)."
     else:
-        body = render_markdown(json.loads(results_path.read_text()))
+        body = render_markdown(merged_results(results_path, results_path.parent))
     text = readme.read_text()
     start, end = MARKERS
     if start not in text or end not in text:
@@ -187,6 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README after a GPU run")
     parser.add_argument("--models", help="comma-separated families of model cases to run (default: all), e.g. flux,wan;"
                         " the results file is then named after them")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the kernel benchmark (a later part of a run)")
     args = parser.parse_args(argv)
     if args.update_readme:
         print(f"updated {update_readme()}")
@@ -207,7 +244,7 @@ def main(argv=None) -> int:
         if not cases:
             parser.error(f"--models {args.models}: no model case matches; cases: {', '.join(c.model for c in MODEL_CASES)}")
         stem += "-" + "-".join(wanted)
-    kernel_rows = [
+    kernel_rows = [] if args.no_kernels else [
         kernel_bench.run_case(case, device, dtype, heads, head_dim, warmup=1 if args.tiny else 10, reps=1 if args.tiny else 30)
         for case in kernel_cases
     ]

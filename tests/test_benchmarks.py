@@ -61,6 +61,13 @@ def test_gpu_suite_tiny_runs_end_to_end_and_feeds_the_readme(tmp_path):
     text = readme.read_text()
     assert "old text" not in text and "| tiny FLUX 64x64" in text and text.endswith("rest\n")
     assert "Measured on **cpu" in text
+    # A second part of the same run (other models, no kernels): the README table merges both parts.
+    assert suite.main(["--tiny", "--device", "cpu", "--output", str(tmp_path), "--models", "wan", "--no-kernels"]) == 0
+    part = tmp_path / f"{results['stem']}-wan.json"
+    assert json.loads(part.read_text())["kernel"]["rows"] == []
+    suite.update_readme(readme, part)
+    text = readme.read_text()
+    assert "| tiny FLUX 64x64" in text and "| tiny Wan 64x64x9" in text and "tiny 2-D" in text
     empty = tmp_path / "empty"
     empty.mkdir()
     suite.update_readme(readme, folder=empty)
