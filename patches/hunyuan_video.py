@@ -7,39 +7,22 @@ Layout probe: hidden_states (B, C, F, H, W) -> (F / patch_t, H / patch, W / patc
 
 from __future__ import annotations
 
-from math import prod
-
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models.transformers import transformer_hunyuan_video
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
-from gna_diffusers.install import ModelPatch, RoutedProcessorMixin, TokenLayout, token_layout
+from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+
+from ._video import VideoLatentLayout
 
 
 class GNAHunyuanVideoAttnProcessor(RoutedProcessorMixin, HunyuanVideoAttnProcessor2_0):
     """HunyuanVideoAttnProcessor2_0 whose attention call runs GNA over the video grid; all else stock."""
 
 
-def _grid(latents: torch.Tensor, transformer) -> tuple[int, int, int]:
-    _, _, frames, height, width = latents.shape
-    p, p_t = transformer.config.patch_size, transformer.config.patch_size_t
-    return frames // p_t, height // p, width // p
-
-
-def layout_from_prepared(result, transformer) -> TokenLayout | None:
-    """From ``prepare_latents``' result, the latents (B, C, F, H, W) (image-to-video: the first tensor)."""
-    latents = result[0] if isinstance(result, tuple) else result
-    if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
-        return None
-    grid = _grid(latents, transformer)
-    return token_layout(grid, prod(grid))
-
-
-def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
-    """The (frames, rows, cols) token grid from the latent's shape; the video stream is the grid alone."""
-    grid = _grid(args[0] if args else kwargs["hidden_states"], module)
-    return token_layout(grid, prod(grid))
+LAYOUT = VideoLatentLayout(lambda transformer: (transformer.config.patch_size_t, transformer.config.patch_size,
+                                                transformer.config.patch_size))
 
 
 PATCH = ModelPatch(
@@ -50,8 +33,8 @@ PATCH = ModelPatch(
     dispatch_module=transformer_hunyuan_video,
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=False,
-    layout_probe=layout_probe,
-    layout_from_prepared=layout_from_prepared,
+    layout_probe=LAYOUT.probe,
+    layout_from_prepared=LAYOUT.from_prepared,
     video=True,
     adoptable_processors=(HunyuanVideoAttnProcessor2_0,),
 )

@@ -11,39 +11,22 @@ sync). Image-to-video concatenates its condition along channels: the grid is unc
 from __future__ import annotations
 
 import functools
-from math import prod
 
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers import transformer_wan
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from gna_diffusers.install import ModelPatch, RoutedProcessorMixin, TokenLayout, token_layout
+from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+
+from ._video import VideoLatentLayout
 
 
 class GNAWanAttnProcessor(RoutedProcessorMixin, WanAttnProcessor):
     """WanAttnProcessor whose self-attention call runs GNA over the video grid; everything else is stock."""
 
 
-def _grid(latents: torch.Tensor, transformer) -> tuple[int, int, int]:
-    _, _, frames, height, width = latents.shape
-    p_t, p_h, p_w = transformer.config.patch_size
-    return frames // p_t, height // p_h, width // p_w
-
-
-def layout_from_prepared(result, transformer) -> TokenLayout | None:
-    """From ``prepare_latents``' result: the latents (B, C, F, H, W), alone or first in a tuple (I2V)."""
-    latents = result[0] if isinstance(result, tuple) else result
-    if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
-        return None
-    grid = _grid(latents, transformer)
-    return token_layout(grid, prod(grid))
-
-
-def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
-    """The (frames, rows, cols) token grid from the latent's shape; the sequence is the grid alone."""
-    grid = _grid(args[0] if args else kwargs["hidden_states"], module)
-    return token_layout(grid, prod(grid))
+LAYOUT = VideoLatentLayout(lambda transformer: tuple(transformer.config.patch_size))
 
 
 PATCH = ModelPatch(
@@ -54,8 +37,8 @@ PATCH = ModelPatch(
     dispatch_module=transformer_wan,
     blocks={"blocks": "blocks"},
     text_first=False,  # no text in the self-attention sequence
-    layout_probe=layout_probe,
-    layout_from_prepared=layout_from_prepared,
+    layout_probe=LAYOUT.probe,
+    layout_from_prepared=LAYOUT.from_prepared,
     video=True,
     adoptable_processors=(WanAttnProcessor,),
     attention="attn1",

@@ -1,7 +1,6 @@
 """Chroma (tiny offline models, fp32, CPU): FLUX's processor with a float (B, 1, S, S) mask that SDPA adds
 as a bias; GNA must add the same bias to the context keys of every grid query."""
 
-import pytest
 import torch
 
 import gna_diffusers
@@ -52,26 +51,3 @@ def test_pipeline_whole_extent_sparse_and_remove():
     with enabled(pipe, GNAConfig(family="chroma", base_grid=list(GRID), window=[2, 2])):
         assert max_diff(generate(pipe), stock) > 1e-3
     assert torch.equal(generate(pipe), stock)
-
-
-@pytest.mark.parametrize("name", ["chroma-1k", "chroma-2k"])
-def test_shipped_presets_run_on_the_tiny_pipeline(name):
-    pipe = chroma.tiny_pipeline()
-    with enabled(pipe, name):
-        assert torch.isfinite(generate(pipe, steps=4)).all()
-
-
-def test_full_size_config_is_chroma1_hd():
-    from gna_diffusers.harness.models import on_meta
-
-    model = on_meta(chroma.PATCH.transformer_class, chroma.FULL_CONFIG)
-    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 8.9
-
-
-@pytest.mark.slow
-def test_compare_accepts_chroma(tmp_path):
-    from gna_diffusers.cli import main
-
-    args = ["--steps", "2", "--prompt", "a red cat", "--no-warmup"]
-    assert main(["compare", "--model", "tiny-chroma", "--output", str(tmp_path), *args]) == 0
-    assert (tmp_path / "report.json").exists()

@@ -2,13 +2,12 @@
 reference images as context."""
 
 import numpy as np
-import pytest
 import torch
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 from PIL import Image
 from test_apply import OperatorSpy
 
-from gna_diffusers import GNAConfig, apply, enabled, remove
+from gna_diffusers import GNAConfig, apply, enabled
 from gna_diffusers.patches import flux2
 
 GRID = (8, 8)  # the tiny pipeline's token grid at 32x32 pixels
@@ -67,27 +66,3 @@ def test_reference_tokens_are_context_keys(monkeypatch):
     with torch.no_grad(), enabled(transformer, GNAConfig(family="flux2", window=2)):
         transformer(**inputs)
     assert set(extras) == {((4, 6), 5 + 9 + 8)}
-
-
-@pytest.mark.parametrize("name", ["flux2-2k", "flux2-1k"])
-def test_shipped_presets_run_on_the_tiny_pipeline(name):
-    pipe = flux2.tiny_pipeline()
-    with enabled(pipe, name):
-        assert torch.isfinite(generate(pipe, steps=4)).all()
-    remove(pipe)
-
-
-def test_full_size_config_is_the_32b_dev_model():
-    from gna_diffusers.harness.models import on_meta
-
-    model = on_meta(flux2.PATCH.transformer_class, flux2.FULL_CONFIG)
-    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 32.2
-
-
-@pytest.mark.slow
-def test_compare_accepts_flux2(tmp_path):
-    from gna_diffusers.cli import main
-
-    args = ["--steps", "2", "--prompt", "a red cat", "--no-warmup"]
-    assert main(["compare", "--model", "tiny-flux2", "--output", str(tmp_path), *args]) == 0
-    assert (tmp_path / "report.json").exists()

@@ -7,7 +7,6 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, apply, enabled, remove
-from gna_diffusers.cli import main
 from gna_diffusers.patches import wan
 
 GRID = (5, 4, 4)  # the tiny pipeline's latent token grid at 32x32 pixels, 9 frames
@@ -99,12 +98,6 @@ def test_experts_of_different_shapes_are_refused_before_anything_is_installed():
     assert type(pipe.transformer.blocks[0].attn1.processor) is WanAttnProcessor
 
 
-@pytest.mark.parametrize("name", ["wan-720p", "wan-480p", "wan-720p-conservative", "wan-480p-conservative"])
-def test_shipped_presets_run_on_the_tiny_pipeline(name):
-    pipe = wan.tiny_pipeline()
-    with enabled(pipe, name):
-        assert torch.isfinite(generate(pipe, steps=4)).all()
-
 
 def test_full_size_configs_name_the_real_shapes():
     from gna_diffusers.harness.models import on_meta
@@ -119,15 +112,6 @@ def test_full_size_configs_name_the_real_shapes():
         assert round(sum(p.numel() for p in model.parameters()) / 1e9, 2) == billions
         assert latent_grid(*size) == grid
 
-
-@pytest.mark.slow
-def test_compare_and_random_weights_accept_wan(tmp_path, capsys):
-    fast = ["--steps", "2", "--prompt", "a red cat", "--no-warmup"]
-    assert main(["compare", "--model", "tiny-wan", "--output", str(tmp_path / "cmp"), *fast]) == 0
-    assert (tmp_path / "cmp" / "report.json").exists()
-    assert main(["compare", "--model", "tiny-wan", "--random-weights", "--output", str(tmp_path / "rw"),
-                 "--height", "64", "--width", "64", "--frames", "9", "--steps", "4", "--no-warmup"]) == 0
-    assert "wan-720p" in (tmp_path / "rw" / "report.md").read_text()
 
 
 def test_image_to_video_transformer_keeps_its_image_branch_stock(monkeypatch):

@@ -1,0 +1,39 @@
+"""Layout probes shared by the video families whose transformer takes latents (B, C, F, H, W) and whose
+image stream is the token grid alone: the grid is the latent shape over the patch size, from shapes (no
+host sync)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from math import prod
+
+import torch
+
+from gna_diffusers.install import TokenLayout, token_layout
+
+PatchSizes = Callable[[torch.nn.Module], tuple[int, int, int]]  # transformer -> (time, height, width) patch
+
+
+class VideoLatentLayout:
+    """``layout_probe`` and ``layout_from_prepared`` of a video family, given its patch sizes."""
+
+    def __init__(self, patch_sizes: PatchSizes):
+        self.patch_sizes = patch_sizes
+
+    def grid(self, latents: torch.Tensor, transformer: torch.nn.Module) -> tuple[int, int, int]:
+        _, _, frames, height, width = latents.shape
+        p_t, p_h, p_w = self.patch_sizes(transformer)
+        return frames // p_t, height // p_h, width // p_w
+
+    def from_prepared(self, result, transformer) -> TokenLayout | None:
+        """From ``prepare_latents``' result: the latents, alone or first in a tuple (image-to-video)."""
+        latents = result[0] if isinstance(result, tuple) else result
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
+            return None
+        grid = self.grid(latents, transformer)
+        return token_layout(grid, prod(grid))
+
+    def probe(self, module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
+        """The (frames, rows, cols) token grid of this call's ``hidden_states``."""
+        grid = self.grid(args[0] if args else kwargs["hidden_states"], module)
+        return token_layout(grid, prod(grid))

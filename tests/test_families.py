@@ -1,0 +1,60 @@
+"""What every supported family must offer, checked the same way for all of them: its shipped presets run
+on its tiny offline pipeline, its full-size config has the published size, and `compare` accepts its tiny
+model."""
+
+import pytest
+import torch
+
+from gna_diffusers import enabled, list_presets, load_preset
+from gna_diffusers.cli import main
+from gna_diffusers.harness.models import on_meta
+from gna_diffusers.patches import FAMILY_MODULES
+
+# Published transformer sizes, in billions of parameters.
+PUBLISHED_BILLIONS = {
+    "flux": 12, "flux2": 32, "chroma": 8.9, "hunyuan-video": 13, "hunyuan-video-1.5": 8.3, "wan": 14,
+    "qwen-image": 20,
+}
+FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
+
+
+def tiny_generate(family: str, pipe, steps: int) -> torch.Tensor:
+    module = FAMILY_MODULES[family]
+    output = pipe(prompt="a red cat", height=32, width=32, num_inference_steps=steps, output_type="pt",
+                  generator=torch.Generator().manual_seed(0), **module.tiny_call_kwargs())
+    return output.frames if module.PATCH.video else output.images
+
+
+def test_every_family_is_described_and_has_presets():
+    assert set(PUBLISHED_BILLIONS) == set(FAMILY_MODULES)
+    assert {family for family, _ in FAMILY_PRESETS} == set(FAMILY_MODULES)
+    for module in FAMILY_MODULES.values():
+        assert module.DEFAULT_PRESET in list_presets() and load_preset(module.DEFAULT_PRESET).family == module.PATCH.family
+
+
+@pytest.mark.parametrize("family, preset", FAMILY_PRESETS, ids=[name for _, name in FAMILY_PRESETS])
+def test_shipped_presets_run_on_their_family_tiny_pipeline(family, preset):
+    pipe = FAMILY_MODULES[family].tiny_pipeline()
+    with enabled(pipe, preset) as handle:
+        out = tiny_generate(family, pipe, steps=4)
+        assert handle.runtime.grid is not None  # the layout was understood: GNA ran on the sparse steps
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
+def test_full_size_config_has_the_published_size(family):
+    module = FAMILY_MODULES[family]
+    config = module.full_size(family)[0] if hasattr(module, "full_size") else module.FULL_CONFIG
+    billions = sum(p.numel() for p in on_meta(module.PATCH.transformer_class, config).parameters()) / 1e9
+    assert abs(billions - PUBLISHED_BILLIONS[family]) / PUBLISHED_BILLIONS[family] < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
+def test_compare_accepts_the_tiny_model(family, tmp_path):
+    module = FAMILY_MODULES[family]
+    size = ["--height", "32", "--width", "32"] + (["--frames", "5"] if module.PATCH.video else [])
+    args = ["--model", module.TINY_NAME, "--output", str(tmp_path), "--steps", "2", "--prompt", "a red cat",
+            "--no-warmup", *size]
+    assert main(["compare", *args]) == 0
+    assert (tmp_path / "report.json").exists()
