@@ -173,7 +173,35 @@ def _cmd_harness(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_harness_flags(parser: argparse.ArgumentParser) -> None:
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .harness.calibration import run_calibration
+    from .harness.runner import Settings
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = Settings(
+        model=args.model, seeds=list(args.seeds), steps=args.steps, height=args.height, width=args.width,
+        frames=args.frames, device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
+    )
+    prompts = _prompts(args)
+    if prompts:
+        settings.prompts = prompts
+    if not 0 < args.target_recall < 1:
+        raise ValueError(f"--target-recall must be in (0, 1), got {args.target_recall}")
+    output = args.output or Path("runs/calibrate") / f"{Path(args.model).name}.yaml"
+    if output.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"--output names the preset file to write (.yaml), got {output}")
+    calibration = run_calibration(settings, args.target_recall, args.queries, output)
+    sparse = sum(c.pattern is not None for c in calibration.choices)
+    print(f"wrote {output} ({sparse} of {len(calibration.choices)} layers sparse, dense warm-up "
+          f"{calibration.warmup_steps} of {calibration.total_steps} steps), {output.with_suffix('.md')} and "
+          f"{output.with_name(output.stem + '-recall.png')}")
+    return 0
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that pick a model, prompts and the generation size (compare, sweep, calibrate)."""
     parser.add_argument("--model", default="tiny-flux",
                         help="hub id, local pipeline folder, or a built-in tiny model: tiny-flux, tiny-flux2, tiny-chroma, "
                              "tiny-hunyuan-video, tiny-hunyuan-video-1.5, tiny-wan, tiny-qwen-image (default tiny-flux)")
@@ -187,6 +215,10 @@ def _add_harness_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="default bfloat16 on CUDA, float32 on CPU")
+
+
+def _add_harness_flags(parser: argparse.ArgumentParser) -> None:
+    _add_model_flags(parser)
     parser.add_argument("--output", type=Path, help="output folder (default runs/<command>)")
     parser.add_argument("--dense-backend", help="pin diffusers' attention backend for the dense paths, e.g. "
                         "native, _native_cudnn, flash")
@@ -247,6 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--presets", type=lambda text: [p for p in text.split(",") if p],
                        help="comma-separated presets (default: all shipped presets of the model's family)")
     _add_harness_flags(sweep)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="choose per-layer windows from the model's own dense attention; writes a preset",
+        description="Run dense generations with a probe on every self-attention layer that measures, for a "
+        "sample of queries, the softmax mass (recall) each candidate window keeps; choose per layer the cheapest "
+        "candidate reaching --target-recall (layers no candidate satisfies stay dense) and the dense warm-up; "
+        "write the preset YAML, a markdown report and a recall plot next to it.",
+    )
+    _add_model_flags(calibrate)
+    calibrate.add_argument("--target-recall", type=float, default=0.95, help="recall every sparse layer must keep "
+                           "(default 0.95)")
+    calibrate.add_argument("--queries", type=positive_int, default=256, help="grid queries sampled per layer and call "
+                           "(default 256)")
+    calibrate.add_argument("--output", type=Path, help="the preset to write (default runs/calibrate/<model>.yaml)")
+    calibrate.set_defaults(run=_cmd_calibrate)
     return parser
 
 

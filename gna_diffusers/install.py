@@ -144,6 +144,8 @@ class GNARoute:
         self.dense_backend = dense_backend  # diffusers backend of the dense paths
         self.layout: TokenLayout | None = None
         self.pattern: LayerPattern | None = None  # None: this call runs dense
+        # Called with (route, query, key, attn_mask) on every self-attention call (calibration's probe).
+        self.observer: Callable | None = None
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
@@ -155,17 +157,26 @@ class GNARoute:
             warnings.warn(f"gna: layer {self.layer[0]}.{self.layer[1]} runs dense: {why}", stacklevel=2)
         return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
 
+    def grid_span(self, total: int) -> slice | None:
+        """Where the latent grid lies in a joint sequence of ``total`` tokens (None: it does not fit)."""
+        layout = self.layout
+        if layout is None or total < layout.stream_tokens:
+            return None
+        start = (total - layout.stream_tokens if self.text_first else 0) + layout.grid_offset
+        return slice(start, start + prod(layout.grid))
+
     def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
         pattern, layout = self.pattern, self.layout
+        if self.observer is not None and query.shape[1] == key.shape[1]:
+            self.observer(self, query, key, attn_mask)
         # Dense step or layer, or not self-attention (e.g. IP-Adapter's image-prompt keys).
         if pattern is None or query.shape[1] != key.shape[1]:
             return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
-        total, stream = query.shape[1], layout.stream_tokens
-        if total < stream:
+        total = query.shape[1]
+        grid = self.grid_span(total)
+        if grid is None:
             why = f"it got {total} tokens, fewer than the {layout.describe()} of the transformer's input"
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-        grid_start = (total - stream if self.text_first else 0) + layout.grid_offset
-        grid = slice(grid_start, grid_start + prod(layout.grid))
         context = [part for part in (slice(0, grid.start), slice(grid.stop, total)) if part.stop > part.start]
 
         def gather(t: torch.Tensor, dim: int = 1) -> torch.Tensor:  # the context tokens of t, in sequence order
@@ -468,6 +479,12 @@ class GNAHandle:
             f"{' steps' if isinstance(warmup, int) else ' of the steps'}, backend {self.config.backend}\n"
         )
         return head + tabulate(body, headers=["layer", "mode", "window", "stride", "dilation"], tablefmt="github")
+
+    def set_observer(self, observer: Callable | None) -> None:
+        """Call ``observer(route, query, key, attn_mask)`` on every self-attention call of the sparse layers
+        (``route.layer`` names the layer; :mod:`gna_diffusers.calibrate` measures recall this way)."""
+        for site in self._sites:
+            site.route.observer = observer
 
     def reset_steps(self) -> None:
         """Start a new generation (bare transformers only; pipelines reset at set_timesteps)."""

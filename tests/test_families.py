@@ -5,7 +5,7 @@ model."""
 import pytest
 import torch
 
-from gna_diffusers import enabled, list_presets, load_preset
+from gna_diffusers import enabled, list_presets, load_config, load_preset
 from gna_diffusers.cli import main
 from gna_diffusers.harness.models import on_meta
 from gna_diffusers.patches import FAMILY_MODULES
@@ -58,3 +58,16 @@ def test_compare_accepts_the_tiny_model(family, tmp_path):
             "--no-warmup", *size]
     assert main(["compare", *args]) == 0
     assert (tmp_path / "report.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
+def test_calibrate_runs_on_the_tiny_model(family, tmp_path):
+    """The probe reaches every family's self-attention (the tiny models' random weights attend almost
+    uniformly, so their layers stay dense); the preset it writes loads."""
+    module = FAMILY_MODULES[family]
+    size = ["--height", "32", "--width", "32"] + (["--frames", "5"] if module.PATCH.video else [])
+    preset = tmp_path / "calibrated.yaml"
+    assert main(["calibrate", "--model", module.TINY_NAME, "--steps", "4", "--output", str(preset), *size]) == 0
+    assert load_config(preset).family == family
+    assert "recall" in (tmp_path / "calibrated.md").read_text()

@@ -1,0 +1,140 @@
+"""gna-diffusers calibrate: the recall measurement against a brute-force definition, the search on planted
+attention whose locality is known, and the command end to end on a tiny pipeline."""
+
+import math
+
+import pytest
+import torch
+import yaml
+from brute_force import neighbor_mask
+
+from gna_diffusers import load_config
+from gna_diffusers.calibrate import Candidate, Probe, RecallLog, choose, measure_recall, warmup_steps
+from gna_diffusers.cli import main
+
+GRID = (16, 16)
+TEXT = 4
+
+
+def test_recall_matches_the_brute_force_definition():
+    """Kept mass = softmax mass on the query's GNA window plus on every (valid) context key."""
+    gen = torch.Generator().manual_seed(0)
+    grid, n = (5, 6), 30
+    query, key = (torch.randn(2, TEXT + n, 3, 8, generator=gen) for _ in range(2))
+    valid = torch.ones(2, TEXT + n, dtype=torch.bool)
+    valid[0, 2:TEXT] = False
+    patterns = [Candidate((2, 3), (1, 2), 0.0, 1.0), Candidate((4, 4), (2, 1), 0.0, 1.0)]
+    index = torch.tensor([0, 7, 13, 29])
+    recall = measure_recall(query, key, grid, TEXT, index, patterns, valid)
+    for i, p in enumerate(patterns):
+        mask = neighbor_mask(grid, p.window, p.stride, (1, 1), (False, False))
+        expected = []
+        for b in range(2):
+            for h in range(3):
+                scores = query[b, TEXT + index, h] @ key[b, :, h].T / math.sqrt(8)
+                probs = scores.masked_fill(~valid[b], float("-inf")).softmax(-1)
+                kept = probs[:, :TEXT].sum(-1) + (probs[:, TEXT:] * mask[index]).sum(-1)
+                expected.append(kept.mean())
+        assert recall[i].item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-5)
+
+
+def planted(sigma: float | None, heads: int = 2, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k (1, TEXT + N, H, D) whose attention over the 16x16 grid is a Gaussian of width ``sigma`` around
+    the query (score -|p_i - p_j|^2 / (2 sigma^2) up to a per-query constant), or uniform (sigma None)."""
+    rows, cols = torch.meshgrid(torch.arange(GRID[0]), torch.arange(GRID[1]), indexing="ij")
+    p = torch.stack([rows.flatten(), cols.flatten()], dim=1).float()  # (N, 2)
+    q = torch.zeros(TEXT + p.shape[0], dim)
+    k = torch.zeros(TEXT + p.shape[0], dim)
+    if sigma is not None:
+        q[TEXT:, :2] = p / sigma**2 * math.sqrt(dim)  # cancels the 1 / sqrt(D) softmax scale
+        q[TEXT:, 2] = math.sqrt(dim)
+        k[TEXT:, :2] = p
+        k[TEXT:, 2] = -(p**2).sum(1) / (2 * sigma**2)
+        k[:TEXT, 2] = -1e4  # context keys get (almost) no mass
+    return (t[None, :, None].expand(1, -1, heads, dim).contiguous() for t in (q, k))
+
+
+class _Runtime:
+    step = 0
+
+
+class _Route:
+    def __init__(self, layer):
+        self.layer = layer
+        self.layout = type("Layout", (), {"grid": GRID})()
+
+    def grid_span(self, total):
+        return slice(TEXT, total)
+
+
+LAYERS = {("blocks", 0): 0.7, ("blocks", 1): 2.0, ("blocks", 2): None}  # sigma per layer; None: global
+
+
+def planted_log(steps=(0, 1, 2)) -> RecallLog:
+    runtime = _Runtime()
+    probe = Probe(runtime, total_steps=len(steps), step_fractions=[s / len(steps) for s in steps], queries=64)
+    for step in steps:
+        runtime.step = step
+        for layer, sigma in LAYERS.items():
+            q, k = planted(sigma)
+            probe(_Route(layer), q, k, None)
+    return probe.log
+
+
+def test_search_recovers_planted_windows_and_keeps_global_attention_dense():
+    log = planted_log()
+    choices = {c.layer: c for c in choose(log, target=0.95)}
+    narrow, wide, global_ = (choices[layer] for layer in LAYERS)
+    assert global_.pattern is None  # uniform attention: no window keeps 95%
+    assert narrow.pattern is not None and wide.pattern is not None
+    for choice, sigma in ((narrow, 0.7), (wide, 2.0)):
+        # The window covers the planted radius (95% of a 2-D Gaussian lies within ~2.45 sigma of its centre)...
+        assert all(w >= 2 * 2.0 * sigma for w in choice.pattern.window)
+        assert choice.recall >= 0.95
+        # ...and it is the cheapest that does: every cheaper candidate (earlier in the list) misses the target.
+        cheaper = log.patterns[: log.patterns.index(choice.pattern)]
+        assert cheaper and all(choice.recall_by_candidate[p.window] < 0.95 for p in cheaper)
+    assert log.patterns.index(narrow.pattern) < log.patterns.index(wide.pattern)
+
+
+def test_warmup_covers_the_steps_where_attention_is_still_global():
+    runtime = _Runtime()
+    probe = Probe(runtime, total_steps=4, step_fractions=(0, 0.25, 0.5, 0.75), queries=64)
+    for step, sigma in enumerate((None, None, 0.7, 0.7)):  # global early, local later
+        runtime.step = step
+        probe(_Route(("blocks", 0)), *planted(sigma), None)
+    assert choose(probe.log, 0.95)[0].pattern is None  # over every step the layer looks global...
+    settled = choose(probe.log, 0.95, [2, 3])  # ...but after the warm-up it is local
+    assert settled[0].pattern is not None and settled[0].pattern.window[0] < GRID[0]
+    assert warmup_steps(probe.log, settled, 0.95) == 2
+
+
+@pytest.mark.slow
+def test_calibrate_command_writes_a_preset_that_loads_and_runs(tmp_path, monkeypatch):
+    """End to end on the tiny FLUX pipeline, with planted attention fed to the probe (the tiny model's random
+    weights attend uniformly): the preset loads, states what it measured, and compare runs it."""
+    import gna_diffusers.calibrate as calibrate_module
+
+    real_call = calibrate_module.Probe.__call__
+    sigmas = {("double", 0): 0.7, ("double", 1): 2.0, ("single", 0): 0.7, ("single", 1): None}
+
+    def planted_call(self, route, query, key, attn_mask):
+        q, k = planted(sigmas[route.layer])
+        text = query.shape[1] - q.shape[1] + TEXT  # the pipeline's text length
+        pad = torch.zeros(1, text - TEXT, 2, 16)
+        pad_k = pad.clone()
+        pad_k[..., 2] = -1e4
+        real_call(self, route, torch.cat([pad, q], 1), torch.cat([pad_k, k], 1), None)
+
+    monkeypatch.setattr(calibrate_module.Probe, "__call__", planted_call)
+    preset = tmp_path / "tiny.yaml"
+    assert main(["calibrate", "--model", "tiny-flux", "--height", "64", "--width", "64", "--steps", "4",
+                 "--output", str(preset)]) == 0
+    config = load_config(preset)
+    text = preset.read_text()
+    assert "target recall 0.95" in text and "single.1: dense" in text
+    data = yaml.safe_load(text)
+    assert data["base_grid"] == [16, 16] and data["dense_layers"] == [{"blocks": "single", "layers": "1"}]
+    assert config.family == "flux" and (tmp_path / "tiny.md").exists() and (tmp_path / "tiny-recall.png").exists()
+    assert main(["compare", "--model", "tiny-flux", "--preset", str(preset), "--height", "64", "--width", "64",
+                 "--steps", "2", "--prompt", "a cat", "--no-warmup", "--output", str(tmp_path / "cmp")]) == 0
