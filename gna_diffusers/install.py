@@ -166,12 +166,43 @@ class GNARoute:
         return slice(start, start + prod(layout.grid))
 
     def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
-        pattern, layout = self.pattern, self.layout
+        pattern = self.pattern
         if self.observer is not None and query.shape[1] == key.shape[1]:
             self.observer(self, query, key, attn_mask)
         # Dense step or layer, or not self-attention (e.g. IP-Adapter's image-prompt keys).
         if pattern is None or query.shape[1] != key.shape[1]:
             return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+        parallel = kwargs.get("parallel_config")
+        context_parallel = getattr(parallel, "context_parallel_config", None)
+        if context_parallel is not None:
+            return self._ulysses(dispatch, query, key, value, attn_mask, kwargs, context_parallel)
+        return self._sparse(dispatch, query, key, value, attn_mask, kwargs)
+
+    def _ulysses(self, dispatch, query, key, value, attn_mask, kwargs, config) -> torch.Tensor:
+        """Under Ulysses context parallelism: gather the whole sequence for this rank's heads, put it in
+        the unsharded order, run GNA, and hand every rank its shard back (the stock parallel attention where
+        the layout does not split evenly)."""
+        world, heads, local = config.ulysses_degree, query.shape[2], query.shape[1]
+        stream, layout = self.layout.stream_tokens, self.layout
+        local_stream = stream // world
+        if config.ring_degree != 1 or heads % world or stream % world or local < local_stream or attn_mask is not None:
+            why = (f"its context-parallel layout (ring {config.ring_degree}, ulysses {world}, {heads} heads, {local} "
+                   f"local tokens, {layout.describe()}, mask {attn_mask is not None}) is not supported")
+            return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+        from .parallel import gather_sequence, global_order, scatter_sequence
+
+        group = config._ulysses_mesh.get_group()
+        local_text = local - local_stream
+        first, second = (local_text, local_stream) if self.text_first else (local_stream, local_text)
+        order = global_order(world, first, second).to(query.device)
+        q, k, v = (gather_sequence(t, group, world)[:, order] for t in (query, key, value))
+        unsharded = {name: value for name, value in kwargs.items() if name != "parallel_config"}
+        out = self._sparse(dispatch, q, k, v, None, unsharded)
+        return scatter_sequence(out[:, order.argsort()], group, world)
+
+    def _sparse(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
+        """GNA for the grid queries (window + every valid context key), dense attention for the context."""
+        pattern, layout = self.pattern, self.layout
         total = query.shape[1]
         grid = self.grid_span(total)
         if grid is None:
@@ -412,6 +443,44 @@ _SCHEDULER_METHODS = ("set_timesteps", "step")
 _PIPELINE_METHODS = ("prepare_latents",)
 
 
+def _check_parallelism(config) -> None:
+    """GNA runs under Ulysses context parallelism; ring attention would need GNA's partial softmax states
+    exchanged between ranks, which it does not do: refuse it before anything runs. ``config``: a diffusers
+    ParallelConfig, ContextParallelConfig, TensorParallelConfig or None."""
+    context = getattr(config, "context_parallel_config", config if hasattr(config, "ring_degree") else None)
+    if context is not None and context.ring_degree != 1:
+        raise ConfigError(
+            f"gna-diffusers supports Ulysses context parallelism only (ContextParallelConfig(ulysses_degree=N)); "
+            f"this model uses ring_degree={context.ring_degree}: use ulysses_degree instead, or remove GNA"
+        )
+
+
+class _EnableParallelism:
+    """Stands in for a patched transformer's ``enable_parallelism``: diffusers checks each processor's
+    ``_attention_backend`` against its backends, so the routes step aside during the call (the check then
+    sees the dense paths' backend) and come back after it."""
+
+    def __init__(self, handle: GNAHandle, transformer: torch.nn.Module):
+        self.handle = handle
+        self.transformer = transformer
+
+    def __call__(self, config=None, cp_plan=None, **kwargs):
+        _check_parallelism(config)
+        sites = [site for site in self.handle._sites if site.transformer is self.transformer]
+        routed = []
+        for site in sites:
+            processor = site.attn.processor
+            if isinstance(processor, RoutedProcessorMixin) and processor.route is site.route:
+                processor.route = None
+                routed.append((processor, site.route))
+        try:
+            return type(self.transformer).enable_parallelism(self.transformer, config=config, cp_plan=cp_plan,
+                                                             **kwargs)
+        finally:
+            for processor, route in routed:
+                processor.route = route
+
+
 @dataclass
 class _Site:
     """One sparse attention layer: its module, its route, the processor GNA installed and the original."""
@@ -579,6 +648,8 @@ class GNAHandle:
         for site in self._sites:
             processor, route = site.attn.processor, site.route
             if processor is site.installed:
+                if "_parallel_config" in vars(processor):  # parallelism enabled since: the original takes it over
+                    site.original._parallel_config = processor._parallel_config
                 site.attn.set_processor(site.original)
             elif isinstance(processor, RoutedProcessorMixin) and processor.route is route:
                 processor.route = None
@@ -587,6 +658,9 @@ class GNAHandle:
                 processor._attention_backend = route.dense_backend
         for hook in self._hooks:
             hook.remove()
+        for transformer in self.transformers:
+            if isinstance(vars(transformer).get("enable_parallelism"), _EnableParallelism):
+                del transformer.enable_parallelism
         for scheduler in self.schedulers:
             _unobserve(scheduler, _SCHEDULER_METHODS)
         for pipeline in self.pipelines:
@@ -666,6 +740,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
             )
         existing.attach_pipeline(target, scheduler)
         return existing
+    _check_parallelism(getattr(transformer, "_parallel_config", None))
     if transformer is not getattr(target, "transformer", transformer):
         logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
     transformers = [transformer] + _more_transformers(target, patch) if scheduler is not None else [transformer]
@@ -685,9 +760,12 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 original = attn.processor
                 route = GNARoute((name, index), patch.text_first, config.backend,
                                  getattr(original, "_attention_backend", None))
-                handle._sites.append(_Site(model, attn, route, patch.processor_for(name)(route), original))
-                attn.set_processor(handle._sites[-1].installed)
+                processor = patch.processor_for(name)(route)
+                processor._parallel_config = getattr(original, "_parallel_config", None)  # enable_parallelism first
+                handle._sites.append(_Site(model, attn, route, processor, original))
+                attn.set_processor(processor)
         handle._hooks.append(model.register_forward_pre_hook(handle._before_forward, with_kwargs=True))
+        model.enable_parallelism = _EnableParallelism(handle, model)
         model._gna_handle = handle
     if scheduler is not None:
         handle.attach_pipeline(target, scheduler)
