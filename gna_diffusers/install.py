@@ -185,19 +185,22 @@ class GNARoute:
         world, heads, local = config.ulysses_degree, query.shape[2], query.shape[1]
         stream, layout = self.layout.stream_tokens, self.layout
         local_stream = stream // world
-        if config.ring_degree != 1 or heads % world or stream % world or local < local_stream or attn_mask is not None:
+        key_mask = attn_mask is None or (attn_mask.ndim == 4 and attn_mask.shape[1:3] == (1, 1))
+        if config.ring_degree != 1 or heads % world or stream % world or local < local_stream or not key_mask:
             why = (f"its context-parallel layout (ring {config.ring_degree}, ulysses {world}, {heads} heads, {local} "
-                   f"local tokens, {layout.describe()}, mask {attn_mask is not None}) is not supported")
+                   f"local tokens, {layout.describe()}, mask {None if attn_mask is None else tuple(attn_mask.shape)})"
+                   f" is not supported")
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-        from .parallel import gather_sequence, global_order, scatter_sequence
+        from .parallel import gather_keys, gather_sequence, global_order, scatter_sequence
 
         group = config._ulysses_mesh.get_group()
         local_text = local - local_stream
         first, second = (local_text, local_stream) if self.text_first else (local_stream, local_text)
         order = global_order(world, first, second).to(query.device)
         q, k, v = (gather_sequence(t, group, world)[:, order] for t in (query, key, value))
+        mask = None if attn_mask is None else gather_keys(attn_mask.contiguous(), group, world)[..., order]
         unsharded = {name: value for name, value in kwargs.items() if name != "parallel_config"}
-        out = self._sparse(dispatch, q, k, v, None, unsharded)
+        out = self._sparse(dispatch, q, k, v, mask, unsharded)
         return scatter_sequence(out[:, order.argsort()], group, world)
 
     def _sparse(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:

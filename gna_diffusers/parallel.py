@@ -32,6 +32,14 @@ def scatter_sequence(x: torch.Tensor, group, world: int) -> torch.Tensor:
     return received.permute(1, 2, 0, 3, 4).reshape(batch, local, world * heads, dim)
 
 
+def gather_keys(mask: torch.Tensor, group, world: int) -> torch.Tensor:
+    """A per-key mask over the local shard ``(..., S_local)`` -> ``(..., world * S_local)``, rank-major (the
+    keys of :func:`gather_sequence`)."""
+    parts = [torch.empty_like(mask) for _ in range(world)]
+    dist.all_gather(parts, mask, group=group)
+    return torch.cat(parts, dim=-1)
+
+
 def global_order(world: int, local_first: int, local_second: int) -> torch.Tensor:
     """Indices that turn a rank-major sequence of ``world`` shards ``[first_r, second_r]`` (e.g. [text, image])
     into ``[first_0 .. first_{w-1}, second_0 .. second_{w-1}]``, the order of the unsharded sequence."""

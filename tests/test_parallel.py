@@ -1,6 +1,7 @@
 """GNA under diffusers' Ulysses context parallelism, on CPU with two gloo processes: each family's tiny
 transformer sharded over 2 ranks gives single-process GNA's output, whichever of apply() and
-enable_parallelism() comes first; ring attention is refused clearly.
+enable_parallelism() comes first (Qwen-Image with a padded batch: its key mask is sharded too); ring
+attention is refused clearly.
 
 What this cannot cover: NCCL, GPU timing and overlap, more than 2 ranks, and diffusers' unified
 ring + Ulysses mode (refused like ring)."""
@@ -28,14 +29,18 @@ def config_for(family: str):
 
     if family == "flux":
         return GNAConfig(family="flux", base_grid=[8, 8], window=[2, 4], stride=[1, 2])
+    if family == "qwen-image":
+        return GNAConfig(family="qwen-image", base_grid=[4, 6], window=[2, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
 
 
 def inputs_for(family: str, transformer):
-    from gna_diffusers.patches import flux, wan
+    from gna_diffusers.patches import flux, qwen_image, wan
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
+    if family == "qwen-image":
+        return qwen_image.transformer_inputs(transformer, (4, 6), text=6, batch=2, valid_text=(3, 6))
     return wan.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
 
 
@@ -50,9 +55,9 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     from diffusers import ContextParallelConfig
 
     from gna_diffusers import ConfigError, apply, remove
-    from gna_diffusers.patches import flux, wan
+    from gna_diffusers.patches import FAMILY_MODULES
 
-    module = flux if family == "flux" else wan
+    module = FAMILY_MODULES[family]
     results = {}
     for order in ("apply-first", "parallel-first"):
         transformer = module.tiny_transformer()
@@ -80,7 +85,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", ["flux", "wan"])
+@pytest.mark.parametrize("family", ["flux", "wan", "qwen-image"])
 def test_ulysses_degree_2_equals_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
