@@ -149,7 +149,7 @@ def _prompts(args: argparse.Namespace) -> list[str] | None:
 def _cmd_harness(args: argparse.Namespace) -> int:
     import torch
 
-    from .harness.runner import Settings, sweep
+    from .harness.runner import Settings, launched_ranks, sweep
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = Settings(
@@ -164,6 +164,8 @@ def _cmd_harness(args: argparse.Namespace) -> int:
         settings.prompts = prompts
     presets = [args.preset] if args.command == "compare" and args.preset else (getattr(args, "presets", None) or [])
     result = sweep(settings, presets, single=args.command == "compare")
+    if launched_ranks()[0] != 0:
+        return 0  # under torchrun, rank 0 writes and reports
     target = Path(settings.output)
     print(f"wrote {target / ('report.md' if args.command == 'compare' else 'summary.md')}")
     if args.command == "compare" and "summary" in result:

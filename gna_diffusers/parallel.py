@@ -9,6 +9,8 @@ exchange. Shapes are ``(B, S, H, D)`` as everywhere in gna_diffusers.
 
 from __future__ import annotations
 
+from math import prod
+
 import torch
 import torch.distributed as dist
 
@@ -48,3 +50,44 @@ def global_order(world: int, local_first: int, local_second: int) -> torch.Tenso
     first = (ranks + torch.arange(local_first)).flatten()
     second = (ranks + local_first + torch.arange(local_second)).flatten()
     return torch.cat([first, second])
+
+
+def per_rank_estimates(grid: tuple[int, ...], window, stride, text: int, heads: int = 24, head_dim: int = 128,
+                       worlds=(1, 2, 4, 8), bytes_per_element: int = 2) -> list[dict]:
+    """Per-rank attention FLOPs and all-to-all bytes of one layer under Ulysses degree ``world`` (batch 1).
+
+    FLOPs count the two matrix products (4 x head_dim per attended pair): grid queries attend their window
+    (the simulator's density) plus every text key, text queries attend everything. Each rank computes
+    ``heads / world`` heads. The all-to-alls move q, k, v in and the output back: each rank sends
+    ``(world - 1) / world`` of its ``S / world`` tokens x ``heads`` x ``head_dim`` elements, four times.
+    """
+    from .sim import simulate
+
+    n = prod(grid)
+    density = simulate(grid, window, stride).density
+    pairs = density * n * n + n * text + text * (n + text)
+    dense_pairs = (n + text) ** 2
+    rows = []
+    for world in worlds:
+        rows.append({
+            "world": world,
+            "gna_tflop": 4 * head_dim * heads * pairs / world / 1e12,
+            "dense_tflop": 4 * head_dim * heads * dense_pairs / world / 1e12,
+            "all_to_all_mb": 4 * (n + text) / world * heads * head_dim * bytes_per_element * (world - 1) / world / 1e6,
+        })
+    return rows
+
+
+def estimates_markdown() -> str:
+    """The README's table: the GNA paper configurations (24 heads x 128, bf16) on 1, 2, 4 and 8 GPUs."""
+    from tabulate import tabulate
+
+    cases = [("FLUX-4K 256x256 + 512 text", (256, 256), (80, 80), (16, 16), 512),
+             ("HunyuanVideo 30x48x80 + 256 text", (30, 48, 80), (18, 24, 24), (16, 8, 8), 256)]
+    body = []
+    for name, grid, window, stride, text in cases:
+        for row in per_rank_estimates(grid, window, stride, text):
+            body.append([name, row["world"], f"{row['dense_tflop']:.2f}", f"{row['gna_tflop']:.2f}",
+                         f"{row['all_to_all_mb']:.0f}"])
+    return tabulate(body, headers=["shape", "GPUs", "dense TFLOP / rank", "GNA TFLOP / rank", "all-to-all MB / rank"],
+                    tablefmt="github")

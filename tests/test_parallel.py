@@ -98,3 +98,34 @@ def test_ulysses_degree_2_equals_single_process_gna(family, tmp_path):
 def test_global_order_puts_rank_major_shards_back_in_sequence_order():
     # 2 ranks, each [text (2), image (3)]: rank-major t0 t0 i0 i0 i0 t1 t1 i1 i1 i1 -> t t t t i i i i i i
     assert global_order(2, 2, 3).tolist() == [0, 1, 5, 6, 2, 3, 4, 7, 8, 9]
+
+
+def compare_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """One torchrun rank: the environment torchrun sets, then the CLI."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.accelerator.device_count = lambda: world
+    torch._C._get_accelerator = lambda: torch.device("cpu")
+    from gna_diffusers.cli import main
+
+    args = ["compare", "--model", "tiny-flux", "--height", "64", "--width", "64", "--steps", "2", "--prompt", "a cat",
+            "--no-warmup", "--device", "cpu", "--output", os.path.join(folder, "out")]
+    assert main(args) == 0
+
+
+def test_compare_under_torchrun_shards_the_transformer_and_rank_0_writes(tmp_path):
+    import json
+
+    mp.spawn(compare_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["ulysses_degree"] == 2 and report["samples"][0]["metrics"]["psnr"] > 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".json") == ["report.json"]
+
+
+def test_readme_table_is_the_generated_one():
+    from pathlib import Path
+
+    from gna_diffusers.parallel import estimates_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert estimates_markdown() in readme

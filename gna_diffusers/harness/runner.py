@@ -18,8 +18,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -206,6 +208,11 @@ def _preset_name(preset) -> str:
     return Path(preset).stem if isinstance(preset, (str, Path)) else "custom"
 
 
+def _ulysses_degree(transformer: torch.nn.Module) -> int:
+    context = getattr(getattr(transformer, "_parallel_config", None), "context_parallel_config", None)
+    return 1 if context is None else context.ulysses_degree
+
+
 def _base(settings: Settings, model: Model, device: torch.device, kind: str, lpips=None) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -216,6 +223,7 @@ def _base(settings: Settings, model: Model, device: torch.device, kind: str, lpi
         "model": {"name": model.name, "family": model.family.PATCH.family,
                   "transformer": type(model.transformer).__name__, "weights": model.weights},
         "dense_backend": settings.dense_backend or "diffusers default",
+        "ulysses_degree": _ulysses_degree(model.transformer),
         "lpips": None if lpips is None else (lpips if isinstance(lpips, str) else "available"),
     }
 
@@ -315,14 +323,61 @@ def _apply_tiny_defaults(settings: Settings, model_name: str) -> Settings:
     return settings
 
 
+def launched_ranks() -> tuple[int, int]:
+    """(rank, world size) of a ``torchrun`` launch, or (0, 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _distribute(settings: Settings) -> tempfile.TemporaryDirectory | None:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group, take this rank's GPU, and send every rank
+    but 0 to a scratch output folder (all ranks generate together; rank 0 writes the report). Returns the
+    scratch folder to clean up, or None."""
+    rank, world = launched_ranks()
+    if world == 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available() and settings.device.startswith("cuda"):
+        settings.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        torch.cuda.set_device(settings.device)
+    if rank == 0:
+        return None
+    scratch = tempfile.TemporaryDirectory(prefix=f"gna-rank{rank}-")
+    settings.output = scratch.name
+    return scratch
+
+
+def _parallelize(transformer: torch.nn.Module) -> None:
+    """Shard attention over the launched ranks with diffusers' Ulysses context parallelism."""
+    _, world = launched_ranks()
+    if world > 1:
+        from diffusers import ContextParallelConfig
+
+        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+
+
 def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
-    """Run every preset against the shared dense runs; ``single`` (compare) writes the entry at the top."""
+    """Run every preset against the shared dense runs; ``single`` (compare) writes the entry at the top.
+    Under ``torchrun`` every rank runs the generations with the transformer sharded (Ulysses) and rank 0
+    writes the reports."""
     settings = _apply_tiny_defaults(settings, settings.model)
-    device = _check_device(settings.device)
-    if settings.random_weights:
-        return random_weights_sweep(settings, presets, device, single=single)
+    scratch = _distribute(settings)
+    try:
+        device = _check_device(settings.device)
+        if settings.random_weights:
+            return random_weights_sweep(settings, presets, device, single=single)
+        return _pipeline_sweep(settings, presets, device, single=single)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _pipeline_sweep(settings: Settings, presets, device: torch.device, *, single: bool) -> dict:
     output = Path(settings.output)
     model = load_pipeline(settings.model, device, settings.torch_dtype)
+    _parallelize(model.transformer)
     entries = _resolve_presets(presets, model, single)
     if settings.dense_backend:
         model.transformer.set_attention_backend(settings.dense_backend)
@@ -373,6 +428,7 @@ def _write_summary(settings, model, device, output: Path, rows: list[dict], lpip
 def random_weights_sweep(settings: Settings, presets, device: torch.device, *, single: bool) -> dict:
     """Speed only: transformer steps of a random-weight model at the requested size, dense vs each preset."""
     model = random_transformer(settings.model, device, settings.torch_dtype)
+    _parallelize(model.transformer)
     entries = _resolve_presets(presets, model, single)
     family = model.family
     if settings.dense_backend:
