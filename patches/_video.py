@@ -9,7 +9,7 @@ from math import prod
 
 import torch
 
-from gna_diffusers.install import TokenLayout, token_layout
+from gna_diffusers.route import TokenLayout, token_layout
 
 PatchSizes = Callable[[torch.nn.Module], tuple[int, int, int]]  # transformer -> (time, height, width) patch
 

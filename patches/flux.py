@@ -18,7 +18,8 @@ from diffusers import FluxTransformer2DModel
 from diffusers.models.transformers import transformer_flux
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 
-from gna_diffusers.install import LayoutError, ModelPatch, RoutedProcessorMixin, TokenLayout, token_layout
+from gna_diffusers.install import ModelPatch
+from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 
 class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):

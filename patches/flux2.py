@@ -15,7 +15,8 @@ from diffusers import Flux2Transformer2DModel
 from diffusers.models.transformers import transformer_flux2
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 
-from gna_diffusers.install import LayoutError, ModelPatch, RoutedProcessorMixin, TokenLayout
+from gna_diffusers.install import ModelPatch
+from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout
 
 from . import flux
 

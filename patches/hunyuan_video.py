@@ -12,7 +12,8 @@ from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models.transformers import transformer_hunyuan_video
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
-from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+from gna_diffusers.install import ModelPatch
+from gna_diffusers.route import RoutedProcessorMixin
 
 from ._video import VideoLatentLayout
 

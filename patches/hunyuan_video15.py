@@ -16,7 +16,8 @@ from diffusers import HunyuanVideo15Transformer3DModel
 from diffusers.models.transformers import transformer_hunyuan_video15
 from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
 
-from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+from gna_diffusers.install import ModelPatch
+from gna_diffusers.route import RoutedProcessorMixin
 
 from ._video import VideoLatentLayout
 

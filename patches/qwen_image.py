@@ -18,7 +18,8 @@ from diffusers import QwenImageTransformer2DModel
 from diffusers.models.transformers import transformer_qwenimage
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 
-from gna_diffusers.install import LayoutError, ModelPatch, RoutedProcessorMixin, TokenLayout, token_layout
+from gna_diffusers.install import ModelPatch
+from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 
 class GNAQwenAttnProcessor(RoutedProcessorMixin, QwenDoubleStreamAttnProcessor2_0):

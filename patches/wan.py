@@ -17,7 +17,8 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers import transformer_wan
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-from gna_diffusers.install import ModelPatch, RoutedProcessorMixin
+from gna_diffusers.install import ModelPatch
+from gna_diffusers.route import RoutedProcessorMixin
 
 from ._video import VideoLatentLayout
 

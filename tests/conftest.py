@@ -35,12 +35,12 @@ def rng() -> random.Random:
 def no_installation_outlives_its_test():
     """Every test removes what it applied: a leftover dispatch wrapper would hide the next test's bugs."""
     yield
-    from gna_diffusers import install
+    from gna_diffusers import route
 
-    leftover = dict(install._ROUTED)
+    leftover = dict(route._ROUTED)
     for module in leftover:  # clean up first, so one failure does not cascade
         module.dispatch_attention_fn = module.dispatch_attention_fn.original
-    install._ROUTED.clear()
+    route._ROUTED.clear()
     assert not leftover, f"GNA left applied on {[m.__name__ for m in leftover]}"
 
 

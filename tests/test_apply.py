@@ -32,13 +32,13 @@ class OperatorSpy:
 
     def __init__(self, monkeypatch):
         self.windows = []
-        real = gna_diffusers.install.gna_attention
+        real = gna_diffusers.route.gna_attention
 
         def spy(*args, **kwargs):
             self.windows.append(tuple(args[4]))
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+        monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
 
 
 def test_whole_grid_windows_reproduce_the_stock_pipeline(pipe, family, monkeypatch):

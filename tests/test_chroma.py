@@ -24,13 +24,13 @@ def test_padded_text_bias_reaches_the_grid_queries_exactly(monkeypatch):
     transformer = chroma.tiny_transformer()
     inputs = chroma.transformer_inputs(transformer, (4, 6), text=7, valid_text=(3, 7))
     biases = []
-    real = gna_diffusers.install.gna_attention
+    real = gna_diffusers.route.gna_attention
 
     def spy(*args, **kwargs):
         biases.append(kwargs["extra_kv_bias"].clone())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+    monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="chroma", window=-1)):

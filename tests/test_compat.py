@@ -93,13 +93,13 @@ def test_flux_kontext_reference_tokens_are_context(monkeypatch):
     pipe = kontext_pipeline()
     stock = kontext(pipe)
     extra_tokens = []
-    real = gna_diffusers.install.gna_attention
+    real = gna_diffusers.route.gna_attention
 
     def spy(*args, **kwargs):
         extra_tokens.append((args[3], kwargs["extra_k"].shape[1]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+    monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
     with enabled(pipe, whole("flux")):
         assert max_diff(kontext(pipe), stock) <= TOL
     # The generated 8x8 grid is sparse; 48 text tokens and the 64 reference-image tokens are context keys.
@@ -302,7 +302,7 @@ def test_deepcopy_gives_an_independently_patched_copy(pipe, family, monkeypatch)
     stock = generate(pipe, family)
     apply(pipe, config(family, dense_steps=1))
     sparse = generate(pipe, family)
-    routed = dict(gna_diffusers.install._ROUTED)
+    routed = dict(gna_diffusers.route._ROUTED)
     twin = copy.deepcopy(pipe)
     assert twin.transformer._gna_handle is not pipe.transformer._gna_handle
     assert torch.equal(generate(twin, family), sparse)
@@ -312,7 +312,7 @@ def test_deepcopy_gives_an_independently_patched_copy(pipe, family, monkeypatch)
     assert torch.equal(generate(pipe, family), sparse)  # ...the original still sparse
     remove(pipe)
     dispatch_module = FAMILIES[family].PATCH.dispatch_module
-    assert gna_diffusers.install._ROUTED.get(dispatch_module, 0) == routed[dispatch_module] - 1  # both released
+    assert gna_diffusers.route._ROUTED.get(dispatch_module, 0) == routed[dispatch_module] - 1  # both released
     assert copy.deepcopy(pipe.transformer) is not None  # an unpatched copy too
 
 
@@ -443,7 +443,7 @@ def test_route_honours_masks_over_context_on_both_sides(kind):
     import torch.nn.functional as F
 
     from gna_diffusers.config import LayerPattern
-    from gna_diffusers.install import GNARoute, TokenLayout
+    from gna_diffusers.route import GNARoute, TokenLayout
 
     def sdpa(q, k, v, attn_mask=None, backend=None):
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)

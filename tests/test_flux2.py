@@ -56,13 +56,13 @@ def test_reference_tokens_are_context_keys(monkeypatch):
     transformer = flux2.tiny_transformer()
     inputs = flux2.transformer_inputs(transformer, (4, 6), text=5, references=((3, 3), (2, 4)))
     extras = []
-    real = gna_diffusers.install.gna_attention
+    real = gna_diffusers.route.gna_attention
 
     def spy(*args, **kwargs):
         extras.append((args[3], kwargs["extra_k"].shape[1]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+    monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
     with torch.no_grad(), enabled(transformer, GNAConfig(family="flux2", window=2)):
         transformer(**inputs)
     assert set(extras) == {((4, 6), 5 + 9 + 8)}

@@ -25,13 +25,13 @@ def test_padded_batch_whole_extent_equals_stock_and_context_validity_is_right(mo
     transformer = hunyuan_video15.tiny_transformer()
     inputs = hunyuan_video15.transformer_inputs(transformer, (2, 4, 6), text=7, valid_text=(3, 7), image_tokens=4)
     masks = []
-    real = gna_diffusers.install.gna_attention
+    real = gna_diffusers.route.gna_attention
 
     def spy(*args, **kwargs):
         masks.append(kwargs["extra_kv_mask"].clone())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+    monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="hunyuan-video-1.5", window=-1)):

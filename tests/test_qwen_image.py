@@ -24,14 +24,14 @@ class ContextSpy:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        real = gna_diffusers.install.gna_attention
+        real = gna_diffusers.route.gna_attention
 
         def spy(*args, **kwargs):
             mask = kwargs["extra_kv_mask"]
             self.calls.append((args[3], kwargs["extra_k"].shape[1], None if mask is None else mask.clone()))
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(gna_diffusers.install, "gna_attention", spy)
+        monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
 
 
 def test_edit_references_and_padded_text_are_context_with_the_right_validity(monkeypatch):

@@ -1,0 +1,249 @@
+"""How a sparse layer runs: the route that stands in for a processor's attention backend.
+
+The stock processors do everything (projections, QK norms, RoPE, concatenation of text and image tokens,
+output projections) and then make one call, ``dispatch_attention_fn(query, key, value, attn_mask=...,
+backend=self._attention_backend)`` with the joint sequence in ``(B, S, H, D)``. GNA processor subclasses
+keep the stock ``__call__`` untouched and expose ``_attention_backend`` as a :class:`GNARoute`; the
+family module's ``dispatch_attention_fn`` is wrapped (once, reference-counted) so calls that carry a route
+go to it and every other call passes through unchanged.
+
+The joint sequence is the generated latent grid (:class:`TokenLayout`) plus context: text tokens, and any
+tokens the image stream carries beside the grid (FLUX.1 Kontext's reference image). The route runs
+``gna_attention`` for the grid queries, with every valid context key in the same softmax, and dense
+attention for the context queries. A layout it cannot place runs dense, with a warning naming the layer
+and the layout. Under Ulysses context parallelism it gathers the whole sequence for its heads first.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from math import prod
+from types import ModuleType
+
+import torch
+
+from .config import LayerPattern
+from .ops import gna_attention
+
+
+class LayoutError(ValueError):
+    """A transformer call whose token layout a family's probe cannot place on a latent grid."""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the generated latent grid sits in the transformer's image/video token stream.
+
+    The stream is the ``hidden_states`` tokens of the call: ``prod(grid)`` grid tokens, row-major,
+    starting at ``grid_offset``, and ``stream_tokens - prod(grid)`` context tokens around them (e.g. a
+    reference image appended by FLUX.1 Kontext). Text tokens are not part of the stream.
+    """
+
+    grid: tuple[int, ...]
+    stream_tokens: int
+    grid_offset: int = 0
+
+    def __post_init__(self):
+        if self.grid_offset < 0 or self.grid_offset + prod(self.grid) > self.stream_tokens:
+            raise LayoutError(f"grid {self.grid} at offset {self.grid_offset} does not fit {self.stream_tokens} tokens")
+
+    def describe(self) -> str:
+        context = self.stream_tokens - prod(self.grid)
+        return f"grid {self.grid} ({prod(self.grid)} tokens)" + (f" + {context} context tokens" if context else "")
+
+
+_LAYOUTS: dict[tuple, TokenLayout] = {}
+
+
+def token_layout(grid: tuple[int, ...], stream_tokens: int, grid_offset: int = 0) -> TokenLayout:
+    """The one shared :class:`TokenLayout` for these values: probes that build a layout every call hand
+    torch.compile the same object, so its guards hold from call to call."""
+    key = (tuple(grid), stream_tokens, grid_offset)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = TokenLayout(key[0], stream_tokens, grid_offset)
+    return _LAYOUTS[key]
+
+
+# (transformer, forward args, forward kwargs, layout the pipeline prepared or None) -> layout of this call
+LayoutProbe = Callable[[torch.nn.Module, tuple, dict, "TokenLayout | None"], TokenLayout]
+
+
+class GNARoute:
+    """Stands in for a processor's attention backend; the wrapped dispatch hands its calls to this.
+
+    The transformer's pre-hook sets ``layout`` and ``pattern`` before every call; the route reads nothing
+    else, so a compiled block sees per-call constants (the pattern's values), not the step or the layer.
+    """
+
+    def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None):
+        self.layer = layer
+        self.text_first = text_first
+        self.backend = backend  # GNA backend of gna_attention
+        self.dense_backend = dense_backend  # diffusers backend of the dense paths
+        self.layout: TokenLayout | None = None
+        self.pattern: LayerPattern | None = None  # None: this call runs dense
+        # Called with (route, query, key, attn_mask) on every self-attention call (calibration's probe).
+        self.observer: Callable | None = None
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"GNARoute({self.layer[0]}.{self.layer[1]})"
+
+    def _dense(self, dispatch, query, key, value, attn_mask, kwargs, why: str | None = None) -> torch.Tensor:
+        if why is not None and why not in self._warned:
+            self._warned.add(why)
+            warnings.warn(f"gna: layer {self.layer[0]}.{self.layer[1]} runs dense: {why}", stacklevel=2)
+        return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+
+    def grid_span(self, total: int) -> slice | None:
+        """Where the latent grid lies in a joint sequence of ``total`` tokens (None: it does not fit)."""
+        layout = self.layout
+        if layout is None or total < layout.stream_tokens:
+            return None
+        start = (total - layout.stream_tokens if self.text_first else 0) + layout.grid_offset
+        return slice(start, start + prod(layout.grid))
+
+    def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
+        pattern = self.pattern
+        if self.observer is not None and query.shape[1] == key.shape[1]:
+            self.observer(self, query, key, attn_mask)
+        # Dense step or layer, or not self-attention (e.g. IP-Adapter's image-prompt keys).
+        if pattern is None or query.shape[1] != key.shape[1]:
+            return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+        parallel = kwargs.get("parallel_config")
+        context_parallel = getattr(parallel, "context_parallel_config", None)
+        if context_parallel is not None:
+            return self._ulysses(dispatch, query, key, value, attn_mask, kwargs, context_parallel)
+        return self._sparse(dispatch, query, key, value, attn_mask, kwargs)
+
+    def _ulysses(self, dispatch, query, key, value, attn_mask, kwargs, config) -> torch.Tensor:
+        """Under Ulysses context parallelism: gather the whole sequence for this rank's heads, put it in
+        the unsharded order, run GNA, and hand every rank its shard back (the stock parallel attention where
+        the layout does not split evenly)."""
+        world, heads, local = config.ulysses_degree, query.shape[2], query.shape[1]
+        stream, layout = self.layout.stream_tokens, self.layout
+        local_stream = stream // world
+        key_mask = attn_mask is None or (attn_mask.ndim == 4 and attn_mask.shape[1:3] == (1, 1))
+        if config.ring_degree != 1 or heads % world or stream % world or local < local_stream or not key_mask:
+            why = (f"its context-parallel layout (ring {config.ring_degree}, ulysses {world}, {heads} heads, {local} "
+                   f"local tokens, {layout.describe()}, mask {None if attn_mask is None else tuple(attn_mask.shape)})"
+                   f" is not supported")
+            return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+        from .parallel import gather_keys, gather_sequence, global_order, scatter_sequence
+
+        group = config._ulysses_mesh.get_group()
+        local_text = local - local_stream
+        first, second = (local_text, local_stream) if self.text_first else (local_stream, local_text)
+        order = global_order(world, first, second).to(query.device)
+        q, k, v = (gather_sequence(t, group, world)[:, order] for t in (query, key, value))
+        mask = None if attn_mask is None else gather_keys(attn_mask.contiguous(), group, world)[..., order]
+        unsharded = {name: value for name, value in kwargs.items() if name != "parallel_config"}
+        out = self._sparse(dispatch, q, k, v, mask, unsharded)
+        return scatter_sequence(out[:, order.argsort()], group, world)
+
+    def _sparse(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
+        """GNA for the grid queries (window + every valid context key), dense attention for the context."""
+        pattern, layout = self.pattern, self.layout
+        total = query.shape[1]
+        grid = self.grid_span(total)
+        if grid is None:
+            why = f"it got {total} tokens, fewer than the {layout.describe()} of the transformer's input"
+            return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+        context = [part for part in (slice(0, grid.start), slice(grid.stop, total)) if part.stop > part.start]
+
+        def gather(t: torch.Tensor, dim: int = 1) -> torch.Tensor:  # the context tokens of t, in sequence order
+            parts = [t.narrow(dim, part.start, part.stop - part.start) for part in context]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+        # A mask is (B, 1, 1, S) per key, or (B, 1, S, S) "query valid and key valid" (Chroma, HunyuanVideo
+        # 1.5): the grid queries then share a grid query's row. Boolean: key validity. Float: an additive
+        # bias, uniform over the grid keys (they are never padded), so only its context part matters.
+        key_valid = key_bias = None
+        context_mask = attn_mask
+        if attn_mask is not None:
+            if attn_mask.ndim != 4 or attn_mask.shape[1] != 1 or attn_mask.shape[2] not in (1, total):
+                why = f"attention mask of shape {tuple(attn_mask.shape)} is not (B, 1, 1 or S, S)"
+                return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+            row = attn_mask[:, 0, 0 if attn_mask.shape[2] == 1 else grid.start].expand(query.shape[0], -1)
+            if attn_mask.dtype == torch.bool:
+                key_valid = row
+            else:
+                row = row.float()
+                grid_bias = row[:, grid.start, None]
+                if not torch.compiler.is_compiling() and not bool((row[:, grid] == grid_bias).all()):
+                    why = "its additive attention mask is not uniform over the grid keys"
+                    return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+                key_bias = row - grid_bias
+            if attn_mask.shape[2] != 1 and context:
+                context_mask = gather(attn_mask, dim=2)
+        out_grid = gna_attention(
+            query[:, grid], key[:, grid], value[:, grid], layout.grid, pattern.window, pattern.stride,
+            pattern.dilation, extra_k=gather(key) if context else None, extra_v=gather(value) if context else None,
+            extra_kv_mask=gather(key_valid) if context and key_valid is not None else None,
+            extra_kv_bias=gather(key_bias) if context and key_bias is not None else None, backend=self.backend,
+        )
+        if not context:
+            return out_grid
+        out_context = dispatch(gather(query), key, value, attn_mask=context_mask, backend=self.dense_backend, **kwargs)
+        before = grid.start
+        return torch.cat([out_context[:, :before], out_grid, out_context[:, before:]], dim=1)
+
+
+class RoutedProcessorMixin:
+    """Mixed into a stock processor: its dispatch call carries a :class:`GNARoute` as the backend.
+
+    Constructible with no arguments like the stock processors (diffusers' loaders rebuild processors with
+    ``type(processor)()``): without a route it behaves exactly like the stock processor, and the
+    installation's pre-hook attaches the layer's route before the next call.
+    """
+
+    def __init__(self, route: GNARoute | None = None):
+        self.route = route
+        self._unrouted_backend = None
+        super().__init__()
+
+    @property
+    def _attention_backend(self):
+        return self.route if self.route is not None else self._unrouted_backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend) -> None:  # diffusers' set_attention_backend: the dense path's backend
+        if isinstance(backend, GNARoute):
+            self.route = backend
+        elif self.route is not None:
+            self.route.dense_backend = backend
+        else:
+            self._unrouted_backend = backend
+
+
+class _RoutedDispatch:
+    """Replaces a family module's ``dispatch_attention_fn``: calls carrying a route go to it."""
+
+    def __init__(self, original: Callable):
+        self.original = original
+        self.__signature__ = inspect.signature(original)
+
+    def __call__(self, query, key, value, attn_mask=None, *args, backend=None, **kwargs):
+        if isinstance(backend, GNARoute):
+            return backend(self.original, query, key, value, attn_mask, kwargs)
+        return self.original(query, key, value, attn_mask, *args, backend=backend, **kwargs)
+
+
+# Installations per family module, whose dispatch_attention_fn is a _RoutedDispatch while any is active.
+_ROUTED: dict[ModuleType, int] = {}
+
+
+def _route_dispatch(module: ModuleType) -> None:
+    if module not in _ROUTED:
+        module.dispatch_attention_fn = _RoutedDispatch(module.dispatch_attention_fn)
+    _ROUTED[module] = _ROUTED.get(module, 0) + 1
+
+
+def _unroute_dispatch(module: ModuleType) -> None:
+    _ROUTED[module] -= 1
+    if _ROUTED[module] == 0:
+        module.dispatch_attention_fn = module.dispatch_attention_fn.original
+        del _ROUTED[module]
