@@ -138,3 +138,47 @@ def test_calibrate_command_writes_a_preset_that_loads_and_runs(tmp_path, monkeyp
     assert config.family == "flux" and (tmp_path / "tiny.md").exists() and (tmp_path / "tiny-recall.png").exists()
     assert main(["compare", "--model", "tiny-flux", "--preset", str(preset), "--height", "64", "--width", "64",
                  "--steps", "2", "--prompt", "a cat", "--no-warmup", "--output", str(tmp_path / "cmp")]) == 0
+
+
+class PeakTensorMemory(torch.utils._python_dispatch.TorchDispatchMode):
+    """Peak bytes of live tensor storage allocated by the ops run under it (CPU or GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        out = func(*args, **(kwargs or {}))
+        for tensor in torch.utils._pytree.tree_flatten(out)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size and key not in self.seen:
+                self.seen.add(key)
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, size)
+        return out
+
+    def _free(self, key: int, size: int) -> None:
+        self.live -= size
+        self.seen.discard(key)
+
+
+@pytest.mark.parametrize("grid, text, heads", [((32, 32), 48, 2), ((64, 64), 512, 4)])
+def test_probe_memory_is_a_few_times_its_two_matrices(grid, text, heads):
+    """Per call the probe holds a queries x tokens float32 score matrix and a queries x grid float64 prefix
+    sum, one head at a time: its peak stays within 4x of those two, whatever the head count."""
+    from gna_diffusers.calibrate import candidates
+
+    n = grid[0] * grid[1]
+    query, key = (torch.randn(1, text + n, heads, 16) for _ in range(2))
+    tracker = PeakTensorMemory()
+    with tracker:
+        measure_recall(query, key, grid, text, torch.arange(0, n, n // 256), candidates(grid))
+    two_matrices = 256 * (n + text) * 4 + 256 * (grid[0] + 1) * (grid[1] + 1) * 8
+    assert two_matrices <= tracker.peak <= 4 * two_matrices
