@@ -76,6 +76,8 @@ class ModelPatch:
     block_processors: dict[str, type] = field(default_factory=dict)
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
     pipeline_transformers: tuple[str, ...] = ("transformer",)
+    # (transformer, Ulysses degree) -> a context-parallel plan, for a family diffusers ships none for.
+    parallel_plan: Callable[[torch.nn.Module, int], dict] | None = None
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
@@ -238,7 +240,8 @@ def _check_parallelism(config) -> None:
 class _EnableParallelism:
     """Stands in for a patched transformer's ``enable_parallelism``: diffusers checks each processor's
     ``_attention_backend`` against its backends, so the routes step aside during the call (the check then
-    sees the dense paths' backend) and come back after it."""
+    sees the dense paths' backend) and come back after it. A family diffusers ships no plan for gets its
+    own (``ModelPatch.parallel_plan``)."""
 
     def __init__(self, handle: GNAHandle, transformer: torch.nn.Module):
         self.handle = handle
@@ -246,6 +249,10 @@ class _EnableParallelism:
 
     def __call__(self, config=None, cp_plan=None, **kwargs):
         _check_parallelism(config)
+        context = getattr(config, "context_parallel_config", config if hasattr(config, "ulysses_degree") else None)
+        plan_for = self.handle.patch.parallel_plan
+        if cp_plan is None and getattr(self.transformer, "_cp_plan", None) is None and plan_for and context:
+            cp_plan = plan_for(self.transformer, context.ulysses_degree)  # the family's own plan
         sites = [site for site in self.handle._sites if site.transformer is self.transformer]
         routed = []
         for site in sites:

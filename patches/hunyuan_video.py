@@ -38,6 +38,7 @@ PATCH = ModelPatch(
     layout_from_prepared=LAYOUT.from_prepared,
     video=True,
     adoptable_processors=(HunyuanVideoAttnProcessor2_0,),
+    parallel_plan=lambda transformer, world: parallel_plan(transformer, world),  # defined below
 )
 
 
@@ -145,3 +146,53 @@ def tiny_call_kwargs() -> dict:
 TINY_NAME = "tiny-hunyuan-video"
 # Hub names of this family, for --random-weights (HunyuanVideo 1.5 is another family).
 NAME_PATTERN = r"^(?!.*hunyuan-?video[-_.]?1[._]5).*hunyuan-?video"
+
+
+def _mask_to_rank_major(world: int):
+    """A block pre-hook: the joint [video, text] key mask (B, 1, 1, N + M) in rank-major order
+    ([video_0, text_0, video_1, text_1, ...]), so the plan's even split hands each rank the mask of its own
+    shards. Block 0 sees the whole video and text, later blocks their shards (the plan split them)."""
+    from gna_diffusers.parallel import global_order
+
+    def reorder(block, args, kwargs):
+        names = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask")
+        values = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
+        mask = values.get("attention_mask")
+        if mask is None or getattr(mask, "_gna_rank_major", False):
+            return None
+        video, text, total = values["hidden_states"].shape[1], values["encoder_hidden_states"].shape[1], mask.shape[-1]
+        if video + text != total:  # shards: the whole sequence is world times longer
+            video, text = video * world, text * world
+        reordered = mask[..., global_order(world, video // world, text // world).argsort().to(mask.device)]
+        reordered._gna_rank_major = True
+        if "attention_mask" in kwargs:
+            return args, {**kwargs, "attention_mask": reordered}
+        return (*args[:3], reordered, *args[4:]), kwargs
+
+    return reorder
+
+
+def parallel_plan(transformer: HunyuanVideoTransformer3DModel, world: int) -> dict:
+    """A context-parallel plan for HunyuanVideo, which diffusers 0.42 lacks: RoPE, video and text split
+    evenly over the ranks, each block's key mask reordered (see :func:`_mask_to_rank_major`) and split, the
+    output gathered. Works with the stock processors and with GNA's; pass it as
+    ``transformer.enable_parallelism(config=..., cp_plan=parallel_plan(transformer, world))`` (GNA's
+    ``apply`` first does this by itself)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    if not getattr(transformer, "_gna_mask_hooks", None):
+        transformer._gna_mask_hooks = [
+            block.register_forward_pre_hook(_mask_to_rank_major(world), with_kwargs=True)
+            for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks) for block in blocks
+        ]
+    mask = {"attention_mask": ContextParallelInput(split_dim=3, expected_dims=4, split_output=False)}
+    return {
+        "rope": {i: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True) for i in (0, 1)},
+        "transformer_blocks.0": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+            "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+        },
+        "transformer_blocks.*": mask,
+        "single_transformer_blocks.*": mask,
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }

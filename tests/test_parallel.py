@@ -1,7 +1,7 @@
 """GNA under diffusers' Ulysses context parallelism, on CPU with two gloo processes: each family's tiny
 transformer sharded over 2 ranks gives single-process GNA's output, whichever of apply() and
-enable_parallelism() comes first (Qwen-Image with a padded batch: its key mask is sharded too); ring
-attention is refused clearly.
+enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are
+sharded too; HunyuanVideo with gna_diffusers' own plan); ring attention is refused clearly.
 
 What this cannot cover: NCCL, GPU timing and overlap, more than 2 ranks, and diffusers' unified
 ring + Ulysses mode (refused like ring)."""
@@ -31,16 +31,20 @@ def config_for(family: str):
         return GNAConfig(family="flux", base_grid=[8, 8], window=[2, 4], stride=[1, 2])
     if family == "qwen-image":
         return GNAConfig(family="qwen-image", base_grid=[4, 6], window=[2, 2])
+    if family == "hunyuan-video":
+        return GNAConfig(family="hunyuan-video", base_grid=[2, 4, 4], window=[2, 2, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
 
 
 def inputs_for(family: str, transformer):
-    from gna_diffusers.patches import flux, qwen_image, wan
+    from gna_diffusers.patches import flux, hunyuan_video, qwen_image, wan
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
     if family == "qwen-image":
         return qwen_image.transformer_inputs(transformer, (4, 6), text=6, batch=2, valid_text=(3, 6))
+    if family == "hunyuan-video":
+        return hunyuan_video.transformer_inputs(transformer, (2, 4, 4), text=6, batch=2, valid_text=(3, 6))
     return wan.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
 
 
@@ -68,11 +72,18 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
                 apply(transformer, config_for(family))
                 results["single"] = transformer(**inputs)[0].clone()
                 transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
-            else:
-                transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+            else:  # HunyuanVideo: diffusers has no plan for it; gna_diffusers ships one (apply first adds it)
+                plan = module.parallel_plan(transformer, world) if hasattr(module, "parallel_plan") else None
+                transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world), cp_plan=plan)
                 apply(transformer, config_for(family))
             results[order] = torch.as_tensor(transformer(**inputs)[0]).clone()
         remove(transformer)
+    if hasattr(module, "parallel_plan"):  # gna_diffusers' own plan must be right for the stock model too
+        stock = module.tiny_transformer()
+        stock.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world),
+                                 cp_plan=module.parallel_plan(stock, world))
+        with torch.no_grad():
+            results["stock-parallel"] = torch.as_tensor(stock(**inputs_for(family, stock))[0]).clone()
     ring = module.tiny_transformer()
     apply(ring, config_for(family))
     try:
@@ -85,7 +96,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", ["flux", "wan", "qwen-image"])
+@pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video"])
 def test_ulysses_degree_2_equals_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
@@ -93,6 +104,8 @@ def test_ulysses_degree_2_equals_single_process_gna(family, tmp_path):
     for order in ("apply-first", "parallel-first"):
         torch.testing.assert_close(results[order], results["single"], atol=1e-5, rtol=1e-5)
     assert "Ulysses context parallelism only" in results["ring"]
+    if "stock-parallel" in results:
+        torch.testing.assert_close(results["stock-parallel"], results["stock"], atol=1e-5, rtol=1e-5)
 
 
 def test_global_order_puts_rank_major_shards_back_in_sequence_order():
