@@ -349,13 +349,16 @@ def _distribute(settings: Settings) -> tempfile.TemporaryDirectory | None:
     return scratch
 
 
-def _parallelize(transformer: torch.nn.Module) -> None:
-    """Shard attention over the launched ranks with diffusers' Ulysses context parallelism."""
+def _parallelize(model: Model) -> None:
+    """Shard attention over the launched ranks with diffusers' Ulysses context parallelism (with the
+    family's own plan where diffusers ships none, e.g. HunyuanVideo)."""
     _, world = launched_ranks()
     if world > 1:
         from diffusers import ContextParallelConfig
 
-        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+        plan = model.family.PATCH.parallel_plan
+        cp_plan = plan(model.transformer, world) if plan and model.transformer._cp_plan is None else None
+        model.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world), cp_plan=cp_plan)
 
 
 def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
@@ -377,7 +380,7 @@ def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
 def _pipeline_sweep(settings: Settings, presets, device: torch.device, *, single: bool) -> dict:
     output = Path(settings.output)
     model = load_pipeline(settings.model, device, settings.torch_dtype)
-    _parallelize(model.transformer)
+    _parallelize(model)
     entries = _resolve_presets(presets, model, single)
     if settings.dense_backend:
         model.transformer.set_attention_backend(settings.dense_backend)
@@ -428,7 +431,7 @@ def _write_summary(settings, model, device, output: Path, rows: list[dict], lpip
 def random_weights_sweep(settings: Settings, presets, device: torch.device, *, single: bool) -> dict:
     """Speed only: transformer steps of a random-weight model at the requested size, dense vs each preset."""
     model = random_transformer(settings.model, device, settings.torch_dtype)
-    _parallelize(model.transformer)
+    _parallelize(model)
     entries = _resolve_presets(presets, model, single)
     family = model.family
     if settings.dense_backend:
