@@ -171,6 +171,31 @@ def choose(log: RecallLog, target: float, steps: list[int] | None = None) -> lis
     return choices
 
 
+def overall_speedup(choices: list[LayerChoice]) -> float:
+    """The attention speedup of all layers together: each layer costs ``1 / tile bound`` of its dense cost
+    (1 when dense)."""
+    return len(choices) / sum(1.0 if c.pattern is None else 1.0 / c.pattern.tile_bound for c in choices)
+
+
+def meet_budget(log: RecallLog, choices: list[LayerChoice], budget: float) -> list[LayerChoice]:
+    """Trade recall for speed until the layers together reach ``budget`` (an attention speedup): step by
+    step, the layer whose next cheaper candidate keeps the most recall takes it (a dense layer's next is
+    the most expensive candidate). Stops when nothing cheaper is left."""
+    choices = list(choices)
+    while overall_speedup(choices) < budget:
+        options = []
+        for i, choice in enumerate(choices):
+            index = len(log.patterns) if choice.pattern is None else log.patterns.index(choice.pattern)
+            if index > 0:
+                cheaper = log.patterns[index - 1]
+                options.append((choice.recall_by_candidate[cheaper.window], i, cheaper))
+        if not options:
+            break
+        recall, i, cheaper = max(options, key=lambda option: option[0])
+        choices[i] = LayerChoice(choices[i].layer, cheaper, recall, choices[i].recall_by_candidate)
+    return choices
+
+
 def warmup_steps(log: RecallLog, choices: list[LayerChoice], target: float) -> int:
     """The number of leading sampled steps in which the chosen patterns' mean recall is below ``target``
     (the denoising steps to keep dense): recall usually rises as the image settles."""
@@ -287,8 +312,8 @@ def _ranges(indices: list[int]) -> str:
     return ",".join(runs)
 
 
-def calibrate(pipe, generate, total_steps: int, *, target_recall: float = 0.95, queries: int = 256,
-              step_fractions=(0.05, 0.15, 0.3, 0.5, 0.7, 0.9), seed: int = 0) -> Calibration:
+def calibrate(pipe, generate, total_steps: int, *, target_recall: float = 0.95, budget: float | None = None,
+              queries: int = 256, step_fractions=(0.05, 0.15, 0.3, 0.5, 0.7, 0.9), seed: int = 0) -> Calibration:
     """Measure per-layer recall during dense generations and choose windows.
 
     Args:
@@ -297,6 +322,8 @@ def calibrate(pipe, generate, total_steps: int, *, target_recall: float = 0.95, 
             one resolution).
         total_steps: the denoising steps of each generation (the probe samples ``step_fractions`` of them).
         target_recall: the softmax mass a layer's window must keep, averaged over queries, heads and steps.
+        budget: an attention speedup (simulated, all layers together) to reach even below the target
+            recall (:func:`meet_budget`); None: recall decides alone.
         queries: grid queries sampled per layer and call.
     """
     from .config import GNAConfig
@@ -319,4 +346,6 @@ def calibrate(pipe, generate, total_steps: int, *, target_recall: float = 0.95, 
     settled = choose(probe.log, target_recall, steps[len(steps) // 2:])
     warmup = warmup_steps(probe.log, settled, target_recall)
     choices = choose(probe.log, target_recall, [step for step in steps if step >= warmup])
+    if budget is not None:
+        choices = meet_budget(probe.log, choices, budget)
     return Calibration(family, probe.grid, target_recall, total_steps, warmup, choices, probe.log)

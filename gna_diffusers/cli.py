@@ -194,7 +194,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     output = args.output or Path("runs/calibrate") / f"{Path(args.model).name}.yaml"
     if output.suffix not in (".yaml", ".yml"):
         raise ValueError(f"--output names the preset file to write (.yaml), got {output}")
-    calibration = run_calibration(settings, args.target_recall, args.queries, output)
+    if args.budget is not None and args.budget < 1:
+        raise ValueError(f"--budget is a speedup (>= 1), got {args.budget}")
+    calibration = run_calibration(settings, args.target_recall, args.queries, output, args.budget)
     sparse = sum(c.pattern is not None for c in calibration.choices)
     print(f"wrote {output} ({sparse} of {len(calibration.choices)} layers sparse, dense warm-up "
           f"{calibration.warmup_steps} of {calibration.total_steps} steps), {output.with_suffix('.md')} and "
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(calibrate)
     calibrate.add_argument("--target-recall", type=float, default=0.95, help="recall every sparse layer must keep "
                            "(default 0.95)")
+    calibrate.add_argument("--budget", type=float, help="attention speedup to reach (simulated, all layers together), "
+                           "trading recall below the target where needed")
     calibrate.add_argument("--queries", type=positive_int, default=256, help="grid queries sampled per layer and call "
                            "(default 256)")
     calibrate.add_argument("--output", type=Path, help="the preset to write (default runs/calibrate/<model>.yaml)")

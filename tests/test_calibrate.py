@@ -182,3 +182,19 @@ def test_probe_memory_is_a_few_times_its_two_matrices(grid, text, heads):
         measure_recall(query, key, grid, text, torch.arange(0, n, n // 256), candidates(grid))
     two_matrices = 256 * (n + text) * 4 + 256 * (grid[0] + 1) * (grid[1] + 1) * 8
     assert two_matrices <= tracker.peak <= 4 * two_matrices
+
+
+def test_budget_trades_the_least_recall_for_speed():
+    from gna_diffusers.calibrate import meet_budget, overall_speedup
+
+    log = planted_log()
+    by_recall = choose(log, target=0.95)
+    assert by_recall[2].pattern is None  # the global layer
+    faster = meet_budget(log, by_recall, budget=overall_speedup(by_recall) * 1.2)
+    assert overall_speedup(faster) >= overall_speedup(by_recall) * 1.2
+    # Every layer that changed moved to a cheaper candidate; recall was given up, never gained.
+    for before, after in zip(by_recall, faster):
+        if after.pattern != before.pattern:
+            assert after.pattern is not None and after.recall <= before.recall
+    unreachable = meet_budget(log, by_recall, budget=1e9)  # everything at the cheapest candidate
+    assert all(c.pattern == log.patterns[0] for c in unreachable)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from gna_diffusers.calibrate import Calibration, calibrate
+from gna_diffusers.calibrate import Calibration, calibrate, overall_speedup
 from gna_diffusers.config import parse_config
 from gna_diffusers.files import atomic_write_text
 
@@ -16,7 +16,7 @@ from .models import load_pipeline
 from .runner import Settings, _apply_tiny_defaults, _call_kwargs, _check_device
 
 
-def _header(calibration: Calibration, settings: Settings, video: bool, seconds: float) -> str:
+def _header(calibration: Calibration, settings: Settings, video: bool, seconds: float, budget: float | None) -> str:
     """The preset's comment header: what was measured, on what, and each layer's outcome."""
     grid = "x".join(map(str, calibration.grid))
     lines = [
@@ -24,8 +24,10 @@ def _header(calibration: Calibration, settings: Settings, video: bool, seconds: 
         f"{grid} ({settings.height}x{settings.width} px{f', {settings.frames} frames' if video else ''}),",
         f"{len(settings.prompts)} prompt(s) x {len(settings.seeds)} seed(s), {calibration.total_steps} steps, target "
         f"recall {calibration.target} (softmax mass kept per query, context keys included), {seconds:.0f} s.",
-        f"Dense warm-up: {calibration.warmup_steps} of {calibration.total_steps} steps. Per layer: pattern, "
-        f"measured recall, simulated tile bound (speedup of that layer's attention):",
+        f"Dense warm-up: {calibration.warmup_steps} of {calibration.total_steps} steps. Attention speedup of all "
+        f"layers (simulated): {overall_speedup(calibration.choices):.2f}x"
+        f"{f' (budget {budget}x)' if budget else ''}. Per layer: pattern, measured recall, simulated tile "
+        f"bound (speedup of that layer's attention):",
     ]
     for choice in calibration.choices:
         name = f"{choice.layer[0]}.{choice.layer[1]}"
@@ -87,7 +89,8 @@ def write_report(calibration: Calibration, preset_path: Path) -> tuple[Path, Pat
     return report_path, plot_path
 
 
-def run_calibration(settings: Settings, target_recall: float, queries: int, preset_path: Path) -> Calibration:
+def run_calibration(settings: Settings, target_recall: float, queries: int, preset_path: Path,
+                    budget: float | None = None) -> Calibration:
     """Dense generations of ``settings.prompts`` x ``settings.seeds`` with the probe; writes the preset YAML
     (validated before it is written), its markdown report and recall plot."""
     settings = _apply_tiny_defaults(settings, settings.model)
@@ -105,9 +108,11 @@ def run_calibration(settings: Settings, target_recall: float, queries: int, pres
                                **kwargs)
 
     start = time.perf_counter()
-    calibration = calibrate(model.pipeline, generate, steps, target_recall=target_recall, queries=queries)
+    calibration = calibrate(model.pipeline, generate, steps, target_recall=target_recall, budget=budget,
+                            queries=queries)
     data = calibration.config_dict(f"calibrated on {settings.model} at grid {'x'.join(map(str, calibration.grid))}")
-    text = _header(calibration, settings, model.family.PATCH.video, time.perf_counter() - start) + yaml.safe_dump(
+    seconds = time.perf_counter() - start
+    text = _header(calibration, settings, model.family.PATCH.video, seconds, budget) + yaml.safe_dump(
         data, sort_keys=False, default_flow_style=None)
     parse_config(yaml.safe_load(text), str(preset_path))  # what we write must load as a preset
     atomic_write_text(preset_path, text)
