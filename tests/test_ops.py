@@ -173,3 +173,9 @@ def test_reference_refuses_grids_too_large_to_materialize():
     q = torch.zeros(1, 130 * 130, 1, 8)
     with pytest.raises(ValueError, match="backend 'reference' cannot run this call: materializes an N x N mask"):
         gna_attention(q, q, q, (130, 130), 4, backend="reference")
+
+
+def test_no_backend_runs_a_grid_too_large_for_the_cpu():
+    q = torch.empty(1, 16900, 1, 16)
+    with pytest.raises(ValueError, match=r"no GNA backend can run this call on cpu: reference: .*flex: on CPU it"):
+        gna_attention(q, q, q, (130, 130), 8)

@@ -18,6 +18,8 @@ from ..spec import GNASpec, axis_mask
 from . import Backend
 
 _NEG_INF = float("-inf")
+# Eager flex on CPU computes the full score matrix: keep it to sizes a CPU can hold (as the reference backend).
+CPU_MAX_TOKENS = 16384
 
 
 def _block_size(device: torch.device) -> int:
@@ -102,6 +104,9 @@ def _unsupported(q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> str | None
         return f"needs torch >= 2.9 for FlexAttention's AuxRequest (found {torch.__version__})"
     if needs_grad and q.device.type == "cpu":
         return "FlexAttention has no backward on CPU; use backend 'reference' for training on CPU"
+    if q.device.type == "cpu" and spec.num_tokens > CPU_MAX_TOKENS:
+        return (f"on CPU it materializes the N x N scores; N={spec.num_tokens} exceeds its limit of {CPU_MAX_TOKENS} "
+                f"(use a GPU, or a smaller resolution)")
     return None
 
 
