@@ -286,7 +286,8 @@ def layer_patterns(config: GNAConfig, block_counts: dict[str, int]) -> dict[tupl
         count = block_counts[selector.blocks]
         indices = selector.indices(count)
         if indices and indices[-1] >= count:
-            raise ConfigError(f"{where}.layers: index {indices[-1]} out of range; {selector.blocks} has {count} layers (0-{count - 1})")
+            have = f"{count} layers (0-{count - 1})" if count else "no layers in this model"
+            raise ConfigError(f"{where}.layers: index {indices[-1]} out of range; {selector.blocks} has {have}")
         return [(selector.blocks, i) for i in indices]
 
     for n, override in enumerate(config.overrides):

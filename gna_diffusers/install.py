@@ -74,6 +74,8 @@ class ModelPatch:
     attention: str = "attn"  # the attribute of a block holding its self-attention module
     # GNA processor classes for block types whose stock processor differs (FLUX.2's single blocks).
     block_processors: dict[str, type] = field(default_factory=dict)
+    # Other transformer classes of the family (Wan VACE); a block list a class lacks has no layers there.
+    other_transformer_classes: tuple[type, ...] = ()
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
     pipeline_transformers: tuple[str, ...] = ("transformer",)
     # (transformer, Ulysses degree) -> a context-parallel plan, for a family diffusers ships none for.
@@ -81,6 +83,13 @@ class ModelPatch:
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
+
+    def handles(self, transformer: torch.nn.Module) -> bool:
+        return isinstance(transformer, (self.transformer_class, *self.other_transformer_classes))
+
+    def block_lists(self, transformer: torch.nn.Module) -> dict[str, list]:
+        """The transformer's blocks per block type (empty for a block list its class lacks)."""
+        return {name: list(getattr(transformer, attr, ())) for name, attr in self.blocks.items()}
 
     def processor_for(self, block_type: str) -> type:
         """The GNA processor class of a block type."""
@@ -484,7 +493,7 @@ def model_family(target) -> ModelPatch:
 
     transformer, _ = _find_parts(target)
     for patch in PATCHES.values():
-        if isinstance(transformer, patch.transformer_class):
+        if patch.handles(transformer):
             return patch
     supported = ", ".join(f"{p.family} ({p.transformer_class.__name__})" for p in PATCHES.values())
     raise UnsupportedModelError(f"{type(transformer).__name__} is not supported; supported families: {supported}")
@@ -531,7 +540,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     if transformer is not getattr(target, "transformer", transformer):
         logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
     transformers = [transformer] + _more_transformers(target, patch) if scheduler is not None else [transformer]
-    block_counts = {name: len(getattr(transformer, attr)) for name, attr in patch.blocks.items()}
+    block_counts = {name: len(blocks) for name, blocks in patch.block_lists(transformer).items()}
     patterns = layer_patterns(config, block_counts)
     # Raises for a fractional warm-up without a scheduler to count steps.
     runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared)
@@ -539,8 +548,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     handle = GNAHandle(transformers, patch, config, runtime)
     _route_dispatch(patch.dispatch_module)
     for model in transformers:
-        for name, attr in patch.blocks.items():
-            for index, block in enumerate(getattr(model, attr)):
+        for name, blocks in patch.block_lists(model).items():
+            for index, block in enumerate(blocks):
                 if patterns[(name, index)].dense:
                     continue  # dense layers keep their stock processor
                 attn = getattr(block, patch.attention)
@@ -563,15 +572,15 @@ def _more_transformers(pipeline, patch: ModelPatch) -> list[torch.nn.Module]:
     """A pipeline's other transformers of the family (e.g. Wan 2.2's low-noise expert), checked to have
     the first one's blocks, since one preset's layer selection serves them all."""
     first = _unwrap_compiled(pipeline.transformer)
-    counts = {name: len(getattr(first, attr)) for name, attr in patch.blocks.items()}
+    counts = {name: len(blocks) for name, blocks in patch.block_lists(first).items()}
     more = []
     for name in patch.pipeline_transformers[1:]:
         model = getattr(pipeline, name, None)
         if model is None:
             continue
         model = _unwrap_compiled(model)
-        other = {block: len(getattr(model, attr, ())) for block, attr in patch.blocks.items()}
-        if not isinstance(model, patch.transformer_class) or other != counts:
+        other = {block: len(blocks) for block, blocks in patch.block_lists(model).items()}
+        if not patch.handles(model) or other != counts:
             raise UnsupportedModelError(
                 f"pipeline.{name} ({type(model).__name__}, blocks {other}) differs from pipeline.transformer "
                 f"(blocks {counts}); gna-diffusers applies one preset to a family's transformers of one shape"

@@ -2,7 +2,9 @@
 alone (RoPE inside the processor, no text in the sequence); ``attn2`` is the text (and, for image-to-video,
 image) cross-attention and keeps its stock processor. Both use ``WanAttnProcessor``: only ``attn1`` is
 routed. Wan 2.2 A14B pipelines hold two experts (``transformer`` for high noise, ``transformer_2`` for
-low noise) behind one scheduler: both are patched, and steps count across both.
+low noise) behind one scheduler: both are patched, and steps count across both. Wan VACE
+(``WanVACETransformer3DModel``) adds ``vace_blocks`` (block type ``vace``), whose ``attn1`` attends over
+the control video's tokens on the same grid: routed too.
 
 Layout probe: hidden_states (B, C, F, H, W) with patch (1, 2, 2) -> (F, H / 2, W / 2), from shapes (no
 sync). Image-to-video concatenates its condition along channels: the grid is unchanged.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
 from diffusers.models.transformers import transformer_wan
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
@@ -36,13 +38,14 @@ PATCH = ModelPatch(
     processor_class=GNAWanAttnProcessor,
     stock_processor_class=WanAttnProcessor,
     dispatch_module=transformer_wan,
-    blocks={"blocks": "blocks"},
+    blocks={"blocks": "blocks", "vace": "vace_blocks"},  # VACE's control blocks: self-attention on the same grid
     text_first=False,  # no text in the self-attention sequence
     layout_probe=LAYOUT.probe,
     layout_from_prepared=LAYOUT.from_prepared,
     video=True,
     adoptable_processors=(WanAttnProcessor,),
     attention="attn1",
+    other_transformer_classes=(WanVACETransformer3DModel,),
     pipeline_transformers=("transformer", "transformer_2"),
 )
 

@@ -6,7 +6,7 @@ import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from test_apply import OperatorSpy
 
-from gna_diffusers import GNAConfig, apply, enabled, remove
+from gna_diffusers import ConfigError, GNAConfig, apply, enabled, remove
 from gna_diffusers.patches import wan
 
 GRID = (5, 4, 4)  # the tiny pipeline's latent token grid at 32x32 pixels, 9 frames
@@ -133,3 +133,32 @@ def test_image_to_video_transformer_keeps_its_image_branch_stock(monkeypatch):
         with enabled(transformer, GNAConfig(family="wan", window=2)):
             assert max_diff(transformer(**inputs)[0], stock) > 1e-3
     assert len(spy.windows) == 4  # two blocks' attn1, twice
+
+
+def test_vace_routes_the_main_and_the_control_blocks(monkeypatch):
+    from diffusers import WanVACETransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64, vace_layers=[0, 1],
+        vace_in_channels=8,
+    ).eval()
+    inputs = wan.transformer_inputs(transformer, (2, 4, 4), text=6)
+    inputs["control_hidden_states"] = torch.randn(1, 8, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, whole()):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+        with enabled(transformer, GNAConfig(family="wan", base_grid=[2, 4, 4], window=[2, 2, 2],
+                                            dense_layers=[{"blocks": "vace", "layers": [1]}])) as handle:
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+            assert {r["blocks"] for r in handle.layers()} == {"blocks", "vace"}
+    assert len(spy.windows) == 4 + 3  # whole extent: 2 blocks + 2 VACE blocks; then one VACE block dense
+    assert torch.equal(transformer(**inputs)[0], stock)
+
+
+def test_a_vace_selector_on_plain_wan_names_the_missing_blocks():
+    with pytest.raises(ConfigError, match="vace has no layers in this model"):
+        apply(wan.tiny_transformer(), GNAConfig(family="wan", window=-1, dense_layers=[{"blocks": "vace", "layers": "0"}]))
