@@ -64,15 +64,17 @@ def layout_from_prepared(result, transformer) -> TokenLayout | None:
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
     """The layout of this call, read from ``img_ids`` (one host sync per ids tensor). Under torch.compile,
-    where a sync would break the graph, the pipeline's prepared layout (same token count) is used."""
+    where a sync would break the graph, the grid the pipeline prepared is used, and tokens beyond it (the
+    reference images FLUX.1 Kontext and FLUX.2 append) are context."""
     img_ids = kwargs.get("img_ids")  # pipelines pass it by keyword; bind positional calls to the signature
     if img_ids is None and args:
         img_ids = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments.get("img_ids")
     if img_ids is None:
         raise LayoutError("FLUX needs img_ids in the transformer call to know the image grid")
     if torch.compiler.is_compiling():
-        if prepared is not None and prepared.stream_tokens == img_ids.shape[-2]:
-            return prepared
+        if prepared is not None and img_ids.shape[-2] >= prepared.stream_tokens:
+            # Reference images (FLUX.1 Kontext, FLUX.2) are appended after the generated image: context.
+            return token_layout(prepared.grid, img_ids.shape[-2], prepared.grid_offset)
         raise RuntimeError(
             "gna: under torch.compile the FLUX image grid comes from the pipeline's prepare_latents; apply GNA "
             "to the pipeline that runs (gna_diffusers.apply(pipe, ...)), or run a bare transformer uncompiled"

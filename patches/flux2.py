@@ -31,7 +31,7 @@ class GNAFlux2ParallelSelfAttnProcessor(RoutedProcessorMixin, Flux2ParallelSelfA
 
 def layout_from_prepared(result, transformer) -> TokenLayout | None:
     """From ``prepare_latents``' result ``(latents, latent_ids)``: the generated image's layout (reference
-    images come from another method, so under torch.compile an edit with references is refused clearly)."""
+    images, prepared by another method, are appended after it: the probe counts them as context)."""
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], torch.Tensor)):
         return None
     try:

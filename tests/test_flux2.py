@@ -2,6 +2,7 @@
 reference images as context."""
 
 import numpy as np
+import pytest
 import torch
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 from PIL import Image
@@ -66,3 +67,22 @@ def test_reference_tokens_are_context_keys(monkeypatch):
     with torch.no_grad(), enabled(transformer, GNAConfig(family="flux2", window=2)):
         transformer(**inputs)
     assert set(extras) == {((4, 6), 5 + 9 + 8)}
+
+
+@pytest.mark.slow
+def test_fullgraph_compile_with_reference_images():
+    """Under torch.compile the grid comes from prepare_latents; the reference tokens appended after it
+    (prepared by another method) are context, with no host sync and no graph break."""
+    from torch._dynamo.utils import counters
+
+    pipe = flux2.tiny_pipeline()
+    reference = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8"))
+    eager = generate(pipe, image=[reference])
+    with enabled(pipe, GNAConfig(family="flux2", window=-1)):
+        torch._dynamo.reset()
+        counters.clear()
+        pipe.transformer.compile(fullgraph=True, backend="eager")
+        compiled = generate(pipe, image=[reference])
+    torch._dynamo.reset()
+    assert sum(counters["graph_break"].values()) == 0
+    assert max_diff(compiled, eager) <= 1e-5
