@@ -25,8 +25,10 @@ import torch
 from .sim import simulate
 from .spec import GNASpec, axis_bounds
 
-# Window sizes tried, as fractions of every axis of the grid (the whole extent is "dense").
+# Window sizes tried, as fractions of every (spatial) axis of the grid (the whole extent is "dense").
 WINDOW_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+# A video grid's time axis (the first of three) gets its own fractions: attention is often wide in time.
+TIME_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 STRIDES = (1, 2, 4, 8, 16)
 
 
@@ -40,16 +42,24 @@ class Candidate:
     tile_bound: float  # simulated speedup bound with the kernel's tiles (what "cheapest" ranks by)
 
 
-def candidates(grid: tuple[int, ...], fractions=WINDOW_FRACTIONS) -> list[Candidate]:
-    """One candidate per window fraction: the window ``fraction x extent`` on every axis (at least 2), with the
-    stride (per axis, from :data:`STRIDES`, at most the window) that maximises the kernel's tile bound."""
+def candidates(grid: tuple[int, ...], fractions=WINDOW_FRACTIONS, time_fractions=TIME_FRACTIONS) -> list[Candidate]:
+    """Candidate windows: ``fraction x extent`` on every axis (at least 2); on a 3-D (video) grid every time
+    fraction combined with every spatial one. Each gets the stride (per axis, from :data:`STRIDES`, at most
+    the window) that maximises the kernel's tile bound."""
     from .backends.triton_gna import tile_candidates
 
     # The kernel's 128-token tiles; a grid too small to hold one gets the largest tile it holds.
     block = min(128, prod(1 << (extent - 1).bit_length() for extent in grid))
+
+    def sized(fraction: float, extent: int) -> int:
+        return min(extent, max(2, round(fraction * extent)))
+
+    if len(grid) == 3:
+        windows = {(sized(t, grid[0]), sized(f, grid[1]), sized(f, grid[2])) for t in time_fractions for f in fractions}
+    else:
+        windows = {tuple(sized(f, extent) for extent in grid) for f in fractions}
     found = {}
-    for fraction in fractions:
-        window = tuple(min(extent, max(2, round(fraction * extent))) for extent in grid)
+    for window in sorted(windows):
         if window == tuple(grid):
             continue
         best = None

@@ -198,3 +198,27 @@ def test_budget_trades_the_least_recall_for_speed():
             assert after.pattern is not None and after.recall <= before.recall
     unreachable = meet_budget(log, by_recall, budget=1e9)  # everything at the cheapest candidate
     assert all(c.pattern == log.patterns[0] for c in unreachable)
+
+
+def test_video_candidates_keep_time_wide_when_attention_spans_all_frames():
+    """Planted video attention: a Gaussian (sigma 0.7) in space, uniform over the 6 frames. Only a window over
+    every frame keeps 95%; in space a small one does."""
+    grid, heads, dim = (6, 12, 12), 2, 16
+    frames, rows, cols = torch.meshgrid(*(torch.arange(e) for e in grid), indexing="ij")
+    p = torch.stack([rows.flatten(), cols.flatten()], dim=1).float()  # space only: time does not matter
+    sigma = 0.7
+    q = torch.zeros(p.shape[0], dim)
+    k = torch.zeros(p.shape[0], dim)
+    q[:, :2], q[:, 2] = p / sigma**2 * math.sqrt(dim), math.sqrt(dim)
+    k[:, :2], k[:, 2] = p, -(p**2).sum(1) / (2 * sigma**2)
+    q, k = (t[None, :, None].expand(1, -1, heads, dim).contiguous() for t in (q, k))
+    runtime = _Runtime()
+    probe = Probe(runtime, total_steps=1, step_fractions=(0,), queries=64)
+    route = _Route(("blocks", 0))
+    route.layout.grid = grid
+    route.grid_span = lambda total: slice(0, total)
+    probe(route, q, k, None)
+    (choice,) = choose(probe.log, 0.95)
+    assert choice.pattern is not None
+    assert choice.pattern.window[0] == grid[0]  # every frame
+    assert choice.pattern.window[1] < grid[1] and choice.pattern.window[2] < grid[2]  # local in space
