@@ -22,6 +22,7 @@ from math import prod
 
 import torch
 
+from .route import key_row
 from .sim import simulate
 from .spec import GNASpec, axis_bounds
 
@@ -223,11 +224,10 @@ def warmup_steps(log: RecallLog, choices: list[LayerChoice], target: float) -> i
 def _key_valid(attn_mask: torch.Tensor | None, row: int, batch: int) -> torch.Tensor | None:
     """Key validity of a grid query from an attention mask: boolean masks as they are, additive ones where
     finite (a bias such as Chroma's is ignored: the probe measures the unbiased distribution)."""
-    if attn_mask is None or attn_mask.ndim != 4:
+    keys = None if attn_mask is None else key_row(attn_mask, row, batch)
+    if keys is None:
         return None
-    keys = attn_mask[:, 0, 0 if attn_mask.shape[2] == 1 else row]
-    valid = keys if keys.dtype == torch.bool else torch.isfinite(keys)
-    return valid.expand(batch, -1)
+    return keys if keys.dtype == torch.bool else torch.isfinite(keys)
 
 
 class Probe:

@@ -146,22 +146,32 @@ def _prompts(args: argparse.Namespace) -> list[str] | None:
     return prompts or None
 
 
-def _cmd_harness(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace, **extra):
+    """The harness settings of the model flags (``_add_model_flags``), plus ``extra`` fields."""
     import torch
 
-    from .harness.runner import Settings, launched_ranks, sweep
+    from .harness.runner import Settings
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = Settings(
         model=args.model, seeds=list(args.seeds), steps=args.steps, height=args.height, width=args.width,
         frames=args.frames, device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
-        output=str(args.output or f"runs/{args.command}"), dense_backend=args.dense_backend,
-        lpips_weights=args.lpips_weights, random_weights=args.random_weights, repeats=args.repeats,
-        warmup=not args.no_warmup,
+        **extra,
     )
     prompts = _prompts(args)
     if prompts:
         settings.prompts = prompts
+    return settings
+
+
+def _cmd_harness(args: argparse.Namespace) -> int:
+    from .harness.runner import launched_ranks, sweep
+
+    settings = _settings(
+        args, output=str(args.output or f"runs/{args.command}"), dense_backend=args.dense_backend,
+        lpips_weights=args.lpips_weights, random_weights=args.random_weights, repeats=args.repeats,
+        warmup=not args.no_warmup,
+    )
     presets = [args.preset] if args.command == "compare" and args.preset else (getattr(args, "presets", None) or [])
     result = sweep(settings, presets, single=args.command == "compare")
     if launched_ranks()[0] != 0:
@@ -176,19 +186,9 @@ def _cmd_harness(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    import torch
-
     from .harness.calibration import run_calibration
-    from .harness.runner import Settings
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = Settings(
-        model=args.model, seeds=list(args.seeds), steps=args.steps, height=args.height, width=args.width,
-        frames=args.frames, device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
-    )
-    prompts = _prompts(args)
-    if prompts:
-        settings.prompts = prompts
+    settings = _settings(args)
     if not 0 < args.target_recall < 1:
         raise ValueError(f"--target-recall must be in (0, 1), got {args.target_recall}")
     output = args.output or Path("runs/calibrate") / f"{Path(args.model).name}.yaml"

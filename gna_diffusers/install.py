@@ -234,11 +234,16 @@ _SCHEDULER_METHODS = ("set_timesteps", "step")
 _PIPELINE_METHODS = ("prepare_latents",)
 
 
+def _context_config(config):
+    """The ContextParallelConfig in a diffusers ParallelConfig, ContextParallelConfig, TensorParallelConfig
+    or None (None when there is no context parallelism)."""
+    return getattr(config, "context_parallel_config", config if hasattr(config, "ring_degree") else None)
+
+
 def _check_parallelism(config) -> None:
     """GNA runs under Ulysses context parallelism; ring attention would need GNA's partial softmax states
-    exchanged between ranks, which it does not do: refuse it before anything runs. ``config``: a diffusers
-    ParallelConfig, ContextParallelConfig, TensorParallelConfig or None."""
-    context = getattr(config, "context_parallel_config", config if hasattr(config, "ring_degree") else None)
+    exchanged between ranks, which it does not do: refuse it before anything runs."""
+    context = _context_config(config)
     if context is not None and context.ring_degree != 1:
         raise ConfigError(
             f"gna-diffusers supports Ulysses context parallelism only (ContextParallelConfig(ulysses_degree=N)); "
@@ -258,7 +263,7 @@ class _EnableParallelism:
 
     def __call__(self, config=None, cp_plan=None, **kwargs):
         _check_parallelism(config)
-        context = getattr(config, "context_parallel_config", config if hasattr(config, "ulysses_degree") else None)
+        context = _context_config(config)
         plan_for = self.handle.patch.parallel_plan
         if cp_plan is None and getattr(self.transformer, "_cp_plan", None) is None and plan_for and context:
             cp_plan = plan_for(self.transformer, context.ulysses_degree)  # the family's own plan
@@ -539,8 +544,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     _check_parallelism(getattr(transformer, "_parallel_config", None))
     if transformer is not getattr(target, "transformer", transformer):
         logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
-    transformers = [transformer] + _more_transformers(target, patch) if scheduler is not None else [transformer]
     block_counts = {name: len(blocks) for name, blocks in patch.block_lists(transformer).items()}
+    transformers = [transformer] + (_more_transformers(target, patch, block_counts) if scheduler is not None else [])
     patterns = layer_patterns(config, block_counts)
     # Raises for a fractional warm-up without a scheduler to count steps.
     runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared)
@@ -568,11 +573,9 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     return handle
 
 
-def _more_transformers(pipeline, patch: ModelPatch) -> list[torch.nn.Module]:
+def _more_transformers(pipeline, patch: ModelPatch, counts: dict[str, int]) -> list[torch.nn.Module]:
     """A pipeline's other transformers of the family (e.g. Wan 2.2's low-noise expert), checked to have
-    the first one's blocks, since one preset's layer selection serves them all."""
-    first = _unwrap_compiled(pipeline.transformer)
-    counts = {name: len(blocks) for name, blocks in patch.block_lists(first).items()}
+    the first one's block ``counts``, since one preset's layer selection serves them all."""
     more = []
     for name in patch.pipeline_transformers[1:]:
         model = getattr(pipeline, name, None)

@@ -1,55 +1,68 @@
 """Ulysses context parallelism for GNA: exchange a rank's sequence shard of all heads for the whole
 sequence of its share of the heads, and back.
 
-Under Ulysses each of ``world`` ranks holds ``S / world`` consecutive tokens of every modality; after
-:func:`gather_sequence` a rank holds all ``S`` tokens for ``H / world`` heads, in rank-major order (rank 0's
-shard, then rank 1's, ...). GNA then runs unchanged on the whole grid; :func:`scatter_sequence` undoes the
-exchange. Shapes are ``(B, S, H, D)`` as everywhere in gna_diffusers.
+Under Ulysses each of ``world`` ranks holds ``S / world`` consecutive tokens of every modality, so a
+rank's shard of a joint sequence is ``[first part, second part]`` (e.g. [its text, its image tokens]).
+After :func:`gather_sequence` a rank holds all ``S`` tokens for ``H / world`` heads, back in the unsharded
+order (all first parts, then all second parts). GNA then runs unchanged on the whole grid;
+:func:`scatter_sequence` undoes the exchange. Shapes are ``(B, S, H, D)`` as everywhere in gna_diffusers.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from math import prod
 
 import torch
 import torch.distributed as dist
 
 
-def gather_sequence(x: torch.Tensor, group, world: int) -> torch.Tensor:
-    """``(B, S_local, H, D)`` on every rank -> ``(B, world * S_local, H / world, D)``, rank-major."""
+def gather_sequence(x: torch.Tensor, group, world: int, first: int) -> torch.Tensor:
+    """``(B, S_local, H, D)`` on every rank, each shard ``[first part (first tokens), second part]`` ->
+    ``(B, world * S_local, H / world, D)`` in the unsharded order ``[first_0 .. first_{w-1}, second_0 ..]``
+    (e.g. [all text, all image]), written once into the output."""
     batch, local, heads, dim = x.shape
     send = x.reshape(batch, local, world, heads // world, dim).permute(2, 0, 1, 3, 4).contiguous()
-    received = torch.empty_like(send)
-    dist.all_to_all_single(received, send, group=group)  # chunk r goes to rank r; chunk r comes from rank r
-    return received.permute(1, 0, 2, 3, 4).reshape(batch, world * local, heads // world, dim)
+    received = torch.empty_like(send)  # (world, B, S_local, H / world, D): chunk r came from rank r
+    dist.all_to_all_single(received, send, group=group)
+    out = x.new_empty(batch, world * local, heads // world, dim)
+    out[:, : world * first].view(batch, world, first, heads // world, dim).copy_(
+        received[:, :, :first].permute(1, 0, 2, 3, 4))
+    out[:, world * first :].view(batch, world, local - first, heads // world, dim).copy_(
+        received[:, :, first:].permute(1, 0, 2, 3, 4))
+    return out
 
 
-def scatter_sequence(x: torch.Tensor, group, world: int) -> torch.Tensor:
-    """The inverse of :func:`gather_sequence`: ``(B, world * S_local, H / world, D)`` -> ``(B, S_local, H, D)``."""
+def scatter_sequence(x: torch.Tensor, group, world: int, first: int) -> torch.Tensor:
+    """The inverse of :func:`gather_sequence`: ``(B, world * S_local, H / world, D)`` in the unsharded order
+    -> this rank's ``(B, S_local, H, D)``."""
     batch, total, heads, dim = x.shape
     local = total // world
-    send = x.reshape(batch, world, local, heads, dim).permute(1, 0, 2, 3, 4).contiguous()
+    firsts = x[:, : world * first].reshape(batch, world, first, heads, dim)
+    seconds = x[:, world * first :].reshape(batch, world, local - first, heads, dim)
+    send = torch.cat([firsts.permute(1, 0, 2, 3, 4), seconds.permute(1, 0, 2, 3, 4)], dim=2)  # rank r's shard
     received = torch.empty_like(send)
     dist.all_to_all_single(received, send, group=group)
     return received.permute(1, 2, 0, 3, 4).reshape(batch, local, world * heads, dim)
 
 
-def gather_keys(mask: torch.Tensor, group, world: int) -> torch.Tensor:
-    """A per-key mask over the local shard ``(..., S_local)`` -> ``(..., world * S_local)``, rank-major (the
-    keys of :func:`gather_sequence`)."""
+def gather_keys(mask: torch.Tensor, group, world: int, first: int) -> torch.Tensor:
+    """A per-key mask over the local shard ``(..., S_local)`` -> ``(..., world * S_local)`` in the unsharded
+    order of :func:`gather_sequence`."""
     parts = [torch.empty_like(mask) for _ in range(world)]
-    dist.all_gather(parts, mask, group=group)
-    return torch.cat(parts, dim=-1)
+    dist.all_gather(parts, mask.contiguous(), group=group)
+    return torch.cat([part[..., :first] for part in parts] + [part[..., first:] for part in parts], dim=-1)
 
 
-def global_order(world: int, local_first: int, local_second: int) -> torch.Tensor:
-    """Indices that turn a rank-major sequence of ``world`` shards ``[first_r, second_r]`` (e.g. [text, image])
-    into ``[first_0 .. first_{w-1}, second_0 .. second_{w-1}]``, the order of the unsharded sequence."""
-    local = local_first + local_second
-    ranks = torch.arange(world)[:, None] * local
-    first = (ranks + torch.arange(local_first)).flatten()
-    second = (ranks + local_first + torch.arange(local_second)).flatten()
-    return torch.cat([first, second])
+@lru_cache(maxsize=64)
+def sharded_order(world: int, first: int, second: int, device: torch.device) -> torch.Tensor:
+    """Indices that take an unsharded sequence ``[first (world x first tokens), second (world x second)]`` to
+    the order diffusers' even split shards it in: ``[first_0, second_0, first_1, second_1, ...]`` (cached:
+    hooks call it per block)."""
+    shard = torch.arange(world)[:, None]
+    firsts = shard * first + torch.arange(first)
+    seconds = world * first + shard * second + torch.arange(second)
+    return torch.cat([firsts, seconds], dim=1).flatten().to(device)
 
 
 def per_rank_estimates(grid: tuple[int, ...], window, stride, text: int, heads: int = 24, head_dim: int = 128,

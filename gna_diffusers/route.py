@@ -67,6 +67,15 @@ def token_layout(grid: tuple[int, ...], stream_tokens: int, grid_offset: int = 0
     return _LAYOUTS[key]
 
 
+def key_row(attn_mask: torch.Tensor, query_row: int, batch: int) -> torch.Tensor | None:
+    """The ``(B, S)`` key row of a mask for the query at ``query_row``: a (B, 1, 1, S) key mask as it is, a
+    (B, 1, S, S) "query valid and key valid" mask's row for that query (Chroma, HunyuanVideo 1.5). None for
+    another shape. Boolean rows are key validity, float rows an additive bias."""
+    if attn_mask.ndim != 4 or attn_mask.shape[1] != 1 or attn_mask.shape[2] not in (1, attn_mask.shape[3]):
+        return None
+    return attn_mask[:, 0, 0 if attn_mask.shape[2] == 1 else query_row].expand(batch, -1)
+
+
 # (transformer, forward args, forward kwargs, layout the pipeline prepared or None) -> layout of this call
 LayoutProbe = Callable[[torch.nn.Module, tuple, dict, "TokenLayout | None"], TokenLayout]
 
@@ -88,6 +97,7 @@ class GNARoute:
         # Called with (route, query, key, attn_mask) on every self-attention call (calibration's probe).
         self.observer: Callable | None = None
         self._warned: set[str] = set()
+        self._uniform_bias: set[TokenLayout] = set()  # layouts whose additive mask was checked uniform on the grid
 
     def __repr__(self) -> str:
         return f"GNARoute({self.layer[0]}.{self.layer[1]})"
@@ -132,17 +142,14 @@ class GNARoute:
                    f"local tokens, {layout.describe()}, mask {None if attn_mask is None else tuple(attn_mask.shape)})"
                    f" is not supported")
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-        from .parallel import gather_keys, gather_sequence, global_order, scatter_sequence
+        from .parallel import gather_keys, gather_sequence, scatter_sequence
 
         group = config._ulysses_mesh.get_group()
-        local_text = local - local_stream
-        first, second = (local_text, local_stream) if self.text_first else (local_stream, local_text)
-        order = global_order(world, first, second).to(query.device)
-        q, k, v = (gather_sequence(t, group, world)[:, order] for t in (query, key, value))
-        mask = None if attn_mask is None else gather_keys(attn_mask.contiguous(), group, world)[..., order]
+        first = local - local_stream if self.text_first else local_stream  # a shard is [text, image] or [image, text]
+        q, k, v = (gather_sequence(t, group, world, first) for t in (query, key, value))
+        mask = None if attn_mask is None else gather_keys(attn_mask, group, world, first)
         unsharded = {name: value for name, value in kwargs.items() if name != "parallel_config"}
-        out = self._sparse(dispatch, q, k, v, mask, unsharded)
-        return scatter_sequence(out[:, order.argsort()], group, world)
+        return scatter_sequence(self._sparse(dispatch, q, k, v, mask, unsharded), group, world, first)
 
     def _sparse(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
         """GNA for the grid queries (window + every valid context key), dense attention for the context."""
@@ -164,18 +171,21 @@ class GNARoute:
         key_valid = key_bias = None
         context_mask = attn_mask
         if attn_mask is not None:
-            if attn_mask.ndim != 4 or attn_mask.shape[1] != 1 or attn_mask.shape[2] not in (1, total):
-                why = f"attention mask of shape {tuple(attn_mask.shape)} is not (B, 1, 1 or S, S)"
+            row = key_row(attn_mask, grid.start, query.shape[0])
+            if row is None or row.shape[-1] != total:
+                why = f"attention mask of shape {tuple(attn_mask.shape)} is not (B, 1, 1 or S, S) for S={total}"
                 return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-            row = attn_mask[:, 0, 0 if attn_mask.shape[2] == 1 else grid.start].expand(query.shape[0], -1)
             if attn_mask.dtype == torch.bool:
                 key_valid = row
             else:
                 row = row.float()
                 grid_bias = row[:, grid.start, None]
-                if not torch.compiler.is_compiling() and not bool((row[:, grid] == grid_bias).all()):
-                    why = "its additive attention mask is not uniform over the grid keys"
-                    return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+                # Checked on a layer's first call per layout (a host sync), not on every denoising step.
+                if layout not in self._uniform_bias and not torch.compiler.is_compiling():
+                    if not bool((row[:, grid] == grid_bias).all()):
+                        why = "its additive attention mask is not uniform over the grid keys"
+                        return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+                    self._uniform_bias.add(layout)
                 key_bias = row - grid_bias
             if attn_mask.shape[2] != 1 and context:
                 context_mask = gather(attn_mask, dim=2)

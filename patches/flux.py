@@ -9,8 +9,6 @@ every step).
 
 from __future__ import annotations
 
-import functools
-import inspect
 import weakref
 
 import torch
@@ -21,6 +19,8 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, Fl
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
+from ._forward import forward_argument
+
 
 class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
     """FluxAttnProcessor whose attention call runs GNA over the image grid; everything else is stock."""
@@ -28,11 +28,6 @@ class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
 
 # The last img_ids tensor seen (by identity, weakly held) and its layout.
 _last_ids: tuple[weakref.ref, TokenLayout] | None = None
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_signature(transformer_class: type) -> inspect.Signature:
-    return inspect.signature(transformer_class.forward)
 
 
 def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
@@ -66,9 +61,7 @@ def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLay
     """The layout of this call, read from ``img_ids`` (one host sync per ids tensor). Under torch.compile,
     where a sync would break the graph, the grid the pipeline prepared is used, and tokens beyond it (the
     reference images FLUX.1 Kontext and FLUX.2 append) are context."""
-    img_ids = kwargs.get("img_ids")  # pipelines pass it by keyword; bind positional calls to the signature
-    if img_ids is None and args:
-        img_ids = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments.get("img_ids")
+    img_ids = forward_argument(module, args, kwargs, "img_ids")
     if img_ids is None:
         raise LayoutError("FLUX needs img_ids in the transformer call to know the image grid")
     if torch.compiler.is_compiling():

@@ -151,23 +151,28 @@ NAME_PATTERN = r"^(?!.*hunyuan-?video[-_.]?1[._]5).*hunyuan-?video"
 def _mask_to_rank_major(world: int):
     """A block pre-hook: the joint [video, text] key mask (B, 1, 1, N + M) in rank-major order
     ([video_0, text_0, video_1, text_1, ...]), so the plan's even split hands each rank the mask of its own
-    shards. Block 0 sees the whole video and text, later blocks their shards (the plan split them)."""
-    from gna_diffusers.parallel import global_order
+    shards. Block 0 sees the whole video and text, later blocks their shards (the plan split them). Every
+    block gets the forward's one mask: it is reordered once per forward and reused."""
+    import weakref
+
+    from gna_diffusers.parallel import sharded_order
+
+    last: list = [None, None]  # (weak reference to the forward's mask, its reordered copy)
 
     def reorder(block, args, kwargs):
         names = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask")
         values = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k in names}
         mask = values.get("attention_mask")
-        if mask is None or getattr(mask, "_gna_rank_major", False):
+        if mask is None:
             return None
-        video, text, total = values["hidden_states"].shape[1], values["encoder_hidden_states"].shape[1], mask.shape[-1]
-        if video + text != total:  # shards: the whole sequence is world times longer
-            video, text = video * world, text * world
-        reordered = mask[..., global_order(world, video // world, text // world).argsort().to(mask.device)]
-        reordered._gna_rank_major = True
+        if last[0] is None or last[0]() is not mask:
+            video, text = values["hidden_states"].shape[1], values["encoder_hidden_states"].shape[1]
+            if video + text != mask.shape[-1]:  # shards: the whole sequence is world times longer
+                video, text = video * world, text * world
+            last[:] = weakref.ref(mask), mask[..., sharded_order(world, video // world, text // world, mask.device)]
         if "attention_mask" in kwargs:
-            return args, {**kwargs, "attention_mask": reordered}
-        return (*args[:3], reordered, *args[4:]), kwargs
+            return args, {**kwargs, "attention_mask": last[1]}
+        return (*args[:3], last[1], *args[4:]), kwargs
 
     return reorder
 

@@ -9,8 +9,6 @@ appends (context). Plain Python ints: no host sync, nothing for torch.compile to
 
 from __future__ import annotations
 
-import functools
-import inspect
 from math import prod
 
 import torch
@@ -21,21 +19,16 @@ from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStream
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
+from ._forward import forward_argument
+
 
 class GNAQwenAttnProcessor(RoutedProcessorMixin, QwenDoubleStreamAttnProcessor2_0):
     """QwenDoubleStreamAttnProcessor2_0 whose joint attention runs GNA over the image grid; all else stock."""
 
 
-@functools.lru_cache(maxsize=None)
-def _forward_signature(transformer_class: type) -> inspect.Signature:
-    return inspect.signature(transformer_class.forward)
-
-
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
     """The generated image's grid from ``img_shapes`` (2-D, or 3-D when it has several frames)."""
-    shapes = kwargs.get("img_shapes")
-    if shapes is None and args:
-        shapes = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments.get("img_shapes")
+    shapes = forward_argument(module, args, kwargs, "img_shapes")
     if not shapes:
         raise LayoutError("Qwen-Image needs img_shapes in the transformer call to know the image grid")
     per_sample = [sample if isinstance(sample, list) else [sample] for sample in shapes]

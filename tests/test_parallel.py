@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from gna_diffusers.parallel import global_order
+from gna_diffusers.parallel import sharded_order
 
 pytestmark = pytest.mark.slow
 
@@ -108,9 +108,9 @@ def test_ulysses_degree_2_equals_single_process_gna(family, tmp_path):
         torch.testing.assert_close(results["stock-parallel"], results["stock"], atol=1e-5, rtol=1e-5)
 
 
-def test_global_order_puts_rank_major_shards_back_in_sequence_order():
-    # 2 ranks, each [text (2), image (3)]: rank-major t0 t0 i0 i0 i0 t1 t1 i1 i1 i1 -> t t t t i i i i i i
-    assert global_order(2, 2, 3).tolist() == [0, 1, 5, 6, 2, 3, 4, 7, 8, 9]
+def test_sharded_order_interleaves_the_two_parts_shard_by_shard():
+    # Unsharded [t t t t | i i i i i i] (2 ranks, 2 text + 3 image tokens each) -> [t t i i i | t t i i i]
+    assert sharded_order(2, 2, 3, torch.device("cpu")).tolist() == [0, 1, 4, 5, 6, 2, 3, 7, 8, 9]
 
 
 def compare_worker(rank: int, world: int, port: int, folder: str) -> None:
