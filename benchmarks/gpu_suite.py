@@ -1,9 +1,11 @@
 """The project's performance table on one H100. All cases take longer than one 10-minute device call (an
-estimate: never run yet), so run it in parts; results are written after every case, and the README table
-merges the parts measured on the same GPU and day:
+estimate: never run yet), so run it in parts (benchmarks/device_call.sh does, on the workplace's lent GPU);
+results are written after every case, and the README table merges the parts measured on the same GPU and
+day, with the kernel rows of a kernel_bench run of that day when the parts skip the kernels:
 
-    python benchmarks/gpu_suite.py --models flux,hunyuan            # kernels + FLUX.1, HunyuanVideo (1.5)
-    python benchmarks/gpu_suite.py --models wan,qwen,chroma --no-kernels
+    python benchmarks/kernel_bench.py                                  # the kernels, every paper shape
+    python benchmarks/gpu_suite.py --models 'flux.1-dev,hunyuanvideo 7' --no-kernels
+    python benchmarks/gpu_suite.py --models wan,qwen,1.5,chroma --no-kernels
 
     python benchmarks/gpu_suite.py                  # GPU: kernels + full-size transformers, updates the README
     python benchmarks/gpu_suite.py --tiny           # CPU: the same code at tiny sizes (tests run this)
@@ -178,9 +180,12 @@ def newest_results(folder: Path = RESULTS) -> Path | None:
 
 def merged_results(results_path: Path, folder: Path = RESULTS) -> dict:
     """The results of ``results_path`` plus the model cases and kernel rows of every other suite file in
-    ``folder`` from the same GPU and day (the suite run in parts); a later part's case replaces an earlier one."""
+    ``folder`` from the same GPU and day (the suite run in parts), and the suite's kernel cases from
+    kernel_bench files of that GPU and day (a part run with --no-kernels then needs no second kernel run);
+    a later file's case replaces an earlier one."""
     base = json.loads(results_path.read_text())
     device, date = base["environment"]["device"], base["environment"]["date"]
+    suite_kernels = {case.name for case in KERNEL_CASES + kernel_bench.TINY_CASES}
     models, kernels = {}, {}
     parts = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
     for path in [p for p in parts if p.resolve() != results_path.resolve()] + [results_path]:
@@ -188,7 +193,13 @@ def merged_results(results_path: Path, folder: Path = RESULTS) -> dict:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if data.get("suite") != "gpu" or (data["environment"]["device"], data["environment"]["date"]) != (device, date):
+        if data.get("suite") not in ("gpu", "kernel") or (
+                data["environment"]["device"], data["environment"]["date"]) != (device, date):
+            continue
+        if data["suite"] == "kernel":
+            if (data["dtype"], data["heads"], data["head_dim"]) == (
+                    base["kernel"]["dtype"], base["kernel"]["heads"], base["kernel"]["head_dim"]):
+                kernels.update((row["case"], row) for row in data["rows"] if row["case"] in suite_kernels)
             continue
         models.update((row["case"], row) for row in data["models"])
         kernels.update((row["case"], row) for row in data["kernel"]["rows"])
@@ -221,8 +232,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, help="results folder (default benchmarks/results; --tiny: runs/bench-tiny)")
     parser.add_argument("--update-readme", action="store_true", help="only regenerate the README section")
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README after a GPU run")
-    parser.add_argument("--models", help="comma-separated families of model cases to run (default: all), e.g. flux,wan;"
-                        " the results file is then named after them")
+    parser.add_argument("--models", help="comma-separated parts of model case names or hub names to run (default: "
+                        "all), e.g. flux,wan or 'hunyuanvideo 7'; the results file is then named after them")
     parser.add_argument("--no-kernels", action="store_true", help="skip the kernel benchmark (a later part of a run)")
     args = parser.parse_args(argv)
     if args.update_readme:
@@ -240,23 +251,27 @@ def main(argv=None) -> int:
     stem = f"{device_slug(env['device'].split(' (')[0])}-{env['date']}"
     if args.models:
         wanted = [name.strip().lower() for name in args.models.split(",")]
-        cases = [case for case in cases if any(name in case.model.lower() for name in wanted)]
+        cases = [case for case in cases if any(name in f"{case.name} {case.model}".lower() for name in wanted)]
         if not cases:
-            parser.error(f"--models {args.models}: no model case matches; cases: {', '.join(c.model for c in MODEL_CASES)}")
-        stem += "-" + "-".join(wanted)
-    kernel_rows = [] if args.no_kernels else [
-        kernel_bench.run_case(case, device, dtype, heads, head_dim, warmup=1 if args.tiny else 10, reps=1 if args.tiny else 30)
-        for case in kernel_cases
-    ]
+            parser.error(f"--models {args.models}: no model case matches; cases: "
+                         f"{', '.join(f'{c.name} ({c.model})' for c in MODEL_CASES)}")
+        stem += "-" + device_slug(" ".join(wanted))
     results = {"schema": 1, "suite": "gpu", "stem": stem, "environment": env,
                "dense_backend": "cuDNN SDPA (diffusers _native_cudnn)" if device.type == "cuda" else "diffusers default",
-               "kernel": {"dtype": str(dtype).removeprefix("torch."), "heads": heads, "head_dim": head_dim,
-                          "rows": kernel_rows},
+               "kernel": {"dtype": str(dtype).removeprefix("torch."), "heads": heads, "head_dim": head_dim, "rows": []},
                "models": []}
-    for case in cases:  # written after every case: a run cut short keeps what it measured
-        results["models"].append(run_model(case, device, args.tiny))
-        json_path = atomic_write_json(output / f"{stem}.json", results)
+
+    def write() -> Path:  # after every case: a run cut short keeps what it measured
         atomic_write_text(output / f"{stem}.md", f"# gna-diffusers GPU suite: {env['device']}\n\n{render_markdown(results)}\n")
+        return atomic_write_json(output / f"{stem}.json", results)
+
+    for case in [] if args.no_kernels else kernel_cases:
+        results["kernel"]["rows"].append(kernel_bench.run_case(
+            case, device, dtype, heads, head_dim, warmup=1 if args.tiny else 10, reps=1 if args.tiny else 30))
+        json_path = write()
+    for case in cases:
+        results["models"].append(run_model(case, device, args.tiny))
+        json_path = write()
     print(f"wrote {json_path} and .md")
     if not args.tiny and not args.no_readme:
         print(f"updated {update_readme(README, json_path)}")

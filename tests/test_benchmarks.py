@@ -72,3 +72,24 @@ def test_gpu_suite_tiny_runs_end_to_end_and_feeds_the_readme(tmp_path):
     empty.mkdir()
     suite.update_readme(readme, folder=empty)
     assert "H100 figures are pending" in readme.read_text() and "| tiny FLUX" not in readme.read_text()
+
+
+@pytest.mark.slow
+def test_suite_parts_without_kernels_take_the_kernel_rows_of_kernel_bench(tmp_path):
+    """On a 10-minute device call: kernel_bench in one call, the model parts with --no-kernels in others;
+    the README table still has the kernel rows (kernel_bench's file of the same GPU and day)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    suite = load("gpu_suite")
+    assert suite.kernel_bench.main(["--tiny", "--device", "cpu", "--reps", "1", "--cases", "3-D", "--output",
+                                    str(tmp_path)]) == 0
+    (kernel_path,) = tmp_path.glob("kernel-cpu-*.json")
+    kernel = json.loads(kernel_path.read_text())
+    assert kernel["suite"] == "kernel" and [row["case"] for row in kernel["rows"]] == ["tiny 3-D +text"]
+    assert suite.main(["--tiny", "--device", "cpu", "--output", str(tmp_path), "--models", "flux", "--no-kernels"]) == 0
+    (part,) = tmp_path.glob("cpu-*-flux.json")
+    merged = suite.merged_results(part, tmp_path)
+    assert [row["case"] for row in merged["kernel"]["rows"]] == ["tiny 3-D +text"] and merged["merged"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{suite.MARKERS[0]}\n{suite.MARKERS[1]}\n")
+    suite.update_readme(readme, part)
+    assert "| tiny 3-D +text" in readme.read_text() and "| tiny FLUX 64x64" in readme.read_text()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -48,6 +49,17 @@ def test_compare_writes_the_report_files(tmp_path, capsys, model, picture):
     assert "random weights" in markdown and "| p0-s1" in markdown
     if model == "tiny-hunyuan-video":
         assert sample["metrics"]["temporal_psnr"] > 0 and len(sample["metrics"]["per_frame_psnr"]) == 9
+
+
+@pytest.mark.slow
+def test_video_compare_without_an_mp4_encoder_still_reports(tmp_path, monkeypatch):
+    # The GPU image has no imageio-ffmpeg: the comparison stands, with the frame strip and one clear warning.
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import then raises ImportError
+    with pytest.warns(UserWarning, match="imageio-ffmpeg is not installed, so no MP4 was written"):
+        assert main(["compare", "--model", "tiny-hunyuan-video", "--output", str(tmp_path), *FAST]) == 0
+    sample = read(tmp_path / "report.json")["samples"][0]
+    assert sample["files"] == {"strip": "p0-s0.png"} and sample["metrics"]["temporal_psnr"] > 0
+    assert not list(tmp_path.glob("*.mp4")) and "[p0-s0.png](p0-s0.png)" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -45,8 +45,18 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     return _atomic(Path(path), lambda tmp: imageio.imwrite(tmp, image))
 
 
+def mp4_unavailable() -> str | None:
+    """Why MP4s cannot be written here, or None when they can (imageio-ffmpeg bundles the encoder)."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return "imageio-ffmpeg is not installed, so no MP4 was written (`pip install imageio-ffmpeg`)"
+    return None
+
+
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
-    """H.264 MP4 through imageio-ffmpeg's bundled ffmpeg; frames (F, H, W, C) uint8."""
+    """H.264 MP4 through imageio-ffmpeg's bundled ffmpeg; frames (F, H, W, C) uint8. Check
+    :func:`mp4_unavailable` first."""
 
     def write(tmp):
         writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, macro_block_size=1)
