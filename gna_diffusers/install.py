@@ -240,15 +240,11 @@ def _context_config(config):
     return getattr(config, "context_parallel_config", config if hasattr(config, "ring_degree") else None)
 
 
-def _check_parallelism(config) -> None:
-    """GNA runs under Ulysses context parallelism; ring attention would need GNA's partial softmax states
-    exchanged between ranks, which it does not do: refuse it before anything runs."""
+def context_parallel_degree(config) -> int:
+    """How many ranks share the sequence under ``config`` (ring x Ulysses degree; 1 without context
+    parallelism)."""
     context = _context_config(config)
-    if context is not None and context.ring_degree != 1:
-        raise ConfigError(
-            f"gna-diffusers supports Ulysses context parallelism only (ContextParallelConfig(ulysses_degree=N)); "
-            f"this model uses ring_degree={context.ring_degree}: use ulysses_degree instead, or remove GNA"
-        )
+    return 1 if context is None else context.ring_degree * context.ulysses_degree
 
 
 class _EnableParallelism:
@@ -262,11 +258,10 @@ class _EnableParallelism:
         self.transformer = transformer
 
     def __call__(self, config=None, cp_plan=None, **kwargs):
-        _check_parallelism(config)
-        context = _context_config(config)
         plan_for = self.handle.patch.parallel_plan
-        if cp_plan is None and getattr(self.transformer, "_cp_plan", None) is None and plan_for and context:
-            cp_plan = plan_for(self.transformer, context.ulysses_degree)  # the family's own plan
+        degree = context_parallel_degree(config)
+        if cp_plan is None and getattr(self.transformer, "_cp_plan", None) is None and plan_for and degree > 1:
+            cp_plan = plan_for(self.transformer, degree)  # the family's own plan
         sites = [site for site in self.handle._sites if site.transformer is self.transformer]
         routed = []
         for site in sites:
@@ -541,7 +536,6 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
             )
         existing.attach_pipeline(target, scheduler)
         return existing
-    _check_parallelism(getattr(transformer, "_parallel_config", None))
     if transformer is not getattr(target, "transformer", transformer):
         logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
     block_counts = {name: len(blocks) for name, blocks in patch.block_lists(transformer).items()}

@@ -1,4 +1,5 @@
-"""Ulysses context parallelism for GNA: exchange a rank's sequence shard of all heads for the whole
+"""Context parallelism for GNA (Ulysses, ring, or both: the exchange runs over all the ranks that share the
+sequence, ring x Ulysses): exchange a rank's sequence shard of all heads for the whole
 sequence of its share of the heads, and back.
 
 Under Ulysses each of ``world`` ranks holds ``S / world`` consecutive tokens of every modality, so a

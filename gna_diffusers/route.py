@@ -11,7 +11,7 @@ The joint sequence is the generated latent grid (:class:`TokenLayout`) plus cont
 tokens the image stream carries beside the grid (FLUX.1 Kontext's reference image). The route runs
 ``gna_attention`` for the grid queries, with every valid context key in the same softmax, and dense
 attention for the context queries. A layout it cannot place runs dense, with a warning naming the layer
-and the layout. Under Ulysses context parallelism it gathers the whole sequence for its heads first.
+and the layout. Under context parallelism it gathers the whole sequence for its heads first.
 """
 
 from __future__ import annotations
@@ -126,25 +126,28 @@ class GNARoute:
         parallel = kwargs.get("parallel_config")
         context_parallel = getattr(parallel, "context_parallel_config", None)
         if context_parallel is not None:
-            return self._ulysses(dispatch, query, key, value, attn_mask, kwargs, context_parallel)
+            return self._context_parallel(dispatch, query, key, value, attn_mask, kwargs, context_parallel)
         return self._sparse(dispatch, query, key, value, attn_mask, kwargs)
 
-    def _ulysses(self, dispatch, query, key, value, attn_mask, kwargs, config) -> torch.Tensor:
-        """Under Ulysses context parallelism: gather the whole sequence for this rank's heads, put it in
-        the unsharded order, run GNA, and hand every rank its shard back (the stock parallel attention where
-        the layout does not split evenly)."""
-        world, heads, local = config.ulysses_degree, query.shape[2], query.shape[1]
+    def _context_parallel(self, dispatch, query, key, value, attn_mask, kwargs, config) -> torch.Tensor:
+        """Under context parallelism (Ulysses, ring, or both): gather the whole sequence for this rank's
+        share of the heads over all the context-parallel ranks, put it in the unsharded order, run GNA, and
+        hand every rank its shard back. Ring attention's K/V rotation is not needed: a head-parallel
+        exchange over the same ranks computes the same attention, holding no more per rank than Ulysses
+        does. Where the layout does not split evenly, the stock parallel attention runs (dense)."""
+        world = config.ring_degree * config.ulysses_degree  # diffusers shards the sequence over all of them
+        heads, local = query.shape[2], query.shape[1]
         stream, layout = self.layout.stream_tokens, self.layout
         local_stream = stream // world
         key_mask = attn_mask is None or (attn_mask.ndim == 4 and attn_mask.shape[1:3] == (1, 1))
-        if config.ring_degree != 1 or heads % world or stream % world or local < local_stream or not key_mask:
-            why = (f"its context-parallel layout (ring {config.ring_degree}, ulysses {world}, {heads} heads, {local} "
-                   f"local tokens, {layout.describe()}, mask {None if attn_mask is None else tuple(attn_mask.shape)})"
-                   f" is not supported")
+        if heads % world or stream % world or local < local_stream or not key_mask:
+            why = (f"its context-parallel layout (ring {config.ring_degree} x ulysses {config.ulysses_degree}, "
+                   f"{heads} heads, {local} local tokens, {layout.describe()}, mask "
+                   f"{None if attn_mask is None else tuple(attn_mask.shape)}) is not supported")
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
         from .parallel import gather_keys, gather_sequence, scatter_sequence
 
-        group = config._ulysses_mesh.get_group()
+        group = config._flattened_mesh.get_group()  # rank r of this group holds shard r
         first = local - local_stream if self.text_first else local_stream  # a shard is [text, image] or [image, text]
         q, k, v = (gather_sequence(t, group, world, first) for t in (query, key, value))
         mask = None if attn_mask is None else gather_keys(attn_mask, group, world, first)

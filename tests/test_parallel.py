@@ -1,10 +1,9 @@
-"""GNA under diffusers' Ulysses context parallelism, on CPU with two gloo processes: each family's tiny
-transformer sharded over 2 ranks gives single-process GNA's output, whichever of apply() and
+"""GNA under diffusers' context parallelism, on CPU with gloo processes: each family's tiny transformer
+sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
 enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are
-sharded too; HunyuanVideo with gna_diffusers' own plan); ring attention is refused clearly.
+sharded too; HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks.
 
-What this cannot cover: NCCL, GPU timing and overlap, more than 2 ranks, and diffusers' unified
-ring + Ulysses mode (refused like ring)."""
+What this cannot cover: NCCL, GPU timing and overlap."""
 
 import os
 import socket
@@ -33,11 +32,13 @@ def config_for(family: str):
         return GNAConfig(family="qwen-image", base_grid=[4, 6], window=[2, 2])
     if family == "hunyuan-video":
         return GNAConfig(family="hunyuan-video", base_grid=[2, 4, 4], window=[2, 2, 2])
+    if family == "flux2":
+        return GNAConfig(family="flux2", base_grid=[8, 8], window=[2, 4], stride=[1, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
 
 
 def inputs_for(family: str, transformer):
-    from gna_diffusers.patches import flux, hunyuan_video, qwen_image, wan
+    from gna_diffusers.patches import flux, flux2, hunyuan_video, qwen_image, wan
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
@@ -45,6 +46,8 @@ def inputs_for(family: str, transformer):
         return qwen_image.transformer_inputs(transformer, (4, 6), text=6, batch=2, valid_text=(3, 6))
     if family == "hunyuan-video":
         return hunyuan_video.transformer_inputs(transformer, (2, 4, 4), text=6, batch=2, valid_text=(3, 6))
+    if family == "flux2":
+        return flux2.transformer_inputs(transformer, (8, 8), text=6, batch=2)
     return wan.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
 
 
@@ -58,7 +61,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     torch._C._get_accelerator = lambda: torch.device("cpu")
     from diffusers import ContextParallelConfig
 
-    from gna_diffusers import ConfigError, apply, remove
+    from gna_diffusers import apply, remove
     from gna_diffusers.patches import FAMILY_MODULES
 
     module = FAMILY_MODULES[family]
@@ -84,28 +87,62 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
                                  cp_plan=module.parallel_plan(stock, world))
         with torch.no_grad():
             results["stock-parallel"] = torch.as_tensor(stock(**inputs_for(family, stock))[0]).clone()
-    ring = module.tiny_transformer()
+    ring = module.tiny_transformer()  # ring attention: GNA exchanges heads over the ring's ranks instead
     apply(ring, config_for(family))
-    try:
-        ring.enable_parallelism(config=ContextParallelConfig(ring_degree=world))
-        results["ring"] = "accepted"
-    except ConfigError as error:
-        results["ring"] = str(error)
+    ring.enable_parallelism(config=ContextParallelConfig(ring_degree=world))
+    with torch.no_grad():
+        results["ring"] = torch.as_tensor(ring(**inputs_for(family, ring))[0]).clone()
+    remove(ring)
     if rank == 0:
         torch.save(results, os.path.join(folder, f"{family}.pt"))
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video"])
-def test_ulysses_degree_2_equals_single_process_gna(family, tmp_path):
+@pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2"])
+def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
     assert (results["single"] - results["stock"]).abs().max() > 1e-3  # the windows are sparse: GNA ran
-    for order in ("apply-first", "parallel-first"):
+    for order in ("apply-first", "parallel-first", "ring"):
         torch.testing.assert_close(results[order], results["single"], atol=1e-5, rtol=1e-5)
-    assert "Ulysses context parallelism only" in results["ring"]
     if "stock-parallel" in results:
         torch.testing.assert_close(results["stock-parallel"], results["stock"], atol=1e-5, rtol=1e-5)
+
+
+def unified_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """ring 2 x Ulysses 2 on 4 ranks (diffusers' unified mode), FLUX with 4 heads so each rank gets one."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.accelerator.device_count = lambda: world
+    torch._C._get_accelerator = lambda: torch.device("cpu")
+    from diffusers import ContextParallelConfig
+
+    from gna_diffusers import apply
+    from gna_diffusers.patches import flux
+
+    torch.manual_seed(0)
+    transformer = type(flux.tiny_transformer()).from_config(
+        {**flux.tiny_transformer().config, "num_attention_heads": 4}).eval()
+    inputs = flux.transformer_inputs(transformer, (8, 8), text=8, batch=2)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0].clone()
+    apply(transformer, config_for("flux"))
+    with torch.no_grad():
+        single = transformer(**inputs)[0].clone()
+        transformer.enable_parallelism(config=ContextParallelConfig(ring_degree=2, ulysses_degree=2))
+        unified = torch.as_tensor(transformer(**inputs)[0]).clone()
+    if rank == 0:
+        torch.save({"stock": stock, "single": single, "unified": unified}, os.path.join(folder, "unified.pt"))
+    dist.destroy_process_group()
+
+
+def test_unified_ring_and_ulysses_on_4_ranks_equals_single_process_gna(tmp_path):
+    mp.spawn(unified_worker, args=(4, free_port(), str(tmp_path)), nprocs=4)
+    results = torch.load(tmp_path / "unified.pt")
+    assert (results["single"] - results["stock"]).abs().max() > 1e-3  # the windows are sparse: GNA ran
+    torch.testing.assert_close(results["unified"], results["single"], atol=1e-5, rtol=1e-5)
 
 
 def test_sharded_order_interleaves_the_two_parts_shard_by_shard():
