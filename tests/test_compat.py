@@ -1,6 +1,7 @@
 """GNA next to what diffusers users combine it with (offline, CPU, fp32): other token layouts (FLUX.1
-Kontext, one-frame video), loaders that rebuild processors (IP-Adapter, LoRA), cache hooks, offloading,
-save/load, dtype casts, fused projections, training, deepcopy, shared and compiled transformers.
+Kontext, one-frame video), loaders that rebuild processors (IP-Adapter, LoRA), cache hooks, offloading
+(model CPU offload, group offloading), save/load, dtype casts, fused projections, training, deepcopy,
+shared and compiled transformers.
 
 "Whole-extent" windows make GNA compute exactly the stock attention, so with them every combination must
 reproduce the stock model; sparse windows must still run and change the output."""
@@ -277,6 +278,21 @@ def test_cpu_offload_hooks_keep_the_layout_probe_and_step_count(pipe, family):
     assert max_diff(generate(pipe, family), stock) <= TOL
     assert handle.runtime.grid == tuple(GRIDS[family]) and handle.runtime.step == 3
     pipe.remove_all_hooks()
+
+
+@pytest.mark.parametrize("level", ["block_level", "leaf_level"])
+def test_group_offloading_keeps_gna_exact_and_sparse(pipe, family, level):
+    """diffusers' group offloading wraps blocks (or leaf modules) in onload/offload hooks around the same
+    attention modules. (enable_sequential_cpu_offload fails on this CPU-only build even without GNA.)"""
+    stock = generate(pipe, family)
+    groups = {"num_blocks_per_group": 1} if level == "block_level" else {}
+    pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                                          offload_type=level, **groups)
+    with enabled(pipe, whole(family, dense_steps=1)) as handle:
+        assert max_diff(generate(pipe, family), stock) <= TOL
+        assert handle.runtime.grid == tuple(GRIDS[family]) and handle.runtime.step == 3
+    with enabled(pipe, config(family)):
+        assert max_diff(generate(pipe, family), stock) > 1e-3
 
 
 @pytest.mark.parametrize("backend", ["reference", "flex"])
