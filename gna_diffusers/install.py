@@ -74,6 +74,12 @@ class ModelPatch:
     attention: str = "attn"  # the attribute of a block holding its self-attention module
     # GNA processor classes for block types whose stock processor differs (FLUX.2's single blocks).
     block_processors: dict[str, type] = field(default_factory=dict)
+    # Other stock processors a pipeline may put on the blocks -> the GNA subclass installed in their place
+    # (FLUX.2 klein's KV-cache processors, whose extra call arguments the plain subclass would drop).
+    processor_variants: dict[type, type] = field(default_factory=dict)
+    # Whether self-attention keys may carry context tokens the queries lack, just before the grid (FLUX.2
+    # klein's cached reference keys): see GNARoute.
+    cached_context_keys: bool = False
     # Other transformer classes of the family (Wan VACE); a block list a class lacks has no layers there.
     other_transformer_classes: tuple[type, ...] = ()
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
@@ -91,9 +97,9 @@ class ModelPatch:
         """The transformer's blocks per block type (empty for a block list its class lacks)."""
         return {name: list(getattr(transformer, attr, ())) for name, attr in self.blocks.items()}
 
-    def processor_for(self, block_type: str) -> type:
-        """The GNA processor class of a block type."""
-        return self.block_processors.get(block_type, self.processor_class)
+    def processor_for(self, block_type: str, current: object) -> type:
+        """The GNA processor class for a block type whose attention now has processor ``current``."""
+        return self.processor_variants.get(type(current)) or self.block_processors.get(block_type, self.processor_class)
 
 
 class _Runtime:
@@ -554,8 +560,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 attn = getattr(block, patch.attention)
                 original = attn.processor
                 route = GNARoute((name, index), patch.text_first, config.backend,
-                                 getattr(original, "_attention_backend", None))
-                processor = patch.processor_for(name)(route)
+                                 getattr(original, "_attention_backend", None), patch.cached_context_keys)
+                processor = patch.processor_for(name, original)(route)
                 processor._parallel_config = getattr(original, "_parallel_config", None)  # enable_parallelism first
                 handle._sites.append(_Site(model, attn, route, processor, original))
                 attn.set_processor(processor)

@@ -87,9 +87,13 @@ class GNARoute:
     else, so a compiled block sees per-call constants (the pattern's values), not the step or the layer.
     """
 
-    def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None):
+    def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None,
+                 cached_context_keys: bool = False):
         self.layer = layer
         self.text_first = text_first
+        # Keys may carry context tokens the queries lack, just before the grid: [text, (context), grid]
+        # (FLUX.2 klein's KV cache: reference-image keys without their queries).
+        self.cached_context_keys = cached_context_keys
         self.backend = backend  # GNA backend of gna_attention
         self.dense_backend = dense_backend  # diffusers backend of the dense paths
         self.layout: TokenLayout | None = None
@@ -116,12 +120,30 @@ class GNARoute:
         start = (total - layout.stream_tokens if self.text_first else 0) + layout.grid_offset
         return slice(start, start + prod(layout.grid))
 
+    def _routable(self, queries: int, keys: int) -> bool:
+        if not self.cached_context_keys:
+            return queries == keys
+        context_only = self.layout is not None and queries == self.layout.stream_tokens - prod(self.layout.grid)
+        return keys > queries or (queries == keys and not context_only)
+
+    def grid_spans(self, queries: int, keys: int) -> tuple[slice, slice] | None:
+        """Where the grid lies among the queries and among the keys (None: it does not fit). Keys longer than
+        the queries (``cached_context_keys``) carry extra context just before the grid, which ends both."""
+        if queries == keys:
+            grid = self.grid_span(queries)
+            return None if grid is None else (grid, grid)
+        layout, n = self.layout, prod(self.layout.grid)
+        if not self.text_first or layout.grid_offset + n != layout.stream_tokens or queries < n or keys < queries:
+            return None
+        return slice(queries - n, queries), slice(keys - n, keys)
+
     def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
         pattern = self.pattern
         if self.observer is not None and query.shape[1] == key.shape[1]:
             self.observer(self, query, key, attn_mask)
-        # Dense step or layer, or not self-attention (e.g. IP-Adapter's image-prompt keys).
-        if pattern is None or query.shape[1] != key.shape[1]:
+        # Dense step or layer, or not self-attention (e.g. IP-Adapter's image-prompt keys), or the stream's
+        # context tokens attending among themselves (FLUX.2 klein's reference tokens while its cache fills).
+        if pattern is None or not self._routable(query.shape[1], key.shape[1]):
             return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
         parallel = kwargs.get("parallel_config")
         context_parallel = getattr(parallel, "context_parallel_config", None)
@@ -157,16 +179,22 @@ class GNARoute:
     def _sparse(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
         """GNA for the grid queries (window + every valid context key), dense attention for the context."""
         pattern, layout = self.pattern, self.layout
-        total = query.shape[1]
-        grid = self.grid_span(total)
-        if grid is None:
-            why = f"it got {total} tokens, fewer than the {layout.describe()} of the transformer's input"
+        total, keys = query.shape[1], key.shape[1]
+        spans = self.grid_spans(total, keys)
+        if spans is None or (attn_mask is not None and keys != total):
+            why = (f"it got {total} queries and {keys} keys, which the {layout.describe()} of the transformer's "
+                   f"input does not fit" + (" (with an attention mask)" if spans is not None else ""))
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-        context = [part for part in (slice(0, grid.start), slice(grid.stop, total)) if part.stop > part.start]
+        grid, key_grid = spans
 
-        def gather(t: torch.Tensor, dim: int = 1) -> torch.Tensor:  # the context tokens of t, in sequence order
-            parts = [t.narrow(dim, part.start, part.stop - part.start) for part in context]
-            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+        def outside(span: slice, length: int) -> list[slice]:
+            return [part for part in (slice(0, span.start), slice(span.stop, length)) if part.stop > part.start]
+
+        query_context, key_context = outside(grid, total), outside(key_grid, keys)
+
+        def gather(t: torch.Tensor, parts: list[slice], dim: int = 1) -> torch.Tensor:  # in sequence order
+            pieces = [t.narrow(dim, part.start, part.stop - part.start) for part in parts]
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
         # A mask is (B, 1, 1, S) per key, or (B, 1, S, S) "query valid and key valid" (Chroma, HunyuanVideo
         # 1.5): the grid queries then share a grid query's row. Boolean: key validity. Float: an additive
@@ -190,17 +218,20 @@ class GNARoute:
                         return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
                     self._uniform_bias.add(layout)
                 key_bias = row - grid_bias
-            if attn_mask.shape[2] != 1 and context:
-                context_mask = gather(attn_mask, dim=2)
+            if attn_mask.shape[2] != 1 and query_context:
+                context_mask = gather(attn_mask, query_context, dim=2)
+        def context_keys(t: torch.Tensor | None) -> torch.Tensor | None:
+            return gather(t, key_context) if key_context and t is not None else None
+
         out_grid = gna_attention(
-            query[:, grid], key[:, grid], value[:, grid], layout.grid, pattern.window, pattern.stride,
-            pattern.dilation, extra_k=gather(key) if context else None, extra_v=gather(value) if context else None,
-            extra_kv_mask=gather(key_valid) if context and key_valid is not None else None,
-            extra_kv_bias=gather(key_bias) if context and key_bias is not None else None, backend=self.backend,
+            query[:, grid], key[:, key_grid], value[:, key_grid], layout.grid, pattern.window, pattern.stride,
+            pattern.dilation, extra_k=context_keys(key), extra_v=context_keys(value),
+            extra_kv_mask=context_keys(key_valid), extra_kv_bias=context_keys(key_bias), backend=self.backend,
         )
-        if not context:
+        if not query_context:
             return out_grid
-        out_context = dispatch(gather(query), key, value, attn_mask=context_mask, backend=self.dense_backend, **kwargs)
+        out_context = dispatch(gather(query, query_context), key, value, attn_mask=context_mask,
+                               backend=self.dense_backend, **kwargs)
         before = grid.start
         return torch.cat([out_context[:, :before], out_grid, out_context[:, before:]], dim=1)
 

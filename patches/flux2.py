@@ -3,12 +3,18 @@ blocks (``Flux2ParallelSelfAttnProcessor``, one GNA subclass each); joint sequen
 reference images], no text mask.
 
 Layout probe: ``img_ids`` (B, N, 4) holds (t, row, col, layer) per image token: the generated image is the
-leading run with t = 0 (reference images get t = 10, 20, ...): FLUX.1's rule on axes 1 and 2. The KV-cache
-path of FLUX.2 klein (``Flux2KV*`` processors, [text, reference, image] with cached reference keys) is not
-routed: those processors run as they are (dense), with a warning naming the layers.
+leading run with t = 0 (reference images get t = 10, 20, ...): FLUX.1's rule on axes 1 and 2.
+
+FLUX.2 klein's KV-cache pipeline (``Flux2KV*`` processors, GNA subclasses of their own) runs step 0 on
+[text, reference images, target image] with the references attending only among themselves, and caches
+their keys; later steps run [text, target image] queries on [text, cached reference, target image] keys.
+The target image's queries get GNA with text and reference keys as context in both; the references'
+own attention stays dense.
 """
 
 from __future__ import annotations
+
+from math import prod
 
 import torch
 from diffusers import Flux2Transformer2DModel
@@ -16,9 +22,10 @@ from diffusers.models.transformers import transformer_flux2
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 
 from gna_diffusers.install import ModelPatch
-from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout
+from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from . import flux
+from ._forward import forward_argument
 
 
 class GNAFlux2AttnProcessor(RoutedProcessorMixin, Flux2AttnProcessor):
@@ -27,6 +34,22 @@ class GNAFlux2AttnProcessor(RoutedProcessorMixin, Flux2AttnProcessor):
 
 class GNAFlux2ParallelSelfAttnProcessor(RoutedProcessorMixin, Flux2ParallelSelfAttnProcessor):
     """Flux2ParallelSelfAttnProcessor (single-stream blocks) whose attention runs GNA over the image grid."""
+
+
+# The KV-cache processors of FLUX.2 klein (diffusers >= 0.42).
+Flux2KVAttnProcessor = getattr(transformer_flux2, "Flux2KVAttnProcessor", None)
+Flux2KVParallelSelfAttnProcessor = getattr(transformer_flux2, "Flux2KVParallelSelfAttnProcessor", None)
+KV_VARIANTS: dict[type, type] = {}
+if Flux2KVAttnProcessor is not None and Flux2KVParallelSelfAttnProcessor is not None:
+
+    class GNAFlux2KVAttnProcessor(RoutedProcessorMixin, Flux2KVAttnProcessor):
+        """Flux2KVAttnProcessor (double-stream blocks, KV cache) with GNA for the target image's queries."""
+
+    class GNAFlux2KVParallelSelfAttnProcessor(RoutedProcessorMixin, Flux2KVParallelSelfAttnProcessor):
+        """Flux2KVParallelSelfAttnProcessor (single-stream blocks, KV cache) with GNA for the target image."""
+
+    KV_VARIANTS = {Flux2KVAttnProcessor: GNAFlux2KVAttnProcessor,
+                   Flux2KVParallelSelfAttnProcessor: GNAFlux2KVParallelSelfAttnProcessor}
 
 
 def layout_from_prepared(result, transformer) -> TokenLayout | None:
@@ -40,6 +63,28 @@ def layout_from_prepared(result, transformer) -> TokenLayout | None:
         return None  # the transformer call's own probe reports it
 
 
+def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
+    """FLUX.1's probe; on the KV pipeline's step 0 ("extract") the image stream is [``num_ref_tokens``
+    reference tokens, target image], so the grid is the stream's tail (read from the call's arguments, no
+    host sync under torch.compile)."""
+    if forward_argument(module, args, kwargs, "kv_cache_mode") != "extract":
+        return flux.layout_probe(module, args, kwargs, prepared)
+    references = forward_argument(module, args, kwargs, "num_ref_tokens") or 0
+    img_ids = forward_argument(module, args, kwargs, "img_ids")
+    if img_ids is None:
+        raise LayoutError("FLUX needs img_ids in the transformer call to know the image grid")
+    ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+    if torch.compiler.is_compiling():
+        if prepared is None:
+            raise LayoutError("under torch.compile the FLUX.2 grid comes from the pipeline's prepare_latents")
+        grid = prepared.grid
+    else:
+        grid = flux.layout_from_ids(ids[references:]).grid
+    if references + prod(grid) != ids.shape[0]:
+        raise LayoutError(f"{ids.shape[0]} image tokens are not {references} reference tokens + a {grid} grid")
+    return token_layout(grid, ids.shape[0], references)
+
+
 PATCH = ModelPatch(
     family="flux2",
     transformer_class=Flux2Transformer2DModel,
@@ -48,11 +93,13 @@ PATCH = ModelPatch(
     dispatch_module=transformer_flux2,
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=True,
-    layout_probe=flux.layout_probe,
+    layout_probe=layout_probe,
     layout_from_prepared=layout_from_prepared,
     video=False,
-    adoptable_processors=(Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor),
+    adoptable_processors=(Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor, *KV_VARIANTS),
     block_processors={"single": GNAFlux2ParallelSelfAttnProcessor},
+    processor_variants=KV_VARIANTS,
+    cached_context_keys=True,
 )
 
 

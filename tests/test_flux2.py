@@ -86,3 +86,69 @@ def test_fullgraph_compile_with_reference_images():
     torch._dynamo.reset()
     assert sum(counters["graph_break"].values()) == 0
     assert max_diff(compiled, eager) <= 1e-5
+
+
+def kv_pipeline():
+    """FLUX.2 klein's KV-cache pipeline on the tiny components: its own processors (Flux2KV*)."""
+    from diffusers import Flux2KleinKVPipeline
+
+    return Flux2KleinKVPipeline(**flux2.tiny_pipeline().components)
+
+
+def reference_image():
+    return Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8"))
+
+
+@pytest.mark.slow
+def test_kv_cache_pipeline_keeps_its_processors_semantics(monkeypatch, recwarn):
+    """Step 0 runs [text, reference, image] with the references attending among themselves and caches
+    their keys; later steps attend to the cache. GNA's KV subclasses keep all of it: whole-extent windows
+    equal stock, the target image's queries see text + reference keys at every step, and the references'
+    own attention stays dense without a warning. (The plain GNA processors would drop the cache arguments.)"""
+    import gna_diffusers
+
+    pipe = kv_pipeline()
+    kv_classes = {type(pipe.transformer.transformer_blocks[0].attn.processor),
+                  type(pipe.transformer.single_transformer_blocks[0].attn.processor)}
+    assert kv_classes == set(flux2.KV_VARIANTS)
+    extra = {"image": [reference_image()]}
+    stock = generate(pipe, steps=3, **extra)
+    with enabled(pipe, GNAConfig(family="flux2", window=-1)) as handle:
+        assert {type(b.attn.processor) for b in pipe.transformer.transformer_blocks} == {
+            flux2.KV_VARIANTS[flux2.Flux2KVAttnProcessor]}
+        assert max_diff(generate(pipe, steps=3, **extra), stock) <= 1e-5
+        assert handle.runtime.layout.grid == GRID
+    contexts = []
+    real = gna_diffusers.route.gna_attention
+
+    def spy(*args, **kwargs):
+        contexts.append((args[3], kwargs["extra_k"].shape[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
+    with enabled(pipe, GNAConfig(family="flux2", window=2)):
+        sparse = generate(pipe, steps=3, **extra)
+    assert max_diff(sparse, stock) > 1e-3
+    text = 32  # tiny_call_kwargs' max_sequence_length
+    assert contexts == [(GRID, text + 256)] * (4 * 3)  # 4 layers x 3 steps, 256 reference tokens
+    assert not [w for w in recwarn if "gna" in str(w.message)]
+    assert type(pipe.transformer.transformer_blocks[0].attn.processor) is flux2.Flux2KVAttnProcessor
+    assert torch.equal(generate(pipe, steps=3, **extra), stock)  # removed: bit for bit
+
+
+@pytest.mark.slow
+def test_kv_cache_pipeline_compiles_fullgraph():
+    """Step 0's grid (after the reference tokens) comes from the call's num_ref_tokens, not a host sync."""
+    from torch._dynamo.utils import counters
+
+    pipe = kv_pipeline()
+    extra = {"image": [reference_image()]}
+    eager = generate(pipe, steps=3, **extra)
+    with enabled(pipe, GNAConfig(family="flux2", window=-1)):
+        torch._dynamo.reset()
+        counters.clear()
+        pipe.transformer.compile(fullgraph=True, backend="eager")
+        compiled = generate(pipe, steps=3, **extra)
+    torch._dynamo.reset()
+    assert sum(counters["graph_break"].values()) == 0
+    assert max_diff(compiled, eager) <= 1e-5
