@@ -402,13 +402,13 @@ class GNAHandle:
                 foreign.append((route.layer, type(processor).__name__))
         if adopted:
             names = ", ".join(f"{b}.{i}" for b, i in adopted)
-            self._notify_once(f"adopted {names}", f"gna: kept GNA on processors that diffusers replaced ({names})", False)
+            self._notify_once(f"adopted {names}", f"gna: GNA runs inside processors it did not install ({names})", False)
         if foreign:
             names = ", ".join(f"{b}.{i} ({cls})" for (b, i), cls in foreign)
             self._notify_once(
                 f"foreign {names}",
-                f"gna: layers {names} now have processors that gna-diffusers cannot route; they run as those "
-                f"processors do (dense). gna_diffusers.remove() leaves them in place.",
+                f"gna: layers {names} have processors that gna-diffusers cannot route; they run as those "
+                f"processors do (dense), and gna_diffusers.remove() leaves them in place.",
                 True,
             )
 
@@ -449,7 +449,7 @@ class GNAHandle:
             return
         for site in self._sites:
             processor, route = site.attn.processor, site.route
-            if processor is site.installed:
+            if processor is site.installed and processor is not site.original:
                 if "_parallel_config" in vars(processor):  # parallelism enabled since: the original takes it over
                     site.original._parallel_config = processor._parallel_config
                 site.attn.set_processor(site.original)
@@ -561,10 +561,15 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 original = attn.processor
                 route = GNARoute((name, index), patch.text_first, config.backend,
                                  getattr(original, "_attention_backend", None), patch.cached_context_keys)
-                processor = patch.processor_for(name, original)(route)
-                processor._parallel_config = getattr(original, "_parallel_config", None)  # enable_parallelism first
+                gna_class = patch.processor_for(name, original)
+                if type(original) in gna_class.__mro__:  # exactly the stock processor the GNA class extends
+                    processor = gna_class(route)
+                    processor._parallel_config = getattr(original, "_parallel_config", None)  # parallel first
+                    attn.set_processor(processor)
+                else:  # e.g. an IP-Adapter's processor, which holds weights: adopted or left as it is, below
+                    processor = original
                 handle._sites.append(_Site(model, attn, route, processor, original))
-                attn.set_processor(processor)
+        handle._attach_routes(model)
         handle._hooks.append(model.register_forward_pre_hook(handle._before_forward, with_kwargs=True))
         model.enable_parallelism = _EnableParallelism(handle, model)
         model._gna_handle = handle

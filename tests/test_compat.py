@@ -171,6 +171,43 @@ def test_ip_adapter_loaded_after_apply_keeps_gna_on_every_layer(monkeypatch):
     remove(pipe)
 
 
+def test_ip_adapter_loaded_before_apply_is_kept_with_its_weights(monkeypatch):
+    """The IP-Adapter processors hold the adapter's projections: apply() must route them, not replace
+    them (which dropped the image prompt: 0.43 off stock before this was fixed)."""
+    pipe = flux.tiny_pipeline()
+    embeds = [torch.randn(1, 1, 16, generator=torch.Generator().manual_seed(4))]
+    ip_call = dict(prompts=("a red cat",), ip_adapter_image_embeds=embeds,
+                   negative_ip_adapter_image_embeds=[torch.zeros_like(embeds[0])])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*image_encoder.*")
+        pipe.load_ip_adapter(tiny_ip_adapter(pipe.transformer), weight_name="unused",
+                             image_encoder_pretrained_model_name_or_path=None)
+    ip_processors = [block.attn.processor for block in pipe.transformer.transformer_blocks]
+    stock = generate(pipe, "flux", steps=1, **ip_call)
+    spy = OperatorSpy(monkeypatch)
+    with enabled(pipe, whole("flux")):
+        assert [block.attn.processor for block in pipe.transformer.transformer_blocks] == ip_processors
+        assert max_diff(generate(pipe, "flux", steps=1, **ip_call), stock) <= TOL
+        assert len(spy.windows) == 4  # GNA inside the IP-Adapter processors of both double blocks too
+    assert all(processor._attention_backend is None for processor in ip_processors)
+    assert torch.equal(generate(pipe, "flux", steps=1, **ip_call), stock)
+
+
+def test_a_processor_gna_cannot_route_is_left_in_place_at_apply(pipe, family, monkeypatch):
+    blocks = pipe.transformer.single_transformer_blocks
+    custom = UserProcessor(blocks[0].attn.processor)
+    blocks[0].attn.set_processor(custom)
+    stock = generate(pipe, family, steps=1)
+    with pytest.warns(UserWarning, match=r"single.0 \(UserProcessor\) have processors that gna-diffusers cannot"):
+        handle = apply(pipe, whole(family))
+    assert blocks[0].attn.processor is custom
+    spy = OperatorSpy(monkeypatch)
+    assert max_diff(generate(pipe, family, steps=1), stock) <= TOL
+    assert len(spy.windows) == 3
+    handle.remove()
+    assert blocks[0].attn.processor is custom
+
+
 def test_lora_loaded_after_apply_changes_the_output_and_keeps_gna(monkeypatch):
     pytest.importorskip("peft")
     from peft import LoraConfig
@@ -208,7 +245,7 @@ def test_remove_leaves_processors_the_user_set_since(pipe, family, monkeypatch):
     blocks[0].attn.set_processor(custom)
     blocks[1].attn.set_processor(stock)
     spy = OperatorSpy(monkeypatch)
-    with pytest.warns(UserWarning, match=r"single.0 \(UserProcessor\) now have processors that gna-diffusers cannot"):
+    with pytest.warns(UserWarning, match=r"single.0 \(UserProcessor\) have processors that gna-diffusers cannot"):
         generate(pipe, family, steps=1)
     assert len(spy.windows) == 3  # the stock processor the user set on single.1 keeps GNA; single.0 is theirs
     remove(pipe)

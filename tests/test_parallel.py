@@ -95,6 +95,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     remove(ring)
     if rank == 0:
         torch.save(results, os.path.join(folder, f"{family}.pt"))
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 
@@ -135,6 +136,7 @@ def unified_worker(rank: int, world: int, port: int, folder: str) -> None:
         unified = torch.as_tensor(transformer(**inputs)[0]).clone()
     if rank == 0:
         torch.save({"stock": stock, "single": single, "unified": unified}, os.path.join(folder, "unified.pt"))
+    dist.barrier()  # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 
