@@ -121,7 +121,8 @@ def run_case(case: Case, device, dtype, heads, head_dim, warmup, reps) -> dict:
     row: dict = {"case": case.name, "grid": list(case.grid), "window": list(case.window),
                  "stride": list(case.stride), "text_tokens": case.text, "flop_bound": sim.flop_bound,
                  "tile_bound": sim.tile_bound, "triton_tiles": [list(config.q_tile), list(config.kv_tile)],
-                 "triton_launch": {"num_warps": config.num_warps, "num_stages": config.num_stages}, "ms": {}}
+                 "triton_launch": {"num_warps": config.num_warps, "num_stages": config.num_stages, "tma": config.tma},
+                 "ms": {}}
     keys = torch.cat([k, extras["extra_k"]], 1) if case.text else k
     values = torch.cat([v, extras["extra_v"]], 1) if case.text else v
     qh, kh, vh = (t.transpose(1, 2) for t in (q, keys, values))
@@ -169,7 +170,8 @@ def markdown(env: dict, rows: list[dict], dtype: str, heads: int, head_dim: int)
     body = [
         [r["case"], r["text_tokens"], *[fmt(r["ms"][n], ".3f") for n in names], fmt(r["effective_tflops"]["triton"], ".1f"),
          fmt(r["speedup_vs_baseline"]["triton"]), fmt(r["speedup_vs_baseline"]["flex"]), f"{r['flop_bound']:.2f}",
-         f"{r['tile_bound']:.2f}", " / ".join("x".join(map(str, t)) for t in r["triton_tiles"]),
+         f"{r['tile_bound']:.2f}", " / ".join("x".join(map(str, t)) for t in r["triton_tiles"])
+         + (" TMA" if r["triton_launch"].get("tma") else ""),
          f"{r['triton_vs_flex_max_abs_err']:.2e}"]
         for r in rows
     ]

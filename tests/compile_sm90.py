@@ -10,8 +10,19 @@ import json
 import sys
 
 
+def descriptor_type(dtype: str, kv_tile, head_dim: int) -> str:
+    """Triton's signature type of a K/V TMA descriptor with (1, K0, K1, K2, D) boxes."""
+    import torch
+    from triton.runtime.jit import mangle_type
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    dummy = torch.empty(64, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    return mangle_type(TensorDescriptor(dummy, [1, 4, 4, 4, head_dim], [64 * head_dim, 16 * head_dim, 4 * head_dim,
+                                                                       head_dim, 1], [1, *kv_tile, head_dim]))
+
+
 def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool,
-                     has_bias: bool = False):
+                     has_bias: bool = False, tma: bool = False):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -20,12 +31,13 @@ def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool
     from gna_diffusers.backends.triton_gna import EXTRA_BLOCK
 
     params = list(inspect.signature(gna_fwd_kernel.fn).parameters)
-    pointers = {"LSE": "*fp32", "EMASK": "*i1", "EBIAS": "*fp32",
+    kv_descriptor = descriptor_type(dtype, kv_tile, head_dim) if tma else f"*{dtype}"  # unused pointers: no TMA
+    pointers = {"LSE": "*fp32", "EMASK": "*i1", "EBIAS": "*fp32", "K_DESC": kv_descriptor, "V_DESC": kv_descriptor,
                 **{p: f"*{dtype}" for p in ("Q", "K", "V", "O", "EK", "EV")}}
     constants = dict(
         zip(("T0", "T1", "T2"), q_tile), **dict(zip(("K0", "K1", "K2"), kv_tile)), HEAD_DIM=head_dim,
         HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, HAS_EXTRA_BIAS=has_bias, BLOCK_M=EXTRA_BLOCK,
-        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32",
+        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", USE_TMA=tma,
     )
     signature = {}
     for p in params:

@@ -66,28 +66,27 @@ SMALL_CASES = [  # (pattern, heads, head_dim, text, padded, bias, batch)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("case, heads, dim, text, padded, bias, batch", SMALL_CASES)
 def test_every_tuning_candidate_matches_the_reference(dtype, case, heads, dim, text, padded, bias, batch):
-    """Each (tile, warps, stages) configuration the tuner may time, launched directly: a configuration
-    that is wrong on hardware (a race, a bad layout) would otherwise surface only when it wins."""
+    """Each (tile, warps, stages, K/V load path) configuration the tuner may time, launched directly: one
+    that is wrong on hardware (a race, a bad layout, a TMA box) would otherwise surface only when it wins."""
     q, k, v, extras = make_inputs(case["grid"], heads, dim, dtype, text, batch, padded, bias, seed=1)
     ref, ref_lse = gna_attention(*upcast(q, k, v, extras)[:3], **case, **upcast(q, k, v, extras)[3],
                                  backend="reference", return_lse=True)
     spec = GNASpec.create(**case)
     scale = dim**-0.5
-    checked = 0
-    for tiles in triton_gna.tile_candidates(spec, (64, 128), limit=3):
-        for warps in (4, 8):
-            for stages in (2, 3):
-                config = triton_gna.KernelConfig(tiles.q_tile, tiles.kv_tile, warps, stages)
-                try:
-                    out, lse = triton_gna._launch(q, k, v, extras.get("extra_k"), extras.get("extra_v"),
-                                                  extras.get("extra_kv_mask"), spec, scale, config,
-                                                  extras.get("extra_kv_bias"))
-                except triton_gna.triton.runtime.errors.OutOfResources:
-                    continue  # the tuner skips these too
-                assert relative_error(out, ref) < TOLERANCE[dtype], config
-                assert relative_error(lse, ref_lse) < 1e-3, config
-                checked += 1
-    assert checked >= 6
+    configs = triton_gna.tuning_configs(spec, k, v)
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    assert any(config.tma for config in configs) == (hopper and dim & (dim - 1) == 0)  # TMA where it can address
+    checked = []
+    for config in configs:
+        try:
+            out, lse = triton_gna._launch(q, k, v, extras.get("extra_k"), extras.get("extra_v"),
+                                          extras.get("extra_kv_mask"), spec, scale, config, extras.get("extra_kv_bias"))
+        except triton_gna.triton.runtime.errors.OutOfResources:
+            continue  # the tuner skips these too
+        assert relative_error(out, ref) < TOLERANCE[dtype], config
+        assert relative_error(lse, ref_lse) < 1e-3, config
+        checked.append(config)
+    assert len(checked) >= 6 and any(config.tma for config in checked) == any(config.tma for config in configs)
 
 
 def test_every_output_element_is_written():

@@ -60,14 +60,17 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("case, q_tile, kv_tile, extra, padded, batch", CASES)
-def test_kernel_matches_brute_force(case, q_tile, kv_tile, extra, padded, batch):
+def test_kernel_matches_brute_force(case, q_tile, kv_tile, extra, padded, batch, tma):
+    """Both K/V load paths: gathered pointers, and TMA descriptors (boxes past the grid's end zero-filled)."""
     full = per_axis(case)
     q, k, v, extras = make_inputs(full, batch=batch, heads=2, dim=16, extra=extra, padded=padded, seed=7)
+    assert not tma or triton_gna.tma_unsupported(k, v) is None
     spec = GNASpec.create(**case)
     out, lse = triton_gna._launch(
         q, k, v, extras.get("extra_k"), extras.get("extra_v"), extras.get("extra_kv_mask"), spec, 16**-0.5,
-        KernelConfig(q_tile, kv_tile),
+        KernelConfig(q_tile, kv_tile, tma=tma),
     )
     mask = neighbor_mask(full["grid"], full["window"], full["stride"], full["dilation"], full["causal"])
     ref_out, ref_lse = attention(q, k, v, mask, extras.get("extra_k"), extras.get("extra_v"), extras.get("extra_kv_mask"))
@@ -132,6 +135,17 @@ def test_custom_op_passes_opcheck():
     torch.library.opcheck(triton_gna.gna_fwd, args, test_utils=("test_schema", "test_faketensor"))
 
 
+def test_tma_is_offered_only_where_descriptors_can_address_k_and_v():
+    q = torch.randn(1, 12, 2, 16)
+    assert triton_gna.tma_unsupported(q, q) is None
+    assert "power of two" in triton_gna.tma_unsupported(*(torch.randn(1, 12, 2, 24),) * 2)
+    fused = torch.randn(1, 12, 2, 3, 16).unbind(3)[0]  # a fused QKV projection's view: head stride 48
+    assert "packed" in triton_gna.tma_unsupported(fused, fused)
+    spec = GNASpec.create((3, 4), 2)
+    tma = [c for c in triton_gna.tuning_configs(spec, q, q) if c.tma]
+    assert tma and not [c for c in triton_gna.tuning_configs(spec, fused, fused) if c.tma]
+
+
 def test_gradients_are_refused_with_a_clear_error():
     q = torch.randn(1, 16, 1, 16, requires_grad=True)
     with pytest.raises(ValueError, match="backend 'triton' cannot run this call: forward only"):
@@ -151,18 +165,20 @@ def test_tile_choice_prefers_perfectly_block_sparse_tilings(config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "dtype, head_dim, q_tile, kv_tile, has_extra, has_mask, has_bias",
+    "dtype, head_dim, q_tile, kv_tile, has_extra, has_mask, has_bias, tma",
     [
-        ("bf16", 128, (2, 8, 8), (2, 8, 8), True, True, False),  # HunyuanVideo paper tiles, padded text
-        ("fp16", 64, (1, 16, 8), (1, 16, 8), True, False, False),  # FLUX paper tiles, unpadded text
-        ("bf16", 128, (1, 16, 8), (1, 16, 8), True, True, True),  # Chroma: text padding as an additive bias
-        ("fp32", 32, (1, 1, 64), (1, 1, 64), False, False, False),
+        ("bf16", 128, (2, 8, 8), (2, 8, 8), True, True, False, False),  # HunyuanVideo paper tiles, padded text
+        ("fp16", 64, (1, 16, 8), (1, 16, 8), True, False, False, False),  # FLUX paper tiles, unpadded text
+        ("bf16", 128, (1, 16, 8), (1, 16, 8), True, True, True, False),  # Chroma: text padding as a bias
+        ("fp32", 32, (1, 1, 64), (1, 1, 64), False, False, False, False),
+        ("bf16", 128, (2, 8, 8), (2, 8, 8), True, True, False, True),  # the TMA K/V path
+        ("bf16", 128, (1, 16, 8), (1, 8, 16), True, False, False, True),
     ],
 )
-def test_kernel_compiles_for_hopper(dtype, head_dim, q_tile, kv_tile, has_extra, has_mask, has_bias):
+def test_kernel_compiles_for_hopper(dtype, head_dim, q_tile, kv_tile, has_extra, has_mask, has_bias, tma):
     """Real code generation (not the interpreter) down to an sm_90 cubin; needs no GPU."""
     args = dict(dtype=dtype, head_dim=head_dim, q_tile=q_tile, kv_tile=kv_tile, has_extra=has_extra, has_mask=has_mask,
-                has_bias=has_bias)
+                has_bias=has_bias, tma=tma)
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     done = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("compile_sm90.py")), json.dumps(args)],

@@ -3,7 +3,9 @@
 One program computes one Q tile (a T0 x T1 x T2 box of grid tokens) for one (batch, head). Every grid
 is handled as 3-D (1-D and 2-D grids get leading axes of extent 1). Tokens are read and written in the
 caller's (B, N, H, D) layout: a box is gathered by index arithmetic on row-major token indices, so no
-permute pass and no copies are needed.
+permute pass and no copies are needed. With ``USE_TMA`` a KV box is instead one bulk tensor copy (TMA on
+Hopper) through a descriptor of the 5-D view (B, L0, L1, L2, H*D) of the same memory: no per-token index
+math, and tokens past the grid's end arrive as zeros (such tiles are partial, so the mask drops them).
 
 Neighborhoods come from per-axis tables (``start[i]``, ``end[i]``: see gna_diffusers.spec.axis_bounds):
 key k is a neighbor of query i along an axis iff start[i] <= k < end[i] and k % r == i % r. The KV tiles
@@ -58,7 +60,7 @@ def _softmax_step(qk, m_i, l_i, acc, v, qk_scale):
 
 @triton.jit
 def gna_fwd_kernel(
-    Q, K, V, O, LSE, EK, EV, EMASK, EBIAS,
+    Q, K, V, O, LSE, EK, EV, EMASK, EBIAS, K_DESC, V_DESC,
     START0, END0, START1, END1, START2, END2,
     sq_b, sq_n, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, so_b, so_n, so_h,
     sl_b, sl_n, sek_b, sek_m, sek_h, sev_b, sev_m, sev_h, sm_b, sbias_b,
@@ -66,9 +68,10 @@ def gna_fwd_kernel(
     T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
     HEAD_DIM: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EXTRA_MASK: tl.constexpr, HAS_EXTRA_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     BLOCK_Q: tl.constexpr = T0 * T1 * T2
+    BLOCK_K: tl.constexpr = K0 * K1 * K2
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -122,10 +125,15 @@ def gna_fwd_kernel(
         t2 = kt2 + j % nk2
         k0, k1, k2 = _box_coords(t0, t1, t2, K0, K1, K2)
         k_valid = (k0 < L0) & (k1 < L1) & (k2 < L2)
-        k_tok = ((k0 * L1 + k1) * L2 + k2).to(tl.int64)
-        kv_mask = k_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_base + k_tok[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + k_tok[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
+        if USE_TMA:  # HEAD_DIM == head_dim here (the host checks): the box is [b, t0.., t1.., t2.., h*D]
+            box = [pid_bh // H, t0 * K0, t1 * K1, t2 * K2, (pid_bh % H) * HEAD_DIM]
+            k = tl.reshape(K_DESC.load(box), [BLOCK_K, HEAD_DIM])
+            v = tl.reshape(V_DESC.load(box), [BLOCK_K, HEAD_DIM])
+        else:
+            k_tok = ((k0 * L1 + k1) * L2 + k2).to(tl.int64)
+            kv_mask = k_valid[:, None] & d_valid[None, :]
+            k = tl.load(k_base + k_tok[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_base + k_tok[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         # Window ends never exceed the extent, so a full tile also lies inside the grid. With dilation a
         # range holds other groups' keys too: such axes always take the masked path.

@@ -6,8 +6,9 @@ under ``TRITON_INTERPRET=1`` (set before triton is imported) for testing.
 
 Tile choice: candidate (Q box, KV box) shapes with power-of-two extents are ranked by the block-sparsity
 simulator (visited tile pairs weighted by their area, partial pairs costing more), so perfectly
-block-sparse tilings win when one exists. On CUDA the best few candidates x launch settings are timed
-once per problem key and the winner is cached, so a denoising loop pays the tuning once (on its first
+block-sparse tilings win when one exists. On CUDA the best few candidates x launch settings x K/V load
+path (gathered pointers, or TMA descriptors on Hopper) are timed once per problem key and the winner is
+cached, so a denoising loop pays the tuning once (on its first
 step; do a warm-up call before capturing CUDA graphs).
 """
 
@@ -36,6 +37,10 @@ try:
     _IMPORT_ERROR = None
 except Exception as error:  # noqa: BLE001 - any import failure means "backend unavailable", with the reason
     _IMPORT_ERROR = f"triton is not importable ({type(error).__name__}: {error})"
+try:  # host-side TMA descriptors (triton >= 3.4)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except Exception:  # noqa: BLE001 - without them the kernel gathers K/V with pointer loads
+    TensorDescriptor = None
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
@@ -53,6 +58,7 @@ class KernelConfig:
     kv_tile: tuple[int, int, int]
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False  # K/V boxes by bulk tensor copy (see tma_unsupported) instead of gathered pointers
 
 
 def _interpreting() -> bool:
@@ -114,6 +120,36 @@ def tile_candidates(spec: GNASpec, block_sizes=(64, 128), limit: int = 4) -> lis
     return [config for _, config in scored[:limit]]
 
 
+def tma_unsupported(k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why K/V cannot be read by TMA descriptors over their 5-D view (B, L0, L1, L2, H*D), or None: it
+    needs a Hopper (or newer) GPU or the interpreter, head_dim a power of two (no padded head lanes), each
+    token's heads packed (head stride = head_dim) and 16-byte aligned base and strides."""
+    if _IMPORT_ERROR is not None or TensorDescriptor is None:
+        return "triton has no host tensor descriptors"
+    if k.device.type == "cuda" and torch.cuda.get_device_capability(k.device)[0] < 9:
+        return "TMA needs compute capability 9.0 or newer"
+    dim = k.shape[-1]
+    if dim & (dim - 1) or dim < 16:
+        return f"head_dim {dim} is not a power of two >= 16"
+    for t in (k, v):
+        if t.stride(3) != 1 or t.stride(2) != dim:
+            return "heads are not packed in each token"
+        if t.data_ptr() % 16 or any(t.stride(i) * t.element_size() % 16 for i in (0, 1)):
+            return "base or strides are not 16-byte aligned"
+    return None
+
+
+def _kv_descriptors(k: torch.Tensor, v: torch.Tensor, extents, kv_tile) -> tuple:
+    """TMA descriptors of K and V as (B, L0, L1, L2, H*D) with (1, K0, K1, K2, D) boxes."""
+    batch, _, heads, dim = k.shape
+    descriptors = []
+    for t in (k, v):
+        token = t.stride(1)
+        strides = [t.stride(0), extents[1] * extents[2] * token, extents[2] * token, token, 1]
+        descriptors.append(TensorDescriptor(t, [batch, *extents, heads * dim], strides, [1, *kv_tile, dim]))
+    return tuple(descriptors)
+
+
 def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float, config: KernelConfig,
             extra_kv_bias: torch.Tensor | None = None):
     batch, n, heads, dim = q.shape
@@ -132,8 +168,9 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
     axes = _as_3d(spec)
     extents, dilations = [a[0] for a in axes], [a[3] for a in axes]
     n_q_tiles = prod(-(-e // t) for e, t in zip(extents, config.q_tile))
+    k_desc, v_desc = _kv_descriptors(k, v, extents, config.kv_tile) if config.tma else (k, v)  # else: unused
     gna_fwd_kernel[(n_q_tiles, batch * heads)](
-        q, k, v, out, lse, ek, ev, emask, ebias,
+        q, k, v, out, lse, ek, ev, emask, ebias, k_desc, v_desc,
         *_bound_tables(spec, q.device),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
@@ -147,10 +184,22 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
         HAS_EXTRA_BIAS=extra_kv_bias is not None,
         BLOCK_M=EXTRA_BLOCK,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        USE_TMA=config.tma,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
     return out, lse
+
+
+def tuning_configs(spec: GNASpec, k: torch.Tensor, v: torch.Tensor) -> list[KernelConfig]:
+    """What the tuner times on a GPU: the 3 cheapest tilings x (4, 8) warps x (2, 3) stages with gathered
+    K/V loads, and the 2 cheapest with TMA loads where :func:`tma_unsupported` allows them."""
+    candidates = tile_candidates(spec, _block_sizes(k.device, spec.num_tokens))
+    launches = [(warps, stages) for warps in (4, 8) for stages in (2, 3)]
+    configs = [KernelConfig(c.q_tile, c.kv_tile, w, s) for c in candidates[:3] for w, s in launches]
+    if tma_unsupported(k, v) is None:
+        configs += [KernelConfig(c.q_tile, c.kv_tile, w, s, tma=True) for c in candidates[:2] for w, s in launches]
+    return configs
 
 
 _TUNED: dict[tuple, KernelConfig] = {}
@@ -165,16 +214,11 @@ def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale
     )
     if key in _TUNED:
         return _TUNED[key]
-    candidates = tile_candidates(spec, _block_sizes(q.device, spec.num_tokens))
     if q.device.type != "cuda":
-        best = candidates[0]
+        best = tile_candidates(spec, _block_sizes(q.device, spec.num_tokens))[0]
     else:
-        configs = [
-            KernelConfig(c.q_tile, c.kv_tile, warps, stages)
-            for c in candidates[:3] for warps in (4, 8) for stages in (2, 3)
-        ]
         timings = {}
-        for config in configs:
+        for config in tuning_configs(spec, k, v):
             try:
                 timings[config] = triton.testing.do_bench(
                     lambda config=config: _launch(
@@ -184,6 +228,11 @@ def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale
                 )
             except triton.runtime.errors.OutOfResources:
                 continue  # too many registers / too much shared memory for this GPU
+            except Exception as error:  # noqa: BLE001 - a TMA variant this triton cannot build is skipped
+                if not config.tma:
+                    raise
+                logger.warning("gna triton: TMA variant %s failed (%s: %s); timing the others", config,
+                               type(error).__name__, str(error).splitlines()[0] if str(error) else "")
         best = min(timings, key=timings.get)
         logger.info("gna triton autotune %s: %s (%.3f ms)", spec, best, timings[best])
     _TUNED[key] = best
