@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # One call of the GPU work on a lent device (the workplace's device tool: 10 minutes a call, 30 a session).
 # Here first: `bash benchmarks/device_wheels.sh`; then each call carries .whl and runs one part:
-#     run(command="bash benchmarks/device_call.sh check", carry=[".whl"])
-#   check    the CUDA-only tests, then the kernel benchmark at every paper shape      (estimate: 6-8 min)
-#   models1  suite: FLUX.1-dev 4096x4096, HunyuanVideo 768x1280x117 and 720x1280x129  (estimate: 7-9 min)
-#   models2  suite: Wan 2.1 14B, Wan 2.2 TI2V-5B, Qwen-Image, HunyuanVideo 1.5, Chroma1-HD (estimate: 6-8 min)
+#     run(command="bash benchmarks/device_call.sh kernels", carry=[".whl"])
+# In this order (the bars first; 30 device minutes hold about three parts, each call's start included):
+#   kernels  the kernel benchmark, the bars' shapes first (tuning compiles ~14 configs per shape)
+#   models1  suite: FLUX.1-dev 4096x4096, HunyuanVideo 768x1280x117 and 720x1280x129
+#   tests    the CUDA-only tests (tests/test_cuda.py)
+#   models2  suite: Wan 2.1 14B, Wan 2.2 TI2V-5B, Qwen-Image, HunyuanVideo 1.5, Chroma1-HD
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
-# limit still brings back what it measured (at most 8 files come back: each part writes 3 to 5). Back here:
+# limit still brings back what it measured (at most 8 files come back: each part writes 3 to 4). Back here:
 # copy $OUT's *.json and *.md into benchmarks/results/, then `python benchmarks/gpu_suite.py --update-readme`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    check | models1 | models2) ;;
-    *) echo "usage: device_call.sh check|models1|models2 (got '$part')" >&2; exit 2 ;;
+    kernels | models1 | tests | models2) ;;
+    *) echo "usage: device_call.sh kernels|models1|tests|models2 (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -23,17 +25,19 @@ source benchmarks/device_setup.sh 2>&1 | tee "$OUT/setup.log"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv >>"$OUT/setup.log" 2>&1
 status=0
-suite() {  # model cases without the kernel rows (check measures those; the README table merges them)
-    timeout 570 python3 benchmarks/gpu_suite.py --models "$1" --no-kernels --no-readme --output "$OUT" 2>&1 |
+suite() {  # model cases without the kernel rows (kernels measures those; the README table merges them)
+    timeout 540 python3 benchmarks/gpu_suite.py --models "$1" --no-kernels --no-readme --output "$OUT" 2>&1 |
         tee "$OUT/$part.log"
     status=${PIPESTATUS[0]}
 }
 case "$part" in
-    check)
-        timeout 240 python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/cuda-tests.log"
+    kernels)
+        timeout 540 python3 benchmarks/kernel_bench.py --output "$OUT" 2>&1 | tee "$OUT/kernels.log"
         status=${PIPESTATUS[0]}
-        timeout 320 python3 benchmarks/kernel_bench.py --output "$OUT" 2>&1 | tee "$OUT/kernel-bench.log"
-        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        ;;
+    tests)
+        timeout 540 python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests.log"
+        status=${PIPESTATUS[0]}
         ;;
     models1) suite "flux.1-dev,hunyuanvideo 7" ;;
     models2) suite "wan,qwen,1.5,chroma" ;;

@@ -2,9 +2,10 @@
 
 Run as a script with the interpreter off (the test suite runs it in a subprocess):
     TRITON_INTERPRET=0 python tests/compile_sm90.py '{"dtype": "bf16", "head_dim": 128, ...}'
-Prints the kernel's shared memory in bytes.
+Prints the kernel's shared memory in bytes and a hash of its PTX.
 """
 
+import hashlib
 import inspect
 import json
 import sys
@@ -22,7 +23,7 @@ def descriptor_type(dtype: str, kv_tile, head_dim: int) -> str:
 
 
 def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool,
-                     has_bias: bool = False, tma: bool = False):
+                     has_bias: bool = False, tma: bool = False, num_stages: int = 2):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -50,10 +51,10 @@ def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool
         else:
             signature[p] = "fp32" if p == "qk_scale" else "i32"
     source = ASTSource(gna_fwd_kernel, signature, constexprs={(params.index(k),): v for k, v in constants.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=2))
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=num_stages))
 
 
 if __name__ == "__main__":
     kernel = compile_for_sm90(**json.loads(sys.argv[1]))
     assert kernel.asm["cubin"], "no cubin produced"
-    print(kernel.metadata.shared)
+    print(kernel.metadata.shared, hashlib.sha256(kernel.asm["ptx"].encode()).hexdigest()[:16])

@@ -86,7 +86,7 @@ def test_every_tuning_candidate_matches_the_reference(dtype, case, heads, dim, t
         assert relative_error(out, ref) < TOLERANCE[dtype], config
         assert relative_error(lse, ref_lse) < 1e-3, config
         checked.append(config)
-    assert len(checked) >= 6 and any(config.tma for config in checked) == any(config.tma for config in configs)
+    assert len(checked) >= 4 and any(config.tma for config in checked) == any(config.tma for config in configs)
 
 
 def test_every_output_element_is_written():
