@@ -192,15 +192,14 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
 
 
 def tuning_configs(spec: GNASpec, k: torch.Tensor, v: torch.Tensor) -> list[KernelConfig]:
-    """What the tuner times on a GPU: the 3 cheapest tilings x (4, 8) warps with gathered K/V loads, and
-    the 2 cheapest x (4, 8) warps x (2, 3) pipeline stages with TMA loads where :func:`tma_unsupported`
-    allows them. (The gathered loads are not software-pipelined: their sm_90 code is the same for every
-    num_stages, so timing more than one is wasted compilation.)"""
+    """What the tuner times on a GPU: the 3 cheapest tilings with gathered K/V loads and the 2 cheapest
+    with TMA loads (where :func:`tma_unsupported` allows them), each x (4, 8) warps x (2, 3) pipeline
+    stages (both paths are software-pipelined: cp.async, or bulk tensor copies)."""
     candidates = tile_candidates(spec, _block_sizes(k.device, spec.num_tokens))
-    configs = [KernelConfig(c.q_tile, c.kv_tile, warps) for c in candidates[:3] for warps in (4, 8)]
+    launches = [(warps, stages) for warps in (4, 8) for stages in (2, 3)]
+    configs = [KernelConfig(c.q_tile, c.kv_tile, w, s) for c in candidates[:3] for w, s in launches]
     if tma_unsupported(k, v) is None:
-        configs += [KernelConfig(c.q_tile, c.kv_tile, warps, stages, tma=True)
-                    for c in candidates[:2] for warps in (4, 8) for stages in (2, 3)]
+        configs += [KernelConfig(c.q_tile, c.kv_tile, w, s, tma=True) for c in candidates[:2] for w, s in launches]
     return configs
 
 
