@@ -28,14 +28,17 @@ def config(family, **kwargs):
 
 
 class OperatorSpy:
-    """Records the window of every gna_attention call the routes make."""
+    """Records the window, and the (grid, context key count), of every gna_attention call the routes make."""
 
     def __init__(self, monkeypatch):
         self.windows = []
+        self.contexts = []
         real = gna_diffusers.route.gna_attention
 
         def spy(*args, **kwargs):
             self.windows.append(tuple(args[4]))
+            extra = kwargs.get("extra_k")
+            self.contexts.append((tuple(args[3]), 0 if extra is None else extra.shape[1]))
             return real(*args, **kwargs)
 
         monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)

@@ -93,18 +93,11 @@ def kontext(pipe, steps=2):
 def test_flux_kontext_reference_tokens_are_context(monkeypatch):
     pipe = kontext_pipeline()
     stock = kontext(pipe)
-    extra_tokens = []
-    real = gna_diffusers.route.gna_attention
-
-    def spy(*args, **kwargs):
-        extra_tokens.append((args[3], kwargs["extra_k"].shape[1]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
+    spy = OperatorSpy(monkeypatch)
     with enabled(pipe, whole("flux")):
         assert max_diff(kontext(pipe), stock) <= TOL
     # The generated 8x8 grid is sparse; 48 text tokens and the 64 reference-image tokens are context keys.
-    assert extra_tokens and set(extra_tokens) == {((8, 8), 48 + 64)}
+    assert spy.contexts and set(spy.contexts) == {((8, 8), 48 + 64)}
     with enabled(pipe, config("flux")):
         assert max_diff(kontext(pipe), stock) > 1e-3
     with enabled(pipe, "flux-4k"):

@@ -52,21 +52,12 @@ def test_whole_extent_windows_reproduce_the_stock_pipeline_with_and_without_refe
 
 
 def test_reference_tokens_are_context_keys(monkeypatch):
-    import gna_diffusers
-
     transformer = flux2.tiny_transformer()
     inputs = flux2.transformer_inputs(transformer, (4, 6), text=5, references=((3, 3), (2, 4)))
-    extras = []
-    real = gna_diffusers.route.gna_attention
-
-    def spy(*args, **kwargs):
-        extras.append((args[3], kwargs["extra_k"].shape[1]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
+    spy = OperatorSpy(monkeypatch)
     with torch.no_grad(), enabled(transformer, GNAConfig(family="flux2", window=2)):
         transformer(**inputs)
-    assert set(extras) == {((4, 6), 5 + 9 + 8)}
+    assert set(spy.contexts) == {((4, 6), 5 + 9 + 8)}
 
 
 @pytest.mark.slow
@@ -105,8 +96,6 @@ def test_kv_cache_pipeline_keeps_its_processors_semantics(monkeypatch, recwarn):
     their keys; later steps attend to the cache. GNA's KV subclasses keep all of it: whole-extent windows
     equal stock, the target image's queries see text + reference keys at every step, and the references'
     own attention stays dense without a warning. (The plain GNA processors would drop the cache arguments.)"""
-    import gna_diffusers
-
     pipe = kv_pipeline()
     kv_classes = {type(pipe.transformer.transformer_blocks[0].attn.processor),
                   type(pipe.transformer.single_transformer_blocks[0].attn.processor)}
@@ -118,19 +107,12 @@ def test_kv_cache_pipeline_keeps_its_processors_semantics(monkeypatch, recwarn):
             flux2.KV_VARIANTS[flux2.Flux2KVAttnProcessor]}
         assert max_diff(generate(pipe, steps=3, **extra), stock) <= 1e-5
         assert handle.runtime.layout.grid == GRID
-    contexts = []
-    real = gna_diffusers.route.gna_attention
-
-    def spy(*args, **kwargs):
-        contexts.append((args[3], kwargs["extra_k"].shape[1]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gna_diffusers.route, "gna_attention", spy)
+    spy = OperatorSpy(monkeypatch)
     with enabled(pipe, GNAConfig(family="flux2", window=2)):
         sparse = generate(pipe, steps=3, **extra)
     assert max_diff(sparse, stock) > 1e-3
     text = 32  # tiny_call_kwargs' max_sequence_length
-    assert contexts == [(GRID, text + 256)] * (4 * 3)  # 4 layers x 3 steps, 256 reference tokens
+    assert spy.contexts == [(GRID, text + 256)] * (4 * 3)  # 4 layers x 3 steps, 256 reference tokens
     assert not [w for w in recwarn if "gna" in str(w.message)]
     assert type(pipe.transformer.transformer_blocks[0].attn.processor) is flux2.Flux2KVAttnProcessor
     assert torch.equal(generate(pipe, steps=3, **extra), stock)  # removed: bit for bit
