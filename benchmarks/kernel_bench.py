@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import torch
@@ -96,9 +97,7 @@ def dense_baselines(device: torch.device) -> dict[str, SDPBackend]:
 
 
 def run_case(case: Case, device, dtype, heads, head_dim, warmup, reps) -> dict:
-    n = 1
-    for e in case.grid:
-        n *= e
+    n = prod(case.grid)
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(1, n, heads, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(3))
     extras = {}
@@ -153,6 +152,22 @@ def run_case(case: Case, device, dtype, heads, head_dim, warmup, reps) -> dict:
     return row
 
 
+def floors_markdown(heads: int = 24, head_dim: int = 128, tflops: float = 800.0, tbps: float = 3.0) -> str:
+    """The compute and memory floors of the paper cases with text (and Wan's), bf16, batch 1, at ``tflops``
+    and ``tbps`` (the H100 ceilings measured on this workplace's device: KINDS.md), from the simulator."""
+    rows = []
+    for case in PAPER_CASES[:4]:
+        n = prod(case.grid)
+        pairs = simulate(case.grid, case.window, case.stride).density * n * n + n * case.text
+        flops, dense = 4 * heads * head_dim * pairs, 4 * heads * head_dim * n * (n + case.text)
+        moved = (4 * n + 2 * case.text) * heads * head_dim * 2  # q, k, v, out of the grid; text k, v
+        rows.append([case.name, f"{n} + {case.text}", f"{flops / 1e12:.2f}", f"{flops / tflops / 1e9:.2f} ms",
+                     f"{moved / 1e9:.2f} GB", f"{moved / tbps / 1e9:.2f} ms", f"{dense / 1e12:.1f}",
+                     f"{dense / tflops / 1e9:.1f} ms", f"{dense / flops:.2f}x"])
+    return tabulate(rows, headers=["case", "tokens", "GNA TFLOP", "compute floor", "bytes", "memory floor",
+                                   "dense TFLOP", "dense floor", "FLOP bound"], tablefmt="github")
+
+
 def environment(device: torch.device) -> dict:
     """The harness's environment record plus the date (results files are named by device and date)."""
     return {**harness_environment(device), "date": dt.date.today().isoformat()}
@@ -189,8 +204,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", type=Path, default=RESULTS, help="folder for the JSON and markdown")
     parser.add_argument("--reps", type=int, default=None, help="most timed repetitions per measurement")
+    parser.add_argument("--floors", action="store_true", help="print the paper cases' compute and memory floors "
+                        "(no GPU needed) and exit")
     parser.add_argument("--cases", help="comma-separated parts of case names to run (default: all), e.g. +text,wan")
     args = parser.parse_args(argv)
+    if args.floors:
+        print(floors_markdown())
+        return 0
     device = torch.device(args.device)
     if not args.tiny and device.type != "cuda":
         parser.error("the paper shapes need a CUDA GPU; use --tiny on CPU")

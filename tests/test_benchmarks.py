@@ -35,6 +35,12 @@ def test_kernel_bench_tiny_writes_json_and_markdown(tmp_path):
     assert "| tiny 3-D +text" in markdown and "triton TFLOP/s" in markdown
 
 
+def test_kernel_bench_floors_need_no_gpu(capsys):
+    assert load("kernel_bench").main(["--floors"]) == 0
+    out = capsys.readouterr().out
+    assert "| flux-4k +text" in out and "9.56x" in out  # the simulator's FLOP bound with 512 text keys
+
+
 def test_kernel_bench_refuses_paper_shapes_without_a_gpu(capsys):
     with pytest.raises(SystemExit):
         load("kernel_bench").main(["--device", "cpu"])
