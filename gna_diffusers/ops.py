@@ -87,6 +87,7 @@ def gna_attention(
     scale: float | None = None,
     backend: str = "auto",
     return_lse: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Generalized Neighborhood Attention over a 1-, 2- or 3-D token grid.
 
@@ -104,9 +105,13 @@ def gna_attention(
         scale: softmax scale, ``1 / sqrt(D)`` when None.
         backend: ``"auto"`` or a name from :func:`gna_diffusers.available_backends`.
         return_lse: also return the log-sum-exp of the attention scores.
+        out: ``(B, N, H, D)`` of q's dtype and device to write the result into, possibly a strided view
+            with unit stride along D (e.g. the grid rows of a joint sequence's output, which then needs no
+            concatenation copy); the triton backend writes it directly, the others copy into it.
 
     Returns:
-        ``(B, N, H, D)`` in q's dtype; with ``return_lse`` also ``(B, N, H)`` float32 (natural log).
+        ``(B, N, H, D)`` in q's dtype (``out`` when given); with ``return_lse`` also ``(B, N, H)`` float32
+        (natural log).
 
     Raises:
         ValueError: one message per invalid argument, naming it and its dimension.
@@ -118,6 +123,21 @@ def gna_attention(
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, extra_k, extra_v)
     )
+    if out is not None:
+        if not isinstance(out, torch.Tensor) or out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+            got = f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"out must be a tensor of q's shape {tuple(q.shape)}, dtype {q.dtype} and device {q.device};"
+                             f" got {got}")
+        if out.stride(-1) != 1:
+            raise ValueError(f"out must have unit stride along D (its last dimension); got strides {out.stride()}")
+        if needs_grad:
+            raise ValueError("out= writes in place and cannot take part in autograd; call without out")
     impl = select_backend(backend, q, spec, needs_grad)
-    out, lse = impl.run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, float(scale), return_lse)
-    return (out, lse) if return_lse else out
+    args = (q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, float(scale), return_lse)
+    if out is not None and impl.run_into is not None:
+        result, lse = impl.run_into(*args, out)
+    else:
+        result, lse = impl.run(*args)
+        if out is not None:
+            result = out.copy_(result)
+    return (result, lse) if return_lse else result

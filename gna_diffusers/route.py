@@ -223,17 +223,28 @@ class GNARoute:
         def context_keys(t: torch.Tensor | None) -> torch.Tensor | None:
             return gather(t, key_context) if key_context and t is not None else None
 
+        # Eager inference: the grid rows are written straight into the joint output (no grid-sized
+        # concatenation copy, so the peak stays that of dense attention); compiled graphs plan their own
+        # buffers, and autograd needs the out-of-place ops.
+        training = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+        in_place = query_context and not training and not torch.compiler.is_compiling()
+        joint = query.new_empty(query.shape) if in_place else None
         out_grid = gna_attention(
             query[:, grid], key[:, key_grid], value[:, key_grid], layout.grid, pattern.window, pattern.stride,
             pattern.dilation, extra_k=context_keys(key), extra_v=context_keys(value),
             extra_kv_mask=context_keys(key_valid), extra_kv_bias=context_keys(key_bias), backend=self.backend,
+            out=None if joint is None else joint[:, grid],
         )
         if not query_context:
             return out_grid
         out_context = dispatch(gather(query, query_context), key, value, attn_mask=context_mask,
                                backend=self.dense_backend, **kwargs)
         before = grid.start
-        return torch.cat([out_context[:, :before], out_grid, out_context[:, before:]], dim=1)
+        if joint is None:
+            return torch.cat([out_context[:, :before], out_grid, out_context[:, before:]], dim=1)
+        joint[:, :before] = out_context[:, :before]
+        joint[:, grid.stop:] = out_context[:, before:]
+        return joint
 
 
 class RoutedProcessorMixin:

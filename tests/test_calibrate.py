@@ -141,12 +141,13 @@ def test_calibrate_command_writes_a_preset_that_loads_and_runs(tmp_path, monkeyp
 
 
 class PeakTensorMemory(torch.utils._python_dispatch.TorchDispatchMode):
-    """Peak bytes of live tensor storage allocated by the ops run under it (CPU or GPU)."""
+    """Peak bytes of live tensor storage allocated by the ops run under it (CPU or GPU). Views of the
+    ``existing`` tensors (the inputs) are not allocations."""
 
-    def __init__(self):
+    def __init__(self, *existing: torch.Tensor):
         super().__init__()
         self.live = self.peak = 0
-        self.seen: set[int] = set()
+        self.seen: set[int] = {t.untyped_storage().data_ptr() for t in existing}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         import weakref

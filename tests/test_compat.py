@@ -519,3 +519,38 @@ def test_route_honours_masks_over_context_on_both_sides(kind):
     sparse = route(sdpa, q, k, v, mask, {})
     assert (sparse[:, text:text + 12] - out[:, text:text + 12]).abs().max() > 1e-3  # grid queries changed
     torch.testing.assert_close(sparse[:, :text][rows[:, :text]], out[:, :text][rows[:, :text]])  # context kept
+
+
+def test_route_writes_the_grid_rows_into_the_joint_output(monkeypatch):
+    """Eager inference: GNA writes the grid queries' rows straight into the (B, S, H, D) output, so the
+    route holds no grid-sized buffer beside it (the concatenation it replaced held two). GNA and the dense
+    context attention are stood in for by ops that allocate only their results, so the peak is the route's."""
+    from test_calibrate import PeakTensorMemory
+
+    import gna_diffusers
+    from gna_diffusers.config import LayerPattern
+    from gna_diffusers.route import GNARoute, TokenLayout
+
+    def dense(q, k, v, attn_mask=None, backend=None):  # the context queries' attention
+        return q * 2
+
+    def operator(q, *args, out=None, **kwargs):
+        return q.clone() if out is None else out.copy_(q)
+
+    monkeypatch.setattr(gna_diffusers.route, "gna_attention", operator)
+    text, grid = 4, (8, 8)
+    q, k, v = (torch.randn(1, text + 64, 2, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    route = GNARoute(("double", 0), text_first=True, backend="triton")
+    route.layout = TokenLayout(grid, stream_tokens=64)
+    route.pattern = LayerPattern(False, (3, 3), (1, 1), (1, 1))
+    tracker = PeakTensorMemory(q, k, v)
+    with tracker:
+        out = route(dense, q, k, v, None, {})
+    torch.testing.assert_close(out[:, text:], q[:, text:])
+    torch.testing.assert_close(out[:, :text], q[:, :text] * 2)
+    output, grid_rows = out.numel() * 4, 64 * 2 * 16 * 4
+    assert tracker.peak < output + grid_rows // 2, (tracker.peak, output, grid_rows)
+    with torch.enable_grad():  # autograd keeps the out-of-place path
+        q.requires_grad_(True)
+        route(dense, q, k, v, None, {}).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()

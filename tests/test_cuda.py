@@ -166,7 +166,8 @@ def test_cuda_graph_capture_after_the_warmup_call():
 
 def test_memory_is_the_output_alone():
     """At HunyuanVideo's paper shape the call allocates its output and the float32 LSE, nothing of the
-    size of q, k or v: tokens are read in place, with no permute or pad copies."""
+    size of q, k or v: tokens are read in place, with no permute or pad copies; given ``out`` (the grid
+    rows of a joint output, as the route passes), only the LSE."""
     case = dict(grid=(30, 48, 80), window=(18, 24, 24), stride=(16, 8, 8))
     q, k, v, extras = make_inputs(case["grid"], 24, 128, torch.bfloat16, text=256, padded=True)
     gna_attention(q, k, v, **case, **extras, backend="triton")  # tunes (its timing runs allocate more)
@@ -179,6 +180,15 @@ def test_memory_is_the_output_alone():
     output = out.numel() * out.element_size()
     lse = out.numel() // out.shape[-1] * 4
     assert extra <= output + lse + 2**20, f"{extra / 2**20:.1f} MiB for a {output / 2**20:.1f} MiB output"
+    joint = torch.empty(1, 256 + q.shape[1], *q.shape[2:], device=CUDA, dtype=q.dtype)  # [text, grid] rows
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    written = gna_attention(q, k, v, **case, **extras, backend="triton", out=joint[:, 256:])
+    torch.cuda.synchronize()
+    assert written.data_ptr() == joint[:, 256:].data_ptr()
+    assert torch.cuda.max_memory_allocated() - before <= lse + 2**20  # out=: the LSE alone
+    torch.testing.assert_close(joint[:, 256:], out, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", ["flux", "hunyuan-video", "wan"])

@@ -179,3 +179,29 @@ def test_no_backend_runs_a_grid_too_large_for_the_cpu():
     q = torch.empty(1, 16900, 1, 16)
     with pytest.raises(ValueError, match=r"no GNA backend can run this call on cpu: reference: .*flex: on CPU it"):
         gna_attention(q, q, q, (130, 130), 8)
+
+
+@pytest.mark.parametrize("backend", ["reference", "flex", "triton"])
+def test_out_receives_the_result_through_any_strides(backend):
+    from gna_diffusers.backends import triton_gna
+
+    if backend == "triton" and triton_gna._IMPORT_ERROR is not None:
+        pytest.skip(triton_gna._IMPORT_ERROR)
+    case = dict(grid=(4, 6), window=(3, 3), stride=(1, 2))
+    q, k, v = (torch.randn(2, 24, 2, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    expected = gna_attention(q, k, v, **case, backend=backend)
+    joint = torch.full((2, 30, 2, 16), float("nan"))  # [6 other rows, the 24 grid rows]
+    result = gna_attention(q, k, v, **case, backend=backend, out=joint[:, 6:])
+    assert result.data_ptr() == joint[:, 6:].data_ptr()
+    torch.testing.assert_close(joint[:, 6:], expected)
+    assert joint[:, :6].isnan().all()  # nothing outside the view was written
+
+
+def test_out_is_checked():
+    q = torch.randn(1, 16, 1, 16)
+    with pytest.raises(ValueError, match="out must be a tensor of q's shape"):
+        gna_attention(q, q, q, (4, 4), 2, out=torch.empty(1, 15, 1, 16))
+    with pytest.raises(ValueError, match="unit stride along D"):
+        gna_attention(q, q, q, (4, 4), 2, out=torch.empty(1, 16, 1, 32)[..., ::2])
+    with pytest.raises(ValueError, match="cannot take part in autograd"):
+        gna_attention(q.requires_grad_(), q, q, (4, 4), 2, out=torch.empty(1, 16, 1, 16))

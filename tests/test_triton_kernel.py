@@ -133,6 +133,8 @@ def test_custom_op_passes_opcheck():
     args = (q, k, v, extras["extra_k"], extras["extra_v"], extras["extra_kv_mask"], bias, [4, 4], [2, 2], [1, 1], [1, 1],
             [False, False], 0.25)
     torch.library.opcheck(triton_gna.gna_fwd, args, test_utils=("test_schema", "test_faketensor"))
+    out = torch.empty(1, 20, 1, 16)[:, 4:]  # a view: written through its strides
+    torch.library.opcheck(triton_gna.gna_fwd_into, (*args, out), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_tma_is_offered_only_where_descriptors_can_address_k_and_v():

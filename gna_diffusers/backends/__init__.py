@@ -34,6 +34,8 @@ class Backend:
     name: str
     run: BackendFn
     unsupported: Callable[[torch.Tensor, GNASpec, bool], str | None]
+    # Optional ``run`` with an ``out`` tensor to write into (no output allocation); else results are copied.
+    run_into: BackendFn | None = None
 
 
 _REGISTRY: dict[str, Backend] = {}

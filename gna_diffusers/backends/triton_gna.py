@@ -151,10 +151,10 @@ def _kv_descriptors(k: torch.Tensor, v: torch.Tensor, extents, kv_tile) -> tuple
 
 
 def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float, config: KernelConfig,
-            extra_kv_bias: torch.Tensor | None = None):
+            extra_kv_bias: torch.Tensor | None = None, out: torch.Tensor | None = None):
     batch, n, heads, dim = q.shape
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out = q.new_empty(q.shape)
+    out = q.new_empty(q.shape) if out is None else out  # the kernel writes through out's strides
     lse = q.new_empty((batch, n, heads), dtype=torch.float32)
     has_extra = extra_k is not None
     if has_extra:
@@ -267,11 +267,49 @@ def _(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, str
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
+@torch.library.custom_op("gna_diffusers::gna_fwd_into", mutates_args=("out",))
+def gna_fwd_into(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    extra_k: torch.Tensor | None,
+    extra_v: torch.Tensor | None,
+    extra_kv_mask: torch.Tensor | None,
+    extra_kv_bias: torch.Tensor | None,
+    grid: list[int],
+    window: list[int],
+    stride: list[int],
+    dilation: list[int],
+    causal: list[bool],
+    scale: float,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`gna_fwd` writing its output into ``out`` (B, N, H, D), any strides with unit stride along D;
+    returns the LSE (B, N, H) float32."""
+    if out.shape != q.shape or out.stride(-1) != 1:
+        raise ValueError(f"out must have q's shape {tuple(q.shape)} and unit stride along D; got "
+                         f"{tuple(out.shape)} with strides {out.stride()}")
+    spec = GNASpec(tuple(grid), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
+    config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, extra_kv_bias)
+    return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias, out)[1]
+
+
+@gna_fwd_into.register_fake
+def _(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, stride, dilation, causal, scale, out):
+    return q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+def _pattern(spec: GNASpec) -> tuple[list, ...]:
+    return list(spec.grid), list(spec.window), list(spec.stride), list(spec.dilation), list(spec.causal)
+
+
 def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, scale, return_lse):
-    out, lse = gna_fwd(
-        q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias,
-        list(spec.grid), list(spec.window), list(spec.stride), list(spec.dilation), list(spec.causal), scale,
-    )
+    out, lse = gna_fwd(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, *_pattern(spec), scale)
+    return out, (lse if return_lse else None)
+
+
+def run_into(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, scale, return_lse, out):
+    lse = gna_fwd_into(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, *_pattern(spec), scale, out)
     return out, (lse if return_lse else None)
 
 
@@ -289,4 +327,4 @@ def _unsupported(q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> str | None
     return None
 
 
-BACKEND = Backend("triton", run, _unsupported)
+BACKEND = Backend("triton", run, _unsupported, run_into)
