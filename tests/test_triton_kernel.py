@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from math import prod
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,39 @@ def test_both_load_paths_are_software_pipelined_for_hopper():
         shallow, copies = compile_sm90(**args, tma=tma, num_stages=2, ptx_count=instruction)
         deep, _ = compile_sm90(**args, tma=tma, num_stages=3)
         assert int(copies) > 0 and deep > shallow, (tma, copies, shallow, deep)
+
+
+def test_tuning_falls_back_to_small_tiles_then_says_which_backend_to_use(caplog):
+    """A GPU with less shared memory than Hopper's (consumer cards: ~100 KB per block) holds none of the
+    tuning configurations: small single-stage tiles are timed instead, and if those do not fit either the
+    error names the way out. A TMA variant that fails to build is skipped; any other failure propagates."""
+    from triton.runtime.errors import OutOfResources
+
+    spec = GNASpec.create((16, 16), 5, 2)
+    q = torch.randn(1, 256, 2, 64)
+    configs = triton_gna.tuning_configs(spec, q, q)
+
+    def fits_one_stage(config):
+        if config.num_stages > 1:
+            raise OutOfResources(163840, 101376, "shared memory")
+        return float(sum(config.q_tile))
+
+    best, _ = triton_gna.fastest(configs, fits_one_stage, spec)
+    assert best.num_stages == 1 and prod(best.q_tile) <= 64
+
+    def fits_nothing(config):
+        raise OutOfResources(163840, 49152, "shared memory")
+
+    with pytest.raises(ValueError, match="fits this GPU's shared memory and registers; use backend='flex'"):
+        triton_gna.fastest(configs, fits_nothing, spec)
+
+    def tma_breaks(config):
+        if config.tma:
+            raise RuntimeError("descriptor API differs")
+        return 1.0 + config.num_warps
+
+    with caplog.at_level("WARNING", logger="gna_diffusers"):
+        assert not triton_gna.fastest(configs, tma_breaks, spec)[0].tma
+    assert "TMA variant" in caplog.text
+    with pytest.raises(RuntimeError, match="a real bug"):
+        triton_gna.fastest(configs, lambda config: (_ for _ in ()).throw(RuntimeError("a real bug")), spec)

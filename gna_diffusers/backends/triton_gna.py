@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from math import prod
@@ -206,6 +207,37 @@ def tuning_configs(spec: GNASpec, k: torch.Tensor, v: torch.Tensor) -> list[Kern
 _TUNED: dict[tuple, KernelConfig] = {}
 
 
+# Tried when no tuning configuration fits the GPU (consumer cards have ~100 KB of shared memory per block,
+# Hopper 227 KB): 64-token tiles, one stage.
+SMALL_BLOCKS = (32, 64)
+
+
+def fastest(configs: list[KernelConfig], bench: Callable[[KernelConfig], float], spec: GNASpec
+            ) -> tuple[KernelConfig, float]:
+    """The configuration ``bench`` times fastest, and its time. Those the GPU cannot hold are skipped (a TMA
+    variant this triton cannot build too, with a warning); when none fits, small single-stage tiles are
+    tried; when those do not fit either, a ValueError says to use another backend."""
+    timings = {}
+    for config in configs:
+        try:
+            timings[config] = bench(config)
+        except triton.runtime.errors.OutOfResources:
+            continue  # too many registers / too much shared memory for this GPU
+        except Exception as error:  # noqa: BLE001 - a TMA variant this triton cannot build is skipped
+            if not config.tma:
+                raise
+            logger.warning("gna triton: TMA variant %s failed (%s: %s); timing the others", config,
+                           type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    if not timings and configs and configs[0].num_stages > 1:
+        small = [KernelConfig(c.q_tile, c.kv_tile, 4, 1) for c in tile_candidates(spec, SMALL_BLOCKS, limit=3)]
+        return fastest(small, bench, spec)
+    if not timings:
+        raise ValueError(f"no triton kernel configuration for {spec} fits this GPU's shared memory and "
+                         f"registers; use backend='flex'")
+    best = min(timings, key=timings.get)
+    return best, timings[best]
+
+
 def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float,
                   extra_kv_bias: torch.Tensor | None = None) -> KernelConfig:
     """The kernel configuration used for these inputs (tuned on the first call for this problem key)."""
@@ -218,24 +250,14 @@ def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale
     if q.device.type != "cuda":
         best = tile_candidates(spec, _block_sizes(q.device, spec.num_tokens))[0]
     else:
-        timings = {}
-        for config in tuning_configs(spec, k, v):
-            try:
-                timings[config] = triton.testing.do_bench(
-                    lambda config=config: _launch(
-                        q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias
-                    ),
-                    warmup=5, rep=20,
-                )
-            except triton.runtime.errors.OutOfResources:
-                continue  # too many registers / too much shared memory for this GPU
-            except Exception as error:  # noqa: BLE001 - a TMA variant this triton cannot build is skipped
-                if not config.tma:
-                    raise
-                logger.warning("gna triton: TMA variant %s failed (%s: %s); timing the others", config,
-                               type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-        best = min(timings, key=timings.get)
-        logger.info("gna triton autotune %s: %s (%.3f ms)", spec, best, timings[best])
+        def bench(config: KernelConfig) -> float:
+            return triton.testing.do_bench(
+                lambda: _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias),
+                warmup=5, rep=20,
+            )
+
+        best, ms = fastest(tuning_configs(spec, k, v), bench, spec)
+        logger.info("gna triton autotune %s: %s (%.3f ms)", spec, best, ms)
     _TUNED[key] = best
     return best
 
