@@ -262,6 +262,14 @@ def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale
     return best
 
 
+def _tuned_launch(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, stride, dilation, causal,
+                  scale, out=None):
+    """The custom ops' body: the tuned configuration for this problem, launched."""
+    spec = GNASpec(tuple(grid), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
+    config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, extra_kv_bias)
+    return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias, out)
+
+
 @torch.library.custom_op("gna_diffusers::gna_fwd", mutates_args=())
 def gna_fwd(
     q: torch.Tensor,
@@ -279,9 +287,8 @@ def gna_fwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Custom op around the kernel: returns ``(out (B, N, H, D), lse (B, N, H) float32)``."""
-    spec = GNASpec(tuple(grid), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
-    config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, extra_kv_bias)
-    return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias)
+    return _tuned_launch(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, stride, dilation,
+                         causal, scale)
 
 
 @gna_fwd.register_fake
@@ -311,9 +318,8 @@ def gna_fwd_into(
     if out.shape != q.shape or out.stride(-1) != 1:
         raise ValueError(f"out must have q's shape {tuple(q.shape)} and unit stride along D; got "
                          f"{tuple(out.shape)} with strides {out.stride()}")
-    spec = GNASpec(tuple(grid), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
-    config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, extra_kv_bias)
-    return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias, out)[1]
+    return _tuned_launch(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, stride, dilation,
+                         causal, scale, out)[1]
 
 
 @gna_fwd_into.register_fake
