@@ -84,7 +84,8 @@ class ModelPatch:
     other_transformer_classes: tuple[type, ...] = ()
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
     pipeline_transformers: tuple[str, ...] = ("transformer",)
-    # (transformer, Ulysses degree) -> a context-parallel plan, for a family diffusers ships none for.
+    # (transformer, context-parallel degree: ring x Ulysses) -> a context-parallel plan, for a family diffusers
+    # ships none for.
     parallel_plan: Callable[[torch.nn.Module, int], dict] | None = None
 
     def __deepcopy__(self, memo) -> ModelPatch:

@@ -121,6 +121,7 @@ class GNARoute:
         return slice(start, start + prod(layout.grid))
 
     def _routable(self, queries: int, keys: int) -> bool:
+        """Whether a call of ``queries`` x ``keys`` tokens is this layer's self-attention over the grid."""
         if not self.cached_context_keys:
             return queries == keys
         context_only = self.layout is not None and queries == self.layout.stream_tokens - prod(self.layout.grid)
@@ -220,6 +221,7 @@ class GNARoute:
                 key_bias = row - grid_bias
             if attn_mask.shape[2] != 1 and query_context:
                 context_mask = gather(attn_mask, query_context, dim=2)
+
         def context_keys(t: torch.Tensor | None) -> torch.Tensor | None:
             return gather(t, key_context) if key_context and t is not None else None
 
