@@ -564,6 +564,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                                  getattr(original, "_attention_backend", None), patch.cached_context_keys)
                 gna_class = patch.processor_for(name, original)
                 if type(original) in gna_class.__mro__:  # exactly the stock processor the GNA class extends
+                    _register_with_diffusers_hooks(gna_class)
                     processor = gna_class(route)
                     processor._parallel_config = getattr(original, "_parallel_config", None)  # parallel first
                     attn.set_processor(processor)
@@ -577,6 +578,19 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     if scheduler is not None:
         handle.attach_pipeline(target, scheduler)
     return handle
+
+
+def _register_with_diffusers_hooks(gna_class: type) -> None:
+    """Give a GNA processor class the metadata diffusers' hooks registry holds for the stock processor it
+    extends, so layer skipping (Skip Layer / Perturbed Attention Guidance) accepts it like the stock one."""
+    try:
+        from diffusers.hooks._helpers import AttentionProcessorRegistry
+    except ImportError:  # a diffusers without the hooks registry
+        return
+    for base in gna_class.__mro__[1:]:
+        with contextlib.suppress(ValueError):  # not registered: try the next base
+            AttentionProcessorRegistry.register(gna_class, AttentionProcessorRegistry.get(base))
+            return
 
 
 def _more_transformers(pipeline, patch: ModelPatch, counts: dict[str, int]) -> list[torch.nn.Module]:

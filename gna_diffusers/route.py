@@ -80,6 +80,17 @@ def key_row(attn_mask: torch.Tensor, query_row: int, batch: int) -> torch.Tensor
 LayoutProbe = Callable[[torch.nn.Module, tuple, dict, "TokenLayout | None"], TokenLayout]
 
 
+def _attention_scores_skipped() -> bool:
+    """Whether diffusers' layer-skip hook is replacing attention by its values right now (``skip_attention_
+    scores``: Perturbed Attention / Skip Layer Guidance). It intercepts F.scaled_dot_product_attention on
+    the whole joint sequence, which only the stock dense call makes. (Eager only: a compiled graph has the
+    mode traced in or not.)"""
+    if torch.compiler.is_compiling():
+        return False
+    return any(type(mode).__name__ == "AttentionScoreSkipFunctionMode"
+               for mode in torch.overrides._get_current_function_mode_stack())
+
+
 class GNARoute:
     """Stands in for a processor's attention backend; the wrapped dispatch hands its calls to this.
 
@@ -143,8 +154,9 @@ class GNARoute:
         if self.observer is not None and query.shape[1] == key.shape[1]:
             self.observer(self, query, key, attn_mask)
         # Dense step or layer, or not self-attention (e.g. IP-Adapter's image-prompt keys), or the stream's
-        # context tokens attending among themselves (FLUX.2 klein's reference tokens while its cache fills).
-        if pattern is None or not self._routable(query.shape[1], key.shape[1]):
+        # context tokens attending among themselves (FLUX.2 klein's reference tokens while its cache fills),
+        # or attention replaced by its values for a guidance pass (the stock call is what gets replaced).
+        if pattern is None or not self._routable(query.shape[1], key.shape[1]) or _attention_scores_skipped():
             return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
         parallel = kwargs.get("parallel_config")
         context_parallel = getattr(parallel, "context_parallel_config", None)

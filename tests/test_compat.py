@@ -6,6 +6,7 @@ shared and compiled transformers.
 "Whole-extent" windows make GNA compute exactly the stock attention, so with them every combination must
 reproduce the stock model; sparse windows must still run and change the output."""
 
+import contextlib
 import copy
 import warnings
 
@@ -554,3 +555,37 @@ def test_route_writes_the_grid_rows_into_the_joint_output(monkeypatch):
         q.requires_grad_(True)
         route(dense, q, k, v, None, {}).sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("order", ["skip-first", "apply-first"])
+def test_layer_skip_guidance_hooks_act_on_gna_layers(order):
+    """diffusers' layer skipping (Skip Layer / Perturbed Attention Guidance) on a GNA model: with
+    ``skip_attention_scores`` it replaces attention by its values through a function mode that only sees
+    the stock SDPA call, and it looks processors up in its registry by class. Both hold for GNA's
+    processors: whole-extent GNA with the skip equals stock with the skip, in either order. (Qwen-Image:
+    diffusers' own hooks fail on the FLUX and HunyuanVideo attention classes, GNA or not.)"""
+    from diffusers.hooks import LayerSkipConfig, apply_layer_skip
+
+    from gna_diffusers.patches import qwen_image
+
+    def transformer():
+        return qwen_image.tiny_transformer()
+
+    inputs = qwen_image.transformer_inputs(transformer(), (4, 4), text=6)
+    # (skip_attention=True, the processor-output skip, fails on Qwen-Image in diffusers 0.42 with or without GNA.)
+    skip = LayerSkipConfig(indices=[0], fqn="transformer_blocks", skip_attention=False, skip_attention_scores=True,
+                           skip_ff=False)
+    with torch.no_grad():
+        plain = transformer()(**inputs)[0]
+        stock = transformer()
+        apply_layer_skip(stock, skip)
+        expected = stock(**inputs)[0]
+        model = transformer()
+        with enabled(model, GNAConfig(family="qwen-image", window=-1)) if order == "apply-first" else \
+                contextlib.nullcontext():
+            apply_layer_skip(model, skip)  # looks the layer's processor class up in diffusers' registry
+            with enabled(model, GNAConfig(family="qwen-image", window=-1)) if order == "skip-first" else \
+                    contextlib.nullcontext():
+                skipped = model(**inputs)[0]
+    assert max_diff(expected, plain) > 1e-2  # the skips change the output
+    assert max_diff(skipped, expected) <= TOL
