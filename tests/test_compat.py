@@ -255,7 +255,7 @@ def test_remove_leaves_processors_the_user_set_since(pipe, family, monkeypatch):
 
 def cache_configs(pipe):
     from diffusers import (FasterCacheConfig, FirstBlockCacheConfig, MagCacheConfig,
-                           PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig)
+                           PyramidAttentionBroadcastConfig, SeaCacheConfig, TaylorSeerCacheConfig)
 
     timestep = lambda: pipe.current_timestep  # noqa: E731
     return {
@@ -264,13 +264,14 @@ def cache_configs(pipe):
                                     is_guidance_distilled=True),
         "mag": MagCacheConfig(num_inference_steps=4, mag_ratios=[1.0, 1.0, 0.99, 0.98], threshold=0.01),
         "taylorseer": TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=1),
+        "sea": SeaCacheConfig(threshold=0.5),
         "pyramid": PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2,
                                                    spatial_attention_timestep_skip_range=(-1, 1001),
                                                    current_timestep_callback=timestep),
     }
 
 
-@pytest.mark.parametrize("cache", ["first-block", "faster", "mag", "taylorseer", "pyramid"])
+@pytest.mark.parametrize("cache", ["first-block", "faster", "mag", "taylorseer", "sea", "pyramid"])
 def test_cache_hooks_stack_with_gna(pipe, family, cache, monkeypatch):
     pipe.transformer.enable_cache(cache_configs(pipe)[cache])
     stock = generate(pipe, family, steps=4)
