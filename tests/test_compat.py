@@ -590,3 +590,20 @@ def test_layer_skip_guidance_hooks_act_on_gna_layers(order):
                 skipped = model(**inputs)[0]
     assert max_diff(expected, plain) > 1e-2  # the skips change the output
     assert max_diff(skipped, expected) <= TOL
+
+
+def test_triton_backend_in_a_transformer_matches_the_reference(family):
+    """The triton kernel (the interpreter on CPU) inside a transformer: the route writes its grid rows into
+    the joint output through out=, with padded text (HunyuanVideo) as extra keys; same as the reference."""
+    module = FAMILIES[family]
+    transformer = module.tiny_transformer()
+    grid = (2, 4, 4) if module.PATCH.video else (4, 4)
+    extra = {"valid_text": (3, 6)} if family == "hunyuan-video" else {}
+    inputs = module.transformer_inputs(transformer, grid, text=6, batch=2, **extra)
+    with torch.no_grad():
+        outputs = {"stock": transformer(**inputs)[0]}
+        for backend in ("triton", "reference"):
+            with enabled(transformer, config(family, base_grid=list(grid), window=2, backend=backend)):
+                outputs[backend] = transformer(**inputs)[0]
+    assert max_diff(outputs["triton"], outputs["reference"]) <= 1e-4
+    assert max_diff(outputs["triton"], outputs["stock"]) > 1e-2  # the windows are sparse: GNA ran
