@@ -58,6 +58,8 @@ PAPER_CASES = [  # the bars' cases first (with text keys, and Wan's): a device c
     Case("flux-4k stride 1", (256, 256), (80, 80), (1, 1)),
     Case("hunyuan 30x48x80 stride 1", (30, 48, 80), (18, 24, 24), (1, 1, 1)),
 ]
+# The bars' shapes (the paper configurations with text, and Wan's): the first four above; --floors uses them.
+BAR_CASES = PAPER_CASES[:4]
 TINY_CASES = [
     Case("tiny 2-D", (8, 16), (4, 8), (4, 4)),
     Case("tiny 2-D stride 1 +text", (8, 16), (4, 8), (1, 1), 8),
@@ -156,7 +158,7 @@ def floors_markdown(heads: int = 24, head_dim: int = 128, tflops: float = 800.0,
     """The compute and memory floors of the paper cases with text (and Wan's), bf16, batch 1, at ``tflops``
     and ``tbps`` (the H100 ceilings measured on this workplace's device: KINDS.md), from the simulator."""
     rows = []
-    for case in PAPER_CASES[:4]:
+    for case in BAR_CASES:
         n = prod(case.grid)
         pairs = simulate(case.grid, case.window, case.stride).density * n * n + n * case.text
         flops, dense = 4 * heads * head_dim * pairs, 4 * heads * head_dim * n * (n + case.text)

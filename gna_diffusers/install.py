@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import logging
 import warnings
@@ -580,6 +581,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     return handle
 
 
+@functools.cache  # once per class, not per layer
 def _register_with_diffusers_hooks(gna_class: type) -> None:
     """Give a GNA processor class the metadata diffusers' hooks registry holds for the stock processor it
     extends, so layer skipping (Skip Layer / Perturbed Attention Guidance) accepts it like the stock one."""

@@ -313,11 +313,8 @@ def gna_fwd_into(
     scale: float,
     out: torch.Tensor,
 ) -> torch.Tensor:
-    """:func:`gna_fwd` writing its output into ``out`` (B, N, H, D), any strides with unit stride along D;
-    returns the LSE (B, N, H) float32."""
-    if out.shape != q.shape or out.stride(-1) != 1:
-        raise ValueError(f"out must have q's shape {tuple(q.shape)} and unit stride along D; got "
-                         f"{tuple(out.shape)} with strides {out.stride()}")
+    """:func:`gna_fwd` writing its output into ``out`` (B, N, H, D), any strides with unit stride along D
+    (``gna_attention`` checks it); returns the LSE (B, N, H) float32."""
     return _tuned_launch(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, stride, dilation,
                          causal, scale, out)[1]
 
