@@ -102,7 +102,7 @@ def gna_attention(
         extra_kv_mask: ``(B, M)`` bool, True for real extra tokens, False for padding.
         extra_kv_bias: ``(B, M)`` float added to every grid query's (scaled) score of each extra key, as an
             additive attention mask adds it (``-inf`` hides a key).
-        scale: softmax scale, ``1 / sqrt(D)`` when None.
+        scale: softmax scale (> 0), ``1 / sqrt(D)`` when None.
         backend: ``"auto"`` or a name from :func:`gna_diffusers.available_backends`.
         return_lse: also return the log-sum-exp of the attention scores.
         out: ``(B, N, H, D)`` of q's dtype and device to write the result into, possibly a strided view
@@ -120,6 +120,9 @@ def gna_attention(
     _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias)
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    elif not float(scale) > 0:  # also rejects NaN; the kernels take row maxima of unscaled scores
+        raise ValueError(f"scale must be a positive number (the softmax scale, 1/sqrt(D) = {q.shape[-1] ** -0.5:.4g}"
+                         f" when None); got {scale!r}")
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, extra_k, extra_v)
     )

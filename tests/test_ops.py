@@ -115,6 +115,13 @@ def test_custom_scale_is_used():
     torch.testing.assert_close(gna_attention(q, k, v, **case, scale=0.3).double(), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.3, float("nan")])
+def test_non_positive_scale_is_refused(scale):
+    q, k, v = make_inputs(dict(grid=(4, 4)))[:3]
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        gna_attention(q, k, v, grid=(4, 4), window=3, scale=scale)
+
+
 def test_auto_uses_the_reference_backend_on_cpu(caplog):
     case = dict(grid=(4, 4), window=2)
     q, k, v, _ = make_inputs(case)

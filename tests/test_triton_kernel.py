@@ -23,6 +23,8 @@ from gna_diffusers.backends.triton_gna import KernelConfig, tile_candidates
 from gna_diffusers.sim import PAPER_CONFIGS, simulate
 from gna_diffusers.spec import GNASpec
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
 pytestmark = pytest.mark.skipif(triton_gna._IMPORT_ERROR is not None, reason="triton is not installed")
 
 
@@ -168,7 +170,7 @@ def test_tile_choice_prefers_perfectly_block_sparse_tilings(config):
 
 def compile_sm90(**args) -> tuple[int, str]:
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("compile_sm90.py")), json.dumps(args)],
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "compile_sm90.py"), json.dumps(args)],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     shared, ptx = done.stdout.split()[-2:]
@@ -204,6 +206,26 @@ def test_both_load_paths_are_software_pipelined_for_hopper():
         shallow, copies = compile_sm90(**args, tma=tma, num_stages=2, ptx_count=instruction)
         deep, _ = compile_sm90(**args, tma=tma, num_stages=3)
         assert int(copies) > 0 and deep > shallow, (tma, copies, shallow, deep)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tma", [False, True])
+def test_full_tiles_issue_no_mask_or_division_code_on_hopper(tma):
+    """The neighborhood loop's machine code for sm_90 (benchmarks/kernel_sass.py): a full tile issues the
+    two tile matmuls (16 wgmma at 128 x 128 x 128 on two warpgroups), one exp2 per score it holds plus the
+    rescale, no mask selects and no integer division; each masked axis is a branch of its own."""
+    args = dict(dtype="bf16", head_dim=128, q_tile=(2, 8, 8), kv_tile=(2, 8, 8), has_extra=True, has_mask=True,
+                tma=tma, num_warps=8)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "kernel_sass.py"), "--profile", json.dumps(args)],
+                          env=dict(os.environ, TRITON_INTERPRET="0"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loop = json.loads(done.stdout)["loop"]
+    scores_per_thread = 128 * 128 // 256
+    assert loop["wgmma"] == 16
+    assert scores_per_thread <= loop["exp2"] <= scores_per_thread + 4
+    assert loop["other_mufu"] == 0, loop["full_path_ops"]  # MUFU.RCP: a runtime integer division
+    assert "FSEL" not in loop["full_path_ops"], loop["full_path_ops"]
+    assert len(loop["skipped_regions"]) >= 3 and min(loop["skipped_regions"][:3]) >= scores_per_thread
 
 
 def test_tuning_falls_back_to_small_tiles_then_says_which_backend_to_use(caplog):

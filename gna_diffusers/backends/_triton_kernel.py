@@ -10,14 +10,16 @@ math, and tokens past the grid's end arrive as zeros (such tiles are partial, so
 Neighborhoods come from per-axis tables (``start[i]``, ``end[i]``: see gna_diffusers.spec.axis_bounds):
 key k is a neighbor of query i along an axis iff start[i] <= k < end[i] and k % r == i % r. The KV tiles
 visited are those inside the box spanned by the union of the Q tile's windows (for GNA, exactly the
-non-empty tile pairs). A KV tile is *full* when every query of the Q tile has it entirely inside its
-window along every axis (and it lies inside the grid): it skips the mask. Extra keys are a second loop
-that feeds the same online softmax, so grid and text keys share one normalization.
+non-empty tile pairs). A KV tile is *full* along an axis when every query of the Q tile has the tile's
+span inside its range there; a tile full along every axis skips the mask, a partial one masks only the
+axes it is partial along. Extra keys are a second loop that feeds the same online softmax, so grid and
+text keys share one normalization. ``benchmarks/kernel_sass.py`` counts what one KV tile issues.
 
-Online softmax in base 2 (FlashAttention): with s = (q . k) * scale * log2(e),
-    m' = max(m, max_j s_j);   l' = l * 2^(m - m') + sum_j 2^(s_j - m');   acc' = acc * 2^(m - m') + P V
-and finally O = acc / l, LSE = (m + log2 l) * ln 2. ``m`` starts at a large finite negative number so a
-row whose keys are all masked in one tile keeps m (alpha = 1, p = 0) instead of producing NaN.
+Online softmax in base 2 (FlashAttention): with c = scale * log2(e) > 0 and raw scores x = q . k,
+    m' = max(m, c * max_j x_j);   l' = l * 2^(m - m') + sum_j 2^(c x_j - m');   acc' = acc * 2^(m - m') + P V
+and finally O = acc / l, LSE = (m + log2 l) * ln 2. Taking the row max of the raw scores (c > 0) leaves one
+fused multiply-add per score. ``m`` starts at a large finite negative number so a row whose keys are all
+masked in one tile keeps m (alpha = 1, p = 0) instead of producing NaN.
 """
 
 from __future__ import annotations
@@ -40,21 +42,25 @@ def _box_coords(tile0, tile1, tile2, E0: tl.constexpr, E1: tl.constexpr, E2: tl.
 
 
 @triton.jit
-def _axis_neighbor(qc, qs, qe, kc, r):
-    """[BLOCK_Q, BLOCK_K] mask of one axis: key coord in the query's range and dilation group."""
+def _mask_axis(qk, qc, qs, qe, kc, r, DILATED: tl.constexpr):
+    """``qk`` [BLOCK_Q, BLOCK_K] with -inf where this axis rules the key out: its coord outside the
+    query's range (which ends inside the grid, so keys past the grid's end drop too) or, with dilation,
+    in another group."""
     kc2 = kc[None, :]
-    return (kc2 >= qs[:, None]) & (kc2 < qe[:, None]) & ((kc2 % r) == (qc % r)[:, None])
+    neighbor = (kc2 >= qs[:, None]) & (kc2 < qe[:, None])
+    if DILATED:
+        neighbor = neighbor & ((kc2 % r) == (qc % r)[:, None])
+    return tl.where(neighbor, qk, float("-inf"))
 
 
 @triton.jit
 def _softmax_step(qk, m_i, l_i, acc, v, qk_scale):
     """Fold one block of raw scores (masked entries = -inf) into the running softmax state."""
-    s = qk * qk_scale
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    p = tl.exp2(qk * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return m_new, l_i, acc
 
 
@@ -68,7 +74,7 @@ def gna_fwd_kernel(
     T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
     HEAD_DIM: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EXTRA_MASK: tl.constexpr, HAS_EXTRA_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, DILATED: tl.constexpr,
 ):
     BLOCK_Q: tl.constexpr = T0 * T1 * T2
     BLOCK_K: tl.constexpr = K0 * K1 * K2
@@ -117,40 +123,47 @@ def gna_fwd_kernel(
     acc = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
     k_base = K + b * sk_b + h * sk_h
     v_base = V + b * sv_b + h * sv_h
+    # A KV box's tokens relative to its first one: coordinates and row-major token offsets (loop-invariant).
+    r0, r1, r2 = _box_coords(0, 0, 0, K0, K1, K2)
+    r_tok = (r0 * L1 + r1) * L2 + r2
 
-    # ---- Neighborhood: every KV tile of the union box.
-    for j in range(0, nk0 * nk1 * nk2):
-        t0 = kt0 + j // (nk1 * nk2)
-        t1 = kt1 + (j // nk2) % nk1
-        t2 = kt2 + j % nk2
-        k0, k1, k2 = _box_coords(t0, t1, t2, K0, K1, K2)
-        k_valid = (k0 < L0) & (k1 < L1) & (k2 < L2)
+    # ---- Neighborhood: every KV tile of the union box, last axis fastest. The tile index is carried and
+    # stepped (no integer division per tile).
+    t0 = kt0
+    t1 = kt1
+    t2 = kt2
+    for _ in range(0, nk0 * nk1 * nk2):
         if USE_TMA:  # HEAD_DIM == head_dim here (the host checks): the box is [b, t0.., t1.., t2.., h*D]
             box = [pid_bh // H, t0 * K0, t1 * K1, t2 * K2, (pid_bh % H) * HEAD_DIM]
             k = tl.reshape(K_DESC.load(box), [BLOCK_K, HEAD_DIM])
             v = tl.reshape(V_DESC.load(box), [BLOCK_K, HEAD_DIM])
         else:
-            k_tok = ((k0 * L1 + k1) * L2 + k2).to(tl.int64)
-            kv_mask = k_valid[:, None] & d_valid[None, :]
+            k_tok = (((t0 * K0 * L1 + t1 * K1) * L2 + t2 * K2) + r_tok).to(tl.int64)
+            inside = (r0 < L0 - t0 * K0) & (r1 < L1 - t1 * K1) & (r2 < L2 - t2 * K2)
+            kv_mask = inside[:, None] & d_valid[None, :]
             k = tl.load(k_base + k_tok[:, None] * sk_n + d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(v_base + k_tok[:, None] * sv_n + d[None, :], mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        # Window ends never exceed the extent, so a full tile also lies inside the grid. With dilation a
-        # range holds other groups' keys too: such axes always take the masked path.
-        full = (
-            (max_s0 <= t0 * K0) & (t0 * K0 + K0 <= min_e0) & (R0 == 1)
-            & (max_s1 <= t1 * K1) & (t1 * K1 + K1 <= min_e1) & (R1 == 1)
-            & (max_s2 <= t2 * K2) & (t2 * K2 + K2 <= min_e2) & (R2 == 1)
-        )
-        if not full:
-            neighbor = (
-                _axis_neighbor(q0, s0, e0, k0, R0)
-                & _axis_neighbor(q1, s1, e1, k1, R1)
-                & _axis_neighbor(q2, s2, e2, k2, R2)
-                & k_valid[None, :]
-            )
-            qk = tl.where(neighbor, qk, float("-inf"))
+        # Full along an axis: every query's range covers the tile's span there. Window ends never exceed
+        # the extent, so a full tile also lies inside the grid. With dilation a range holds other groups'
+        # keys too: dilated axes are never full.
+        full0 = (max_s0 <= t0 * K0) & (t0 * K0 + K0 <= min_e0) & (R0 == 1)
+        full1 = (max_s1 <= t1 * K1) & (t1 * K1 + K1 <= min_e1) & (R1 == 1)
+        full2 = (max_s2 <= t2 * K2) & (t2 * K2 + K2 <= min_e2) & (R2 == 1)
+        if not full0:  # partial tiles test only the axes they are partial along
+            qk = _mask_axis(qk, q0, s0, e0, t0 * K0 + r0, R0, DILATED)
+        if not full1:
+            qk = _mask_axis(qk, q1, s1, e1, t1 * K1 + r1, R1, DILATED)
+        if not full2:
+            qk = _mask_axis(qk, q2, s2, e2, t2 * K2 + r2, R2, DILATED)
         m_i, l_i, acc = _softmax_step(qk, m_i, l_i, acc, v, qk_scale)
+        t2 += 1
+        wrap2 = t2 == kt2 + nk2
+        t2 = tl.where(wrap2, kt2, t2)
+        t1 += wrap2.to(tl.int32)
+        wrap1 = t1 == kt1 + nk1
+        t1 = tl.where(wrap1, kt1, t1)
+        t0 += wrap1.to(tl.int32)
 
     # ---- Extra (text) keys: same softmax, padding and the ragged last block masked, optional bias added.
     if HAS_EXTRA:

@@ -186,6 +186,7 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
         BLOCK_M=EXTRA_BLOCK,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         USE_TMA=config.tma,
+        DILATED=any(r > 1 for r in dilations),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

@@ -1,9 +1,9 @@
 """Compile the GNA kernel for sm_90 (Hopper) without a GPU: real code generation down to a cubin.
 
 Run as a script with the interpreter off (the test suite runs it in a subprocess):
-    TRITON_INTERPRET=0 python tests/compile_sm90.py '{"dtype": "bf16", "head_dim": 128, ...}'
+    TRITON_INTERPRET=0 python benchmarks/compile_sm90.py '{"dtype": "bf16", "head_dim": 128, ...}'
 Prints the kernel's shared memory in bytes, then a hash of its PTX or, with "ptx_count": "<text>", how
-often that text occurs in the PTX.
+often that text occurs in the PTX. ``kernel_sass.py`` profiles the machine code of such compiles.
 """
 
 import hashlib
@@ -24,7 +24,8 @@ def descriptor_type(dtype: str, kv_tile, head_dim: int) -> str:
 
 
 def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool,
-                     has_bias: bool = False, tma: bool = False, num_stages: int = 2):
+                     has_bias: bool = False, tma: bool = False, num_stages: int = 2, dilated: bool = False,
+                     num_warps: int = 8):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -39,7 +40,7 @@ def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool
     constants = dict(
         zip(("T0", "T1", "T2"), q_tile), **dict(zip(("K0", "K1", "K2"), kv_tile)), HEAD_DIM=head_dim,
         HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, HAS_EXTRA_BIAS=has_bias, BLOCK_M=EXTRA_BLOCK,
-        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", USE_TMA=tma,
+        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", USE_TMA=tma, DILATED=dilated,
     )
     signature = {}
     for p in params:
@@ -56,7 +57,7 @@ def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool
     aligned = [i for i, p in enumerate(params) if signature[p].startswith("*") or p.startswith("s") or p == "head_dim"]
     source = ASTSource(gna_fwd_kernel, signature, constexprs={(params.index(k),): v for k, v in constants.items()},
                        attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=num_stages))
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
 if __name__ == "__main__":
