@@ -151,6 +151,21 @@ def test_tma_is_offered_only_where_descriptors_can_address_k_and_v():
     assert tma and not [c for c in triton_gna.tuning_configs(spec, fused, fused) if c.tma]
 
 
+def test_tuning_times_the_widest_kv_box_and_the_warps_each_q_tile_needs(monkeypatch):
+    """On a grid that is no tile multiple (HunyuanVideo 720x1280x129: 45 rows) the simulator ranks 64-token
+    KV boxes first; per score they issue ~40% more instructions than 128-token ones (kernel_sass), so the
+    tuner times the cheapest 128-token KV tiling too, on both load paths. 128-token Q tiles get 8 warps."""
+    monkeypatch.setattr(triton_gna, "_block_sizes", lambda device, num_tokens: (64, 128))
+    spec = GNASpec.create((33, 45, 80), (18, 24, 24), (16, 8, 8))
+    k = torch.empty(1, 1, 24, 128, device="meta")
+    assert all(prod(c.kv_tile) == 64 for c in tile_candidates(spec, (64, 128), limit=3))
+    configs = triton_gna.tuning_configs(spec, k, k)
+    for tma in (False, True):
+        assert any(prod(c.kv_tile) == 128 for c in configs if c.tma == tma)
+    assert all(c.num_warps == (8 if prod(c.q_tile) == 128 else 4) for c in configs)
+    assert {c.num_stages for c in configs} == {2, 3}
+
+
 def test_gradients_are_refused_with_a_clear_error():
     q = torch.randn(1, 16, 1, 16, requires_grad=True)
     with pytest.raises(ValueError, match="backend 'triton' cannot run this call: forward only"):

@@ -100,8 +100,8 @@ def _block_sizes(device: torch.device, num_tokens: int) -> tuple[int, ...]:
     return tuple(b for b in (16, 32, 64) if b <= max(16, 1 << (num_tokens - 1).bit_length()))
 
 
-def tile_candidates(spec: GNASpec, block_sizes=(64, 128), limit: int = 4) -> list[KernelConfig]:
-    """The ``limit`` cheapest (Q box, KV box) pairs by simulated cost, cheapest first."""
+def tile_candidates(spec: GNASpec, block_sizes=(64, 128), limit: int | None = 4) -> list[KernelConfig]:
+    """The ``limit`` cheapest (Q box, KV box) pairs by simulated cost (all when None), cheapest first."""
     axes = _as_3d(spec)
     extents = tuple(a[0] for a in axes)
     scored = []
@@ -193,15 +193,34 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
     return out, lse
 
 
+def launch_warps(q_tile: tuple[int, ...]) -> int:
+    """Warps for a Q tile: 8 (two warpgroups of 64 rows) at 128 tokens, where 4 spill registers; 4 below,
+    where 8 split the rows and issue 1.5-1.7x the instructions per score (benchmarks/kernel_sass.py)."""
+    return 8 if prod(q_tile) >= 128 else 4
+
+
 def tuning_configs(spec: GNASpec, k: torch.Tensor, v: torch.Tensor) -> list[KernelConfig]:
     """What the tuner times on a GPU: the 3 cheapest tilings with gathered K/V loads and the 2 cheapest
-    with TMA loads (where :func:`tma_unsupported` allows them), each x (4, 8) warps x (2, 3) pipeline
+    with TMA loads (where :func:`tma_unsupported` allows them), each joined by the cheapest tiling with the
+    widest KV box when none of them has it (per score, 64-token KV boxes issue ~40% more instructions than
+    128-token ones: the simulator's area cost misses that), each at :func:`launch_warps` x (2, 3) pipeline
     stages (both paths are software-pipelined: cp.async, or bulk tensor copies)."""
-    candidates = tile_candidates(spec, _block_sizes(k.device, spec.num_tokens))
-    launches = [(warps, stages) for warps in (4, 8) for stages in (2, 3)]
-    configs = [KernelConfig(c.q_tile, c.kv_tile, w, s) for c in candidates[:3] for w, s in launches]
+    ranked = tile_candidates(spec, _block_sizes(k.device, spec.num_tokens), limit=None)
+    widest = max(prod(c.kv_tile) for c in ranked)
+
+    def tilings(count: int) -> list[KernelConfig]:
+        chosen = ranked[:count]
+        if all(prod(c.kv_tile) < widest for c in chosen):
+            chosen.append(next(c for c in ranked if prod(c.kv_tile) == widest))
+        return chosen
+
+    def launches(tiling: KernelConfig, tma: bool) -> list[KernelConfig]:
+        warps = launch_warps(tiling.q_tile)
+        return [KernelConfig(tiling.q_tile, tiling.kv_tile, warps, stages, tma) for stages in (2, 3)]
+
+    configs = [config for tiling in tilings(3) for config in launches(tiling, tma=False)]
     if tma_unsupported(k, v) is None:
-        configs += [KernelConfig(c.q_tile, c.kv_tile, w, s, tma=True) for c in candidates[:2] for w, s in launches]
+        configs += [config for tiling in tilings(2) for config in launches(tiling, tma=True)]
     return configs
 
 
