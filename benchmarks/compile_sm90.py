@@ -25,22 +25,23 @@ def descriptor_type(dtype: str, kv_tile, head_dim: int) -> str:
 
 def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool,
                      has_bias: bool = False, tma: bool = False, num_stages: int = 2, dilated: bool = False,
-                     num_warps: int = 8):
+                     num_warps: int = 8, extra_even: bool = True):
+    """The kernel compiled for sm_90 (a CompiledKernel). ``has_mask``: the extra keys have padding (which
+    reaches the kernel as a -inf bias, like ``has_bias``'s additive mask)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from gna_diffusers.backends._triton_kernel import gna_fwd_kernel
-    from gna_diffusers.backends.triton_gna import EXTRA_BLOCK
 
     params = list(inspect.signature(gna_fwd_kernel.fn).parameters)
     kv_descriptor = descriptor_type(dtype, kv_tile, head_dim) if tma else f"*{dtype}"  # unused pointers: no TMA
-    pointers = {"LSE": "*fp32", "EMASK": "*i1", "EBIAS": "*fp32", "K_DESC": kv_descriptor, "V_DESC": kv_descriptor,
+    pointers = {"LSE": "*fp32", "EBIAS": "*fp32", "K_DESC": kv_descriptor, "V_DESC": kv_descriptor,
                 **{p: f"*{dtype}" for p in ("Q", "K", "V", "O", "EK", "EV")}}
     constants = dict(
         zip(("T0", "T1", "T2"), q_tile), **dict(zip(("K0", "K1", "K2"), kv_tile)), HEAD_DIM=head_dim,
-        HAS_EXTRA=has_extra, HAS_EXTRA_MASK=has_mask, HAS_EXTRA_BIAS=has_bias, BLOCK_M=EXTRA_BLOCK,
-        DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", USE_TMA=tma, DILATED=dilated,
+        HAS_EXTRA=has_extra, HAS_EXTRA_BIAS=has_mask or has_bias,
+        EXTRA_EVEN=extra_even, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", USE_TMA=tma, DILATED=dilated,
     )
     signature = {}
     for p in params:

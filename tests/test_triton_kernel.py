@@ -234,7 +234,7 @@ def test_full_tiles_issue_no_mask_or_division_code_on_hopper(tma):
     done = subprocess.run([sys.executable, str(BENCHMARKS / "kernel_sass.py"), "--profile", json.dumps(args)],
                           env=dict(os.environ, TRITON_INTERPRET="0"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    loop = json.loads(done.stdout)["loop"]
+    loop = json.loads(done.stdout)["loops"][0]
     scores_per_thread = 128 * 128 // 256
     assert loop["wgmma"] == 16
     assert scores_per_thread <= loop["exp2"] <= scores_per_thread + 4

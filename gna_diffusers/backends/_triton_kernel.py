@@ -66,15 +66,16 @@ def _softmax_step(qk, m_i, l_i, acc, v, qk_scale):
 
 @triton.jit
 def gna_fwd_kernel(
-    Q, K, V, O, LSE, EK, EV, EMASK, EBIAS, K_DESC, V_DESC,
+    Q, K, V, O, LSE, EK, EV, EBIAS, K_DESC, V_DESC,
     START0, END0, START1, END1, START2, END2,
     sq_b, sq_n, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, so_b, so_n, so_h,
-    sl_b, sl_n, sek_b, sek_m, sek_h, sev_b, sev_m, sev_h, sm_b, sbias_b,
+    sl_b, sl_n, sek_b, sek_m, sek_h, sev_b, sev_m, sev_h, sbias_b,
     H, L0, L1, L2, R0, R1, R2, M, head_dim, qk_scale,
     T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EXTRA_MASK: tl.constexpr, HAS_EXTRA_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, DILATED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EXTRA_BIAS: tl.constexpr,
+    EXTRA_EVEN: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    DILATED: tl.constexpr,
 ):
     BLOCK_Q: tl.constexpr = T0 * T1 * T2
     BLOCK_K: tl.constexpr = K0 * K1 * K2
@@ -165,23 +166,22 @@ def gna_fwd_kernel(
         t1 = tl.where(wrap1, kt1, t1)
         t0 += wrap1.to(tl.int32)
 
-    # ---- Extra (text) keys: same softmax, padding and the ragged last block masked, optional bias added.
+    # ---- Extra (text) keys, in blocks of a KV tile's size (the same buffers): same softmax, optional bias
+    # added (padding arrives as a -inf bias), a ragged last block masked.
     if HAS_EXTRA:
-        offs_m = tl.arange(0, BLOCK_M)
+        offs_m = tl.arange(0, BLOCK_K)
         ek_base = EK + b * sek_b + h * sek_h
         ev_base = EV + b * sev_b + h * sev_h
-        for start in range(0, M, BLOCK_M):
+        for start in range(0, M, BLOCK_K):
             idx = start + offs_m
-            valid = idx < M
-            if HAS_EXTRA_MASK:
-                valid = valid & (tl.load(EMASK + b * sm_b + idx, mask=idx < M, other=0) != 0)
             kv_mask = (idx < M)[:, None] & d_valid[None, :]
             k = tl.load(ek_base + idx[:, None].to(tl.int64) * sek_m + d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(ev_base + idx[:, None].to(tl.int64) * sev_m + d[None, :], mask=kv_mask, other=0.0)
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            if HAS_EXTRA_BIAS:  # an additive mask's bias, pre-divided by the softmax scale: raw score units
+            if HAS_EXTRA_BIAS:  # pre-divided by the softmax scale: raw score units
                 qk += tl.load(EBIAS + b * sbias_b + idx, mask=idx < M, other=0.0)[None, :]
-            qk = tl.where(valid[None, :], qk, float("-inf"))
+            if not EXTRA_EVEN:  # M is no multiple of BLOCK_K: drop the keys past its end
+                qk = tl.where((idx < M)[None, :], qk, float("-inf"))
             m_i, l_i, acc = _softmax_step(qk, m_i, l_i, acc, v, qk_scale)
 
     # Every valid query has at least one neighborhood key, so l_i > 0 on stored rows.

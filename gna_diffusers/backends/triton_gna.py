@@ -47,8 +47,6 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 # A partial tile pair computes the same tile but also builds and applies the mask.
 PARTIAL_PAIR_COST = 1.25
-# Extra (text) keys are processed in blocks of this many tokens.
-EXTRA_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -151,6 +149,19 @@ def _kv_descriptors(k: torch.Tensor, v: torch.Tensor, extents, kv_tile) -> tuple
     return tuple(descriptors)
 
 
+def _extra_bias(extra_kv_mask: torch.Tensor | None, extra_kv_bias: torch.Tensor | None, scale: float
+                ) -> torch.Tensor | None:
+    """(B, M) float32 the kernel adds to raw q.k scores of extra keys: the bias divided by the softmax scale
+    (the kernel scales after adding) and -inf on padding. Padding as a bias costs the kernel one add per
+    score; a mask it had to load and select on cost ~1.8x as many instructions per block (kernel_sass)."""
+    bias = None if extra_kv_bias is None else extra_kv_bias.float() / scale
+    if extra_kv_mask is not None:
+        hidden = torch.zeros(extra_kv_mask.shape, dtype=torch.float32, device=extra_kv_mask.device)
+        hidden.masked_fill_(~extra_kv_mask.bool(), float("-inf"))
+        bias = hidden if bias is None else bias + hidden
+    return None if bias is None else bias.contiguous()
+
+
 def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: float, config: KernelConfig,
             extra_kv_bias: torch.Tensor | None = None, out: torch.Tensor | None = None):
     batch, n, heads, dim = q.shape
@@ -161,29 +172,24 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
     if has_extra:
         extra_k, extra_v = (t if t.stride(-1) == 1 else t.contiguous() for t in (extra_k, extra_v))
     ek, ev = (extra_k, extra_v) if has_extra else (k, v)  # dummies never read when HAS_EXTRA is off
-    if extra_kv_mask is not None and extra_kv_mask.stride(-1) != 1:  # the kernel walks M with unit stride
-        extra_kv_mask = extra_kv_mask.contiguous()
-    emask = extra_kv_mask if extra_kv_mask is not None else ek
-    # The kernel adds the bias to raw q.k scores before scaling: divide by the scale once here.
-    ebias = (extra_kv_bias.float() / scale).contiguous() if extra_kv_bias is not None else ek
+    ebias = _extra_bias(extra_kv_mask, extra_kv_bias, scale)
     axes = _as_3d(spec)
     extents, dilations = [a[0] for a in axes], [a[3] for a in axes]
     n_q_tiles = prod(-(-e // t) for e, t in zip(extents, config.q_tile))
     k_desc, v_desc = _kv_descriptors(k, v, extents, config.kv_tile) if config.tma else (k, v)  # else: unused
     gna_fwd_kernel[(n_q_tiles, batch * heads)](
-        q, k, v, out, lse, ek, ev, emask, ebias, k_desc, v_desc,
+        q, k, v, out, lse, ek, ev, ek if ebias is None else ebias, k_desc, v_desc,
         *_bound_tables(spec, q.device),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), ek.stride(0), ek.stride(1), ek.stride(2), ev.stride(0), ev.stride(1),
-        ev.stride(2), emask.stride(0), ebias.stride(0),
+        ev.stride(2), 0 if ebias is None else ebias.stride(0),
         heads, *extents, *dilations, ek.shape[1] if has_extra else 0, dim, scale * LOG2E,
         *config.q_tile, *config.kv_tile,
         HEAD_DIM=max(16, triton.next_power_of_2(dim)),
         HAS_EXTRA=has_extra,
-        HAS_EXTRA_MASK=extra_kv_mask is not None,
-        HAS_EXTRA_BIAS=extra_kv_bias is not None,
-        BLOCK_M=EXTRA_BLOCK,
+        HAS_EXTRA_BIAS=ebias is not None,
+        EXTRA_EVEN=has_extra and ek.shape[1] % prod(config.kv_tile) == 0,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         USE_TMA=config.tma,
         DILATED=any(r > 1 for r in dilations),
