@@ -7,6 +7,8 @@
 #   models1  suite: FLUX.1-dev 4096x4096, HunyuanVideo 768x1280x117 and 720x1280x129
 #   tests    the CUDA-only tests (tests/test_cuda.py)
 #   models2  suite: Wan 2.1 14B, Wan 2.2 TI2V-5B, Qwen-Image, HunyuanVideo 1.5, Chroma1-HD
+#   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
+#            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
 # limit still brings back what it measured (at most 8 files come back: each part writes 3 to 4). Back here:
 # copy $OUT's *.json and *.md into benchmarks/results/, then `python benchmarks/gpu_suite.py --update-readme`.
@@ -14,8 +16,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    kernels | models1 | tests | models2) ;;
-    *) echo "usage: device_call.sh kernels|models1|tests|models2 (got '$part')" >&2; exit 2 ;;
+    kernels | models1 | tests | models2 | profile) ;;
+    *) echo "usage: device_call.sh kernels|models1|tests|models2|profile (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -38,6 +40,15 @@ case "$part" in
     tests)
         timeout 540 python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests.log"
         status=${PIPESTATUS[0]}
+        ;;
+    profile)  # clocks left alone (METHOD.md); only the two launches inside kernel_bench's profiler range
+        for case in "flux-4k +text" "hunyuan 30x48x80 +text"; do
+            name=ncu-${case%% *}
+            timeout 270 ncu --clock-control none --profile-from-start off --set full -f -o "$OUT/$name" \
+                python3 benchmarks/kernel_bench.py --profile --cases "$case" 2>&1 | tee -a "$OUT/profile.log"
+            status=$((status | PIPESTATUS[0]))
+            ncu --import "$OUT/$name.ncu-rep" --page details >"$OUT/$name.txt" 2>&1
+        done
         ;;
     models1) suite "flux.1-dev,hunyuanvideo 7" ;;
     models2) suite "wan,qwen,1.5,chroma" ;;

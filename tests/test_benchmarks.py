@@ -35,6 +35,15 @@ def test_kernel_bench_tiny_writes_json_and_markdown(tmp_path):
     assert "| tiny 3-D +text" in markdown and "triton TFLOP/s" in markdown
 
 
+def test_kernel_bench_profile_runs_each_case_once_and_writes_nothing(tmp_path, capsys):
+    """--profile (for ncu): the tuned triton kernel and the dense baseline once each, no result files."""
+    assert load("kernel_bench").main(["--tiny", "--device", "cpu", "--profile", "--cases", "3-D",
+                                      "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "tiny 3-D +text: profiled triton KernelConfig(" in out and "and math" in out
+    assert not list(tmp_path.iterdir())
+
+
 def test_kernel_bench_floors_need_no_gpu(capsys):
     assert load("kernel_bench").main(["--floors"]) == 0
     out = capsys.readouterr().out
