@@ -62,7 +62,7 @@ class ModelPatch:
     processor_class: type  # the GNA subclass of the stock processor
     stock_processor_class: type
     dispatch_module: ModuleType  # the module whose dispatch_attention_fn the stock processor calls
-    blocks: dict[str, str]  # block type in presets -> attribute of the transformer holding those blocks
+    blocks: dict[str, str]  # block type in presets -> attribute (dotted path) of the transformer holding those blocks
     text_first: bool  # where text shares the sequence: [text, image stream] (True) or [image stream, text]
     layout_probe: LayoutProbe  # token layout from the transformer's forward inputs; raises LayoutError
     video: bool  # pipeline output is .frames (B, F, H, W, C) rather than .images
@@ -88,6 +88,9 @@ class ModelPatch:
     # (transformer, context-parallel degree: ring x Ulysses) -> a context-parallel plan, for a family diffusers
     # ships none for.
     parallel_plan: Callable[[torch.nn.Module, int], dict] | None = None
+    # Block types whose self-attention sequence is the grid alone even when the image stream also carries
+    # context tokens (FLUX.3's per-mode image blocks, beside the references' own blocks).
+    grid_only_blocks: tuple[str, ...] = ()
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
@@ -97,7 +100,13 @@ class ModelPatch:
 
     def block_lists(self, transformer: torch.nn.Module) -> dict[str, list]:
         """The transformer's blocks per block type (empty for a block list its class lacks)."""
-        return {name: list(getattr(transformer, attr, ())) for name, attr in self.blocks.items()}
+        def resolve(path: str):
+            holder = transformer
+            for attr in path.split("."):
+                holder = getattr(holder, attr, None)
+            return holder if holder is not None else ()
+
+        return {name: list(resolve(path)) for name, path in self.blocks.items()}
 
     def processor_for(self, block_type: str, current: object) -> type:
         """The GNA processor class for a block type whose attention now has processor ``current``."""
@@ -562,7 +571,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 attn = getattr(block, patch.attention)
                 original = attn.processor
                 route = GNARoute((name, index), patch.text_first, config.backend,
-                                 getattr(original, "_attention_backend", None), patch.cached_context_keys)
+                                 getattr(original, "_attention_backend", None), patch.cached_context_keys,
+                                 grid_only=name in patch.grid_only_blocks)
                 gna_class = patch.processor_for(name, original)
                 if type(original) in gna_class.__mro__:  # exactly the stock processor the GNA class extends
                     _register_with_diffusers_hooks(gna_class)

@@ -99,9 +99,10 @@ class GNARoute:
     """
 
     def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None,
-                 cached_context_keys: bool = False):
+                 cached_context_keys: bool = False, grid_only: bool = False):
         self.layer = layer
         self.text_first = text_first
+        self.grid_only = grid_only  # the sequence is the grid alone (FLUX.3's per-mode image blocks)
         # Keys may carry context tokens the queries lack, just before the grid: [text, (context), grid]
         # (FLUX.2 klein's KV cache: reference-image keys without their queries).
         self.cached_context_keys = cached_context_keys
@@ -126,6 +127,8 @@ class GNARoute:
     def grid_span(self, total: int) -> slice | None:
         """Where the latent grid lies in a joint sequence of ``total`` tokens (None: it does not fit)."""
         layout = self.layout
+        if self.grid_only and layout is not None:
+            return slice(0, total) if total == prod(layout.grid) else None
         if layout is None or total < layout.stream_tokens:
             return None
         start = (total - layout.stream_tokens if self.text_first else 0) + layout.grid_offset

@@ -402,6 +402,31 @@ def test_from_pipe_shares_the_scheduler_and_is_attached_by_apply(monkeypatch):
     assert "prepare_latents" not in vars(img2img) and "step" not in vars(pipe.scheduler)
 
 
+def test_modular_pipeline_is_patched_and_counts_its_steps(monkeypatch):
+    """Modular Diffusers (``FluxAutoBlocks().init_pipeline()``) holds ``.transformer`` and ``.scheduler`` as
+    components: whole extent reproduces it, and the dense warm-up is counted on its scheduler."""
+    from diffusers.modular_pipelines import FluxAutoBlocks
+
+    pipe = FluxAutoBlocks().init_pipeline()
+    pipe.update_components(**{k: v for k, v in flux.tiny_pipeline().components.items() if v is not None})
+
+    def run():
+        return pipe(prompt="a cat", height=32, width=32, num_inference_steps=3, output="latents",
+                    generator=torch.Generator().manual_seed(0), **flux.tiny_call_kwargs())
+
+    stock = run()
+    with enabled(pipe, whole("flux")):
+        assert max_diff(run(), stock) <= TOL
+    spy = OperatorSpy(monkeypatch)
+    per_call = []
+    pipe.transformer.register_forward_hook(lambda *_: per_call.append(len(spy.windows)))
+    with enabled(pipe, config("flux", dense_steps=1)) as handle:
+        sparse = run()
+        assert handle.runtime.grid == (8, 8)
+    assert [b - a for a, b in zip([0] + per_call, per_call)] == [0, 4, 4]
+    assert max_diff(sparse, stock) > 1e-3 and "step" not in vars(pipe.scheduler)
+
+
 def test_a_pipeline_whose_steps_are_not_counted_is_reported():
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
