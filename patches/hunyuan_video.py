@@ -3,18 +3,26 @@ right-padded text with a boolean key mask (B, 1, 1, S). The token refiner (AttnP
 touched: processors are installed per layer of the dual- and single-stream blocks only.
 
 Layout probe: hidden_states (B, C, F, H, W) -> (F / patch_t, H / patch, W / patch), from shapes (no sync).
+
+FramePack (HunyuanVideoFramepackTransformer3DModel: the same blocks and processor) generates a video in
+sections; each call's image stream is [4x history, 2x history, clean latents, section grid]: the history
+tokens (their counts from their latents' shapes) are context before the grid, as the text after it.
+Batches above 1 mask [image stream, valid text] with a (B, 1, 1, S) key mask, as HunyuanVideo does.
 """
 
 from __future__ import annotations
 
+from math import prod
+
 import torch
-from diffusers import HunyuanVideoTransformer3DModel
+from diffusers import HunyuanVideoFramepackTransformer3DModel, HunyuanVideoTransformer3DModel
 from diffusers.models.transformers import transformer_hunyuan_video
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
 from gna_diffusers.install import ModelPatch
-from gna_diffusers.route import RoutedProcessorMixin
+from gna_diffusers.route import RoutedProcessorMixin, TokenLayout, token_layout
 
+from ._forward import forward_argument
 from ._video import VideoLatentLayout
 
 
@@ -25,6 +33,28 @@ class GNAHunyuanVideoAttnProcessor(RoutedProcessorMixin, HunyuanVideoAttnProcess
 LAYOUT = VideoLatentLayout(lambda transformer: (transformer.config.patch_size_t, transformer.config.patch_size,
                                                 transformer.config.patch_size))
 
+# FramePack's history inputs, in the order the forward puts them before the grid (each prepended in turn),
+# reversed: (latents, their frame indices, the patch embedder's kernel, whether it pads to the kernel).
+FRAMEPACK_HISTORY = (
+    ("latents_history_4x", "indices_latents_history_4x", (4, 8, 8), True),
+    ("latents_history_2x", "indices_latents_history_2x", (2, 4, 4), True),
+    ("latents_clean", "indices_latents_clean", (1, 2, 2), False),
+)
+
+
+def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
+    """The video grid of ``hidden_states``; for FramePack also the history tokens before it, counted from the
+    history latents' shapes (the forward packs those whose frame indices are given)."""
+    layout = LAYOUT.probe(module, args, kwargs, prepared)
+    if not isinstance(module, HunyuanVideoFramepackTransformer3DModel):
+        return layout
+    history = 0
+    for latents_name, indices_name, kernel, padded in FRAMEPACK_HISTORY:
+        latents = forward_argument(module, args, kwargs, latents_name)
+        if latents is not None and forward_argument(module, args, kwargs, indices_name) is not None:
+            history += prod(-(-n // k) if padded else n // k for n, k in zip(latents.shape[2:], kernel))
+    return token_layout(layout.grid, history + prod(layout.grid), history)
+
 
 PATCH = ModelPatch(
     family="hunyuan-video",
@@ -34,11 +64,14 @@ PATCH = ModelPatch(
     dispatch_module=transformer_hunyuan_video,
     blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
     text_first=False,
-    layout_probe=LAYOUT.probe,
+    layout_probe=layout_probe,
     layout_from_prepared=LAYOUT.from_prepared,
     video=True,
     adoptable_processors=(HunyuanVideoAttnProcessor2_0,),
-    parallel_plan=lambda transformer, world: parallel_plan(transformer, world),  # defined below
+    other_transformer_classes=(HunyuanVideoFramepackTransformer3DModel,),
+    # Defined below; FramePack's RoPE and history tokens would need a plan of their own (none).
+    parallel_plan=lambda transformer, world: (
+        parallel_plan(transformer, world) if isinstance(transformer, HunyuanVideoTransformer3DModel) else None),
 )
 
 
@@ -49,6 +82,18 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int 
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=num_layers,
         num_single_layers=num_single_layers, num_refiner_layers=1, patch_size=1, patch_size_t=1,
         text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(4, 4, 8),
+    ).eval()
+
+
+def tiny_framepack_transformer(seed: int = 0) -> HunyuanVideoFramepackTransformer3DModel:
+    """A randomly initialised FramePack transformer for CPU tests (2 heads x 16, 4 latent channels, 2x2
+    patches as the history embedder's, 8-wide image embeddings)."""
+    torch.manual_seed(seed)
+    return HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, num_single_layers=2,
+        num_refiner_layers=1, patch_size=2, patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(4, 4, 8), has_image_proj=True, image_proj_dim=8, has_clean_x_embedder=True,
+        guidance_embeds=False,
     ).eval()
 
 

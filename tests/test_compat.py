@@ -78,6 +78,40 @@ def test_hunyuan_video_image_to_video_token_replace_blocks(monkeypatch):
     assert len(spy.windows) == 8
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_hunyuan_video_framepack_history_tokens_are_context(batch, monkeypatch):
+    """FramePack packs [4x history, 2x history, clean latents, section grid] as its image stream: GNA runs on
+    the section's grid with the history and the (image-embedding + text) tokens as context; batch 2 pads
+    the text with a key mask, batch 1 trims it."""
+    transformer = hunyuan_video.tiny_framepack_transformer()
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    frames, rows, cols, text = 3, 8, 12, 6  # latents: a 3 x 4 x 6 token grid
+    inputs = dict(
+        hidden_states=randn(batch, 4, frames, rows, cols), timestep=torch.full((batch,), 500),
+        encoder_hidden_states=randn(batch, text, 16), pooled_projections=randn(batch, 8),
+        encoder_attention_mask=torch.arange(text)[None] < torch.tensor([[6], [4]][:batch]),
+        image_embeds=randn(batch, 5, 8), indices_latents=torch.arange(3, 3 + frames),
+        latents_clean=randn(batch, 4, 2, rows, cols), indices_latents_clean=torch.tensor([0, 2]),  # 2 x 4 x 6
+        latents_history_2x=randn(batch, 4, 2, rows, cols), indices_latents_history_2x=torch.tensor([1, 6]),  # 1 x 2 x 3
+        latents_history_4x=randn(batch, 4, 5, rows, cols), indices_latents_history_4x=torch.arange(7, 12),  # 2 x 1 x 2
+        return_dict=False,
+    )
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="hunyuan-video", window=-1)) as handle:
+            assert max_diff(transformer(**inputs)[0], stock) <= TOL
+            assert handle.runtime.layout == gna_diffusers.route.token_layout((3, 4, 6), 48 + 6 + 4 + 72, 48 + 6 + 4)
+        with enabled(transformer, GNAConfig(family="hunyuan-video", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+    text_keys = 5 + (text if batch == 2 else 6)  # image embeddings + text (batch 1: its valid text only)
+    assert set(spy.contexts) == {((3, 4, 6), 58 + text_keys)}
+
+
 def kontext_pipeline():
     from diffusers import FluxKontextPipeline
 
