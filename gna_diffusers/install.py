@@ -135,6 +135,28 @@ class _Runtime:
         self.generation_over = False  # every counted step done: a later call is from an uncounted pipeline
         self._resolved: dict[tuple, LayerPattern] = {}
         self._checked_grids: set[tuple[int, ...]] = set()
+        self._notified: set[str] = set()
+        # Notices raised inside a compiled forward, where a warning would vanish: given at the next
+        # scheduler call, which runs eagerly.
+        self._deferred: dict[str, tuple[str, bool]] = {}
+
+    def notify_once(self, key: str, message: str, warn: bool) -> None:
+        """Warn (or log at info) ``message`` once per installation; deferred while compiling."""
+        if key in self._notified:
+            return
+        if _compiling():
+            self._deferred[key] = (message, warn)  # a side effect torch.compile replays after the graph
+            return
+        self._notified.add(key)
+        if warn:
+            warnings.warn(message, stacklevel=4)
+        else:
+            logger.info(message)
+
+    def _give_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, {}
+        for key, (message, warn) in deferred.items():
+            self.notify_once(key, message + " (in a torch.compile'd forward)", warn)
 
     @property
     def grid(self) -> tuple[int, ...] | None:
@@ -155,6 +177,7 @@ class _Runtime:
 
     def observe(self, name: str, owner, result) -> None:
         """Called after a wrapped scheduler or pipeline method returned ``result``."""
+        self._give_deferred()
         if name == "set_timesteps":
             self.new_generation(len(owner.timesteps))
         elif name == "step":
@@ -321,7 +344,6 @@ class GNAHandle:
         self.pipelines: list = []  # pipelines attached (their prepare_latents gives the layout)
         self._sites: list[_Site] = []  # one per sparse attention layer of every transformer
         self._hooks: list = []
-        self._notified: set[str] = set()
         self.active = True
 
     @property
@@ -383,15 +405,6 @@ class GNAHandle:
         self.pipelines.append(pipeline)
         self.runtime.count_forward = False
 
-    def _notify_once(self, key: str, message: str, warn: bool) -> None:
-        if key in self._notified or _compiling():
-            return
-        self._notified.add(key)
-        if warn:
-            warnings.warn(message, stacklevel=4)
-        else:
-            logger.info(message)
-
     def _attach_routes(self, transformer: torch.nn.Module) -> None:
         """Give every sparse layer's current processor its route (loaders may have rebuilt or replaced it)."""
         adopted, foreign = [], []
@@ -413,10 +426,10 @@ class GNAHandle:
                 foreign.append((route.layer, type(processor).__name__))
         if adopted:
             names = ", ".join(f"{b}.{i}" for b, i in adopted)
-            self._notify_once(f"adopted {names}", f"gna: GNA runs inside processors it did not install ({names})", False)
+            self.runtime.notify_once(f"adopted {names}", f"gna: GNA runs inside processors it did not install ({names})", False)
         if foreign:
             names = ", ".join(f"{b}.{i} ({cls})" for (b, i), cls in foreign)
-            self._notify_once(
+            self.runtime.notify_once(
                 f"foreign {names}",
                 f"gna: layers {names} have processors that gna-diffusers cannot route; they run as those "
                 f"processors do (dense), and gna_diffusers.remove() leaves them in place.",
@@ -432,14 +445,14 @@ class GNAHandle:
             layout = self.patch.layout_probe(module, args, kwargs, runtime.prepared)
         except LayoutError as error:
             layout = None
-            self._notify_once(f"layout {error}", f"gna: every layer runs dense for this call: {error}", True)
+            self.runtime.notify_once(f"layout {error}", f"gna: every layer runs dense for this call: {error}", True)
         if layout is not None and layout is not runtime.prepared:
             runtime.check_grid(layout.grid)
         runtime.layout = layout
         if runtime.count_forward:
             runtime.count_call()
         elif runtime.generation_over:
-            self._notify_once(
+            self.runtime.notify_once(
                 "uncounted",
                 f"gna: the transformer was called after the counted generation ended ({runtime.total_steps} "
                 f"steps): a pipeline whose scheduler gna-diffusers does not count is using it, so it runs "

@@ -126,3 +126,16 @@ def test_regional_compilation_runs_gna_like_eager():
         with enabled(transformer, GNAConfig(family="flux3", window=3)):
             compiled = transformer(**flux3.transformer_inputs(transformer, GRID, text=7))[0]
     assert max_diff(compiled, eager) <= 1e-6
+
+
+def test_whole_model_compile_runs_dense_and_says_so_after_the_step():
+    """Under torch.compile of the whole transformer the grid cannot be read from img_ids (a host sync): the
+    layers run dense, and the notice, raised inside the compiled forward where a warning would vanish, is
+    given at the next scheduler call."""
+    pipe, run = modular_pipeline()
+    stock = run()
+    pipe.transformer.compile(backend="eager", fullgraph=True)
+    with enabled(pipe, GNAConfig(family="flux3", window=3)):
+        with pytest.warns(UserWarning, match=r"runs dense for this call: under torch.compile .*compile_repeated_blocks"):
+            out = run()
+    assert torch.equal(out, stock)
