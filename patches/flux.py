@@ -205,4 +205,4 @@ def tiny_call_kwargs() -> dict:
 
 TINY_NAME = "tiny-flux"
 # Hub names of this family, for --random-weights (FLUX.2 is another architecture).
-NAME_PATTERN = r"flux(?![.-]?2)"
+NAME_PATTERN = r"flux(?![.-]?[23])"

@@ -88,6 +88,26 @@ PATCH = ModelPatch(
 )
 
 
+# diffusers' Flux3Transformer2DModel defaults, the configuration its docstring describes: 5 per-mode + 28
+# single blocks, 24 heads x 128, stacked Qwen3-VL text features of width 20480; for timing with random weights.
+FULL_CONFIG = dict(
+    in_channels=128, cond_in_channels=128, num_layers=5, num_single_layers=28, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=20480, timestep_channels=256, mlp_ratio=3.0,
+    axes_dims_rope=(32, 32, 32, 32), rope_theta=10000,
+)
+DEFAULT_PRESET = "flux3-2k"
+DEFAULT_STEPS = 50  # the modular pipeline's default num_inference_steps
+TEXT_TOKENS = 160  # the text encoder pads prompts to multiples of 80 tokens; two blocks, a typical prompt
+NAME_PATTERN = r"flux[.-]?3"  # names of this family, for --random-weights
+
+
+def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int]:
+    """Image-token grid of a height x width image: 16 pixels per token (VAE 8x, 2x2 packed), as FLUX.2."""
+    if height % 16 or width % 16:
+        raise ValueError(f"FLUX.3 needs height and width divisible by 16, got {height}x{width}")
+    return height // 16, width // 16
+
+
 def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2) -> Flux3Transformer2DModel:
     """A randomly initialised FLUX.3 transformer for CPU tests (2 heads x 16, 16 packed latent channels)."""
     torch.manual_seed(seed)

@@ -123,6 +123,31 @@ def test_random_weights_mode_times_transformer_steps(tmp_path):
     assert "random weights" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_random_weights_mode_times_flux3_which_the_harness_cannot_build_a_pipeline_for(tmp_path, monkeypatch):
+    """FLUX.3 (modular pipelines only) is timed with --random-weights; its full-size config is swapped for
+    the tiny one here. Its name does not match FLUX.1's pattern."""
+    from gna_diffusers.patches import flux3
+
+    monkeypatch.setattr(flux3, "FULL_CONFIG", dict(flux3.tiny_transformer().config))
+    monkeypatch.setattr(flux3, "TEXT_TOKENS", 8)
+    assert main(["compare", "--random-weights", "--model", "some-org/FLUX.3-test", "--height", "128", "--width", "128",
+                 "--repeats", "1", "--output", str(tmp_path)]) == 0
+    report = read(tmp_path / "report.json")
+    assert report["model"]["family"] == "flux3" and report["grid"] == [8, 8] and report["text_tokens"] == 8
+    (row,) = report["presets"]
+    assert row["preset"] == "flux3-2k" and row["gna_step_ms"] > 0
+    assert {layer["blocks"] for layer in row["layers"]} == {"image", "single"}
+
+
+def test_a_flux3_folder_is_refused_with_the_way_to_time_it(capsys, tmp_path):
+    folder = tmp_path / "FLUX.3-dev"
+    folder.mkdir()  # no model_index.json: a modular pipeline's folder, as far as compare can tell
+    assert main(["compare", "--model", str(folder), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "flux3 ships as modular pipelines, which compare does not build yet: time it with --random-weights" in err
+
+
 def test_full_size_transformers_are_built_on_meta_then_materialized():
     from gna_diffusers.harness.models import materialize_random, on_meta
     from gna_diffusers.patches import flux, hunyuan_video
@@ -130,6 +155,10 @@ def test_full_size_transformers_are_built_on_meta_then_materialized():
     full_flux = on_meta(flux.PATCH.transformer_class, flux.FULL_CONFIG)
     assert sum(p.numel() for p in full_flux.parameters()) > 11e9  # the 12B FLUX.1-dev transformer
     assert len(on_meta(hunyuan_video.PATCH.transformer_class, hunyuan_video.FULL_CONFIG).single_transformer_blocks) == 40
+    from gna_diffusers.patches import flux3
+
+    full_flux3 = on_meta(flux3.PATCH.transformer_class, flux3.FULL_CONFIG)
+    assert len(full_flux3.mode_blocks["image"]) == 5 and len(full_flux3.single_transformer_blocks) == 28
     tiny_config = dict(flux.tiny_transformer().config)
     small = materialize_random(on_meta(flux.PATCH.transformer_class, tiny_config), torch.device("cpu"), torch.float32)
     weights = torch.cat([p.flatten() for p in small.parameters()])

@@ -13,7 +13,7 @@ from types import ModuleType
 import torch
 
 from gna_diffusers import model_family
-from gna_diffusers.patches import FAMILY_MODULES
+from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES
 
 TINY_MODELS = {module.TINY_NAME: module for module in FAMILY_MODULES.values()}
 
@@ -68,7 +68,11 @@ def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
                                                      local_files_only=offline)
     except (OSError, ValueError) as error:
         where = "the local folder" if local.is_dir() else "the hub (or the local cache, when offline)"
-        raise HarnessError(f"cannot load model {name!r} from {where}: {str(error).splitlines()[0]}") from None
+        hint = "".join(
+            f"; {family} ships as modular pipelines, which compare does not build yet: time it with "
+            f"--random-weights, or call gna_diffusers.apply on your own pipeline"
+            for family, module in SPEED_ONLY_MODULES.items() if re.search(module.NAME_PATTERN, name, re.IGNORECASE))
+        raise HarnessError(f"cannot load model {name!r} from {where}: {str(error).splitlines()[0]}{hint}") from None
     transformer = getattr(pipeline, "transformer", None)
     try:
         patch = model_family(pipeline)
@@ -86,10 +90,11 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
         # torch.nn.Module.to: diffusers' own .to() warns about fp32-kept modules these models do not have.
         transformer = torch.nn.Module.to(family.tiny_transformer(seed), device=device, dtype=dtype)
         return Model(name, family, None, transformer, "random (built-in tiny model)")
-    matches = [module for module in FAMILY_MODULES.values() if re.search(module.NAME_PATTERN, name, re.IGNORECASE)]
+    families = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}
+    matches = [module for module in families.values() if re.search(module.NAME_PATTERN, name, re.IGNORECASE)]
     if len(matches) != 1:
         raise HarnessError(
-            f"--random-weights needs a model name that names one family ({', '.join(FAMILY_MODULES)}), e.g. "
+            f"--random-weights needs a model name that names one family ({', '.join(families)}), e.g. "
             f"black-forest-labs/FLUX.1-dev, hunyuanvideo-community/HunyuanVideo, Wan-AI/Wan2.1-T2V-14B-Diffusers, "
             f"Qwen/Qwen-Image or hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v; got {name!r}"
         )
