@@ -1,0 +1,84 @@
+"""Z-Image (tiny offline models, fp32, CPU): list inputs, image tokens padded to a multiple of 32 with a
+learnt pad token (context keys), captions after the image, a key mask when the samples' lengths differ."""
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled
+from gna_diffusers.patches import z_image
+from gna_diffusers.route import LayoutError
+
+GRID = (6, 8)  # 48 image tokens, padded to 64
+
+
+def max_diff(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+def test_whole_extent_reproduces_stock_and_pad_and_caption_tokens_are_context(monkeypatch):
+    transformer = z_image.tiny_transformer()
+    inputs = z_image.transformer_inputs(transformer, GRID, valid_text=(7, 40))  # captions pad to 32 and 64
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="z-image", window=-1)) as handle:
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            assert (handle.runtime.layout.grid, handle.runtime.layout.stream_tokens) == (GRID, 64)
+        spy.contexts.clear()
+        with enabled(transformer, GNAConfig(family="z-image", window=3)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert max_diff(transformer(**inputs)[0], stock) == 0  # removed: bit-identical
+    # The refiner block sees [grid, 16 pad tokens]; the two main blocks add the longer caption (64 tokens,
+    # the shorter one's batch padding masked).
+    assert sorted(spy.contexts) == [(GRID, 16), (GRID, 16 + 64), (GRID, 16 + 64)]
+
+
+def test_the_stock_pipeline_is_reproduced_and_only_the_caption_refiner_keeps_its_processor():
+    pipe = z_image.tiny_pipeline()
+
+    def generate():
+        return pipe(prompt=["a red cat", "a dog on a beach at sunset"], height=32, width=32, num_inference_steps=2,
+                    output_type="pt", generator=torch.Generator().manual_seed(0), **z_image.tiny_call_kwargs()).images
+
+    stock = generate()
+    with enabled(pipe, GNAConfig(family="z-image", window=-1)) as handle:
+        assert (generate() - stock).abs().max().item() <= 1e-5
+        assert handle.runtime.grid == (8, 8)
+        transformer = pipe.transformer
+        assert all(isinstance(b.attention.processor, z_image.GNAZSingleStreamAttnProcessor)
+                   for b in [*transformer.noise_refiner, *transformer.layers])
+        assert all(type(b.attention.processor) is ZSingleStreamAttnProcessor for b in transformer.context_refiner)
+
+
+def test_samples_of_different_sizes_run_dense_with_a_warning():
+    transformer = z_image.tiny_transformer()
+    inputs = z_image.transformer_inputs(transformer, GRID, valid_text=(5, 5))
+    inputs["x"][1] = torch.randn(4, 1, 8, 8)  # a 4 x 4 grid beside the 6 x 8 one
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="z-image", window=3)):
+            with pytest.warns(UserWarning, match=r"runs dense for this call: the samples of this call have different"):
+                out = transformer(**inputs)[0]
+    assert max_diff(out, stock) == 0
+
+
+def test_omni_mode_is_not_placed_on_a_grid():
+    transformer = z_image.tiny_transformer()
+    with pytest.raises(LayoutError, match="omni mode"):
+        z_image.layout_probe(transformer, (), {"x": [[torch.randn(4, 1, 8, 8)]]}, None)
+
+
+def test_regional_compilation_runs_gna_like_eager():
+    """The stock transformer does not compile whole with fullgraph=True (its RoPE enters a `with device`
+    block); its blocks do, and GNA runs in them as in eager mode."""
+    transformer = z_image.tiny_transformer()
+    inputs = z_image.transformer_inputs(transformer, GRID, valid_text=(7, 40))
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="z-image", window=3)):
+            eager = transformer(**inputs)[0]
+        transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+        with enabled(transformer, GNAConfig(family="z-image", window=3)):
+            compiled = transformer(**inputs)[0]
+    assert max_diff(compiled, eager) <= 1e-6
