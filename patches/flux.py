@@ -108,9 +108,11 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int 
 
 
 def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int]:
-    """Image-token grid of a height x width image: the VAE downsamples 8x, the pipeline packs 2x2 patches."""
+    """Image-token grid of a height x width image: the VAE downsamples 8x, the pipeline packs 2x2 patches
+    (16 pixels per token; shared by the image families built that way)."""
     if height % 16 or width % 16:
-        raise ValueError(f"FLUX needs height and width divisible by 16, got {height}x{width}")
+        raise ValueError(f"height and width must be divisible by 16 (16 x 16 pixels per image token), got "
+                         f"{height}x{width}")
     return height // 16, width // 16
 
 

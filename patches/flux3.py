@@ -28,6 +28,7 @@ from diffusers.models.transformers.transformer_flux3 import Flux3AttnProcessor, 
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
+from . import flux
 from ._forward import forward_argument
 
 
@@ -101,11 +102,7 @@ TEXT_TOKENS = 160  # the text encoder pads prompts to multiples of 80 tokens; tw
 NAME_PATTERN = r"flux[.-]?3"  # names of this family, for --random-weights
 
 
-def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int]:
-    """Image-token grid of a height x width image: 16 pixels per token (VAE 8x, 2x2 packed), as FLUX.2."""
-    if height % 16 or width % 16:
-        raise ValueError(f"FLUX.3 needs height and width divisible by 16, got {height}x{width}")
-    return height // 16, width // 16
+latent_grid = flux.latent_grid  # VAE 8x, 2x2 packed: 16 pixels per token, as FLUX.2
 
 
 def tiny_transformer(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2) -> Flux3Transformer2DModel:

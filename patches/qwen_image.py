@@ -19,6 +19,7 @@ from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStream
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
+from . import flux
 from ._forward import forward_argument
 
 
@@ -62,11 +63,7 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> QwenImageTransformer
     ).eval()
 
 
-def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int]:
-    """Image-token grid: the VAE downsamples 8x, the pipeline packs 2x2 patches."""
-    if height % 16 or width % 16:
-        raise ValueError(f"Qwen-Image needs height and width divisible by 16, got {height}x{width}")
-    return height // 16, width // 16
+latent_grid = flux.latent_grid  # VAE 8x, 2x2 packed: 16 pixels per token
 
 
 def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batch: int = 1,

@@ -25,6 +25,7 @@ from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF, ZSin
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
+from . import flux
 from ._forward import forward_argument
 
 
@@ -78,11 +79,7 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> ZImageTransformer2DM
     ).eval()
 
 
-def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int]:
-    """Image-token grid of a height x width image: the VAE downsamples 8x, the transformer patches 2x2."""
-    if height % 16 or width % 16:
-        raise ValueError(f"Z-Image needs height and width divisible by 16, got {height}x{width}")
-    return height // 16, width // 16
+latent_grid = flux.latent_grid  # the FLUX VAE (8x) and 2x2 patches: 16 pixels per token
 
 
 def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batch: int = 1,
