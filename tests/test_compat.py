@@ -337,6 +337,19 @@ def test_save_load_dtype_cast_and_fused_projections(pipe, family, tmp_path):
     assert max_diff(generate(pipe, family), stock) <= TOL
 
 
+def test_layerwise_casting_keeps_gna_exact_and_sparse():
+    """enable_layerwise_casting (weights stored in float8, upcast per layer for compute) around GNA layers."""
+    transformer = flux.tiny_transformer()
+    inputs = flux.transformer_inputs(transformer, (4, 4), text=5)
+    with torch.no_grad():
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="flux", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= TOL
+        with enabled(transformer, GNAConfig(family="flux", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+
+
 def test_cpu_offload_hooks_keep_the_layout_probe_and_step_count(pipe, family):
     stock = generate(pipe, family)
     handle = apply(pipe, whole(family, dense_steps=1))
