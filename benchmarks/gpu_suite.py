@@ -74,6 +74,8 @@ MODEL_CASES = [
     ModelCase("HunyuanVideo 1.5 720x1280x121", "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v",
               "hunyuan-video-1.5-720p", 720, 1280, 121, 50, None, None),
     ModelCase("Chroma1-HD 2048x2048", "lodestones/Chroma1-HD", "chroma-2k", 2048, 2048, None, 35, None, None),
+    ModelCase("SkyReels-V2 14B 720x1280x97", "Skywork/SkyReels-V2-T2V-14B-720P-Diffusers", "skyreels-v2-720p", 720,
+              1280, 97, 50, None, None),
     ModelCase("Z-Image-Turbo 2048x2048", "Tongyi-MAI/Z-Image-Turbo", "z-image-2k", 2048, 2048, None, 9, None, None),
     # No hub id yet: the name only picks the family; the shape is diffusers' Flux3Transformer2DModel defaults.
     ModelCase("FLUX.3 2048x2048", "FLUX.3", "flux3-2k", 2048, 2048, None, 50, None, None),

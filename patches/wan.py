@@ -117,7 +117,7 @@ DEFAULT_STEPS = 50  # the pipeline's default num_inference_steps
 TEXT_TOKENS = 512  # the pipeline's max_sequence_length (UMT5)
 
 
-def _tiny_parts(seed: int) -> dict:
+def tiny_parts(seed: int) -> dict:
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
     from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
 
@@ -143,7 +143,7 @@ def tiny_pipeline(seed: int = 0):
     """An offline WanPipeline with random weights: 32x32 pixels x 9 frames -> a 5x4x4 latent token grid."""
     from diffusers import WanPipeline
 
-    return WanPipeline(transformer=tiny_transformer(seed), **_tiny_parts(seed))
+    return WanPipeline(transformer=tiny_transformer(seed), **tiny_parts(seed))
 
 
 def tiny_two_expert_pipeline(seed: int = 0, boundary_ratio: float = 0.5):
@@ -151,7 +151,7 @@ def tiny_two_expert_pipeline(seed: int = 0, boundary_ratio: float = 0.5):
     from diffusers import WanPipeline
 
     return WanPipeline(transformer=tiny_transformer(seed), transformer_2=tiny_transformer(seed + 1),
-                       boundary_ratio=boundary_ratio, **_tiny_parts(seed))
+                       boundary_ratio=boundary_ratio, **tiny_parts(seed))
 
 
 def tiny_call_kwargs() -> dict:

@@ -13,7 +13,7 @@ from gna_diffusers.patches import FAMILY_MODULES
 # Published transformer sizes, in billions of parameters.
 PUBLISHED_BILLIONS = {
     "flux": 12, "flux2": 32, "chroma": 8.9, "hunyuan-video": 13, "hunyuan-video-1.5": 8.3, "wan": 14,
-    "qwen-image": 20, "z-image": 6,
+    "qwen-image": 20, "z-image": 6, "skyreels-v2": 14,
 }
 FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
 
