@@ -114,6 +114,7 @@ class GNARoute:
         self.observer: Callable | None = None
         self._warned: set[str] = set()
         self._uniform_bias: set[TokenLayout] = set()  # layouts whose additive mask was checked uniform on the grid
+        self._shared_rows: set[TokenLayout] = set()  # layouts whose per-query mask was checked alike on the grid
 
     def __repr__(self) -> str:
         return f"GNARoute({self.layer[0]}.{self.layer[1]})"
@@ -222,6 +223,14 @@ class GNARoute:
             if row is None or row.shape[-1] != total:
                 why = f"attention mask of shape {tuple(attn_mask.shape)} is not (B, 1, 1 or S, S) for S={total}"
                 return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+            # A per-query mask must give every grid query the same row; a causal or block-causal one does
+            # not. Its first, middle and last grid rows are compared on a layer's first call per layout.
+            if attn_mask.shape[2] != 1 and layout not in self._shared_rows and not torch.compiler.is_compiling():
+                probes = attn_mask[:, 0, [grid.start, (grid.start + grid.stop) // 2, grid.stop - 1]]
+                if not bool((probes == probes[:, :1]).all()):
+                    why = "its attention mask differs between grid queries (causal?), which a window cannot carry"
+                    return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
+                self._shared_rows.add(layout)
             if attn_mask.dtype == torch.bool:
                 key_valid = row
             else:

@@ -1,6 +1,8 @@
 """SkyReels-V2 (tiny offline models, fp32, CPU): Wan's layout with processors of its own; diffusion
 forcing's block-causal mask (several frames per block) runs dense."""
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2AttnProcessor
@@ -45,5 +47,23 @@ def test_block_causal_diffusion_forcing_runs_dense_with_one_warning():
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="skyreels-v2", window=2)):
             with pytest.warns(UserWarning, match="2 frames per block masks attention block-causally"):
+                out = transformer(**inputs)[0]
+    assert torch.equal(out, stock)
+
+
+def test_the_route_refuses_a_mask_that_differs_between_grid_queries(monkeypatch):
+    """Without the family's guard, the route itself sees that the block-causal mask's rows differ across
+    the grid and runs those layers dense with a warning, rather than GNA under one row of it."""
+    from gna_diffusers.patches import PATCHES
+
+    unguarded = dataclasses.replace(skyreels_v2.PATCH, layout_probe=skyreels_v2.LAYOUT.probe)
+    monkeypatch.setitem(PATCHES, "skyreels-v2", unguarded)
+    transformer = skyreels_v2.tiny_transformer()
+    transformer._set_ar_attention(2)
+    inputs = skyreels_v2.transformer_inputs(transformer, GRID, text=7)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="skyreels-v2", window=2)):
+            with pytest.warns(UserWarning, match="attention mask differs between grid queries"):
                 out = transformer(**inputs)[0]
     assert torch.equal(out, stock)
