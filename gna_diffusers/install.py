@@ -512,6 +512,11 @@ def _find_parts(target) -> tuple[torch.nn.Module, object | None]:
         return _unwrap_compiled(transformer), getattr(target, "scheduler", None)
     if isinstance(target, torch.nn.Module):
         return _unwrap_compiled(target), None
+    if hasattr(target, "transformer") and transformer is None:
+        raise UnsupportedModelError(
+            f"{type(target).__name__} has no transformer loaded yet; load it first (a modular pipeline: "
+            f"pipe.load_components(...) or pipe.update_components(transformer=...)), then apply()"
+        )
     raise UnsupportedModelError(
         f"apply() takes a diffusers pipeline with a .transformer or the transformer itself, got {type(target).__name__}"
     )

@@ -139,3 +139,13 @@ def test_whole_model_compile_runs_dense_and_says_so_after_the_step():
         with pytest.warns(UserWarning, match=r"runs dense for this call: under torch.compile .*compile_repeated_blocks"):
             out = run()
     assert torch.equal(out, stock)
+
+
+def test_a_modular_pipeline_whose_transformer_is_not_loaded_is_refused_with_the_fix():
+    from diffusers.modular_pipelines import Flux3AutoBlocks
+
+    from gna_diffusers import UnsupportedModelError
+
+    pipe = Flux3AutoBlocks().sub_blocks["denoise"].init_pipeline()  # components not loaded yet
+    with pytest.raises(UnsupportedModelError, match=r"has no transformer loaded yet; load it first .*load_components"):
+        apply(pipe, "flux3-1k")
