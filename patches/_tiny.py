@@ -38,6 +38,14 @@ CHATML = (
 )
 
 
+def qwen3_config(vocab_size: int, num_hidden_layers: int):
+    """A tiny Qwen3 text model's config (width 16, 2 heads of 8), for the families with a Qwen3 encoder."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=num_hidden_layers,
+                       num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=512)
+
+
 def byte_level_tokenizer() -> Qwen2Tokenizer:
     """A Qwen2 byte-level BPE tokenizer with no merges (one token per byte) plus ChatML's special tokens."""
     # GPT-2's reversible byte -> unicode map: printable bytes stand for themselves, the rest from U+0100.

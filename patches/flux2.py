@@ -162,16 +162,13 @@ def tiny_pipeline(seed: int = 0):
     """An offline Flux2KleinPipeline (Qwen3 text encoder) with random weights: 32x32 images -> an 8x8 grid
     (the tiny VAE downsamples 2x and patchifies 2x2)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    from ._tiny import byte_level_tokenizer
+    from ._tiny import byte_level_tokenizer, qwen3_config
 
     tokenizer = byte_level_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
-    )).eval()
+    text_encoder = Qwen3ForCausalLM(qwen3_config(len(tokenizer), num_hidden_layers=3)).eval()
     vae = AutoencoderKLFlux2(
         latent_channels=4, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4, sample_size=32,
