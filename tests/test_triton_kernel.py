@@ -53,7 +53,12 @@ CASES = [
     # tile inside it is still partial (other dilation groups' keys).
     (dict(grid=(12, 8), window=(3, 8), dilation=(3, 1)), (1, 1, 8), (1, 2, 8), 0, False, 1),
     (dict(grid=(9, 11), window=(9, 11)), (1, 4, 8), (1, 8, 4), 3, False, 1),  # whole-grid window
-    # 3-D, including text longer than one extra-key block (70 > 64) and non-multiple extents.
+    # Text in whole extra-key blocks (blocks are the KV tile's 16 tokens): no ragged-end select, with and
+    # without padding (which arrives as a -inf bias).
+    (dict(grid=(8, 16), window=(4, 8), stride=(2, 4)), (1, 4, 4), (1, 4, 4), 32, False, 1),
+    (dict(grid=(8, 16), window=(4, 8), stride=(2, 4)), (1, 4, 4), (1, 4, 4), 32, True, 2),
+    # 3-D, including text over several extra-key blocks with a ragged last one (70 keys), and non-multiple
+    # extents.
     (dict(grid=(4, 5, 6), window=(2, 3, 4), stride=(1, 3, 2)), (2, 2, 4), (1, 4, 4), 70, True, 1),
     (dict(grid=(5, 6, 8), window=(3, 4, 4), stride=(2, 2, 4), causal=(True, False, False)), (1, 4, 4), (2, 2, 4), 0, False, 1),
     (dict(grid=(6, 4, 6), window=(2, 2, 3), dilation=(2, 2, 1)), (2, 2, 4), (2, 2, 4), 4, True, 2),
