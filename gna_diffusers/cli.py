@@ -123,6 +123,23 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_families(args: argparse.Namespace) -> int:
+    from gna_diffusers.patches import FAMILY_MODULES, PATCHES
+
+    by_family: dict[str, list[str]] = {}
+    for name in list_presets():
+        by_family.setdefault(load_preset(name).family, []).append(name)
+    rows = [
+        [family, patch.transformer_class.__name__ + "".join(f", {c.__name__}" for c in patch.other_transformer_classes),
+         ", ".join(patch.blocks), FAMILY_MODULES[family].TINY_NAME if family in FAMILY_MODULES else "(--random-weights only)",
+         ", ".join(by_family.get(family, []))]
+        for family, patch in PATCHES.items()
+    ]
+    print(tabulate(rows, headers=["family", "transformer (diffusers)", "block types", "tiny model", "presets"],
+                   tablefmt="github"))
+    return 0
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -267,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     presets.add_argument("action", choices=("list", "show", "validate"))
     presets.add_argument("target", nargs="?", help="preset NAME (show) or YAML FILE (validate)")
     presets.set_defaults(run=_cmd_presets)
+
+    families = commands.add_parser(
+        "families", help="the model families apply() supports: transformer classes, block types, presets",
+        description="The model families apply() supports: the diffusers transformer classes it recognises, the "
+        "block types a preset's dense_layers and overrides name, the built-in tiny model `compare` runs without "
+        "a download, and the shipped presets.",
+    )
+    families.set_defaults(run=_cmd_families)
 
     compare = commands.add_parser(
         "compare", help="dense vs one GNA preset on the same prompts and seeds: speed, quality, pictures",

@@ -26,3 +26,13 @@ def test_sim_bad_window_is_one_clear_error(capsys):
 def test_sim_needs_grid_and_window(capsys):
     assert main(["sim"]) == 2
     assert "--grid and --window" in capsys.readouterr().err
+
+
+def test_families_lists_every_supported_family_with_its_presets(capsys):
+    from gna_diffusers.patches import PATCHES
+
+    assert main(["families"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == set(PATCHES)
+    assert "HunyuanVideoFramepackTransformer3DModel" in rows["hunyuan-video"] and "z-image-2k" in rows["z-image"]
+    assert "tiny-skyreels-v2" in rows["skyreels-v2"] and "(--random-weights only)" in rows["flux3"]
