@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .config import expand_per_dim, load_config
+from .config import ConfigError, expand_per_dim, load_config
 from .presets import list_presets, load_preset, preset_text
 from .sim import PAPER_CONFIGS, SimResult, simulate
 
@@ -108,7 +108,12 @@ def _preset_row(name: str, config) -> list:
 
 def _cmd_presets(args: argparse.Namespace) -> int:
     if args.action == "list":
-        rows = [_preset_row(name, load_preset(name)) for name in list_presets()]
+        rows = []
+        for name in list_presets():
+            try:
+                rows.append(_preset_row(name, load_preset(name)))
+            except ConfigError as error:  # its family is not importable with this diffusers
+                rows.append([name, str(error).splitlines()[-1][:80], *[""] * (len(PRESET_COLUMNS) - 1)])
         print(tabulate(rows, headers=["preset", *PRESET_COLUMNS], tablefmt="github"))
     elif args.action == "show":
         if not args.target:
@@ -128,7 +133,10 @@ def _cmd_families(args: argparse.Namespace) -> int:
 
     by_family: dict[str, list[str]] = {}
     for name in list_presets():
-        by_family.setdefault(load_preset(name).family, []).append(name)
+        try:
+            by_family.setdefault(load_preset(name).family, []).append(name)
+        except ConfigError:
+            continue  # its family is not importable with this diffusers
     rows = [
         [family, patch.transformer_class.__name__ + "".join(f", {c.__name__}" for c in patch.other_transformer_classes),
          ", ".join(patch.blocks), FAMILY_MODULES[family].TINY_NAME if family in FAMILY_MODULES else "(--random-weights only)",

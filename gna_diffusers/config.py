@@ -108,10 +108,11 @@ class GNAConfig(_Strict):
     @field_validator("family")
     @classmethod
     def _check_family(cls, value: str) -> str:
-        from gna_diffusers.patches import PATCHES
+        from gna_diffusers.patches import PATCHES, UNAVAILABLE
 
         if value != ANY_FAMILY and value not in PATCHES:
-            raise ValueError(f"unknown family {value!r}; allowed: {', '.join([*PATCHES, ANY_FAMILY])}")
+            missing = f" (not importable with this diffusers: {', '.join(UNAVAILABLE)}; upgrade it)" if UNAVAILABLE else ""
+            raise ValueError(f"unknown family {value!r}; allowed: {', '.join([*PATCHES, ANY_FAMILY])}{missing}")
         return value
 
     @field_validator("dense_steps", mode="before")

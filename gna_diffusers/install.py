@@ -524,14 +524,17 @@ def _find_parts(target) -> tuple[torch.nn.Module, object | None]:
 
 def model_family(target) -> ModelPatch:
     """The family patch of a pipeline or transformer; raises UnsupportedModelError listing the families."""
-    from gna_diffusers.patches import PATCHES
+    from gna_diffusers.patches import PATCHES, UNAVAILABLE
 
     transformer, _ = _find_parts(target)
     for patch in PATCHES.values():
         if patch.handles(transformer):
             return patch
     supported = ", ".join(f"{p.family} ({p.transformer_class.__name__})" for p in PATCHES.values())
-    raise UnsupportedModelError(f"{type(transformer).__name__} is not supported; supported families: {supported}")
+    missing = "".join(f"; {name} is unavailable with this diffusers ({why}): upgrade diffusers"
+                      for name, why in UNAVAILABLE.items())
+    raise UnsupportedModelError(
+        f"{type(transformer).__name__} is not supported; supported families: {supported}{missing}")
 
 
 def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None) -> GNAHandle:

@@ -206,3 +206,36 @@ def test_bare_transformer_counts_forward_calls(monkeypatch):
         transformer(**inputs)
     handle.remove()
     assert len(spy.windows) == 4
+
+
+def test_a_family_this_diffusers_lacks_is_left_out_and_named(tmp_path):
+    """A family module that cannot be imported (its transformer class is newer than the installed diffusers)
+    does not break the package: the others work, and an unsupported model's error names the missing one."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+sys.modules["gna_diffusers.patches.flux3"] = None  # as if this diffusers had no Flux3Transformer2DModel
+import torch
+from gna_diffusers import ConfigError, GNAConfig, UnsupportedModelError, apply, load_preset
+from gna_diffusers.cli import main
+from gna_diffusers.patches import PATCHES, UNAVAILABLE, flux
+
+def refused(call, error_type, text):
+    try:
+        call()
+    except error_type as error:
+        assert text in str(error), error
+    else:
+        raise AssertionError("no error")
+
+assert "flux3" not in PATCHES and "flux" in PATCHES and list(UNAVAILABLE) == ["flux3"]
+apply(flux.tiny_transformer(), GNAConfig(family="flux", window=2)).remove()
+refused(lambda: apply(torch.nn.Linear(2, 2), "flux-4k"), UnsupportedModelError, "flux3 is unavailable with this diffusers")
+refused(lambda: load_preset("flux3-1k"), ConfigError, "not importable with this diffusers: flux3")
+assert main(["presets", "list"]) == 0 and main(["families"]) == 0  # the flux3 presets' rows say why
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
