@@ -31,17 +31,37 @@ _last_ids: tuple[weakref.ref, TokenLayout] | None = None
 
 
 def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
-    """The layout of image-stream ids (N, 3): the generated image is the leading run of tokens sharing the
-    first token's id[0], one row-major grid starting at (0, 0); the rest are context. Syncs with the host."""
+    """The layout of image-stream ids (N, 3 or 4): the generated image is the leading run of tokens sharing
+    the first token's id[0], one row-major grid (row id constant along a row and increasing down, column id
+    the same in every row and increasing along it: rows and columns are counted, so any scale of the
+    position ids works, e.g. FLUX.3's 0.5); the rest are context. Syncs with the host."""
     leading = int((ids[:, 0] == ids[0, 0]).cumprod(0).sum())
-    rows, cols = (int(v) + 1 for v in ids[:leading, 1:3].amax(0).tolist())
-    flat = torch.arange(leading, device=ids.device)
-    if rows * cols != leading or not bool(((ids[:leading, 1] * cols + ids[:leading, 2]).long() == flat).all()):
-        raise LayoutError(
-            f"the first {leading} image tokens (img_ids with id[0] = {ids[0, 0].item():g}) are not one row-major "
-            f"grid starting at (0, 0)"
-        )
-    return token_layout((rows, cols), ids.shape[0])
+    row_id, col_id = ids[:leading, 1], ids[:leading, 2]
+    cols = int((row_id == row_id[0]).cumprod(0).sum())
+    rows = leading // cols
+    if rows * cols == leading:
+        h, w = row_id.reshape(rows, cols), col_id.reshape(rows, cols)
+        if bool((h == h[:, :1]).all() & (w == w[:1]).all() & (h[1:, 0] > h[:-1, 0]).all() & (w[0, 1:] > w[0, :-1]).all()):
+            return token_layout((rows, cols), ids.shape[0])
+    raise LayoutError(
+        f"the first {leading} image tokens (img_ids with id[0] = {ids[0, 0].item():g}) are not one row-major grid"
+    )
+
+
+def cached_ids_layout(img_ids: torch.Tensor) -> TokenLayout | None:
+    """The layout last read from this very ``img_ids`` tensor (pipelines pass the same one every step)."""
+    return _last_ids[1] if _last_ids is not None and _last_ids[0]() is img_ids else None
+
+
+def ids_layout(img_ids: torch.Tensor) -> TokenLayout:
+    """:func:`layout_from_ids` of a call's ``img_ids`` ((N, C) or (B, N, C)), read once per tensor: one host
+    sync when a new ids tensor comes."""
+    global _last_ids
+    layout = cached_ids_layout(img_ids)
+    if layout is None:
+        layout = layout_from_ids(img_ids[0] if img_ids.ndim == 3 else img_ids)
+        _last_ids = (weakref.ref(img_ids), layout)
+    return layout
 
 
 def layout_from_prepared(result, transformer) -> TokenLayout | None:
@@ -72,12 +92,7 @@ def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLay
             "gna: under torch.compile the FLUX image grid comes from the pipeline's prepare_latents; apply GNA "
             "to the pipeline that runs (gna_diffusers.apply(pipe, ...)), or run a bare transformer uncompiled"
         )
-    global _last_ids
-    if _last_ids is not None and _last_ids[0]() is img_ids:
-        return _last_ids[1]
-    layout = layout_from_ids(img_ids[0] if img_ids.ndim == 3 else img_ids)
-    _last_ids = (weakref.ref(img_ids), layout)
-    return layout
+    return ids_layout(img_ids)
 
 
 PATCH = ModelPatch(

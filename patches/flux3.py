@@ -19,7 +19,6 @@ blocks instead (``transformer.compile_repeated_blocks``), whose hooks run eagerl
 
 from __future__ import annotations
 
-import weakref
 
 import torch
 from diffusers.models.transformers import transformer_flux3
@@ -36,42 +35,18 @@ class GNAFlux3AttnProcessor(RoutedProcessorMixin, Flux3AttnProcessor):
     """Flux3AttnProcessor whose attention call runs GNA over the image grid; everything else is stock."""
 
 
-def grid_from_ids(ids: torch.Tensor) -> tuple[int, int]:
-    """(rows, cols) of image ids (N, 4) that form one row-major grid: the row coordinate constant along each
-    row and increasing down, the column coordinate the same in every row and increasing along it (any
-    scale). Syncs with the host."""
-    n = ids.shape[0]
-    cols = int((ids[:, 1] == ids[0, 1]).cumprod(0).sum())
-    rows = n // cols
-    if rows * cols == n:
-        h, w = ids[:, 1].reshape(rows, cols), ids[:, 2].reshape(rows, cols)
-        row_major = (h == h[:, :1]).all() & (w == w[:1]).all() & (h[1:, 0] > h[:-1, 0]).all() & (w[0, 1:] > w[0, :-1]).all()
-        if bool(row_major):
-            return rows, cols
-    raise LayoutError(f"the {n} image tokens' img_ids (t, h, w, l) are not one row-major grid")
-
-
-# The last img_ids tensor seen (by identity, weakly held) and its grid: pipelines pass the same tensor every step.
-_last_ids: tuple[weakref.ref, tuple[int, int]] | None = None
-
-
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
-    """The generated image's grid from ``img_ids`` (one host sync per ids tensor), with the reference tokens
-    (``image_cond_hidden_states``) after it in the image stream."""
-    global _last_ids
+    """The generated image's grid from ``img_ids`` (FLUX's reading: one host sync per ids tensor), with the
+    reference tokens (``image_cond_hidden_states``) after it in the image stream."""
     img_ids = forward_argument(module, args, kwargs, "img_ids")
     if img_ids is None:
         raise LayoutError("FLUX.3 needs img_ids in the transformer call to know the image grid")
-    references = forward_argument(module, args, kwargs, "image_cond_hidden_states")
-    stream = img_ids.shape[-2] + (0 if references is None else references.shape[1])
-    if _last_ids is not None and _last_ids[0]() is img_ids:
-        return token_layout(_last_ids[1], stream)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and flux.cached_ids_layout(img_ids) is None:
         raise LayoutError("under torch.compile of the whole transformer the FLUX.3 grid cannot be read from "
                           "img_ids; compile its blocks instead (transformer.compile_repeated_blocks(...))")
-    grid = grid_from_ids(img_ids[0] if img_ids.ndim == 3 else img_ids)
-    _last_ids = (weakref.ref(img_ids), grid)
-    return token_layout(grid, stream)
+    references = forward_argument(module, args, kwargs, "image_cond_hidden_states")
+    stream = img_ids.shape[-2] + (0 if references is None else references.shape[1])
+    return token_layout(flux.ids_layout(img_ids).grid, stream)
 
 
 PATCH = ModelPatch(

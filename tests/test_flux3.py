@@ -7,7 +7,7 @@ from diffusers.models.transformers.transformer_flux3 import Flux3AttnProcessor
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, apply, enabled
-from gna_diffusers.patches import flux3
+from gna_diffusers.patches import flux, flux3
 
 GRID = (6, 8)
 
@@ -58,14 +58,14 @@ def test_only_the_image_and_single_blocks_get_gna_processors():
 
 def test_img_ids_are_read_at_any_rope_scale_and_a_non_grid_runs_dense_with_a_warning():
     for scale in (0.5, 1.0, 0.25):
-        assert flux3.grid_from_ids(flux3.image_ids(*GRID, rope_scale=scale)) == GRID
+        assert flux.layout_from_ids(flux3.image_ids(*GRID, rope_scale=scale)).grid == GRID
     transformer = flux3.tiny_transformer()
     inputs = flux3.transformer_inputs(transformer, GRID, text=7)
     inputs["img_ids"] = inputs["img_ids"].flip(0)
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="flux3", window=3)):
-            with pytest.warns(UserWarning, match="every layer runs dense for this call: the 48 image tokens' img_ids"):
+            with pytest.warns(UserWarning, match="every layer runs dense for this call: the first 48 image tokens"):
                 out = transformer(**inputs)[0]
     assert torch.equal(out, stock)
 
