@@ -91,6 +91,20 @@ def _attention_scores_skipped() -> bool:
                for mode in torch.overrides._get_current_function_mode_stack())
 
 
+def _mask_problem(attn_mask: torch.Tensor, row: torch.Tensor, grid: slice) -> str | None:
+    """Why the route cannot carry ``attn_mask`` on the grid queries (whose shared key row is ``row``), or
+    None. A per-query mask (B, 1, S, S) must give every grid query the same row (compared: the first, middle
+    and last grid rows), which a causal or block-causal one does not; an additive one must be uniform over
+    the grid keys (they are never padded), so that only its context part matters."""
+    if attn_mask.shape[2] != 1:
+        probes = attn_mask[:, 0, [grid.start, (grid.start + grid.stop) // 2, grid.stop - 1]]
+        if not bool((probes == probes[:, :1]).all()):
+            return "its attention mask differs between grid queries (causal?), which a window cannot carry"
+    if attn_mask.dtype != torch.bool and not bool((row[:, grid] == row[:, grid.start, None]).all()):
+        return "its additive attention mask is not uniform over the grid keys"
+    return None
+
+
 class GNARoute:
     """Stands in for a processor's attention backend; the wrapped dispatch hands its calls to this.
 
@@ -113,8 +127,7 @@ class GNARoute:
         # Called with (route, query, key, attn_mask) on every self-attention call (calibration's probe).
         self.observer: Callable | None = None
         self._warned: set[str] = set()
-        self._uniform_bias: set[TokenLayout] = set()  # layouts whose additive mask was checked uniform on the grid
-        self._shared_rows: set[TokenLayout] = set()  # layouts whose per-query mask was checked alike on the grid
+        self._mask_checked: set[TokenLayout] = set()  # layouts whose attention mask passed _mask_problem
 
     def __repr__(self) -> str:
         return f"GNARoute({self.layer[0]}.{self.layer[1]})"
@@ -223,26 +236,17 @@ class GNARoute:
             if row is None or row.shape[-1] != total:
                 why = f"attention mask of shape {tuple(attn_mask.shape)} is not (B, 1, 1 or S, S) for S={total}"
                 return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-            # A per-query mask must give every grid query the same row; a causal or block-causal one does
-            # not. Its first, middle and last grid rows are compared on a layer's first call per layout.
-            if attn_mask.shape[2] != 1 and layout not in self._shared_rows and not torch.compiler.is_compiling():
-                probes = attn_mask[:, 0, [grid.start, (grid.start + grid.stop) // 2, grid.stop - 1]]
-                if not bool((probes == probes[:, :1]).all()):
-                    why = "its attention mask differs between grid queries (causal?), which a window cannot carry"
+            # Checked on a layer's first call per layout (host syncs), not on every denoising step.
+            if layout not in self._mask_checked and not torch.compiler.is_compiling():
+                why = _mask_problem(attn_mask, row, grid)
+                if why is not None:
                     return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-                self._shared_rows.add(layout)
+                self._mask_checked.add(layout)
             if attn_mask.dtype == torch.bool:
                 key_valid = row
             else:
                 row = row.float()
-                grid_bias = row[:, grid.start, None]
-                # Checked on a layer's first call per layout (a host sync), not on every denoising step.
-                if layout not in self._uniform_bias and not torch.compiler.is_compiling():
-                    if not bool((row[:, grid] == grid_bias).all()):
-                        why = "its additive attention mask is not uniform over the grid keys"
-                        return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
-                    self._uniform_bias.add(layout)
-                key_bias = row - grid_bias
+                key_bias = row - row[:, grid.start, None]
             if attn_mask.shape[2] != 1 and query_context:
                 context_mask = gather(attn_mask, query_context, dim=2)
 
