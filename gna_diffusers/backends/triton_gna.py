@@ -155,9 +155,8 @@ def _extra_bias(extra_kv_mask: torch.Tensor | None, extra_kv_bias: torch.Tensor 
     (the kernel scales after adding) and -inf on padding. Padding as a bias costs the kernel one add per
     score; a mask it had to load and select on cost ~1.8x as many instructions per block (kernel_sass)."""
     bias = None if extra_kv_bias is None else extra_kv_bias.float() / scale
-    if extra_kv_mask is not None:
-        hidden = torch.zeros(extra_kv_mask.shape, dtype=torch.float32, device=extra_kv_mask.device)
-        hidden.masked_fill_(~extra_kv_mask.bool(), float("-inf"))
+    if extra_kv_mask is not None:  # one small (B, M) op per call, beside an attention over the whole grid
+        hidden = torch.where(extra_kv_mask.bool(), 0.0, float("-inf")).float()  # whatever the default dtype
         bias = hidden if bias is None else bias + hidden
     return None if bias is None else bias.contiguous()
 
