@@ -19,14 +19,13 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from . import wan
-from ._video import VideoLatentLayout
 
 
 class GNAChronoEditAttnProcessor(RoutedProcessorMixin, ChronoEditAttnProcessor):
     """ChronoEdit's WanAttnProcessor whose self-attention call runs GNA over the video grid; all else stock."""
 
 
-LAYOUT = VideoLatentLayout(lambda transformer: tuple(transformer.config.patch_size))
+LAYOUT = wan.LAYOUT  # Wan's (F, H, W) / patch_size grid from the latents' shape
 
 PATCH = ModelPatch(
     family="chronoedit",
@@ -50,11 +49,8 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> ChronoEditTransforme
     """A randomly initialised ChronoEdit transformer for CPU tests (2 heads x 16): 4 noise + 2 mask + 4
     condition latent channels in (the tiny Wan VAE compresses 2x in time), CLIP image tokens of width 16."""
     torch.manual_seed(seed)
-    return ChronoEditTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=10, out_channels=4,
-        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=num_layers, image_dim=CLIP_WIDTH, added_kv_proj_dim=32,
-        rope_max_seq_len=64,
-    ).eval()
+    config = dict(wan.TINY_CONFIG, in_channels=10, image_dim=CLIP_WIDTH, added_kv_proj_dim=32)
+    return ChronoEditTransformer3DModel(**config, num_layers=num_layers).eval()
 
 
 latent_grid = wan.latent_grid  # the Wan VAE (4x in time, 8x in space) and 1x2x2 patches

@@ -22,14 +22,13 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout
 
 from . import wan
-from ._video import VideoLatentLayout
 
 
 class GNASkyReelsV2AttnProcessor(RoutedProcessorMixin, SkyReelsV2AttnProcessor):
     """SkyReelsV2AttnProcessor whose self-attention call runs GNA over the video grid; all else stock."""
 
 
-LAYOUT = VideoLatentLayout(lambda transformer: tuple(transformer.config.patch_size))
+LAYOUT = wan.LAYOUT  # Wan's (F, H, W) / patch_size grid from the latents' shape
 
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
@@ -61,21 +60,14 @@ PATCH = ModelPatch(
 def tiny_transformer(seed: int = 0, num_layers: int = 2) -> SkyReelsV2Transformer3DModel:
     """A randomly initialised SkyReels-V2 transformer for CPU tests (2 heads x 16, 4 latent channels)."""
     torch.manual_seed(seed)
-    return SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=num_layers, rope_max_seq_len=64,
-    ).eval()
+    return SkyReelsV2Transformer3DModel(**wan.TINY_CONFIG, num_layers=num_layers).eval()
 
 
 latent_grid = wan.latent_grid  # the Wan VAE (4x in time, 8x in space) and 1x2x2 patches
 transformer_inputs = wan.transformer_inputs  # the same forward arguments
 
-# SkyReels-V2 14B (its T2V / I2V 540P and 720P models): Wan 2.1 14B's shape; for timing with random weights.
-FULL_CONFIG = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)
+# SkyReels-V2 14B (its T2V 540P and 720P models): Wan 2.1 14B's shape; for timing with random weights.
+FULL_CONFIG = wan.FULL_CONFIG
 DEFAULT_PRESET = "skyreels-v2-720p"
 DEFAULT_STEPS = 50  # SkyReelsV2Pipeline's default num_inference_steps
 TEXT_TOKENS = 512  # UMT5, as Wan

@@ -50,13 +50,17 @@ PATCH = ModelPatch(
 )
 
 
+# The tiny test transformer's shape (also the Wan-architecture families' base: SkyReels-V2, ChronoEdit).
+TINY_CONFIG = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+    text_dim=16, freq_dim=32, ffn_dim=32, rope_max_seq_len=64,
+)
+
+
 def tiny_transformer(seed: int = 0, num_layers: int = 2) -> WanTransformer3DModel:
     """A randomly initialised Wan transformer for CPU tests (2 heads x 16, 4 latent channels)."""
     torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=num_layers, rope_max_seq_len=64,
-    ).eval()
+    return WanTransformer3DModel(**TINY_CONFIG, num_layers=num_layers).eval()
 
 
 def latent_grid(height: int, width: int, frames: int | None = None, vae_spatial: int = 8) -> tuple[int, int, int]:
