@@ -139,14 +139,18 @@ def test_flux_kontext_reference_tokens_are_context(monkeypatch):
         assert torch.isfinite(kontext(pipe, steps=4)).all()
 
 
-def test_a_layout_that_is_not_understood_runs_dense_with_one_warning():
+@pytest.mark.parametrize("ids, leading", [
+    (lambda ids: ids.flip(0), 16),  # not row-major
+    (lambda ids: torch.randn(ids.shape, generator=torch.Generator().manual_seed(0)), 1),  # diffusers' model tests
+])
+def test_a_layout_that_is_not_understood_runs_dense_with_one_warning(ids, leading):
     transformer = flux.tiny_transformer()
     inputs = flux.transformer_inputs(transformer, (4, 4), text=5)
-    inputs["img_ids"] = inputs["img_ids"].flip(0)  # not a row-major grid
+    inputs["img_ids"] = ids(inputs["img_ids"])
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         apply(transformer, GNAConfig(family="flux", window=2))
-        with pytest.warns(UserWarning, match="every layer runs dense for this call: the first 16 image tokens"):
+        with pytest.warns(UserWarning, match=f"every layer runs dense for this call: the first {leading} image tokens"):
             out = transformer(**inputs)[0]
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once, not per call
@@ -497,6 +501,21 @@ def test_apply_to_a_compiled_transformer_patches_the_module_inside(pipe, family,
     assert max_diff(compiled, generate(pipe, family, steps=1)) <= TOL
     remove(pipe)
     assert not hasattr(inner, "_gna_handle")
+
+
+def test_a_bare_flux_transformer_compiled_whole_runs_dense_instead_of_failing():
+    """Compiled whole, a bare transformer cannot read its grid from img_ids (a host sync) and has no pipeline
+    to prepare it: each call runs dense (exactly the stock model) instead of raising, at any resolution."""
+    transformer = flux.tiny_transformer()
+    cases = [flux.transformer_inputs(transformer, grid, text=5) for grid in ((4, 4), (4, 8))]
+    with torch.no_grad():
+        stock = [transformer(**inputs)[0] for inputs in cases]
+        apply(transformer, GNAConfig(family="flux", window=2))
+        compiled = torch.compile(transformer, backend="eager", fullgraph=True, dynamic=True)
+        outs = [compiled(**inputs)[0] for inputs in cases]
+    remove(transformer)
+    torch._dynamo.reset()
+    assert all(torch.equal(out, ref) for out, ref in zip(outs, stock))
 
 
 def test_apply_remove_apply(pipe, family):
