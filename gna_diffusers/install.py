@@ -133,6 +133,7 @@ class _Runtime:
         self.dense_steps = dense_step_count(config, None) if count_forward else 0
         self.sparse = self.dense_steps == 0
         self.generation_over = False  # every counted step done: a later call is from an uncounted pipeline
+        self.called_since_step = False  # the transformer ran since the last counted step
         self._resolved: dict[tuple, LayerPattern] = {}
         self._checked_grids: set[tuple[int, ...]] = set()
         self._notified: set[str] = set()
@@ -168,20 +169,28 @@ class _Runtime:
         self.dense_steps = dense_step_count(self.config, total_steps)
         self._set_step(0)
 
-    def _set_step(self, step: int) -> None:
+    def _set_step(self, step: int, ends_generation: bool = True) -> None:
         self.step = step
         self.sparse = step >= self.dense_steps
-        self.generation_over = self.total_steps is not None and step >= self.total_steps
+        self.generation_over = ends_generation and self.total_steps is not None and step >= self.total_steps
         if self.generation_over:
             self.prepared = None  # belongs to the generation that just ended
 
-    def observe(self, name: str, owner, result) -> None:
-        """Called after a wrapped scheduler or pipeline method returned ``result``."""
+    def observe(self, name: str, owner, result, follower: bool = False) -> None:
+        """Called after a wrapped scheduler or pipeline method returned ``result``. ``follower``: from a copy
+        of the pipeline's scheduler (see _ObservedMethod)."""
         self._give_deferred()
         if name == "set_timesteps":
-            self.new_generation(len(owner.timesteps))
+            # A follower's schedule starts a generation only once steps were taken (SkyReels-V2's next
+            # long-video chunk); LTX-2's audio copy is set right after the video scheduler.
+            if not follower or self.step > 0:
+                self.new_generation(len(owner.timesteps))
         elif name == "step":
-            self._set_step(self.step + 1)
+            # One denoising step per round of transformer calls, however many schedulers step after it.
+            # A follower's count of steps (diffusion forcing's matrix of steps) can outrun the schedule.
+            if self.called_since_step:
+                self.called_since_step = False
+                self._set_step(self.step + 1, ends_generation=not follower)
         elif name == "prepare_latents":
             layout = self.layout_from_prepared(result, self.transformer)
             if layout is not None:
@@ -241,13 +250,19 @@ def _compiling() -> bool:
 class _ObservedMethod:
     """A scheduler or pipeline method that reports each result to the runtime (``set_timesteps`` starts a
     generation, ``step`` ends a step, ``prepare_latents`` gives the layout). An object rather than a
-    closure, so deepcopy copies it along with its owner."""
+    closure, so deepcopy copies it along with its owner.
 
-    def __init__(self, owner, name: str, runtime: _Runtime):
+    Copied with the pipeline it belongs to (``anchor``), it reports to the copy's installation. A scheduler
+    copied on its own reports to this installation as a *follower*: LTX-2 steps an audio copy of its
+    scheduler beside the video one, SkyReels-V2's diffusion forcing one copy per latent frame."""
+
+    def __init__(self, owner, name: str, runtime: _Runtime, anchor=None, follower: bool = False):
         self.owner = owner
         self.name = name
         self.original = getattr(owner, name)
         self.runtime = runtime
+        self.anchor = owner if anchor is None else anchor
+        self.follower = follower
 
     @property
     def __signature__(self) -> inspect.Signature:  # diffusers inspects set_timesteps for `sigmas`
@@ -255,13 +270,23 @@ class _ObservedMethod:
 
     def __call__(self, *args, **kwargs):
         result = self.original(*args, **kwargs)
-        self.runtime.observe(self.name, self.owner, result)
+        self.runtime.observe(self.name, self.owner, result, self.follower)
         return result
 
+    def __deepcopy__(self, memo) -> _ObservedMethod:
+        alone = id(self.anchor) not in memo and id(self.runtime) not in memo
+        shared = {"runtime": self.runtime, "anchor": self.anchor} if alone else {}  # not copied: the model's
+        copied = object.__new__(_ObservedMethod)
+        memo[id(self)] = copied
+        for key, value in vars(self).items():
+            setattr(copied, key, shared[key] if key in shared else copy.deepcopy(value, memo))
+        copied.follower = self.follower or alone
+        return copied
 
-def _observe(owner, names: tuple[str, ...], runtime: _Runtime) -> None:
+
+def _observe(owner, names: tuple[str, ...], runtime: _Runtime, anchor=None) -> None:
     for name in names:
-        setattr(owner, name, _ObservedMethod(owner, name, runtime))
+        setattr(owner, name, _ObservedMethod(owner, name, runtime, anchor))
 
 
 def _unobserve(owner, names: tuple[str, ...]) -> None:
@@ -398,7 +423,7 @@ class GNAHandle:
         """Count ``scheduler``'s denoising steps and take the layout from ``pipeline.prepare_latents``
         (also for another pipeline sharing this transformer, e.g. one made with ``from_pipe``)."""
         if not any(s is scheduler for s in self.schedulers):
-            _observe(scheduler, _SCHEDULER_METHODS, self.runtime)
+            _observe(scheduler, _SCHEDULER_METHODS, self.runtime, anchor=pipeline)
             self.schedulers.append(scheduler)
         if self.patch.layout_from_prepared is not None and callable(getattr(pipeline, "prepare_latents", None)):
             _observe(pipeline, _PIPELINE_METHODS, self.runtime)
@@ -440,6 +465,7 @@ class GNAHandle:
         """The transformer's forward pre-hook: routes, layout and this call's pattern per layer. Under
         torch.compile it reads only per-generation constants (the layout, ``runtime.sparse``)."""
         runtime = self.runtime
+        runtime.called_since_step = True
         self._attach_routes(module)
         try:
             layout = self.patch.layout_probe(module, args, kwargs, runtime.prepared)

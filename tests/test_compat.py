@@ -415,6 +415,34 @@ def test_deepcopy_gives_an_independently_patched_copy(pipe, family, monkeypatch)
     assert copy.deepcopy(pipe.transformer) is not None  # an unpatched copy too
 
 
+def test_a_scheduler_copied_alone_follows_the_installation_without_copying_the_model(monkeypatch):
+    """LTX-2 steps a copy of its scheduler for the audio latents beside the video one, after the same
+    transformer calls: the copy must neither deep-copy the transformer (through the step counter) nor count
+    each denoising step twice."""
+    pipe = flux.tiny_pipeline()
+    handle = apply(pipe, config("flux", dense_steps=2))
+    follower = copy.deepcopy(pipe.scheduler)
+    assert follower.step.runtime is handle.runtime and follower.step.owner is follower
+    twin = copy.deepcopy(pipe)
+    assert twin.scheduler.step.runtime is twin.transformer._gna_handle.runtime is not handle.runtime  # its own
+    remove(twin)
+    spy = OperatorSpy(monkeypatch)
+    per_step = []
+
+    def step_both(pipeline, step, timestep, callback_kwargs):
+        follower.step(callback_kwargs["latents"], follower.timesteps[step], callback_kwargs["latents"])
+        per_step.append(len(spy.windows))
+        return callback_kwargs
+
+    for generation in (1, 2):
+        follower.set_timesteps(3)  # as LTX-2 sets its copy: before the pipeline's scheduler
+        generate(pipe, "flux", prompts=("a cat",), steps=3, callback_on_step_end=step_both)
+        # Per generation: two dense steps, then one sparse one (4 layers).
+        assert per_step == [0, 0, 4, 4, 4, 8][:3 * generation] and handle.runtime.step == 3
+    remove(pipe)
+    assert "step" not in vars(pipe.scheduler)
+
+
 def test_two_pipelines_sharing_a_transformer_each_count_their_steps(monkeypatch):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
@@ -506,6 +534,7 @@ def test_apply_to_a_compiled_transformer_patches_the_module_inside(pipe, family,
 def test_a_bare_flux_transformer_compiled_whole_runs_dense_instead_of_failing():
     """Compiled whole, a bare transformer cannot read its grid from img_ids (a host sync) and has no pipeline
     to prepare it: each call runs dense (exactly the stock model) instead of raising, at any resolution."""
+    torch._dynamo.reset()  # what earlier tests compiled (frames and their guards)
     transformer = flux.tiny_transformer()
     cases = [flux.transformer_inputs(transformer, grid, text=5) for grid in ((4, 4), (4, 8))]
     with torch.no_grad():
