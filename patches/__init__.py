@@ -10,9 +10,9 @@ import importlib
 # Families the harness runs end to end (each module has a tiny pipeline and full-size configs).
 _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "flux2", "chroma", "z_image",
             "skyreels_v2", "chronoedit")
-# Families the harness only times with random weights (compare --random-weights, the GPU suite): FLUX.3
-# ships in diffusers 0.42 as modular pipelines only, which the harness does not build yet.
-_SPEED_ONLY = ("flux3",)
+# Families the harness only times with random weights (compare --random-weights, the GPU suite); each
+# module's WEIGHTS_GAP says why (FLUX.3: modular pipelines only; LTX-2: video with audio).
+_SPEED_ONLY = ("flux3", "ltx2")
 
 UNAVAILABLE: dict[str, str] = {}  # module name -> why it could not be imported
 

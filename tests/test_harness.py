@@ -145,7 +145,7 @@ def test_a_flux3_folder_is_refused_with_the_way_to_time_it(capsys, tmp_path):
     folder.mkdir()  # no model_index.json: a modular pipeline's folder, as far as compare can tell
     assert main(["compare", "--model", str(folder), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "flux3 ships as modular pipelines, which compare does not build yet: time it with --random-weights" in err
+    assert "flux3 ships as modular pipelines, which compare does not build yet: time its transformer with --random-weights" in err
 
 
 def test_full_size_transformers_are_built_on_meta_then_materialized():

@@ -62,24 +62,32 @@ def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
             f"model {name!r} not found: not a built-in tiny model ({', '.join(TINY_MODELS)}), not a local "
             f"pipeline folder, and not a hub id of the form owner/name"
         )
+    for family, module in SPEED_ONLY_MODULES.items():  # refused before gigabytes of weights are loaded
+        if re.search(module.NAME_PATTERN, Path(name).name, re.IGNORECASE):
+            raise _speed_only(family, name)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
         pipeline = DiffusionPipeline.from_pretrained(str(local) if local.is_dir() else name, torch_dtype=dtype,
                                                      local_files_only=offline)
     except (OSError, ValueError) as error:
         where = "the local folder" if local.is_dir() else "the hub (or the local cache, when offline)"
-        hint = "".join(
-            f"; {family} ships as modular pipelines, which compare does not build yet: time it with "
-            f"--random-weights, or call gna_diffusers.apply on your own pipeline"
-            for family, module in SPEED_ONLY_MODULES.items() if re.search(module.NAME_PATTERN, name, re.IGNORECASE))
-        raise HarnessError(f"cannot load model {name!r} from {where}: {str(error).splitlines()[0]}{hint}") from None
+        raise HarnessError(f"cannot load model {name!r} from {where}: {str(error).splitlines()[0]}") from None
     transformer = getattr(pipeline, "transformer", None)
     try:
         patch = model_family(pipeline)
     except TypeError as error:
         raise HarnessError(str(error)) from None
+    if patch.family not in FAMILY_MODULES:
+        raise _speed_only(patch.family, name)
     pipeline.to(device)
     return Model(name, FAMILY_MODULES[patch.family], pipeline, transformer, "pretrained")
+
+
+def _speed_only(family: str, name: str) -> HarnessError:
+    return HarnessError(
+        f"model {name!r}: {family} {SPEED_ONLY_MODULES[family].WEIGHTS_GAP}: time its transformer with "
+        f"--random-weights, or call gna_diffusers.apply(pipe, preset) on your own pipeline"
+    )
 
 
 def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Model:
@@ -96,7 +104,8 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
         raise HarnessError(
             f"--random-weights needs a model name that names one family ({', '.join(families)}), e.g. "
             f"black-forest-labs/FLUX.1-dev, hunyuanvideo-community/HunyuanVideo, Wan-AI/Wan2.1-T2V-14B-Diffusers, "
-            f"Qwen/Qwen-Image or hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v; got {name!r}"
+            f"Qwen/Qwen-Image, hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v or Lightricks/LTX-2; "
+            f"got {name!r}"
         )
     family = matches[0]
     # A family with several full-size shapes says which one a name means (e.g. Wan 2.1 14B or 2.2 TI2V-5B).

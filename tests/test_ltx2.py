@@ -1,0 +1,116 @@
+"""LTX-2 (tiny offline transformer, fp32, CPU): GNA on each block's video self-attention only; the audio
+stream and the cross-attentions stay stock; appended conditioning tokens are context; LTX-2.3's perturbed
+blocks; the harness times it with random weights."""
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnProcessor
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers.cli import main
+from gna_diffusers.harness.models import on_meta
+from gna_diffusers.patches import ltx2
+
+GRID = (3, 4, 6)
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def with_keyframes(transformer, inputs: dict, keyframes: int) -> dict:
+    """The inputs with ``keyframes`` conditioning tokens appended after the grid, as LTX2ConditionPipeline
+    appends keyframe tokens, with their positions (those of the first frame's first tokens)."""
+    batch = inputs["hidden_states"].shape[0]
+    coords = transformer.rope.prepare_video_coords(batch, inputs["num_frames"], inputs["height"], inputs["width"],
+                                                   torch.device("cpu"), fps=inputs["fps"])
+    extra = torch.randn(batch, keyframes, inputs["hidden_states"].shape[2], generator=torch.Generator().manual_seed(5))
+    return inputs | dict(hidden_states=torch.cat([inputs["hidden_states"], extra], dim=1),
+                         video_coords=torch.cat([coords, coords[:, :, :keyframes]], dim=2))
+
+
+@pytest.mark.parametrize("keyframes", [0, 5], ids=["text-to-video", "keyframes-appended"])
+def test_whole_extent_reproduces_stock_and_only_the_video_self_attention_is_routed(keyframes, monkeypatch):
+    transformer = ltx2.tiny_transformer()
+    inputs = ltx2.transformer_inputs(transformer, GRID, text=7, batch=2)
+    if keyframes:
+        inputs = with_keyframes(transformer, inputs, keyframes)
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="ltx2", window=-1)) as handle:
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            assert handle.runtime.layout.grid == GRID
+            processors = {name: type(p) for name, p in transformer.attn_processors.items()}
+            assert {n for n, cls in processors.items() if cls is ltx2.GNALTX2AttnProcessor} == {
+                f"transformer_blocks.{i}.attn1.processor" for i in range(2)}
+            assert sum(cls is LTX2AudioVideoAttnProcessor for cls in processors.values()) == 2 * 5  # audio, cross
+        spy.contexts.clear()
+        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert spy.contexts == [(GRID, keyframes)] * 2  # the grid, with the keyframe tokens as context
+
+
+def test_perturbed_attention_blocks_of_ltx_2_3_get_the_perturbed_gna_processor(monkeypatch):
+    """LTX-2.3's spatio-temporal guidance perturbs chosen blocks' attention for part of the batch: the
+    perturbed processor class is routed too, and its perturbation stays stock."""
+    transformer = ltx2.tiny_transformer(perturbed_attn=True)
+    inputs = ltx2.transformer_inputs(transformer, GRID, text=7, batch=2)
+    inputs |= dict(spatio_temporal_guidance_blocks=[1], perturbation_mask=torch.tensor([1.0, 0.0]))
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="ltx2", window=-1)):
+            assert all(type(b.attn1.processor) is ltx2.GNALTX2PerturbedAttnProcessor for b in transformer.transformer_blocks)
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+    assert len(spy.windows) == 2 + 2
+
+
+def test_a_video_self_attention_mask_runs_dense_with_a_warning():
+    transformer = ltx2.tiny_transformer()
+    inputs = ltx2.transformer_inputs(transformer, GRID, text=7)
+    tokens = inputs["hidden_states"].shape[1]
+    inputs["video_self_attention_mask"] = torch.ones(1, tokens, tokens).tril()  # per query: no window
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
+            with pytest.warns(UserWarning, match="runs dense"):
+                out = transformer(**inputs)[0]
+    assert torch.equal(out, stock)
+
+
+@pytest.mark.parametrize("preset", ["ltx2-1080p", "ltx2-4k"])
+def test_shipped_presets_run_on_the_tiny_transformer(preset, monkeypatch):
+    transformer = ltx2.tiny_transformer()
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad(), enabled(transformer, load_preset(preset).model_copy(update={"dense_steps": 0})) as handle:
+        out = transformer(**ltx2.transformer_inputs(transformer, GRID, text=7))[0]
+        assert handle.runtime.grid == GRID
+    assert spy.windows and torch.isfinite(out).all()
+
+
+def test_full_size_config_is_ltx_2_19b_and_the_grid_follows_the_vae():
+    billions = sum(p.numel() for p in on_meta(ltx2.PATCH.transformer_class, ltx2.FULL_CONFIG).parameters()) / 1e9
+    assert abs(billions - 19) / 19 < 0.05
+    assert ltx2.latent_grid(1088, 1920, 121) == tuple(load_preset("ltx2-1080p").base_grid)
+    assert ltx2.latent_grid(2176, 3840, 121) == tuple(load_preset("ltx2-4k").base_grid)
+    with pytest.raises(ValueError, match="8k \\+ 1"):
+        ltx2.latent_grid(1088, 1920, 120)
+
+
+@pytest.mark.slow
+def test_random_weights_mode_times_ltx2(tmp_path, monkeypatch):
+    """LTX-2's pipelines make video with audio, which compare does not score: it is timed with
+    --random-weights (its full-size config swapped for the tiny one here), and a pipeline is refused with
+    the way to time it before any weights load."""
+    monkeypatch.setattr(ltx2, "FULL_CONFIG", dict(ltx2.tiny_transformer().config))
+    monkeypatch.setattr(ltx2, "TEXT_TOKENS", 8)
+    assert main(["compare", "--random-weights", "--model", "Lightricks/LTX-2", "--height", "128", "--width", "192",
+                 "--frames", "17", "--repeats", "1", "--output", str(tmp_path / "timed")]) == 0
+    report = (tmp_path / "timed" / "report.md").read_text()
+    assert "ltx2-1080p" in report and "3x4x6" in report.replace(", ", "x")
+    assert main(["compare", "--model", "Lightricks/LTX-2", "--output", str(tmp_path / "refused")]) == 2
