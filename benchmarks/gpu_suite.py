@@ -81,6 +81,9 @@ MODEL_CASES = [
     ModelCase("FLUX.3 2048x2048", "FLUX.3", "flux3-2k", 2048, 2048, None, 50, None, None),
     # LTX-2 19B (video + audio streams; GNA on the video self-attention): its full-resolution stage.
     ModelCase("LTX-2 19B 1088x1920x121", "Lightricks/LTX-2", "ltx2-1080p", 1088, 1920, 121, 30, None, None),
+    # LTX-Video 13B (its 0.9.7 / 0.9.8 shape) at its preset's grid.
+    ModelCase("LTX-Video 13B 704x1216x161", "Lightricks/LTX-Video-0.9.7-dev", "ltx-video-704p", 704, 1216, 161,
+              50, None, None),
     # FLUX.2 [dev] (32B, 64 GB of bf16 weights) is left out: time it on an H200 with
     # `gna-diffusers compare --random-weights --model black-forest-labs/FLUX.2-dev --height 2048 --width 2048`.
 ]

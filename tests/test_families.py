@@ -14,7 +14,7 @@ from gna_diffusers.patches import FAMILY_MODULES
 # image cross-attention (two 5120 x 5120 projections per block) adds 2.1B to the 14B of its name.
 PUBLISHED_BILLIONS = {
     "flux": 12, "flux2": 32, "chroma": 8.9, "hunyuan-video": 13, "hunyuan-video-1.5": 8.3, "wan": 14,
-    "qwen-image": 20, "z-image": 6, "skyreels-v2": 14, "chronoedit": 14 + 2.1,
+    "qwen-image": 20, "z-image": 6, "skyreels-v2": 14, "chronoedit": 14 + 2.1, "ltx-video": 2,
 }
 FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
 
