@@ -9,6 +9,7 @@
 #   models2  suite: Wan 2.1 14B, Wan 2.2 TI2V-5B, Qwen-Image, HunyuanVideo 1.5, Chroma1-HD
 #   models3  suite: Z-Image-Turbo, SkyReels-V2 14B, FLUX.3
 #   models4  suite: LTX-2 19B (1088x1920x121), LTX-Video 13B (704x1216x161)
+#   models5  suite: Wan 2.2 Animate 14B (720x1280, a 77-frame segment)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -18,8 +19,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    kernels | models1 | tests | models2 | models3 | models4 | profile) ;;
-    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|profile (got '$part')" >&2; exit 2 ;;
+    kernels | models1 | tests | models2 | models3 | models4 | models5 | profile) ;;
+    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|models5|profile (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -53,8 +54,9 @@ case "$part" in
         done
         ;;
     models1) suite "flux.1-dev,hunyuanvideo 7" ;;
-    models2) suite "wan,qwen,1.5,chroma" ;;
+    models2) suite "wan 2.1,ti2v,qwen,1.5,chroma" ;;
     models3) suite "z-image,skyreels,flux.3" ;;
     models4) suite "ltx-2,ltx-video" ;;
+    models5) suite "animate" ;;
 esac
 exit "$status"

@@ -5,7 +5,7 @@ day, with the kernel rows of a kernel_bench run of that day when the parts skip 
 
     python benchmarks/kernel_bench.py                                  # the kernels, every paper shape
     python benchmarks/gpu_suite.py --models 'flux.1-dev,hunyuanvideo 7' --no-kernels
-    python benchmarks/gpu_suite.py --models wan,qwen,1.5,chroma --no-kernels
+    python benchmarks/gpu_suite.py --models 'wan 2.1,ti2v,qwen,1.5,chroma' --no-kernels
 
     python benchmarks/gpu_suite.py                  # GPU: kernels + full-size transformers, updates the README
     python benchmarks/gpu_suite.py --tiny           # CPU: the same code at tiny sizes (tests run this)
@@ -84,6 +84,9 @@ MODEL_CASES = [
     # LTX-Video 13B (its 0.9.7 / 0.9.8 shape) at its preset's grid.
     ModelCase("LTX-Video 13B 704x1216x161", "Lightricks/LTX-Video-0.9.7-dev", "ltx-video-704p", 704, 1216, 161,
               50, None, None),
+    # Wan 2.2 Animate 14B: one 77-frame segment (its reference frame is context).
+    ModelCase("Wan 2.2 Animate 14B 720x1280x77", "Wan-AI/Wan2.2-Animate-14B-Diffusers", "wan-animate-720p", 720,
+              1280, 77, 20, None, None),
     # FLUX.2 [dev] (32B, 64 GB of bf16 weights) is left out: time it on an H200 with
     # `gna-diffusers compare --random-weights --model black-forest-labs/FLUX.2-dev --height 2048 --width 2048`.
 ]

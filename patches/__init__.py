@@ -11,8 +11,9 @@ import importlib
 _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "flux2", "chroma", "z_image",
             "skyreels_v2", "chronoedit", "ltx_video")
 # Families the harness only times with random weights (compare --random-weights, the GPU suite); each
-# module's WEIGHTS_GAP says why (FLUX.3: modular pipelines only; LTX-2: video with audio).
-_SPEED_ONLY = ("flux3", "ltx2")
+# module's WEIGHTS_GAP says why (FLUX.3: modular pipelines only; LTX-2: video with audio; Wan Animate: pose
+# and face videos).
+_SPEED_ONLY = ("flux3", "ltx2", "wan_animate")
 
 UNAVAILABLE: dict[str, str] = {}  # module name -> why it could not be imported
 

@@ -164,4 +164,4 @@ def tiny_call_kwargs() -> dict:
 
 
 TINY_NAME = "tiny-wan"
-NAME_PATTERN = r"\bwan"  # hub names of this family, for --random-weights
+NAME_PATTERN = r"\bwan(?!.*animate)"  # hub names of this family (not Wan Animate's), for --random-weights

@@ -58,3 +58,28 @@ def attention(q, k, v, mask, extra_k=None, extra_v=None, extra_mask=None, scale=
     lse = scores.logsumexp(-1)
     out = torch.einsum("bhnm,bmhd->bnhd", (scores - lse[..., None]).exp(), v.double())
     return out, lse.transpose(1, 2)
+
+
+def joint_mask(grid, window, stride, context_before: int, context_after: int = 0) -> torch.Tensor:
+    """(S, S) bool [query, key] of one self-attention sequence [context_before tokens, grid row-major,
+    context_after tokens]: grid queries see their window and every context token, context queries see all."""
+    n = len(grid)
+    inner = neighbor_mask(grid, window, stride, (1,) * n, (False,) * n)
+    total = context_before + inner.shape[0] + context_after
+    mask = torch.ones(total, total, dtype=torch.bool)
+    end = context_before + inner.shape[0]
+    mask[context_before:end, context_before:end] = inner
+    return mask
+
+
+def masked_self_attention(module, mask: torch.Tensor, monkeypatch) -> None:
+    """Make ``module.dispatch_attention_fn`` (a diffusers transformer module's) apply ``mask`` to every call
+    whose queries and keys are the (S, S) self-attention sequence: the stock model, masked independently."""
+    real = module.dispatch_attention_fn
+
+    def masked(query, key, value, attn_mask=None, **kwargs):
+        if query.shape[1] == key.shape[1] == mask.shape[0]:
+            attn_mask = mask
+        return real(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(module, "dispatch_attention_fn", masked)

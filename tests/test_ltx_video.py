@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from brute_force import neighbor_mask
+from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_ltx
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
 from PIL import Image
@@ -78,22 +78,12 @@ def test_conditioned_call_equals_an_independent_masked_attention(monkeypatch):
     inputs |= dict(num_frames=None, height=None, width=None, rope_interpolation_scale=None,
                    hidden_states=torch.cat([torch.randn(1, condition_tokens, 4), inputs["hidden_states"]], dim=1),
                    video_coords=torch.cat([coords_of(1, 4, 6, first_time=7), coords_of(*GRID)], dim=2))
-    total = inputs["hidden_states"].shape[1]
-    allowed = torch.ones(total, total, dtype=torch.bool)
-    allowed[condition_tokens:, condition_tokens:] = neighbor_mask(GRID, window, stride, (1, 1, 1), (False,) * 3)
-    real_dispatch = transformer_ltx.dispatch_attention_fn
-
-    def masked(query, key, value, attn_mask=None, **kwargs):
-        if query.shape[1] == key.shape[1] == total:  # the self-attention: add the GNA mask
-            attn_mask = allowed
-        return real_dispatch(query, key, value, attn_mask=attn_mask, **kwargs)
-
     with torch.no_grad():
         with enabled(transformer, GNAConfig(family="ltx-video", base_grid=list(GRID), window=list(window),
-                                                      stride=list(stride))) as handle:
+                                            stride=list(stride))) as handle:
             routed = transformer(**inputs)[0]
             assert handle.runtime.layout.grid_offset == condition_tokens
-        monkeypatch.setattr(transformer_ltx, "dispatch_attention_fn", masked)
+        masked_self_attention(transformer_ltx, joint_mask(GRID, window, stride, condition_tokens), monkeypatch)
         expected = transformer(**inputs)[0]
     assert max_diff(routed, expected) <= 1e-5
 

@@ -1,0 +1,95 @@
+"""Wan 2.2 Animate (tiny offline transformer and pipeline, fp32, CPU): GNA on each block's self-attention
+only, over the segment's grid, with the reference (character) frame as context; one warm-up per segment;
+the harness times it with random weights and refuses a checkpoint with the reason."""
+
+import re
+import warnings
+
+import pytest
+import torch
+from brute_force import joint_mask, masked_self_attention
+from diffusers.models.transformers import transformer_wan_animate
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers.cli import main
+from gna_diffusers.harness.models import on_meta
+from gna_diffusers.patches import chronoedit, wan, wan_animate
+
+GRID = (2, 4, 6)  # the segment's frames after the reference frame
+FRAME_TOKENS = 4 * 6
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_whole_extent_reproduces_stock_and_only_self_attention_is_routed(monkeypatch):
+    transformer = wan_animate.tiny_transformer()
+    inputs = wan_animate.transformer_inputs(transformer, GRID, text=7)
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="wan-animate", window=-1)) as handle:
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            assert handle.runtime.layout.grid_offset == FRAME_TOKENS
+            routed = {name for name, p in transformer.attn_processors.items()
+                      if type(p) is wan_animate.GNAWanAnimateAttnProcessor}
+            assert routed == {f"blocks.{i}.attn1.processor" for i in range(2)}  # not attn2, not the face adapter
+        with enabled(transformer, GNAConfig(family="wan-animate", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert spy.contexts == [(GRID, FRAME_TOKENS)] * 4  # the reference frame: context
+
+
+def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
+    """The reference frame's tokens are seen by every query and see everything; the segment's tokens see
+    their window: checked against the stock model whose self-attention gets that boolean mask."""
+    window, stride = (2, 2, 4), (1, 2, 2)
+    transformer = wan_animate.tiny_transformer()
+    inputs = wan_animate.transformer_inputs(transformer, GRID, text=7)
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="wan-animate", base_grid=list(GRID), window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        masked_self_attention(transformer_wan_animate, joint_mask(GRID, window, stride, FRAME_TOKENS), monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5
+
+
+def test_pipeline_runs_gna_in_every_segment_after_its_own_warm_up(monkeypatch):
+    """WanAnimatePipeline: 13 frames in two 9-frame segments; each segment sets its schedule again, so each
+    has a dense first step. 32x32 pixels -> 8x8 latents -> 4x4 tokens; 9 frames -> 3 latent frames."""
+    pipe = wan_animate.tiny_pipeline()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="wan-animate", window=2, dense_steps=1)):
+            video = pipe(prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
+                         generator=torch.Generator().manual_seed(0), **wan_animate.tiny_call_kwargs()).frames
+    assert video.shape[:2] == (1, 13) and torch.isfinite(video).all()
+    assert spy.contexts == [((3, 4, 4), 16)] * (2 * 2 * 2)  # 2 segments x 2 sparse steps x 2 blocks
+
+
+def test_preset_and_full_size_shape():
+    assert wan_animate.latent_grid(720, 1280, 77) == tuple(load_preset("wan-animate-720p").base_grid)
+
+    def block_parameters(module, config) -> int:
+        model = on_meta(module.PATCH.transformer_class, config)
+        return sum(p.numel() for p in model.blocks.parameters())
+
+    # Its blocks are Wan 2.1 I2V 14B's (ChronoEdit-14B's shape); motion / face encoders and adapters come on top.
+    assert block_parameters(wan_animate, wan_animate.FULL_CONFIG) == block_parameters(chronoedit, chronoedit.FULL_CONFIG)
+
+
+@pytest.mark.slow
+def test_random_weights_mode_times_it_and_a_checkpoint_is_refused_with_the_reason(tmp_path, monkeypatch):
+    name = "Wan-AI/Wan2.2-Animate-14B-Diffusers"
+    assert not re.search(wan.NAME_PATTERN, name, re.IGNORECASE)  # not plain Wan's
+    monkeypatch.setattr(wan_animate, "FULL_CONFIG", dict(wan_animate.tiny_transformer().config))
+    monkeypatch.setattr(wan_animate, "TEXT_TOKENS", 8)
+    assert main(["compare", "--random-weights", "--model", name, "--height", "128", "--width", "192",
+                 "--frames", "9", "--repeats", "1", "--output", str(tmp_path / "timed")]) == 0
+    report = (tmp_path / "timed" / "report.md").read_text()
+    assert "wan-animate-720p" in report and "3x8x12" in report.replace(", ", "x")
+    assert main(["compare", "--model", name, "--output", str(tmp_path / "refused")]) == 2
