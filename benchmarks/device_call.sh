@@ -9,7 +9,7 @@
 #   models2  suite: Wan 2.1 14B, Wan 2.2 TI2V-5B, Qwen-Image, HunyuanVideo 1.5, Chroma1-HD
 #   models3  suite: Z-Image-Turbo, SkyReels-V2 14B, FLUX.3
 #   models4  suite: LTX-2 19B (1088x1920x121), LTX-Video 13B (704x1216x161)
-#   models5  suite: Wan 2.2 Animate 14B (720x1280, a 77-frame segment)
+#   models5  suite: Wan 2.2 Animate 14B (720x1280, a 77-frame segment), Kandinsky 5 Pro 19B (768x1280x121)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -57,6 +57,6 @@ case "$part" in
     models2) suite "wan 2.1,ti2v,qwen,1.5,chroma" ;;
     models3) suite "z-image,skyreels,flux.3" ;;
     models4) suite "ltx-2,ltx-video" ;;
-    models5) suite "animate" ;;
+    models5) suite "animate,kandinsky" ;;
 esac
 exit "$status"

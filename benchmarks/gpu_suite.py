@@ -87,6 +87,8 @@ MODEL_CASES = [
     # Wan 2.2 Animate 14B: one 77-frame segment (its reference frame is context).
     ModelCase("Wan 2.2 Animate 14B 720x1280x77", "Wan-AI/Wan2.2-Animate-14B-Diffusers", "wan-animate-720p", 720,
               1280, 77, 20, None, None),
+    ModelCase("Kandinsky 5 Pro 19B 768x1280x121", "kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s-Diffusers",
+              "kandinsky5-768p", 768, 1280, 121, 50, None, None),
     # FLUX.2 [dev] (32B, 64 GB of bf16 weights) is left out: time it on an H200 with
     # `gna-diffusers compare --random-weights --model black-forest-labs/FLUX.2-dev --height 2048 --width 2048`.
 ]

@@ -204,8 +204,12 @@ class _Runtime:
             self.calls += 1
 
     def resolved(self, layer: tuple[str, int], grid: tuple[int, ...]) -> LayerPattern:
-        """The layer's pattern at ``grid`` (cached: the denoising loop resolves each layer once per grid)."""
+        """The layer's pattern at ``grid`` (cached: the denoising loop resolves each layer once per grid).
+        While compiling, computed without the cache: torch.compile would guard on the cache's contents, and the
+        first call's entries would recompile the next call."""
         key = (layer, grid)
+        if _compiling():
+            return self.patterns[layer].resolve(self.config.base_grid, grid)
         if key not in self._resolved:
             self._resolved[key] = self.patterns[layer].resolve(self.config.base_grid, grid)
         return self._resolved[key]
@@ -225,8 +229,8 @@ class _Runtime:
                     f"gna: layer {layer[0]}.{layer[1]} cannot run on the latent grid {grid}: {error}; pick a preset "
                     f"made for this resolution or adjust its window / stride / dilation"
                 ) from None
-        self._checked_grids.add(grid)
-        if not _compiling():
+        if not _compiling():  # as in resolved(): a set changed inside the graph would recompile the next call
+            self._checked_grids.add(grid)
             logger.info("gna: grid %s, per-layer patterns: %s", grid, self.layer_rows(grid))
 
     def layer_rows(self, grid: tuple[int, ...] | None) -> list[dict]:
@@ -471,7 +475,7 @@ class GNAHandle:
             layout = self.patch.layout_probe(module, args, kwargs, runtime.prepared)
         except LayoutError as error:
             layout = None
-            self.runtime.notify_once(f"layout {error}", f"gna: every layer runs dense for this call: {error}", True)
+            self.runtime.notify_once(f"layout {error}", f"gna: every layer runs its stock attention for this call: {error}", True)
         if layout is not None and layout is not runtime.prepared:
             runtime.check_grid(layout.grid)
         runtime.layout = layout

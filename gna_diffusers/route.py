@@ -59,9 +59,12 @@ _LAYOUTS: dict[tuple, TokenLayout] = {}
 
 
 def token_layout(grid: tuple[int, ...], stream_tokens: int, grid_offset: int = 0) -> TokenLayout:
-    """The one shared :class:`TokenLayout` for these values: probes that build a layout every call hand
-    torch.compile the same object, so its guards hold from call to call."""
+    """The one shared :class:`TokenLayout` for these values, so a probe's layout is the pipeline's prepared one
+    (``is``) when they agree. While compiling, a new one: torch.compile would guard on the cache's contents,
+    and the entry the first call adds would recompile the next call."""
     key = (tuple(grid), stream_tokens, grid_offset)
+    if torch.compiler.is_compiling():
+        return TokenLayout(key[0], stream_tokens, grid_offset)
     if key not in _LAYOUTS:
         _LAYOUTS[key] = TokenLayout(key[0], stream_tokens, grid_offset)
     return _LAYOUTS[key]

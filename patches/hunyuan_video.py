@@ -145,12 +145,24 @@ DEFAULT_STEPS = 50  # the pipeline's default num_inference_steps
 TEXT_TOKENS = 256  # the pipeline's default max_sequence_length
 
 
+def tiny_vae():
+    """A 4-channel HunyuanVideo VAE that compresses 4x in time and in space (the real one: 4x / 8x)."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 3, up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=4,
+        temporal_compression_ratio=4, mid_block_add_attention=False,
+    ).eval()
+
+
 def tiny_pipeline(seed: int = 0):
     """An offline HunyuanVideoPipeline with random weights: 32x32 pixels x 5 frames -> a 2x8x8 latent grid.
 
     The Llama tokenizer pads on the right, as the real one does, so padded text gets a key mask.
     """
-    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
     from transformers import LlamaConfig, LlamaModel, LlamaTokenizer
 
     from ._tiny import CHARS, clip_text_encoder, clip_tokenizer
@@ -165,17 +177,11 @@ def tiny_pipeline(seed: int = 0):
                     pad_token_id=2, bos_token_id=1, eos_token_id=2)
     ).eval()
     tokenizer_2 = clip_tokenizer()
-    vae = AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("HunyuanVideoDownBlock3D",) * 3, up_block_types=("HunyuanVideoUpBlock3D",) * 3,
-        block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=4,
-        temporal_compression_ratio=4, mid_block_add_attention=False,
-    ).eval()
     return HunyuanVideoPipeline(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         transformer=tiny_transformer(seed),
-        vae=vae,
+        vae=tiny_vae(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
         text_encoder_2=clip_text_encoder(8, len(tokenizer_2), seed),
         tokenizer_2=tokenizer_2,

@@ -78,6 +78,55 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, perturbed_attn: bool = 
     ).eval()
 
 
+
+def tiny_pipeline(seed: int = 0):
+    """An offline LTX2Pipeline with random weights: a 2-layer Gemma 3 (width 16) behind a byte-level
+    tokenizer, the text connectors, video and audio VAEs that compress 2x, a vocoder. 32x32 pixels x 5
+    frames -> a 3x16x16 token grid, with its audio."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    from ._tiny import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(seed)
+    width, layers = 16, 2  # the text encoder's; the transformer's caption_channels
+    text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+                         sliding_window=64),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        mm_tokens_per_image=4,
+    )).eval()
+    connector = dict(num_attention_heads=2, attention_head_dim=8, num_layers=1, num_learnable_registers=None)
+    connectors = LTX2TextConnectors(
+        caption_channels=width, text_proj_in_factor=layers + 1, connector_rope_base_seq_len=32, rope_theta=10000.0,
+        rope_double_precision=False, causal_temporal_positioning=False, rope_type="split",
+        **{f"{stream}_connector_{key}": value for stream in ("video", "audio") for key, value in connector.items()},
+    )
+    vae = AutoencoderKLLTX2Video(
+        latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1,),
+        decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
+        decoder_inject_noise=(False, False), downsample_type=("spatial",), upsample_residual=(False,),
+        upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+    ).eval()
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", mid_block_add_attention=False,
+        sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    ).eval()
+    vocoder = LTX2Vocoder(
+        in_channels=2 * 8, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
+        resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], output_sampling_rate=16000,
+    ).eval()
+    return LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae,
+                        text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
+                        transformer=tiny_transformer(seed), vocoder=vocoder)
+
 def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:
     """Video-token grid: the VAE compresses 8x in time (frames = 8k + 1) and 32x in space, patch 1x1x1."""
     if frames is None or (frames - 1) % 8:
@@ -124,5 +173,13 @@ DEFAULT_PRESET = "ltx2-1080p"
 DEFAULT_STEPS = 30  # LTX2Pipeline's default num_inference_steps
 TEXT_TOKENS = 1024  # the pipeline's max_sequence_length (Gemma 3): cross-attention only, not in attn1
 NAME_PATTERN = r"ltx-?2"  # hub names of this family, for --random-weights
-# Why compare and sweep do not run it with weights (they time it with --random-weights).
-WEIGHTS_GAP = "pipelines generate video with audio, which compare does not score yet"
+# What compare and sweep do not score: they compare the video frames.
+UNSCORED = "the audio track LTX-2's pipelines also generate"
+
+
+def tiny_call_kwargs() -> dict:
+    """Pipeline call arguments for the tiny pipeline (a short byte-level text, 5 frames)."""
+    return dict(max_sequence_length=16, num_frames=5)
+
+
+TINY_NAME = "tiny-ltx2"

@@ -77,7 +77,7 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> WanAnimateTransforme
     """A randomly initialised Wan Animate transformer for CPU tests (2 heads x 16, 4 latent channels, a face
     adapter after every block, 16x16 face crops)."""
     torch.manual_seed(seed)
-    config = dict(wan.TINY_CONFIG, in_channels=None, latent_channels=4, image_dim=CLIP_WIDTH, added_kv_proj_dim=32,
+    config = dict(wan.TINY_CONFIG, in_channels=2 * 4 + 4, latent_channels=4, image_dim=CLIP_WIDTH, added_kv_proj_dim=32,
                   motion_encoder_size=FACE_SIZE, motion_encoder_channel_sizes={"4": 8, "8": 8, "16": 8},
                   motion_style_dim=8, motion_dim=4, motion_encoder_dim=8, face_encoder_hidden_dim=16,
                   face_encoder_num_heads=2, inject_face_latents_blocks=1)
@@ -92,26 +92,23 @@ def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int
 
 def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512, batch: int = 1, device="cpu",
                        dtype=torch.float32, seed: int = 0) -> dict:
-    """Keyword inputs of one call generating a (frames, rows, cols) segment: the latents with the reference
-    frame first, pose latents, ``text`` UMT5 tokens, 257 CLIP image tokens and one face crop per frame."""
+    """Keyword inputs of one call generating a (frames, rows, cols) segment: Wan's, on the latents with the
+    reference frame first, plus pose latents, 257 CLIP image tokens and one face crop per pixel frame."""
+    frames, rows, cols = grid
+    inputs = wan.transformer_inputs(transformer, (frames + 1, rows, cols), text=text, batch=batch, device=device,
+                                    dtype=dtype, seed=seed)
     config = transformer.config
     p_t, p_h, p_w = config.patch_size
-    frames, rows, cols = grid
-    gen = torch.Generator(device=device).manual_seed(seed)
+    size = config.motion_encoder_size
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
 
     def randn(*shape):
         return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
-    pixel_frames = (frames - 1) * 4 + 1
-    size = config.motion_encoder_size
-    return dict(
-        hidden_states=randn(batch, 2 * config.latent_channels + 4, (frames + 1) * p_t, rows * p_h, cols * p_w),
-        timestep=torch.full((batch,), 500, device=device),
-        encoder_hidden_states=randn(batch, text, config.text_dim),
+    return inputs | dict(
         encoder_hidden_states_image=randn(batch, 257, config.image_dim),
         pose_hidden_states=randn(batch, config.latent_channels, frames * p_t, rows * p_h, cols * p_w),
-        face_pixel_values=randn(batch, 3, pixel_frames, size, size),
-        return_dict=False,
+        face_pixel_values=randn(batch, 3, (frames - 1) * 4 + 1, size, size),
     )
 
 

@@ -150,7 +150,7 @@ def test_a_layout_that_is_not_understood_runs_dense_with_one_warning(ids, leadin
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         apply(transformer, GNAConfig(family="flux", window=2))
-        with pytest.warns(UserWarning, match=f"every layer runs dense for this call: the first {leading} image tokens"):
+        with pytest.warns(UserWarning, match=f"every layer runs its stock attention for this call: the first {leading} image tokens"):
             out = transformer(**inputs)[0]
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once, not per call

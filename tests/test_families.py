@@ -15,6 +15,7 @@ from gna_diffusers.patches import FAMILY_MODULES
 PUBLISHED_BILLIONS = {
     "flux": 12, "flux2": 32, "chroma": 8.9, "hunyuan-video": 13, "hunyuan-video-1.5": 8.3, "wan": 14,
     "qwen-image": 20, "z-image": 6, "skyreels-v2": 14, "chronoedit": 14 + 2.1, "ltx-video": 2,
+    "kandinsky5": 2, "ltx2": 19,
 }
 FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
 
@@ -80,23 +81,36 @@ def test_calibrate_runs_on_the_tiny_model(family, tmp_path):
 COMPILABLE = sorted(set(FAMILY_MODULES) - {"hunyuan-video-1.5", "z-image"})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", COMPILABLE)
-def test_fullgraph_compile_has_no_graph_break_and_one_graph_per_phase(family):
+def compiled_graphs(family: str, pipe) -> int:
+    """Graphs torch.compile(fullgraph=True) makes of the pipeline's transformer over two generations (the
+    second compiles nothing new); fails on any graph break."""
     from torch._dynamo.utils import counters
 
-    from gna_diffusers import GNAConfig, apply, remove
-
-    pipe = FAMILY_MODULES[family].tiny_pipeline()
-    apply(pipe, GNAConfig(family=family, window=2, dense_steps=2))
     torch._dynamo.reset()
     counters.clear()
     pipe.transformer.compile(fullgraph=True, backend="eager")
     try:
-        for _ in range(2):  # the second generation compiles nothing new
+        for _ in range(2):
             tiny_generate(family, pipe, steps=4)
     finally:
-        remove(pipe)
         torch._dynamo.reset()
     assert sum(counters["graph_break"].values()) == 0
-    assert counters["stats"]["unique_graphs"] == 2  # dense warm-up, then sparse
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", COMPILABLE)
+def test_fullgraph_compile_has_no_graph_break_and_one_graph_per_phase(family):
+    """GNA compiles each of the stock model's graphs once dense and once sparse, plus at most one for its
+    pre-hook where that reads the grid inside the graph (LTX-2: no pipeline method gives it); nothing per
+    layer or per step. A stock model may have several graphs: Kandinsky 5 recompiles once for the negative
+    prompt's text length (the sparse phase then reuses the dynamic graph), LTX-2 for its guidance calls."""
+    from gna_diffusers import GNAConfig, apply, remove
+
+    stock = compiled_graphs(family, FAMILY_MODULES[family].tiny_pipeline())
+    pipe = FAMILY_MODULES[family].tiny_pipeline()
+    apply(pipe, GNAConfig(family=family, window=2, dense_steps=2))
+    try:
+        assert stock < compiled_graphs(family, pipe) <= 2 * stock + 1
+    finally:
+        remove(pipe)

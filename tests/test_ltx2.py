@@ -1,6 +1,8 @@
-"""LTX-2 (tiny offline transformer, fp32, CPU): GNA on each block's video self-attention only; the audio
-stream and the cross-attentions stay stock; appended conditioning tokens are context; LTX-2.3's perturbed
-blocks; the harness times it with random weights."""
+"""LTX-2 (tiny offline transformer and pipeline, fp32, CPU): GNA on each block's video self-attention only;
+the audio stream and the cross-attentions stay stock; appended conditioning tokens are context; LTX-2.3's
+perturbed blocks; the pipeline's two schedulers count one step; the harness scores the video."""
+
+import warnings
 
 import pytest
 import torch
@@ -70,6 +72,27 @@ def test_perturbed_attention_blocks_of_ltx_2_3_get_the_perturbed_gna_processor(m
     assert len(spy.windows) == 2 + 2
 
 
+def test_pipeline_counts_each_step_once_over_its_video_and_audio_schedulers(monkeypatch):
+    """The real LTX2Pipeline: its audio scheduler is a deep copy of the video one (a follower of the same
+    installation); with its default guidance each step makes 3 transformer calls (CFG, STG, modality). Two
+    generations: each has its own dense first step, then the sparse ones, and nothing is reported."""
+    pipe = ltx2.tiny_pipeline()
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="ltx2", window=2, dense_steps=1)):
+            for _ in range(2):
+                output = pipe(prompt="a robot dancing", height=32, width=32, num_frames=5, num_inference_steps=3,
+                              max_sequence_length=16, output_type="pt", generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(output.frames).all() and torch.isfinite(output.audio).all()
+    per_step = len(calls) // (2 * 3)
+    assert per_step == 3
+    # Per generation: 2 sparse steps x 3 calls x 2 blocks; 32x32 pixels and 5 frames -> a 3x16x16 grid.
+    assert spy.contexts == [((3, 16, 16), 0)] * (2 * 2 * per_step * 2)
+
+
 def test_a_video_self_attention_mask_runs_dense_with_a_warning():
     transformer = ltx2.tiny_transformer()
     inputs = ltx2.transformer_inputs(transformer, GRID, text=7)
@@ -104,13 +127,18 @@ def test_full_size_config_is_ltx_2_19b_and_the_grid_follows_the_vae():
 
 @pytest.mark.slow
 def test_random_weights_mode_times_ltx2(tmp_path, monkeypatch):
-    """LTX-2's pipelines make video with audio, which compare does not score: it is timed with
-    --random-weights (its full-size config swapped for the tiny one here), and a pipeline is refused with
-    the way to time it before any weights load."""
+    """The full-size config (swapped for the tiny one here) is timed with --random-weights."""
     monkeypatch.setattr(ltx2, "FULL_CONFIG", dict(ltx2.tiny_transformer().config))
     monkeypatch.setattr(ltx2, "TEXT_TOKENS", 8)
     assert main(["compare", "--random-weights", "--model", "Lightricks/LTX-2", "--height", "128", "--width", "192",
                  "--frames", "17", "--repeats", "1", "--output", str(tmp_path / "timed")]) == 0
     report = (tmp_path / "timed" / "report.md").read_text()
     assert "ltx2-1080p" in report and "3x4x6" in report.replace(", ", "x")
-    assert main(["compare", "--model", "Lightricks/LTX-2", "--output", str(tmp_path / "refused")]) == 2
+
+
+@pytest.mark.slow
+def test_compare_scores_the_video_and_says_the_audio_is_not_scored(tmp_path):
+    assert main(["compare", "--model", "tiny-ltx2", "--height", "32", "--width", "32", "--frames", "5", "--steps", "2",
+                 "--prompt", "a robot dancing", "--no-warmup", "--output", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "not scored: the audio track" in report and "temporal PSNR" in report
