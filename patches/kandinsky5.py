@@ -142,11 +142,10 @@ DEFAULT_STEPS = 50  # Kandinsky5T2VPipeline's default num_inference_steps
 TEXT_TOKENS = 256  # the pipelines' max_sequence_length (Qwen2.5-VL): cross-attention only
 
 
-def tiny_pipeline(seed: int = 0):
-    """An offline Kandinsky5T2VPipeline with random weights: 32x32 pixels x 5 frames -> a 2x4x4 token grid.
-    The tokenizer is a byte-level Qwen2 tokenizer: the pipeline's Qwen2-VL processor, called on text alone,
-    is its tokenizer."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, Kandinsky5T2VPipeline
+def tiny_parts(seed: int = 0) -> dict:
+    """Everything of the tiny pipelines but the transformer. The tokenizer is a byte-level Qwen2 tokenizer: the
+    pipelines' Qwen2-VL processor, called on text alone, is its tokenizer."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from ._tiny import byte_level_tokenizer, clip_text_encoder, clip_tokenizer
@@ -161,11 +160,16 @@ def tiny_pipeline(seed: int = 0):
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=TEXT_WIDTH,
                            fullatt_block_indexes=[0]),
     )).eval()
-    return Kandinsky5T2VPipeline(
-        transformer=tiny_transformer(seed), vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
-        text_encoder_2=clip_text_encoder(POOLED_WIDTH, len(tokenizer_2), seed), tokenizer_2=tokenizer_2,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
-    )
+    return dict(vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+                text_encoder_2=clip_text_encoder(POOLED_WIDTH, len(tokenizer_2), seed),
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline Kandinsky5T2VPipeline with random weights: 32x32 pixels x 5 frames -> a 2x4x4 token grid."""
+    from diffusers import Kandinsky5T2VPipeline
+
+    return Kandinsky5T2VPipeline(transformer=tiny_transformer(seed), **tiny_parts(seed))
 
 
 def tiny_call_kwargs() -> dict:

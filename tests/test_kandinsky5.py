@@ -2,6 +2,8 @@
 only; the text blocks and the cross-attentions stay stock; the 10-second models' own sparse attention
 (NABLA) is left to them; one-frame (image) calls; full-size shapes."""
 
+import warnings
+
 import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
@@ -78,6 +80,28 @@ def test_an_image_call_has_one_frame(monkeypatch):
     with torch.no_grad(), enabled(transformer, GNAConfig(family="kandinsky5", window=2)):
         out = transformer(**kandinsky5.transformer_inputs(transformer, (1, 4, 6), text=7))[0]
     assert torch.isfinite(out).all() and spy.windows == [(1, 2, 2)] * 2
+
+
+def test_image_to_video_pipeline_runs_gna_with_its_condition_channels(monkeypatch):
+    """Kandinsky5I2VPipeline: the image's latents and a mask ride in extra channels (visual_cond); the grid is
+    the latents' (32x32 pixels and 5 frames -> 2x4x4). Every call of the sparse steps runs GNA in both
+    blocks. (This tiny pipeline's output is NaN with or without GNA, while every transformer call's output is
+    finite: the calls are what this checks.)"""
+    from diffusers import Kandinsky5I2VPipeline
+    from PIL import Image
+
+    pipe = Kandinsky5I2VPipeline(transformer=kandinsky5.tiny_transformer(visual_cond=True), **kandinsky5.tiny_parts())
+    image = Image.fromarray((torch.arange(32 * 32 * 3) % 251).reshape(32, 32, 3).to(torch.uint8).numpy())
+    spy = OperatorSpy(monkeypatch)
+    sparse_calls = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="kandinsky5", window=2, dense_steps=1)) as handle:
+            pipe.transformer.register_forward_pre_hook(lambda *_: sparse_calls.append(handle.runtime.sparse))
+            pipe(image=image, prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="latent",
+                 generator=torch.Generator().manual_seed(0), **kandinsky5.tiny_call_kwargs())
+    assert sparse_calls.count(True) >= 2 and sparse_calls[0] is False
+    assert spy.contexts == [((2, 4, 4), 0)] * (2 * sparse_calls.count(True))
 
 
 @pytest.mark.parametrize("preset, size", [("kandinsky5-512p", (512, 768)), ("kandinsky5-768p", (768, 1280))])
