@@ -114,3 +114,42 @@ def test_fullgraph_compile_has_no_graph_break_and_one_graph_per_phase(family):
         assert stock < compiled_graphs(family, pipe) <= 2 * stock + 1
     finally:
         remove(pipe)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
+def test_group_offloading_keeps_whole_extent_gna_exact(family):
+    """diffusers' block-level group offloading wraps every block in onload / offload hooks around the same
+    attention modules: GNA still finds its layout and reproduces the stock pipeline."""
+    from gna_diffusers import GNAConfig
+
+    pipe = FAMILY_MODULES[family].tiny_pipeline()
+    stock = tiny_generate(family, pipe, steps=3)
+    pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                                          offload_type="block_level", num_blocks_per_group=1)
+    with enabled(pipe, GNAConfig(family=family, window=-1, dense_steps=1)) as handle:
+        out = tiny_generate(family, pipe, steps=3)
+        assert handle.runtime.grid is not None and handle.runtime.step == 3
+    assert (out - stock).abs().max().item() <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
+def test_first_block_cache_stacks_with_gna_where_diffusers_supports_the_family(family):
+    """FirstBlockCache skips the blocks after the first when its residual barely changes; the steps still come
+    from the scheduler. Families whose stock pipeline diffusers' cache cannot run are skipped with its error."""
+    from diffusers import FirstBlockCacheConfig
+
+    from gna_diffusers import GNAConfig
+
+    pipe = FAMILY_MODULES[family].tiny_pipeline()
+    if not hasattr(pipe.transformer, "enable_cache"):
+        pytest.skip(f"{type(pipe.transformer).__name__} has no enable_cache")
+    try:
+        pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.5))
+        stock = tiny_generate(family, pipe, steps=4)
+    except (ValueError, TypeError) as error:
+        pytest.skip(f"diffusers' FirstBlockCache does not run stock {family}: {error}")
+    with enabled(pipe, GNAConfig(family=family, window=-1, dense_steps=1)) as handle:
+        assert (tiny_generate(family, pipe, steps=4) - stock).abs().max().item() <= 1e-5
+        assert handle.runtime.step == 4
