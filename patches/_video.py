@@ -1,6 +1,6 @@
-"""Layout probes shared by the video families whose transformer takes latents (B, C, F, H, W) and whose
-image stream is the token grid alone: the grid is the latent shape over the patch size, from shapes (no
-host sync)."""
+"""Layout probes shared by the video families: the grid from latents (B, C, F, H, W) whose image stream is
+the token grid alone (the latent shape over the patch size), or from the latent sizes a call passes as ints;
+no host sync either way."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from math import prod
 import torch
 
 from gna_diffusers.route import TokenLayout, token_layout
+
+from ._forward import forward_argument
 
 PatchSizes = Callable[[torch.nn.Module], tuple[int, int, int]]  # transformer -> (time, height, width) patch
 
@@ -37,3 +39,15 @@ class VideoLatentLayout:
         """The (frames, rows, cols) token grid of this call's ``hidden_states``."""
         grid = self.grid(args[0] if args else kwargs["hidden_states"], module)
         return token_layout(grid, prod(grid))
+
+
+def latent_size_grid(module, args: tuple, kwargs: dict) -> tuple[int, int, int] | None:
+    """The (frames, rows, cols) token grid from the call's ``num_frames``, ``height`` and ``width`` (latent
+    units, plain ints: no host sync) over the transformer's ``patch_size_t`` / ``patch_size`` (LTX-Video,
+    LTX-2, whose tokens arrive packed as (B, N, C)); None when the call lacks one of them."""
+    sizes = [forward_argument(module, args, kwargs, name) for name in ("num_frames", "height", "width")]
+    if any(size is None for size in sizes):
+        return None
+    config = module.config
+    frames, height, width = sizes
+    return frames // config.patch_size_t, height // config.patch_size, width // config.patch_size

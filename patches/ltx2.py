@@ -27,6 +27,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
+from ._video import latent_size_grid
 
 
 class GNALTX2AttnProcessor(RoutedProcessorMixin, LTX2AudioVideoAttnProcessor):
@@ -39,12 +40,9 @@ class GNALTX2PerturbedAttnProcessor(RoutedProcessorMixin, LTX2PerturbedAttnProce
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
     """The (frames, rows, cols) video grid from the call's latent sizes; appended tokens are context."""
-    sizes = [forward_argument(module, args, kwargs, name) for name in ("num_frames", "height", "width")]
-    if any(size is None for size in sizes):
+    grid = latent_size_grid(module, args, kwargs)
+    if grid is None:
         raise LayoutError("LTX-2 needs num_frames, height and width in the transformer call to know the video grid")
-    config = module.config
-    frames, height, width = sizes
-    grid = (frames // config.patch_size_t, height // config.patch_size, width // config.patch_size)
     tokens = forward_argument(module, args, kwargs, "hidden_states").shape[1]
     if tokens < prod(grid):
         raise LayoutError(f"{tokens} video tokens are fewer than the {grid} grid of num_frames, height and width")

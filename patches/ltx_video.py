@@ -30,6 +30,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
+from ._video import latent_size_grid
 
 
 class GNALTXVideoAttnProcessor(RoutedProcessorMixin, LTXVideoAttnProcessor):
@@ -108,13 +109,10 @@ def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLay
             raise LayoutError("under torch.compile the LTX-Video grid of a call with video_coords comes from "
                               "the pipeline's prepare_latents (LTXConditionPipeline), and this call has none")
         return layout_from_coords(coords)
-    sizes = [forward_argument(module, args, kwargs, name) for name in ("num_frames", "height", "width")]
-    if any(size is None for size in sizes):
+    grid = latent_size_grid(module, args, kwargs)
+    if grid is None:
         raise LayoutError("LTX-Video needs video_coords, or num_frames, height and width, in the transformer "
                           "call to know the video grid")
-    config = module.config
-    frames, height, width = sizes
-    grid = (frames // config.patch_size_t, height // config.patch_size, width // config.patch_size)
     if tokens != prod(grid):
         raise LayoutError(f"{tokens} video tokens are not the {grid} grid of num_frames, height and width")
     return token_layout(grid, tokens)
