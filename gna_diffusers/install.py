@@ -639,7 +639,26 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         model._gna_handle = handle
     if scheduler is not None:
         handle.attach_pipeline(target, scheduler)
+        left_dense = _unpatched_attention(target, patch)
+        if left_dense:
+            warnings.warn(
+                f"gna: {', '.join(left_dense)} also run {patch.family} attention layers, which stay dense: GNA "
+                f"patches the pipeline's {' and '.join(patch.pipeline_transformers)} only", stacklevel=2)
     return handle
+
+
+def _unpatched_attention(pipeline, patch: ModelPatch) -> list[str]:
+    """The pipeline's ControlNets (``controlnet`` components, alone or multi) whose attention layers use the
+    family's stock processor: they attend over the same image tokens, and GNA does not route them."""
+    found = []
+    for name, component in getattr(pipeline, "components", {}).items():
+        if "controlnet" not in name or not isinstance(component, torch.nn.Module):
+            continue
+        component = _unwrap_compiled(component)
+        if any(isinstance(getattr(module, "processor", None), patch.stock_processor_class)
+               for module in component.modules()):
+            found.append(f"pipeline.{name} ({type(component).__name__})")
+    return found
 
 
 @functools.cache  # once per class, not per layer

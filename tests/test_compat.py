@@ -394,6 +394,31 @@ def test_training_step_with_gradient_checkpointing(family, backend):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+def test_a_controlnet_is_named_as_staying_dense_and_the_generation_runs(monkeypatch):
+    """FluxControlNetPipeline: the ControlNet's own FLUX blocks attend over the same image tokens; GNA routes
+    the transformer only and says so once, at apply. The generation runs, sparse in the transformer."""
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline
+    from PIL import Image
+
+    parts = flux.tiny_pipeline().components
+    config = parts["transformer"].config
+    controlnet = FluxControlNetModel.from_transformer(parts["transformer"], num_layers=1, num_single_layers=1,
+                                                      attention_head_dim=config.attention_head_dim,
+                                                      num_attention_heads=config.num_attention_heads)
+    pipe = FluxControlNetPipeline(controlnet=controlnet, **parts)
+    spy = OperatorSpy(monkeypatch)
+    with pytest.warns(UserWarning, match=r"pipeline.controlnet \(FluxControlNetModel\) also run flux attention "
+                                         r"layers, which stay dense"):
+        handle = apply(pipe, GNAConfig(family="flux", window=2))
+    try:
+        image = pipe(prompt="a red cat", control_image=Image.new("RGB", (32, 32)), height=32, width=32,
+                     num_inference_steps=2, output_type="pt", max_sequence_length=48).images
+    finally:
+        handle.remove()
+    assert torch.isfinite(image).all()
+    assert len(spy.windows) == 2 * (2 + 2)  # 2 steps x the tiny transformer's 2 double + 2 single blocks
+
+
 # --- copies, shared and compiled transformers ------------------------------------------------------------------
 
 
@@ -727,3 +752,4 @@ def test_triton_backend_in_a_transformer_matches_the_reference(family):
                 outputs[backend] = transformer(**inputs)[0]
     assert max_diff(outputs["triton"], outputs["reference"]) <= 1e-4
     assert max_diff(outputs["triton"], outputs["stock"]) > 1e-2  # the windows are sparse: GNA ran
+
