@@ -85,6 +85,10 @@ class ModelPatch:
     other_transformer_classes: tuple[type, ...] = ()
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
     pipeline_transformers: tuple[str, ...] = ("transformer",)
+    # Pipeline attributes holding models that attend over the same image tokens beside the transformer
+    # (ControlNets, alone or in a multi-ControlNet's ``nets``): patched when they are of this family with at
+    # most the transformer's blocks (the preset's layer rules apply by index), else left dense with a warning.
+    auxiliary_models: tuple[str, ...] = ()
     # (transformer, context-parallel degree: ring x Ulysses) -> a context-parallel plan, for a family diffusers
     # ships none for.
     parallel_plan: Callable[[torch.nn.Module, int], dict] | None = None
@@ -639,7 +643,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         model._gna_handle = handle
     if scheduler is not None:
         handle.attach_pipeline(target, scheduler)
-        left_dense = _unpatched_attention(target, patch)
+        left_dense = _unpatched_attention(target, patch, transformers)
         if left_dense:
             warnings.warn(
                 f"gna: {', '.join(left_dense)} also run {patch.family} attention layers, which stay dense: GNA "
@@ -647,16 +651,34 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     return handle
 
 
-def _unpatched_attention(pipeline, patch: ModelPatch) -> list[str]:
-    """The pipeline's ControlNets (``controlnet`` components, alone or multi) whose attention layers use the
-    family's stock processor: they attend over the same image tokens, and GNA does not route them."""
+def _auxiliary_models(pipeline, patch: ModelPatch) -> list[tuple[str, torch.nn.Module]]:
+    """(attribute, model) of the pipeline's auxiliary models (a multi-ControlNet gives each of its nets)."""
+    found = []
+    for name in patch.auxiliary_models:
+        model = getattr(pipeline, name, None)
+        if not isinstance(model, torch.nn.Module):
+            continue
+        model = _unwrap_compiled(model)
+        nets = getattr(model, "nets", None)
+        if isinstance(nets, torch.nn.ModuleList):
+            found += [(f"{name}.nets[{i}]", _unwrap_compiled(net)) for i, net in enumerate(nets)]
+        else:
+            found.append((name, model))
+    return found
+
+
+def _unpatched_attention(pipeline, patch: ModelPatch, transformers: list) -> list[str]:
+    """The pipeline's ControlNets (``controlnet`` components) that GNA did not patch but whose attention
+    layers use the family's stock processor: they attend over the same image tokens and stay dense."""
     found = []
     for name, component in getattr(pipeline, "components", {}).items():
         if "controlnet" not in name or not isinstance(component, torch.nn.Module):
             continue
         component = _unwrap_compiled(component)
-        if any(isinstance(getattr(module, "processor", None), patch.stock_processor_class)
-               for module in component.modules()):
+        models = getattr(component, "nets", None) or [component]
+        if any(not any(model is t for t in transformers)
+               and any(isinstance(getattr(module, "processor", None), patch.stock_processor_class)
+                       for module in model.modules()) for model in models):
             found.append(f"pipeline.{name} ({type(component).__name__})")
     return found
 
@@ -677,7 +699,8 @@ def _register_with_diffusers_hooks(gna_class: type) -> None:
 
 def _more_transformers(pipeline, patch: ModelPatch, counts: dict[str, int]) -> list[torch.nn.Module]:
     """A pipeline's other transformers of the family (e.g. Wan 2.2's low-noise expert), checked to have
-    the first one's block ``counts``, since one preset's layer selection serves them all."""
+    the first one's block ``counts``, since one preset's layer selection serves them all; and its auxiliary
+    models (ControlNets) of the family with at most those counts (the others stay dense: see apply)."""
     more = []
     for name in patch.pipeline_transformers[1:]:
         model = getattr(pipeline, name, None)
@@ -693,6 +716,13 @@ def _more_transformers(pipeline, patch: ModelPatch, counts: dict[str, int]) -> l
         if getattr(model, "_gna_handle", None) is not None:
             raise RuntimeError(f"GNA is already applied to pipeline.{name}; call gna_diffusers.remove() first")
         more.append(model)
+    for name, model in _auxiliary_models(pipeline, patch):
+        other = {block: len(blocks) for block, blocks in patch.block_lists(model).items()}
+        if (patch.handles(model) and getattr(model, "_gna_handle", None) is None
+                and all(count <= counts.get(block, 0) for block, count in other.items())):
+            more.append(model)
+        else:
+            logger.info("gna: pipeline.%s (%s, blocks %s) is not patched", name, type(model).__name__, other)
     return more
 
 

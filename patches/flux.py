@@ -1,4 +1,6 @@
-"""FLUX (FluxTransformer2DModel): joint sequence [text, image stream] in every block, no text mask.
+"""FLUX (FluxTransformer2DModel): joint sequence [text, image stream] in every block, no text mask. A FLUX
+ControlNet (FluxControlNetModel, alone or in a multi-ControlNet) runs the same blocks over the same tokens
+beside the transformer: it is patched too.
 
 Layout probe: ``img_ids`` (N, 3) holds (_, row, col) for each image token, row-major. The generated image
 is the leading run of tokens sharing the first token's id[0]; tokens after it (FLUX.1 Kontext's
@@ -12,7 +14,7 @@ from __future__ import annotations
 import weakref
 
 import torch
-from diffusers import FluxTransformer2DModel
+from diffusers import FluxControlNetModel, FluxTransformer2DModel
 from diffusers.models.transformers import transformer_flux
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 
@@ -111,6 +113,9 @@ PATCH = ModelPatch(
     # IP-Adapter's processor (load_ip_adapter puts it on the double blocks) and the stock one
     # (unload_ip_adapter puts it back): both make the same self-attention call.
     adoptable_processors=(FluxIPAdapterAttnProcessor, FluxAttnProcessor),
+    # FLUX ControlNets (e.g. the upscaler ones, used at 2-4K) run FLUX blocks over the same image tokens.
+    other_transformer_classes=(FluxControlNetModel,),
+    auxiliary_models=("controlnet",),
 )
 
 

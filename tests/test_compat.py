@@ -394,29 +394,66 @@ def test_training_step_with_gradient_checkpointing(family, backend):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-def test_a_controlnet_is_named_as_staying_dense_and_the_generation_runs(monkeypatch):
-    """FluxControlNetPipeline: the ControlNet's own FLUX blocks attend over the same image tokens; GNA routes
-    the transformer only and says so once, at apply. The generation runs, sparse in the transformer."""
-    from diffusers import FluxControlNetModel, FluxControlNetPipeline
+def flux_controlnet(transformer, double: int = 1, single: int = 1):
+    from diffusers import FluxControlNetModel
+
+    config = transformer.config
+    return FluxControlNetModel.from_transformer(transformer, num_layers=double, num_single_layers=single,
+                                                attention_head_dim=config.attention_head_dim,
+                                                num_attention_heads=config.num_attention_heads)
+
+
+def controlnet_generate(pipe, nets: int = 1) -> torch.Tensor:
     from PIL import Image
 
+    image = Image.new("RGB", (32, 32), (90, 30, 200))
+    extra = {} if nets == 1 else dict(control_image=[image] * nets, controlnet_conditioning_scale=[1.0] * nets)
+    return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=2, output_type="pt",
+                max_sequence_length=48, generator=torch.Generator().manual_seed(0),
+                **({"control_image": image} | extra)).images
+
+
+@pytest.mark.parametrize("nets", [1, 2], ids=["controlnet", "multi-controlnet"])
+def test_flux_controlnets_run_gna_beside_the_transformer(nets, monkeypatch):
+    """FluxControlNetPipeline (FLUX's upscaler ControlNets are used at 2-4K): each ControlNet's blocks attend
+    over the same image tokens and are patched too, the preset's rules by block index; whole windows
+    reproduce the stock pipeline, and remove restores the ControlNets as well."""
+    from diffusers import FluxControlNetPipeline, FluxMultiControlNetModel
+
     parts = flux.tiny_pipeline().components
-    config = parts["transformer"].config
-    controlnet = FluxControlNetModel.from_transformer(parts["transformer"], num_layers=1, num_single_layers=1,
-                                                      attention_head_dim=config.attention_head_dim,
-                                                      num_attention_heads=config.num_attention_heads)
+    controlnets = [flux_controlnet(parts["transformer"]) for _ in range(nets)]
+    controlnet = controlnets[0] if nets == 1 else FluxMultiControlNetModel(controlnets)
     pipe = FluxControlNetPipeline(controlnet=controlnet, **parts)
+    stock = controlnet_generate(pipe, nets)
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="flux", window=-1)):
+            assert max_diff(controlnet_generate(pipe, nets), stock) <= TOL
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="flux", window=2)):
+            sparse = controlnet_generate(pipe, nets)
+    assert max_diff(sparse, stock) > 1e-3
+    assert len(spy.windows) == 2 * (2 + 2 + nets * (1 + 1))  # 2 steps x (transformer + each ControlNet)
+    assert torch.equal(controlnet_generate(pipe, nets), stock)
+
+
+def test_a_controlnet_larger_than_the_transformer_stays_dense_and_is_named(monkeypatch):
+    """A ControlNet with more blocks of a type than the transformer has no preset rules for its last ones: it
+    is left dense, and apply says so once."""
+    from diffusers import FluxControlNetPipeline
+
+    parts = flux.tiny_pipeline().components
+    pipe = FluxControlNetPipeline(controlnet=flux_controlnet(parts["transformer"], double=3), **parts)
     spy = OperatorSpy(monkeypatch)
     with pytest.warns(UserWarning, match=r"pipeline.controlnet \(FluxControlNetModel\) also run flux attention "
                                          r"layers, which stay dense"):
         handle = apply(pipe, GNAConfig(family="flux", window=2))
     try:
-        image = pipe(prompt="a red cat", control_image=Image.new("RGB", (32, 32)), height=32, width=32,
-                     num_inference_steps=2, output_type="pt", max_sequence_length=48).images
+        image = controlnet_generate(pipe)
     finally:
         handle.remove()
-    assert torch.isfinite(image).all()
-    assert len(spy.windows) == 2 * (2 + 2)  # 2 steps x the tiny transformer's 2 double + 2 single blocks
+    assert torch.isfinite(image).all() and len(spy.windows) == 2 * (2 + 2)
 
 
 # --- copies, shared and compiled transformers ------------------------------------------------------------------
