@@ -4,7 +4,8 @@ mask (B, 1, 1, S) built inside the processor; RoPE inside the processor.
 
 Layout: the ``img_shapes`` keyword lists, per sample, the (frames, rows, cols) token shapes of the image
 stream: the first is the generated image (the grid), the rest are reference images that Qwen-Image-Edit
-appends (context). Plain Python ints: no host sync, nothing for torch.compile to break on.
+appends (context). Plain Python ints: no host sync, nothing for torch.compile to break on. A Qwen-Image
+ControlNet (QwenImageControlNetModel, alone or multi) runs the same blocks beside the transformer: patched too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from math import prod
 
 import torch
-from diffusers import QwenImageTransformer2DModel
+from diffusers import QwenImageControlNetModel, QwenImageTransformer2DModel
 from diffusers.models.transformers import transformer_qwenimage
 from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 
@@ -51,6 +52,9 @@ PATCH = ModelPatch(
     layout_probe=layout_probe,
     video=False,
     adoptable_processors=(QwenDoubleStreamAttnProcessor2_0,),
+    # Qwen-Image ControlNets run the same blocks over the same image tokens beside the transformer.
+    other_transformer_classes=(QwenImageControlNetModel,),
+    auxiliary_models=("controlnet",),
 )
 
 

@@ -394,63 +394,73 @@ def test_training_step_with_gradient_checkpointing(family, backend):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
-def flux_controlnet(transformer, double: int = 1, single: int = 1):
-    from diffusers import FluxControlNetModel
+def controlnet_pipeline(family: str, nets: int, double: int = 1, multi: bool = False):
+    """The family's tiny pipeline as its ControlNet pipeline, with ``nets`` ControlNets of ``double`` (dual-
+    stream) blocks and, for FLUX, one single-stream block; in the family's multi-ControlNet when ``multi``."""
+    import diffusers
 
-    config = transformer.config
-    return FluxControlNetModel.from_transformer(transformer, num_layers=double, num_single_layers=single,
-                                                attention_head_dim=config.attention_head_dim,
-                                                num_attention_heads=config.num_attention_heads)
+    from gna_diffusers.patches import qwen_image
+
+    module, prefix = {"flux": (flux, "Flux"), "qwen-image": (qwen_image, "QwenImage")}[family]
+    parts = module.tiny_pipeline().components
+    config = parts["transformer"].config
+    extra = {"num_single_layers": 1} if family == "flux" else {}
+    controlnets = [getattr(diffusers, f"{prefix}ControlNetModel").from_transformer(
+        parts["transformer"], num_layers=double, attention_head_dim=config.attention_head_dim,
+        num_attention_heads=config.num_attention_heads, **extra) for _ in range(nets)]
+    controlnet = getattr(diffusers, f"{prefix}MultiControlNetModel")(controlnets) if multi else controlnets[0]
+    return getattr(diffusers, f"{prefix}ControlNetPipeline")(controlnet=controlnet, **parts)
 
 
-def controlnet_generate(pipe, nets: int = 1) -> torch.Tensor:
+def controlnet_generate(pipe, family: str, nets: int = 1, multi: bool = False) -> torch.Tensor:
     from PIL import Image
 
+    from gna_diffusers.patches import qwen_image
+
     image = Image.new("RGB", (32, 32), (90, 30, 200))
-    extra = {} if nets == 1 else dict(control_image=[image] * nets, controlnet_conditioning_scale=[1.0] * nets)
+    control = dict(control_image=[image] * nets, controlnet_conditioning_scale=[1.0] * nets) if multi else \
+        dict(control_image=image)
+    kwargs = {"flux": flux, "qwen-image": qwen_image}[family].tiny_call_kwargs()
     return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=2, output_type="pt",
-                max_sequence_length=48, generator=torch.Generator().manual_seed(0),
-                **({"control_image": image} | extra)).images
+                generator=torch.Generator().manual_seed(0), **kwargs, **control).images
 
 
-@pytest.mark.parametrize("nets", [1, 2], ids=["controlnet", "multi-controlnet"])
-def test_flux_controlnets_run_gna_beside_the_transformer(nets, monkeypatch):
-    """FluxControlNetPipeline (FLUX's upscaler ControlNets are used at 2-4K): each ControlNet's blocks attend
-    over the same image tokens and are patched too, the preset's rules by block index; whole windows
-    reproduce the stock pipeline, and remove restores the ControlNets as well."""
-    from diffusers import FluxControlNetPipeline, FluxMultiControlNetModel
+# (family, ControlNets, in a multi-ControlNet); Qwen-Image's multi-ControlNet takes one (union) ControlNet.
+CONTROLNET_CASES = [("flux", 1, False), ("flux", 2, True), ("qwen-image", 1, False), ("qwen-image", 1, True)]
 
-    parts = flux.tiny_pipeline().components
-    controlnets = [flux_controlnet(parts["transformer"]) for _ in range(nets)]
-    controlnet = controlnets[0] if nets == 1 else FluxMultiControlNetModel(controlnets)
-    pipe = FluxControlNetPipeline(controlnet=controlnet, **parts)
-    stock = controlnet_generate(pipe, nets)
+
+@pytest.mark.parametrize("family, nets, multi", CONTROLNET_CASES,
+                         ids=[f"{f}-{'multi' if m else 'single'}" for f, _, m in CONTROLNET_CASES])
+def test_controlnets_run_gna_beside_the_transformer(family, nets, multi, monkeypatch):
+    """FLUX and Qwen-Image ControlNet pipelines (FLUX's upscaler ControlNets are used at 2-4K): each ControlNet's
+    blocks attend over the same image tokens and are patched too, the preset's rules by block index; whole
+    windows reproduce the stock pipeline, and remove restores the ControlNets as well."""
+    pipe = controlnet_pipeline(family, nets, multi=multi)
+    stock = controlnet_generate(pipe, family, nets, multi)
     spy = OperatorSpy(monkeypatch)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*gna.*")
-        with enabled(pipe, GNAConfig(family="flux", window=-1)):
-            assert max_diff(controlnet_generate(pipe, nets), stock) <= TOL
+        with enabled(pipe, GNAConfig(family=family, window=-1)):
+            assert max_diff(controlnet_generate(pipe, family, nets, multi), stock) <= TOL
         spy.windows.clear()
-        with enabled(pipe, GNAConfig(family="flux", window=2)):
-            sparse = controlnet_generate(pipe, nets)
+        with enabled(pipe, GNAConfig(family=family, window=2)):
+            sparse = controlnet_generate(pipe, family, nets, multi)
     assert max_diff(sparse, stock) > 1e-3
-    assert len(spy.windows) == 2 * (2 + 2 + nets * (1 + 1))  # 2 steps x (transformer + each ControlNet)
-    assert torch.equal(controlnet_generate(pipe, nets), stock)
+    layers = {"flux": (2 + 2, 1 + 1), "qwen-image": (2, 1)}[family]  # the transformer's, one ControlNet's
+    assert len(spy.windows) == 2 * (layers[0] + nets * layers[1])  # 2 steps
+    assert torch.equal(controlnet_generate(pipe, family, nets, multi), stock)
 
 
 def test_a_controlnet_larger_than_the_transformer_stays_dense_and_is_named(monkeypatch):
     """A ControlNet with more blocks of a type than the transformer has no preset rules for its last ones: it
     is left dense, and apply says so once."""
-    from diffusers import FluxControlNetPipeline
-
-    parts = flux.tiny_pipeline().components
-    pipe = FluxControlNetPipeline(controlnet=flux_controlnet(parts["transformer"], double=3), **parts)
+    pipe = controlnet_pipeline("flux", nets=1, double=3)
     spy = OperatorSpy(monkeypatch)
     with pytest.warns(UserWarning, match=r"pipeline.controlnet \(FluxControlNetModel\) also run flux attention "
                                          r"layers, which stay dense"):
         handle = apply(pipe, GNAConfig(family="flux", window=2))
     try:
-        image = controlnet_generate(pipe)
+        image = controlnet_generate(pipe, "flux")
     finally:
         handle.remove()
     assert torch.isfinite(image).all() and len(spy.windows) == 2 * (2 + 2)
