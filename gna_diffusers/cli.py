@@ -181,7 +181,7 @@ def _settings(args: argparse.Namespace, **extra):
     settings = Settings(
         model=args.model, seeds=list(args.seeds), steps=args.steps, height=args.height, width=args.width,
         frames=args.frames, device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
-        **extra,
+        control_image=None if args.control_image is None else str(args.control_image), **extra,
     )
     prompts = _prompts(args)
     if prompts:
@@ -232,8 +232,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that pick a model, prompts and the generation size (compare, sweep, calibrate)."""
     parser.add_argument("--model", default="tiny-flux",
-                        help="hub id, local pipeline folder, or a built-in tiny model: tiny-flux, tiny-flux2, tiny-chroma, "
-                             "tiny-hunyuan-video, tiny-hunyuan-video-1.5, tiny-wan, tiny-qwen-image (default tiny-flux)")
+                        help="hub id, local pipeline folder, or a built-in tiny model such as tiny-flux, tiny-wan or "
+                             "tiny-ltx-video (`gna-diffusers families` lists them; default tiny-flux)")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts", help="a text file with one prompt per line")
     parser.add_argument("--seeds", type=int_tuple, default=(0,), help="comma-separated seeds (default 0)")
@@ -244,6 +244,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                         help="default bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--control-image", type=Path,
+                        help="the control image of a ControlNet pipeline (e.g. the low-resolution input of an "
+                             "upscaler ControlNet), used for every prompt and seed")
 
 
 def _add_harness_flags(parser: argparse.ArgumentParser) -> None:

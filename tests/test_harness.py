@@ -210,6 +210,7 @@ def test_lpips_without_weights_is_skipped_with_the_reason(tmp_path, monkeypatch)
         (["compare", "--preset", "hunyuan-video-720p"], "is for family 'hunyuan-video' but tiny-flux is 'flux'"),
         (["sweep", "--presets", "flux-4k,nope"], "unknown preset 'nope'"),
         (["compare", "--random-weights", "--model", "stable-diffusion"], "--random-weights needs a model name that names one family"),
+        (["compare", "--control-image", "/no/such.png"], "--control-image /no/such.png: no such file"),
         (["compare", "--device", "cuda"] if not torch.cuda.is_available() else ["compare", "--prompts", "/no/file"],
          "CUDA is not available" if not torch.cuda.is_available() else "cannot read --prompts file"),
     ],
@@ -226,3 +227,32 @@ def test_bad_flag_values_exit_with_usage(capsys, flag):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", *flag])
     assert exit_info.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_runs_a_controlnet_pipeline_from_a_local_folder(tmp_path, capsys):
+    """A ControlNet pipeline (here a saved tiny FluxControlNetPipeline) takes its control image from
+    --control-image; without one, or given to a pipeline that takes none, the run stops with one clear line."""
+    from diffusers import FluxControlNetModel, FluxControlNetPipeline
+    from PIL import Image
+
+    from gna_diffusers.patches import flux
+
+    parts = flux.tiny_pipeline().components
+    config = parts["transformer"].config
+    controlnet = FluxControlNetModel.from_transformer(parts["transformer"], num_layers=1, num_single_layers=1,
+                                                      attention_head_dim=config.attention_head_dim,
+                                                      num_attention_heads=config.num_attention_heads)
+    FluxControlNetPipeline(controlnet=controlnet, **parts).save_pretrained(tmp_path / "pipe")
+    Image.new("RGB", (32, 32), (90, 30, 200)).save(tmp_path / "control.png")
+    common = ["--model", str(tmp_path / "pipe"), "--height", "32", "--width", "32", "--steps", "2", "--prompt",
+              "a red cat", "--no-warmup", "--preset", "flux-2k"]
+    assert main(["compare", *common, "--control-image", str(tmp_path / "control.png"),
+                 "--output", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["settings"]["control_image_sha1"] and report["samples"][0]["metrics"]["psnr"] is not None
+    assert "control image: `" in (tmp_path / "run" / "report.md").read_text()
+    assert main(["compare", *common, "--output", str(tmp_path / "none")]) == 2
+    assert "is a ControlNet pipeline (FluxControlNetPipeline): give its control image" in capsys.readouterr().err
+    assert main(["compare", "--control-image", str(tmp_path / "control.png"), "--output", str(tmp_path / "t")]) == 2
+    assert "FluxPipeline takes no control image" in capsys.readouterr().err

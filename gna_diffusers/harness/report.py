@@ -32,6 +32,8 @@ def _header(report: dict) -> str:
     if env["device"].startswith("cpu"):
         lines.append("- **CPU**: GNA runs the reference backend (masked dense attention) here, so the timings are "
                      "no speedups; measure speed on a GPU")
+    if report["settings"].get("control_image"):
+        lines.append(f"- control image: `{report['settings']['control_image']}` (the same for every prompt and seed)")
     if model.get("unscored"):
         lines.append(f"- not scored: {model['unscored']}")
     lpips = report.get("lpips")

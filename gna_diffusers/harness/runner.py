@@ -16,7 +16,9 @@ preset that fails (e.g. CUDA out of memory) is recorded with its error and the s
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -24,7 +26,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,8 @@ class Settings:
     random_weights: bool = False
     repeats: int = 5  # timed transformer steps per mode in random-weights mode
     warmup: bool = True
+    control_image: str | None = None  # image file a ControlNet pipeline takes as its control_image
+    control_image_sha1: str | None = None  # its content, so a changed file invalidates cached outputs
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -132,8 +136,37 @@ class Sample:
         return f"p{self.prompt_index}-s{self.seed}"
 
 
+def _read_control_image(settings: Settings) -> Settings:
+    """The settings with the control image's content digest; a HarnessError when the file is missing."""
+    if settings.control_image is None:
+        return settings
+    path = Path(settings.control_image).expanduser()
+    if not path.is_file():
+        raise HarnessError(f"--control-image {settings.control_image}: no such file")
+    if settings.random_weights:
+        raise HarnessError("--control-image needs a pipeline; --random-weights times the transformer alone")
+    return replace(settings, control_image_sha1=hashlib.sha1(path.read_bytes()).hexdigest())
+
+
+@functools.lru_cache(maxsize=4)
+def _control_image(path: str):
+    from PIL import Image
+
+    with Image.open(Path(path).expanduser()) as image:
+        return image.convert("RGB")
+
+
 def _call_kwargs(model: Model, settings: Settings) -> dict:
     kwargs = model.family.tiny_call_kwargs() if model.tiny else {}
+    pipeline = type(model.pipeline).__name__
+    takes_control = "control_image" in inspect.signature(model.pipeline.__call__).parameters
+    if settings.control_image is not None:
+        if not takes_control:
+            raise HarnessError(f"--control-image: {pipeline} takes no control image (a ControlNet pipeline does)")
+        kwargs["control_image"] = _control_image(settings.control_image)
+    elif takes_control and getattr(model.pipeline, "controlnet", None) is not None:
+        raise HarnessError(f"model {settings.model!r} is a ControlNet pipeline ({pipeline}): give its control image "
+                           f"with --control-image PATH")
     for name in ("height", "width", "steps"):
         value = getattr(settings, name)
         if value is not None:
@@ -169,7 +202,8 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
 
 # Settings that change a generated output; a cached dense output or a finished preset is reused only
 # when all of them match.
-OUTPUT_SETTINGS = ("model", "steps", "height", "width", "frames", "device", "dtype", "dense_backend")
+OUTPUT_SETTINGS = ("model", "steps", "height", "width", "frames", "device", "dtype", "dense_backend", "control_image",
+                   "control_image_sha1")
 
 
 def _fingerprint(settings: Settings, sample: Sample) -> str:
@@ -371,7 +405,7 @@ def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
     """Run every preset against the shared dense runs; ``single`` (compare) writes the entry at the top.
     Under ``torchrun`` every rank runs the generations with the transformer sharded (Ulysses) and rank 0
     writes the reports."""
-    settings = _apply_tiny_defaults(settings, settings.model)
+    settings = _read_control_image(_apply_tiny_defaults(settings, settings.model))
     scratch = _distribute(settings)
     try:
         device = _check_device(settings.device)
