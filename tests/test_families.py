@@ -2,6 +2,8 @@
 on its tiny offline pipeline, its full-size config has the published size, and `compare` accepts its tiny
 model."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -153,3 +155,42 @@ def test_first_block_cache_stacks_with_gna_where_diffusers_supports_the_family(f
     with enabled(pipe, GNAConfig(family=family, window=-1, dense_steps=1)) as handle:
         assert (tiny_generate(family, pipe, steps=4) - stock).abs().max().item() <= 1e-5
         assert handle.runtime.step == 4
+
+
+# diffusers' modular pipeline blocks per family (FLUX.2 klein's text block wants more Qwen3 layers than the
+# tiny text encoder has: it fails without GNA too).
+MODULAR_BLOCKS = {"flux": "FluxAutoBlocks", "wan": "WanBlocks", "ltx-video": "LTXAutoBlocks",
+                  "qwen-image": "QwenImageAutoBlocks", "z-image": "ZImageAutoBlocks",
+                  "hunyuan-video-1.5": "HunyuanVideo15AutoBlocks", "ltx2": "LTX2AutoBlocks"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(MODULAR_BLOCKS))
+def test_modular_pipelines_count_their_steps_and_run_gna(family, monkeypatch):
+    """The family's modular pipeline (diffusers' AutoBlocks with the tiny pipeline's components), from prompt to
+    latents: whole windows reproduce it, and a sparse preset runs GNA after the warm-up step, with no notice."""
+    import diffusers.modular_pipelines
+    from test_apply import OperatorSpy
+
+    from gna_diffusers import GNAConfig
+
+    module = FAMILY_MODULES[family]
+    pipe = getattr(diffusers.modular_pipelines, MODULAR_BLOCKS[family])().init_pipeline()
+    pipe.update_components(**{k: v for k, v in module.tiny_pipeline().components.items() if v is not None})
+    kwargs = {k: v for k, v in module.tiny_call_kwargs().items() if k in ("num_frames", "max_sequence_length")}
+
+    def run():
+        return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=3, output="latents",
+                    generator=torch.Generator().manual_seed(0), **kwargs)
+
+    stock = run()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family=family, window=-1)):
+            assert (run() - stock).abs().max().item() <= 1e-5
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family=family, window=2, dense_steps=1)) as handle:
+            run()
+            assert handle.runtime.step == 3 and handle.runtime.grid is not None
+    assert spy.windows
