@@ -359,6 +359,12 @@ class _Site:
     route: GNARoute
     installed: object
     original: object
+    # Other models whose forward runs this very module (Z-Image's ControlNet shares the transformer's noise
+    # refiner): their calls set its layout too.
+    sharers: list = field(default_factory=list)
+
+    def called_by(self, module: torch.nn.Module) -> bool:
+        return self.transformer is module or any(module is sharer for sharer in self.sharers)
 
 
 class GNAHandle:
@@ -438,11 +444,24 @@ class GNAHandle:
         self.pipelines.append(pipeline)
         self.runtime.count_forward = False
 
+    def follow_shared_layers(self, pipeline) -> None:
+        """Hook the pipeline's ControlNets that run some of the routed attention modules themselves (Z-Image's
+        shares the transformer's noise refiner), so each of their calls sets those layers' grid."""
+        for _, component in _controlnets(pipeline):
+            if any(component is t for t in self.transformers):
+                continue
+            inside = {id(module) for module in component.modules()}
+            shared = [site for site in self._sites if id(site.attn) in inside]
+            if shared:
+                for site in shared:
+                    site.sharers.append(component)
+                self._hooks.append(component.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+
     def _attach_routes(self, transformer: torch.nn.Module) -> None:
         """Give every sparse layer's current processor its route (loaders may have rebuilt or replaced it)."""
         adopted, foreign = [], []
         for site in self._sites:
-            if site.transformer is not transformer:
+            if not site.called_by(transformer):
                 continue
             processor, route = site.attn.processor, site.route
             if isinstance(processor, RoutedProcessorMixin):
@@ -496,7 +515,7 @@ class GNAHandle:
             )
         sparse = layout is not None and runtime.sparse
         for site in self._sites:
-            if site.transformer is module:
+            if site.called_by(module):
                 site.route.layout = layout
                 site.route.pattern = runtime.resolved(site.route.layer, layout.grid) if sparse else None
 
@@ -616,6 +635,12 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     # Raises for a fractional warm-up without a scheduler to count steps.
     runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared)
 
+    if scheduler is not None:  # said before anything is installed (a warnings filter may raise)
+        left_dense = _unpatched_attention(target, patch, transformers)
+        if left_dense:
+            warnings.warn(f"gna: {', '.join(left_dense)} hold {patch.family} attention layers GNA does not route, "
+                          f"which stay dense", stacklevel=2)
+
     handle = GNAHandle(transformers, patch, config, runtime)
     _route_dispatch(patch.dispatch_module)
     for model in transformers:
@@ -643,11 +668,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         model._gna_handle = handle
     if scheduler is not None:
         handle.attach_pipeline(target, scheduler)
-        left_dense = _unpatched_attention(target, patch, transformers)
-        if left_dense:
-            warnings.warn(
-                f"gna: {', '.join(left_dense)} also run {patch.family} attention layers, which stay dense: GNA "
-                f"patches the pipeline's {' and '.join(patch.pipeline_transformers)} only", stacklevel=2)
+        handle.follow_shared_layers(target)
     return handle
 
 
@@ -667,18 +688,21 @@ def _auxiliary_models(pipeline, patch: ModelPatch) -> list[tuple[str, torch.nn.M
     return found
 
 
+def _controlnets(pipeline) -> list[tuple[str, torch.nn.Module]]:
+    """(attribute, model) of a pipeline's ControlNet components (``controlnet`` in the name)."""
+    return [(name, _unwrap_compiled(component)) for name, component in getattr(pipeline, "components", {}).items()
+            if "controlnet" in name and isinstance(component, torch.nn.Module)]
+
+
 def _unpatched_attention(pipeline, patch: ModelPatch, transformers: list) -> list[str]:
-    """The pipeline's ControlNets (``controlnet`` components) that GNA did not patch but whose attention
-    layers use the family's stock processor: they attend over the same image tokens and stay dense."""
+    """The pipeline's ControlNets that GNA does not patch but that hold attention layers of their own (not
+    modules shared with a patched transformer) with the family's stock processor: they attend over the same
+    image tokens and stay dense."""
+    own = {id(module) for transformer in transformers for module in transformer.modules()}
     found = []
-    for name, component in getattr(pipeline, "components", {}).items():
-        if "controlnet" not in name or not isinstance(component, torch.nn.Module):
-            continue
-        component = _unwrap_compiled(component)
-        models = getattr(component, "nets", None) or [component]
-        if any(not any(model is t for t in transformers)
-               and any(isinstance(getattr(module, "processor", None), patch.stock_processor_class)
-                       for module in model.modules()) for model in models):
+    for name, component in _controlnets(pipeline):
+        if any(isinstance(getattr(module, "processor", None), patch.stock_processor_class) and id(module) not in own
+               for module in component.modules()):
             found.append(f"pipeline.{name} ({type(component).__name__})")
     return found
 

@@ -456,8 +456,8 @@ def test_a_controlnet_larger_than_the_transformer_stays_dense_and_is_named(monke
     is left dense, and apply says so once."""
     pipe = controlnet_pipeline("flux", nets=1, double=3)
     spy = OperatorSpy(monkeypatch)
-    with pytest.warns(UserWarning, match=r"pipeline.controlnet \(FluxControlNetModel\) also run flux attention "
-                                         r"layers, which stay dense"):
+    with pytest.warns(UserWarning, match=r"pipeline.controlnet \(FluxControlNetModel\) hold flux attention layers "
+                                         r"GNA does not route, which stay dense"):
         handle = apply(pipe, GNAConfig(family="flux", window=2))
     try:
         image = controlnet_generate(pipe, "flux")

@@ -82,3 +82,31 @@ def test_regional_compilation_runs_gna_like_eager():
         with enabled(transformer, GNAConfig(family="z-image", window=3)):
             compiled = transformer(**inputs)[0]
     assert max_diff(compiled, eager) <= 1e-6
+
+
+def test_controlnet_sharing_the_noise_refiner_gets_each_calls_own_grid(monkeypatch):
+    """ZImageControlNetPipeline: the ControlNet runs the transformer's own noise-refiner layers (shared modules,
+    routed by GNA) before the transformer in each step. Their grid must come from the ControlNet's call, not
+    from the transformer's previous one: a second generation on the transposed grid (the same token count)
+    routes every call on its own grid. The ControlNet's control blocks stay dense; no notice says otherwise."""
+    import warnings
+
+    from diffusers import ZImageControlNetModel, ZImageControlNetPipeline
+    from PIL import Image
+
+    controlnet = ZImageControlNetModel(control_layers_places=[0], control_in_dim=4, dim=32, n_refiner_layers=1,
+                                       n_heads=2, n_kv_heads=2).eval()
+    pipe = ZImageControlNetPipeline(controlnet=controlnet, **z_image.tiny_pipeline().components)
+    assert pipe.controlnet.noise_refiner is pipe.transformer.noise_refiner
+    spy = OperatorSpy(monkeypatch)
+    grids = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="z-image", window=2)):
+            for height, width in ((64, 32), (32, 64)):
+                spy.contexts.clear()
+                pipe(prompt="a red cat", control_image=Image.new("RGB", (width, height), (90, 30, 200)),
+                     height=height, width=width, num_inference_steps=2, output_type="pt",
+                     generator=torch.Generator().manual_seed(0), **z_image.tiny_call_kwargs())
+                grids.append({grid for grid, _ in spy.contexts})
+    assert grids == [{(16, 8)}, {(8, 16)}]
