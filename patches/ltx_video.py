@@ -46,10 +46,12 @@ def _frame_runs(time: torch.Tensor) -> list[tuple[int, int]]:
 def layout_from_coords(coords: torch.Tensor) -> TokenLayout:
     """The layout of a sequence from its (B, 3, N) (time, row, column) coordinates (video ids in any units):
     the longest run of whole frames with increasing time and one row-major rows x cols pattern is the grid.
-    Raises LayoutError when no such run is unique or a frame is no row-major grid. Reads ``coords[0]``
-    (a host sync)."""
+    Raises LayoutError when the samples' coordinates differ, no such run is unique or a frame is no row-major
+    grid. Reads the coordinates (a host sync)."""
     if coords.ndim != 3 or coords.shape[1] != 3:
         raise LayoutError(f"video_coords of shape {tuple(coords.shape)} are not (B, 3, N)")
+    if not torch.equal(coords, coords[:1].expand_as(coords)):
+        raise LayoutError("the samples of this call have different video_coords: one grid cannot serve them all")
     time, row, col = coords[0].detach().to("cpu", torch.float64).unbind(0)
     runs: list[list[tuple[int, int]]] = []  # candidate grids: consecutive frames of one spatial pattern
     for start, end in _frame_runs(time):

@@ -63,6 +63,8 @@ def test_layout_from_coords_finds_the_grid_among_conditioning_frames():
     assert one_frame.grid == (1, 4, 6)
     with pytest.raises(LayoutError, match="ambiguous"):  # two runs of equal length: which is generated?
         ltx_video.layout_from_coords(torch.cat([coords_of(2, 4, 6, first_time=5), coords_of(2, 4, 6)], dim=2))
+    with pytest.raises(LayoutError, match="different video_coords"):
+        ltx_video.layout_from_coords(torch.cat([grid, coords_of(3, 6, 4)]))
     with pytest.raises(LayoutError, match="not a row-major grid"):
         ltx_video.layout_from_coords(grid[:, [0, 2, 1]])  # rows and columns swapped: column-major frames
 
