@@ -53,3 +53,42 @@ def test_pipeline_whole_extent_sparse_and_remove():
     with enabled(pipe, GNAConfig(family="hunyuan-video-1.5", base_grid=list(GRID), window=[2, 4, 4])):
         assert max_diff(generate(pipe), stock) > 1e-3
     assert torch.equal(generate(pipe), stock)
+
+
+def test_image_to_video_pipeline_runs_gna_with_the_image_tokens_as_context(monkeypatch):
+    """HunyuanVideo15ImageToVideoPipeline: SigLIP image tokens join the context (valid, unlike text-to-video's
+    zeroed ones) and the first frame rides in the condition channels. Whole windows reproduce the stock
+    pipeline; a sparse preset routes every call after the warm-up step on the video grid, with no notice."""
+    import warnings
+
+    from diffusers import HunyuanVideo15ImageToVideoPipeline
+    from PIL import Image
+    from test_apply import OperatorSpy
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    parts = hunyuan_video15.tiny_pipeline().components
+    config = dict(parts["transformer"].config)
+    torch.manual_seed(0)
+    parts["transformer"] = type(parts["transformer"]).from_config({**config, "task_type": "i2v"}).eval()
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=config["image_embed_dim"], intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8)).eval()
+    pipe = HunyuanVideo15ImageToVideoPipeline(image_encoder=image_encoder, **parts,
+                                              feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}))
+    image = Image.fromarray((torch.arange(32 * 32 * 3) % 251).reshape(32, 32, 3).to(torch.uint8).numpy())
+
+    def generate():
+        return pipe(image=image, prompt="a red cat", num_frames=5, num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).frames
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="hunyuan-video-1.5", window=-1)):
+            assert (generate() - stock).abs().max().item() <= 1e-5
+        spy.contexts.clear()
+        with enabled(pipe, GNAConfig(family="hunyuan-video-1.5", window=2, dense_steps=1)):
+            sparse = generate()
+    assert (sparse - stock).abs().max().item() > 1e-4
+    assert spy.contexts and {grid for grid, _ in spy.contexts} == {(3, 8, 8)}
