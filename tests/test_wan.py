@@ -162,3 +162,38 @@ def test_vace_routes_the_main_and_the_control_blocks(monkeypatch):
 def test_a_vace_selector_on_plain_wan_names_the_missing_blocks():
     with pytest.raises(ConfigError, match="vace has no layers in this model"):
         apply(wan.tiny_transformer(), GNAConfig(family="wan", window=-1, dense_layers=[{"blocks": "vace", "layers": "0"}]))
+
+
+@pytest.mark.parametrize("references", [0, 1], ids=["control-video", "with-reference-image"])
+def test_vace_pipeline_routes_main_and_control_blocks_every_sparse_step(references, monkeypatch):
+    """WanVACEPipeline: a control video (and a reference image, whose latent frame the pipeline puts before
+    the video's: it is a frame of the grid) drives the VACE blocks beside the main ones. Whole windows
+    reproduce the pipeline; a sparse preset routes all four blocks of every call after the warm-up step."""
+    import warnings
+
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+    from PIL import Image
+
+    torch.manual_seed(0)
+    transformer = WanVACETransformer3DModel(**{**wan.TINY_CONFIG, "num_layers": 2, "vace_layers": [0, 1],
+                                               "vace_in_channels": 2 * 4 + 4 * 4}).eval()  # 2 latents + 4x4 mask
+    pipe = WanVACEPipeline(transformer=transformer, **wan.tiny_parts(0))
+    frame = Image.fromarray((torch.arange(32 * 32 * 3) % 251).reshape(32, 32, 3).to(torch.uint8).numpy())
+    extra = {"reference_images": [frame]} if references else {}
+
+    def generate():
+        return pipe(video=[frame] * 9, prompt="a red cat", height=32, width=32, num_frames=9, num_inference_steps=3,
+                    output_type="pt", max_sequence_length=48, generator=torch.Generator().manual_seed(0),
+                    **extra).frames
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="wan", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        spy.contexts.clear()
+        with enabled(pipe, GNAConfig(family="wan", window=2, dense_steps=1)):
+            generate()
+    # 9 frames -> 5 latent frames (+1 for the reference image) of 4x4 tokens; CFG: 2 calls a step.
+    assert spy.contexts == [((5 + references, 4, 4), 0)] * (2 * 2 * 4)
