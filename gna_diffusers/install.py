@@ -85,6 +85,11 @@ class ModelPatch:
     other_transformer_classes: tuple[type, ...] = ()
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
     pipeline_transformers: tuple[str, ...] = ("transformer",)
+    # Pipeline methods whose call tells what the prepared latents do not (WanVACEPipeline.prepare_video_latents:
+    # the reference images whose latent frames precede the video's): name -> (args, kwargs) -> a function
+    # applied to the layout the next ``prepare_latents`` gives.
+    pipeline_observers: dict[str, Callable[[tuple, dict], Callable[[TokenLayout], TokenLayout]]] = field(
+        default_factory=dict)
     # Pipeline attributes holding models that attend over the same image tokens beside the transformer
     # (ControlNets, alone or in a multi-ControlNet's ``nets``): patched when they are of this family with at
     # most the transformer's blocks (the preset's layer rules apply by index), else left dense with a warning.
@@ -123,14 +128,16 @@ class _Runtime:
     transformer call, when a scheduler step ends, so torch.compile sees it flip once per generation."""
 
     def __init__(self, config: GNAConfig, patterns: dict[tuple[str, int], LayerPattern], count_forward: bool,
-                 transformer: torch.nn.Module, layout_from_prepared=None):
+                 transformer: torch.nn.Module, layout_from_prepared=None, pipeline_observers=None):
         self.config = config
         self.patterns = patterns
         self.count_forward = count_forward
         self.transformer = transformer
         self.layout_from_prepared = layout_from_prepared
+        self.pipeline_observers = pipeline_observers or {}
         self.layout: TokenLayout | None = None
         self.prepared: TokenLayout | None = None  # from the pipeline's prepare_latents, this generation
+        self.prepared_adjustment: Callable[[TokenLayout], TokenLayout] | None = None  # from a pipeline observer
         self.step = 0
         self.calls = 0  # forward calls this generation, when counting forward calls
         self.total_steps: int | None = None  # of the generation in progress, when a scheduler counts
@@ -178,11 +185,11 @@ class _Runtime:
         self.sparse = step >= self.dense_steps
         self.generation_over = ends_generation and self.total_steps is not None and step >= self.total_steps
         if self.generation_over:
-            self.prepared = None  # belongs to the generation that just ended
+            self.prepared = self.prepared_adjustment = None  # belong to the generation that just ended
 
-    def observe(self, name: str, owner, result, follower: bool = False) -> None:
-        """Called after a wrapped scheduler or pipeline method returned ``result``. ``follower``: from a copy
-        of the pipeline's scheduler (see _ObservedMethod)."""
+    def observe(self, name: str, owner, result, follower: bool = False, call: tuple = ((), {})) -> None:
+        """Called after a wrapped scheduler or pipeline method returned ``result`` for ``call`` (args, kwargs).
+        ``follower``: from a copy of the pipeline's scheduler (see _ObservedMethod)."""
         self._give_deferred()
         if name == "set_timesteps":
             # A follower's schedule starts a generation only once steps were taken (SkyReels-V2's next
@@ -197,9 +204,14 @@ class _Runtime:
                 self._set_step(self.step + 1, ends_generation=not follower)
         elif name == "prepare_latents":
             layout = self.layout_from_prepared(result, self.transformer)
+            if layout is not None and self.prepared_adjustment is not None:
+                layout = self.prepared_adjustment(layout)
+            self.prepared_adjustment = None
             if layout is not None:
                 self.check_grid(layout.grid)
             self.prepared = layout
+        elif name in self.pipeline_observers:
+            self.prepared_adjustment = self.pipeline_observers[name](*call)
 
     def count_call(self) -> None:
         """A bare transformer's forward call: the n-th call of a generation is step n."""
@@ -278,7 +290,7 @@ class _ObservedMethod:
 
     def __call__(self, *args, **kwargs):
         result = self.original(*args, **kwargs)
-        self.runtime.observe(self.name, self.owner, result, self.follower)
+        self.runtime.observe(self.name, self.owner, result, self.follower, (args, kwargs))
         return result
 
     def __deepcopy__(self, memo) -> _ObservedMethod:
@@ -440,7 +452,8 @@ class GNAHandle:
             _observe(scheduler, _SCHEDULER_METHODS, self.runtime, anchor=pipeline)
             self.schedulers.append(scheduler)
         if self.patch.layout_from_prepared is not None and callable(getattr(pipeline, "prepare_latents", None)):
-            _observe(pipeline, _PIPELINE_METHODS, self.runtime)
+            observers = tuple(name for name in self.patch.pipeline_observers if callable(getattr(pipeline, name, None)))
+            _observe(pipeline, _PIPELINE_METHODS + observers, self.runtime)
         self.pipelines.append(pipeline)
         self.runtime.count_forward = False
 
@@ -543,7 +556,7 @@ class GNAHandle:
         for scheduler in self.schedulers:
             _unobserve(scheduler, _SCHEDULER_METHODS)
         for pipeline in self.pipelines:
-            _unobserve(pipeline, _PIPELINE_METHODS)
+            _unobserve(pipeline, _PIPELINE_METHODS + tuple(self.patch.pipeline_observers))
         _unroute_dispatch(self.patch.dispatch_module)
         for transformer in self.transformers:
             del transformer._gna_handle
@@ -633,7 +646,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     transformers = [transformer] + (_more_transformers(target, patch, block_counts) if scheduler is not None else [])
     patterns = layer_patterns(config, block_counts)
     # Raises for a fractional warm-up without a scheduler to count steps.
-    runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared)
+    runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared,
+                       patch.pipeline_observers)
 
     if scheduler is not None:  # said before anything is installed (a warnings filter may raise)
         left_dense = _unpatched_attention(target, patch, transformers)

@@ -36,8 +36,11 @@ class VideoLatentLayout:
         return token_layout(grid, prod(grid))
 
     def probe(self, module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
-        """The (frames, rows, cols) token grid of this call's ``hidden_states``."""
+        """The (frames, rows, cols) token grid of this call's ``hidden_states``; the pipeline's prepared layout
+        when it covers the same tokens (it may hold leading frames as context: Wan VACE's reference images)."""
         grid = self.grid(args[0] if args else kwargs["hidden_states"], module)
+        if prepared is not None and prepared.stream_tokens == prod(grid):
+            return prepared
         return token_layout(grid, prod(grid))
 
 
@@ -51,3 +54,12 @@ def latent_size_grid(module, args: tuple, kwargs: dict) -> tuple[int, int, int] 
     config = module.config
     frames, height, width = sizes
     return frames // config.patch_size_t, height // config.patch_size, width // config.patch_size
+
+
+def leading_frames_as_context(layout: TokenLayout, frames: int) -> TokenLayout:
+    """``layout`` with its first ``frames`` latent frames taken out of the grid as context (reference images
+    a pipeline puts before the video's frames)."""
+    if not frames:
+        return layout
+    count, rows, cols = layout.grid
+    return token_layout((count - frames, rows, cols), layout.stream_tokens, layout.grid_offset + frames * rows * cols)

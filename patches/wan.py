@@ -13,6 +13,7 @@ sync). Image-to-video concatenates its condition along channels: the grid is unc
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from diffusers import WanTransformer3DModel, WanVACETransformer3DModel
@@ -22,7 +23,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
-from ._video import VideoLatentLayout
+from ._video import VideoLatentLayout, leading_frames_as_context
 
 
 class GNAWanAttnProcessor(RoutedProcessorMixin, WanAttnProcessor):
@@ -30,6 +31,18 @@ class GNAWanAttnProcessor(RoutedProcessorMixin, WanAttnProcessor):
 
 
 LAYOUT = VideoLatentLayout(lambda transformer: tuple(transformer.config.patch_size))
+
+
+def vace_reference_frames(args: tuple, kwargs: dict):
+    """From a WanVACEPipeline.prepare_video_latents(video, mask, reference_images, ...) call: the layout change
+    its reference images make. Each adds a latent frame before the video's in the latents prepare_latents
+    makes next; they are context, which every video token attends to (for the subject's identity)."""
+    from diffusers import WanVACEPipeline
+
+    references = inspect.signature(WanVACEPipeline.prepare_video_latents).bind_partial(
+        None, *args, **kwargs).arguments.get("reference_images")
+    frames = sum(image is not None for image in references[0]) if references else 0
+    return functools.partial(leading_frames_as_context, frames=frames)
 
 
 PATCH = ModelPatch(
@@ -47,6 +60,7 @@ PATCH = ModelPatch(
     attention="attn1",
     other_transformer_classes=(WanVACETransformer3DModel,),
     pipeline_transformers=("transformer", "transformer_2"),
+    pipeline_observers={"prepare_video_latents": vace_reference_frames},
 )
 
 

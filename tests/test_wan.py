@@ -166,9 +166,10 @@ def test_a_vace_selector_on_plain_wan_names_the_missing_blocks():
 
 @pytest.mark.parametrize("references", [0, 1], ids=["control-video", "with-reference-image"])
 def test_vace_pipeline_routes_main_and_control_blocks_every_sparse_step(references, monkeypatch):
-    """WanVACEPipeline: a control video (and a reference image, whose latent frame the pipeline puts before
-    the video's: it is a frame of the grid) drives the VACE blocks beside the main ones. Whole windows
-    reproduce the pipeline; a sparse preset routes all four blocks of every call after the warm-up step."""
+    """WanVACEPipeline: a control video drives the VACE blocks beside the main ones. A reference image adds a
+    latent frame before the video's, which is context (every video token attends to all of it), not a frame
+    of the grid. Whole windows reproduce the pipeline; a sparse preset routes all four blocks of every call
+    after the warm-up step."""
     import warnings
 
     from diffusers import WanVACEPipeline, WanVACETransformer3DModel
@@ -195,5 +196,5 @@ def test_vace_pipeline_routes_main_and_control_blocks_every_sparse_step(referenc
         spy.contexts.clear()
         with enabled(pipe, GNAConfig(family="wan", window=2, dense_steps=1)):
             generate()
-    # 9 frames -> 5 latent frames (+1 for the reference image) of 4x4 tokens; CFG: 2 calls a step.
-    assert spy.contexts == [((5 + references, 4, 4), 0)] * (2 * 2 * 4)
+    # 9 frames -> 5 latent frames of 4x4 tokens, and the reference image's 16 as context; CFG: 2 calls a step.
+    assert spy.contexts == [((5, 4, 4), 16 * references)] * (2 * 2 * 4)
