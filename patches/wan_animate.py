@@ -23,6 +23,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from . import wan
+from ._video import leading_frames_as_context
 
 
 class GNAWanAnimateAttnProcessor(RoutedProcessorMixin, WanAnimateAttnProcessor):
@@ -31,13 +32,10 @@ class GNAWanAnimateAttnProcessor(RoutedProcessorMixin, WanAnimateAttnProcessor):
 
 def _layout(latents: torch.Tensor, transformer) -> TokenLayout:
     """The segment's grid after the reference frame's tokens, from the (B, C, 1 + T, H, W) latents."""
-    _, _, frames, height, width = latents.shape
-    p_t, p_h, p_w = transformer.config.patch_size
-    if frames // p_t < 2:
-        raise LayoutError(f"{frames} latent frames hold the reference frame and no video to generate")
-    frame_tokens = (height // p_h) * (width // p_w)
-    grid = (frames // p_t - 1, height // p_h, width // p_w)
-    return token_layout(grid, frame_tokens + prod(grid), grid_offset=frame_tokens)
+    grid = wan.LAYOUT.grid(latents, transformer)
+    if grid[0] < 2:
+        raise LayoutError(f"{grid[0]} latent frames hold the reference frame and no video to generate")
+    return leading_frames_as_context(token_layout(grid, prod(grid)), frames=1)
 
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
