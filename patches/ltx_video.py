@@ -50,9 +50,10 @@ def layout_from_coords(coords: torch.Tensor) -> TokenLayout:
     grid. Reads the coordinates (a host sync)."""
     if coords.ndim != 3 or coords.shape[1] != 3:
         raise LayoutError(f"video_coords of shape {tuple(coords.shape)} are not (B, 3, N)")
+    coords = coords.detach().to("cpu", torch.float64)  # the one host sync
     if not torch.equal(coords, coords[:1].expand_as(coords)):
         raise LayoutError("the samples of this call have different video_coords: one grid cannot serve them all")
-    time, row, col = coords[0].detach().to("cpu", torch.float64).unbind(0)
+    time, row, col = coords[0].unbind(0)
     runs: list[list[tuple[int, int]]] = []  # candidate grids: consecutive frames of one spatial pattern
     for start, end in _frame_runs(time):
         if runs:
