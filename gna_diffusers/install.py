@@ -81,7 +81,10 @@ class ModelPatch:
     # Whether self-attention keys may carry context tokens the queries lack, just before the grid (FLUX.2
     # klein's cached reference keys): see GNARoute.
     cached_context_keys: bool = False
-    # Other transformer classes of the family (Wan VACE); a block list a class lacks has no layers there.
+    # Other transformer classes of the family (Wan VACE), and the family's ControlNet classes: a pipeline's
+    # ControlNet of one of them (alone or in a multi-ControlNet) is patched beside the transformer when it has
+    # at most the transformer's blocks (the preset's layer rules apply by index); a block list a class lacks
+    # has no layers there.
     other_transformer_classes: tuple[type, ...] = ()
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
     pipeline_transformers: tuple[str, ...] = ("transformer",)
@@ -90,10 +93,6 @@ class ModelPatch:
     # applied to the layout the next ``prepare_latents`` gives.
     pipeline_observers: dict[str, Callable[[tuple, dict], Callable[[TokenLayout], TokenLayout]]] = field(
         default_factory=dict)
-    # Pipeline attributes holding models that attend over the same image tokens beside the transformer
-    # (ControlNets, alone or in a multi-ControlNet's ``nets``): patched when they are of this family with at
-    # most the transformer's blocks (the preset's layer rules apply by index), else left dense with a warning.
-    auxiliary_models: tuple[str, ...] = ()
     # (transformer, context-parallel degree: ring x Ulysses) -> a context-parallel plan, for a family diffusers
     # ships none for.
     parallel_plan: Callable[[torch.nn.Module, int], dict] | None = None
@@ -447,7 +446,8 @@ class GNAHandle:
 
     def attach_pipeline(self, pipeline, scheduler) -> None:
         """Count ``scheduler``'s denoising steps and take the layout from ``pipeline.prepare_latents``
-        (also for another pipeline sharing this transformer, e.g. one made with ``from_pipe``)."""
+        (also for another pipeline sharing this transformer, e.g. one made with ``from_pipe``); follow its
+        ControlNets that share routed layers."""
         if not any(s is scheduler for s in self.schedulers):
             _observe(scheduler, _SCHEDULER_METHODS, self.runtime, anchor=pipeline)
             self.schedulers.append(scheduler)
@@ -456,13 +456,14 @@ class GNAHandle:
             _observe(pipeline, _PIPELINE_METHODS + observers, self.runtime)
         self.pipelines.append(pipeline)
         self.runtime.count_forward = False
+        self._follow_shared_layers(pipeline)
 
-    def follow_shared_layers(self, pipeline) -> None:
+    def _follow_shared_layers(self, pipeline) -> None:
         """Hook the pipeline's ControlNets that run some of the routed attention modules themselves (Z-Image's
         shares the transformer's noise refiner), so each of their calls sets those layers' grid."""
         for _, component in _controlnets(pipeline):
-            if any(component is t for t in self.transformers):
-                continue
+            if any(component is t for t in self.transformers) or any(site.called_by(component) for site in self._sites):
+                continue  # patched itself, or followed already (a pipeline sharing it was attached before)
             inside = {id(module) for module in component.modules()}
             shared = [site for site in self._sites if id(site.attn) in inside]
             if shared:
@@ -682,30 +683,23 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         model._gna_handle = handle
     if scheduler is not None:
         handle.attach_pipeline(target, scheduler)
-        handle.follow_shared_layers(target)
     return handle
 
 
-def _auxiliary_models(pipeline, patch: ModelPatch) -> list[tuple[str, torch.nn.Module]]:
-    """(attribute, model) of the pipeline's auxiliary models (a multi-ControlNet gives each of its nets)."""
+def _controlnets(pipeline) -> list[tuple[str, torch.nn.Module]]:
+    """(name, model) of a pipeline's ControlNets: its components with ``controlnet`` in the name, a
+    multi-ControlNet giving each of its ``nets``."""
     found = []
-    for name in patch.auxiliary_models:
-        model = getattr(pipeline, name, None)
-        if not isinstance(model, torch.nn.Module):
+    for name, component in getattr(pipeline, "components", {}).items():
+        if "controlnet" not in name or not isinstance(component, torch.nn.Module):
             continue
-        model = _unwrap_compiled(model)
-        nets = getattr(model, "nets", None)
+        component = _unwrap_compiled(component)
+        nets = getattr(component, "nets", None)
         if isinstance(nets, torch.nn.ModuleList):
             found += [(f"{name}.nets[{i}]", _unwrap_compiled(net)) for i, net in enumerate(nets)]
         else:
-            found.append((name, model))
+            found.append((name, component))
     return found
-
-
-def _controlnets(pipeline) -> list[tuple[str, torch.nn.Module]]:
-    """(attribute, model) of a pipeline's ControlNet components (``controlnet`` in the name)."""
-    return [(name, _unwrap_compiled(component)) for name, component in getattr(pipeline, "components", {}).items()
-            if "controlnet" in name and isinstance(component, torch.nn.Module)]
 
 
 def _unpatched_attention(pipeline, patch: ModelPatch, transformers: list) -> list[str]:
@@ -715,6 +709,8 @@ def _unpatched_attention(pipeline, patch: ModelPatch, transformers: list) -> lis
     own = {id(module) for transformer in transformers for module in transformer.modules()}
     found = []
     for name, component in _controlnets(pipeline):
+        if any(component is t for t in transformers):
+            continue
         if any(isinstance(getattr(module, "processor", None), patch.stock_processor_class) and id(module) not in own
                for module in component.modules()):
             found.append(f"pipeline.{name} ({type(component).__name__})")
@@ -737,8 +733,8 @@ def _register_with_diffusers_hooks(gna_class: type) -> None:
 
 def _more_transformers(pipeline, patch: ModelPatch, counts: dict[str, int]) -> list[torch.nn.Module]:
     """A pipeline's other transformers of the family (e.g. Wan 2.2's low-noise expert), checked to have
-    the first one's block ``counts``, since one preset's layer selection serves them all; and its auxiliary
-    models (ControlNets) of the family with at most those counts (the others stay dense: see apply)."""
+    the first one's block ``counts``, since one preset's layer selection serves them all; and its ControlNets
+    of the family with at most those counts (the others stay dense: see apply)."""
     more = []
     for name in patch.pipeline_transformers[1:]:
         model = getattr(pipeline, name, None)
@@ -754,7 +750,7 @@ def _more_transformers(pipeline, patch: ModelPatch, counts: dict[str, int]) -> l
         if getattr(model, "_gna_handle", None) is not None:
             raise RuntimeError(f"GNA is already applied to pipeline.{name}; call gna_diffusers.remove() first")
         more.append(model)
-    for name, model in _auxiliary_models(pipeline, patch):
+    for name, model in _controlnets(pipeline):
         other = {block: len(blocks) for block, blocks in patch.block_lists(model).items()}
         if (patch.handles(model) and getattr(model, "_gna_handle", None) is None
                 and all(count <= counts.get(block, 0) for block, count in other.items())):

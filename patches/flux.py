@@ -115,7 +115,6 @@ PATCH = ModelPatch(
     adoptable_processors=(FluxIPAdapterAttnProcessor, FluxAttnProcessor),
     # FLUX ControlNets (e.g. the upscaler ones, used at 2-4K) run FLUX blocks over the same image tokens.
     other_transformer_classes=(FluxControlNetModel,),
-    auxiliary_models=("controlnet",),
 )
 
 

@@ -54,7 +54,6 @@ PATCH = ModelPatch(
     adoptable_processors=(QwenDoubleStreamAttnProcessor2_0,),
     # Qwen-Image ControlNets run the same blocks over the same image tokens beside the transformer.
     other_transformer_classes=(QwenImageControlNetModel,),
-    auxiliary_models=("controlnet",),
 )
 
 
