@@ -1,7 +1,8 @@
 """GNA under diffusers' context parallelism, on CPU with gloo processes: each family's tiny transformer
 sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, LTX-Video), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
 enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are
-sharded too; HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks.
+sharded too; HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks, and
+so does diffusers' tensor parallelism (heads sharded) on the families with a ``_tp_plan``.
 
 What this cannot cover: NCCL, GPU timing and overlap."""
 
@@ -157,6 +158,52 @@ def test_unified_ring_and_ulysses_on_4_ranks_equals_single_process_gna(tmp_path)
     results = torch.load(tmp_path / "unified.pt")
     assert (results["single"] - results["stock"]).abs().max() > 1e-3  # the windows are sparse: GNA ran
     torch.testing.assert_close(results["unified"], results["single"], atol=1e-5, rtol=1e-5)
+
+
+def tensor_parallel_worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
+    """diffusers' tensor parallelism (``TensorParallelConfig``: the attention heads and MLPs sharded) under GNA."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.accelerator.device_count = lambda: world
+    torch._C._get_accelerator = lambda: torch.device("cpu")
+    import diffusers.hooks.tensor_parallel as tensor_parallel
+    from diffusers import TensorParallelConfig
+
+    from gna_diffusers import apply
+    from gna_diffusers.patches import FAMILY_MODULES
+
+    # diffusers refuses a CPU mesh for tensor parallelism (it targets accelerators); its DTensor sharding runs
+    # on gloo all the same, which is what this test needs.
+    tensor_parallel._SUPPORTED_TP_DEVICES = (*tensor_parallel._SUPPORTED_TP_DEVICES, "cpu")
+    results = {}
+    for order in ("apply-first", "parallel-first"):
+        transformer = FAMILY_MODULES[family].tiny_transformer()
+        inputs = inputs_for(family, transformer)
+        with torch.no_grad():
+            results["stock"] = transformer(**inputs)[0].clone()
+            if order == "apply-first":
+                apply(transformer, config_for(family))
+                results["single"] = transformer(**inputs)[0].clone()
+                transformer.enable_parallelism(config=TensorParallelConfig(tp_degree=world))
+            else:
+                transformer.enable_parallelism(config=TensorParallelConfig(tp_degree=world))
+                apply(transformer, config_for(family))
+            results[order] = torch.as_tensor(transformer(**inputs)[0]).clone()
+    if rank == 0:
+        torch.save(results, os.path.join(folder, f"{family}-tp.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("family", ["flux", "flux2", "qwen-image"])
+def test_tensor_parallel_degree_2_equals_single_process_gna(family, tmp_path):
+    mp.spawn(tensor_parallel_worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
+    results = torch.load(tmp_path / f"{family}-tp.pt")
+    assert (results["single"] - results["stock"]).abs().max() > 1e-3  # the windows are sparse: GNA ran
+    for order in ("apply-first", "parallel-first"):
+        torch.testing.assert_close(results[order], results["single"], atol=1e-5, rtol=1e-5)
 
 
 def test_sharded_order_interleaves_the_two_parts_shard_by_shard():
