@@ -5,7 +5,7 @@ day, with the kernel rows of a kernel_bench run of that day when the parts skip 
 
     python benchmarks/kernel_bench.py                                  # the kernels, every paper shape
     python benchmarks/gpu_suite.py --models 'flux.1-dev,hunyuanvideo 7' --no-kernels
-    python benchmarks/gpu_suite.py --models 'wan 2.1,ti2v,qwen,1.5,chroma' --no-kernels
+    python benchmarks/gpu_suite.py --models 'wan 2.1,ti2v,qwen-image 1328,1.5,chroma' --no-kernels
 
     python benchmarks/gpu_suite.py                  # GPU: kernels + full-size transformers, updates the README
     python benchmarks/gpu_suite.py --tiny           # CPU: the same code at tiny sizes (tests run this)
@@ -89,6 +89,9 @@ MODEL_CASES = [
               1280, 77, 20, None, None),
     ModelCase("Kandinsky 5 Pro 19B 768x1280x121", "kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s-Diffusers",
               "kandinsky5-768p", 768, 1280, 121, 50, None, None),
+    # Qwen-Image 2.1 at 4 MP (the shape is diffusers' class defaults): the grid's queries against the prompt.
+    ModelCase("Qwen-Image 2.1 2048x2048", "Qwen/Qwen-Image-2.1", "qwen-image-2.1-2k", 2048, 2048, None, 40, None,
+              None),
     # FLUX.2 [dev] (32B, 64 GB of bf16 weights) is left out: time it on an H200 with
     # `gna-diffusers compare --random-weights --model black-forest-labs/FLUX.2-dev --height 2048 --width 2048`.
 ]

@@ -98,14 +98,15 @@ def _box_sums(prefix: torch.Tensor, lo: list[torch.Tensor], hi: list[torch.Tenso
 
 def measure_recall(query: torch.Tensor, key: torch.Tensor, grid: tuple[int, ...], grid_start: int,
                    query_index: torch.Tensor, patterns: list[Candidate], key_valid: torch.Tensor | None = None,
-                   scale: float | None = None) -> torch.Tensor:
+                   scale: float | None = None, key_grid_start: int | None = None) -> torch.Tensor:
     """Mean recall of each pattern over the sampled grid queries.
 
     Args:
-        query, key: ``(B, S, H, D)``, the joint sequence; the grid is ``S[grid_start : grid_start + prod(grid)]``
-            (row-major), every other token is context.
+        query, key: ``(B, S, H, D)`` and ``(B, S_k, H, D)``, the joint sequence; the grid's queries are
+            ``S[grid_start : grid_start + prod(grid)]`` (row-major), its keys the same span of the keys, or from
+            ``key_grid_start`` when the keys hold context the queries lack (a KV cache); every other key is context.
         query_index: ``(Q,)`` grid-token indices of the sampled queries.
-        key_valid: ``(B, S)`` bool, False for padded context keys.
+        key_valid: ``(B, S_k)`` bool, False for padded context keys.
 
     Returns:
         ``(len(patterns),)`` float32: each pattern's kept softmax mass, averaged over batch, heads and queries.
@@ -122,7 +123,8 @@ def measure_recall(query: torch.Tensor, key: torch.Tensor, grid: tuple[int, ...]
             per_axis.append((start[coords[:, d]], end[coords[:, d]]))
         bounds.append(per_axis)
     sums = torch.zeros(len(patterns), dtype=torch.float64)
-    grid_keys = slice(grid_start, grid_start + n)
+    key_grid_start = grid_start if key_grid_start is None else key_grid_start
+    grid_keys = slice(key_grid_start, key_grid_start + n)
     for b in range(batch):
         q = query[b, grid_start + query_index].float()  # (Q, H, D)
         for h in range(heads):  # one head at a time: Q x S scores, never S x S
@@ -244,8 +246,12 @@ class Probe:
         self.query_index: torch.Tensor | None = None
 
     def _start(self, grid: tuple[int, ...], device) -> None:
+        patterns = candidates(grid)
+        if not patterns:
+            raise ValueError(f"the latent grid {grid} is too small for any window smaller than it: calibrate at a "
+                             f"larger --height / --width")
         self.grid = grid
-        self.log = RecallLog(candidates(grid))
+        self.log = RecallLog(patterns)
         n = prod(grid)
         generator = torch.Generator().manual_seed(self.seed)
         self.query_index = torch.randperm(n, generator=generator)[: min(self.queries, n)].sort().values.to(device)
@@ -253,9 +259,10 @@ class Probe:
     def __call__(self, route, query, key, attn_mask) -> None:
         if self.runtime.step not in self.sample_steps:
             return
-        grid_span = route.grid_span(query.shape[1])
-        if grid_span is None:
+        spans = route.grid_spans(query.shape[1], key.shape[1])
+        if spans is None:
             return
+        grid_span, key_span = spans
         grid = route.layout.grid
         if self.grid is None:
             self._start(grid, query.device)
@@ -263,7 +270,8 @@ class Probe:
             raise ValueError(f"calibration runs at one resolution: latent grid {grid} after {self.grid}")
         with torch.no_grad():
             recall = measure_recall(query, key, grid, grid_span.start, self.query_index, self.log.patterns,
-                                    _key_valid(attn_mask, grid_span.start, query.shape[0]))
+                                    _key_valid(attn_mask, grid_span.start, query.shape[0]),
+                                    key_grid_start=key_span.start)
         self.log.add(route.layer, self.runtime.step, recall)
 
 

@@ -99,6 +99,10 @@ class ModelPatch:
     # Block types whose self-attention sequence is the grid alone even when the image stream also carries
     # context tokens (FLUX.3's per-mode image blocks, beside the references' own blocks).
     grid_only_blocks: tuple[str, ...] = ()
+    # Whether the grid's queries come in an attention call of their own, against every key of the layer's
+    # sequence, which the layout's stream then holds whole, the grid last (Qwen-Image 2.1, whose block-causal
+    # prefill runs each context segment as another call): see GNARoute.
+    grid_queries_alone: bool = False
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
@@ -667,7 +671,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 original = attn.processor
                 route = GNARoute((name, index), patch.text_first, config.backend,
                                  getattr(original, "_attention_backend", None), patch.cached_context_keys,
-                                 grid_only=name in patch.grid_only_blocks)
+                                 grid_only=name in patch.grid_only_blocks,
+                                 grid_queries_alone=patch.grid_queries_alone)
                 gna_class = patch.processor_for(name, original)
                 if type(original) in gna_class.__mro__:  # exactly the stock processor the GNA class extends
                     _register_with_diffusers_hooks(gna_class)

@@ -94,16 +94,17 @@ def _attention_scores_skipped() -> bool:
                for mode in torch.overrides._get_current_function_mode_stack())
 
 
-def _mask_problem(attn_mask: torch.Tensor, row: torch.Tensor, grid: slice) -> str | None:
-    """Why the route cannot carry ``attn_mask`` on the grid queries (whose shared key row is ``row``), or
-    None. A per-query mask (B, 1, S, S) must give every grid query the same row (compared: the first, middle
-    and last grid rows), which a causal or block-causal one does not; an additive one must be uniform over
-    the grid keys (they are never padded), so that only its context part matters."""
+def _mask_problem(attn_mask: torch.Tensor, row: torch.Tensor, grid: slice, key_grid: slice) -> str | None:
+    """Why the route cannot carry ``attn_mask`` on the grid queries (at ``grid``, sharing the key row ``row``,
+    whose grid keys are at ``key_grid``), or None. A per-query mask (B, 1, S, S) must give every grid query the
+    same row (compared: the first, middle and last grid rows), which a causal or block-causal one does not; an
+    additive one must be uniform over the grid keys (they are never padded), so that only its context part
+    matters."""
     if attn_mask.shape[2] != 1:
         probes = attn_mask[:, 0, [grid.start, (grid.start + grid.stop) // 2, grid.stop - 1]]
         if not bool((probes == probes[:, :1]).all()):
             return "its attention mask differs between grid queries (causal?), which a window cannot carry"
-    if attn_mask.dtype != torch.bool and not bool((row[:, grid] == row[:, grid.start, None]).all()):
+    if attn_mask.dtype != torch.bool and not bool((row[:, key_grid] == row[:, key_grid.start, None]).all()):
         return "its additive attention mask is not uniform over the grid keys"
     return None
 
@@ -116,18 +117,22 @@ class GNARoute:
     """
 
     def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None,
-                 cached_context_keys: bool = False, grid_only: bool = False):
+                 cached_context_keys: bool = False, grid_only: bool = False, grid_queries_alone: bool = False):
         self.layer = layer
         self.text_first = text_first
         self.grid_only = grid_only  # the sequence is the grid alone (FLUX.3's per-mode image blocks)
         # Keys may carry context tokens the queries lack, just before the grid: [text, (context), grid]
         # (FLUX.2 klein's KV cache: reference-image keys without their queries).
         self.cached_context_keys = cached_context_keys
+        # The grid's queries come in a call of their own, against every key of the layout's stream (which
+        # then holds the whole joint sequence, the grid last); the layer's other calls are context queries
+        # against part of the keys, run as they come (Qwen-Image 2.1's block-causal prefill segments).
+        self.grid_queries_alone = grid_queries_alone
         self.backend = backend  # GNA backend of gna_attention
         self.dense_backend = dense_backend  # diffusers backend of the dense paths
         self.layout: TokenLayout | None = None
         self.pattern: LayerPattern | None = None  # None: this call runs dense
-        # Called with (route, query, key, attn_mask) on every self-attention call (calibration's probe).
+        # Called with (route, query, key, attn_mask) on every call _routable takes (calibration's probe).
         self.observer: Callable | None = None
         self._warned: set[str] = set()
         self._mask_checked: set[TokenLayout] = set()  # layouts whose attention mask passed _mask_problem
@@ -153,6 +158,9 @@ class GNARoute:
 
     def _routable(self, queries: int, keys: int) -> bool:
         """Whether a call of ``queries`` x ``keys`` tokens is this layer's self-attention over the grid."""
+        if self.grid_queries_alone:
+            layout = self.layout
+            return layout is not None and queries == prod(layout.grid) and keys == layout.stream_tokens
         if not self.cached_context_keys:
             return queries == keys
         context_only = self.layout is not None and queries == self.layout.stream_tokens - prod(self.layout.grid)
@@ -164,14 +172,17 @@ class GNARoute:
         if queries == keys:
             grid = self.grid_span(queries)
             return None if grid is None else (grid, grid)
-        layout, n = self.layout, prod(self.layout.grid)
+        layout = self.layout
+        if layout is None:
+            return None
+        n = prod(layout.grid)
         if not self.text_first or layout.grid_offset + n != layout.stream_tokens or queries < n or keys < queries:
             return None
         return slice(queries - n, queries), slice(keys - n, keys)
 
     def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
         pattern = self.pattern
-        if self.observer is not None and query.shape[1] == key.shape[1]:
+        if self.observer is not None and self._routable(query.shape[1], key.shape[1]):
             self.observer(self, query, key, attn_mask)
         # Dense step or layer, or not self-attention (e.g. IP-Adapter's image-prompt keys), or the stream's
         # context tokens attending among themselves (FLUX.2 klein's reference tokens while its cache fills),
@@ -214,9 +225,9 @@ class GNARoute:
         pattern, layout = self.pattern, self.layout
         total, keys = query.shape[1], key.shape[1]
         spans = self.grid_spans(total, keys)
-        if spans is None or (attn_mask is not None and keys != total):
+        if spans is None:
             why = (f"it got {total} queries and {keys} keys, which the {layout.describe()} of the transformer's "
-                   f"input does not fit" + (" (with an attention mask)" if spans is not None else ""))
+                   f"input does not fit")
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
         grid, key_grid = spans
 
@@ -236,12 +247,13 @@ class GNARoute:
         context_mask = attn_mask
         if attn_mask is not None:
             row = key_row(attn_mask, grid.start, query.shape[0])
-            if row is None or row.shape[-1] != total:
-                why = f"attention mask of shape {tuple(attn_mask.shape)} is not (B, 1, 1 or S, S) for S={total}"
+            if row is None or row.shape[-1] != keys:
+                shape = f"(B, 1, 1 or S, S) for S={total}" if keys == total else f"(B, 1, 1, {keys})"
+                why = f"attention mask of shape {tuple(attn_mask.shape)} is not {shape}"
                 return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
             # Checked on a layer's first call per layout (host syncs), not on every denoising step.
             if layout not in self._mask_checked and not torch.compiler.is_compiling():
-                why = _mask_problem(attn_mask, row, grid)
+                why = _mask_problem(attn_mask, row, grid, key_grid)
                 if why is not None:
                     return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
                 self._mask_checked.add(layout)
@@ -249,7 +261,7 @@ class GNARoute:
                 key_valid = row
             else:
                 row = row.float()
-                key_bias = row - row[:, grid.start, None]
+                key_bias = row - row[:, key_grid.start, None]
             if attn_mask.shape[2] != 1 and query_context:
                 context_mask = gather(attn_mask, query_context, dim=2)
 
@@ -308,16 +320,41 @@ class RoutedProcessorMixin:
 
 
 class _RoutedDispatch:
-    """Replaces a family module's ``dispatch_attention_fn``: calls carrying a route go to it."""
+    """Replaces a family module's ``dispatch_attention_fn``: calls carrying a route go to it, and so do the
+    grid-query calls naming no backend while ``unnamed_route`` is set (see :func:`route_unnamed_calls`)."""
 
     def __init__(self, original: Callable):
         self.original = original
+        self.unnamed_route: GNARoute | None = None
         self.__signature__ = inspect.signature(original)
 
     def __call__(self, query, key, value, attn_mask=None, *args, backend=None, **kwargs):
         if isinstance(backend, GNARoute):
             return backend(self.original, query, key, value, attn_mask, kwargs)
+        route = self.unnamed_route
+        if backend is None and route is not None and route._routable(query.shape[1], key.shape[1]):
+            return route(self._default_backend, query, key, value, attn_mask, kwargs)
         return self.original(query, key, value, attn_mask, *args, backend=backend, **kwargs)
+
+    def _default_backend(self, *args, backend=None, **kwargs):
+        """The original dispatch on diffusers' default backend, which a call naming none gets (the route's
+        dense paths then keep the stock call's backend, not the processor's)."""
+        return self.original(*args, **kwargs)
+
+
+def route_unnamed_calls(module: ModuleType, route: GNARoute | None, call: Callable, *args, **kwargs):
+    """``call(*args, **kwargs)`` with the attention calls through ``module``'s dispatch that name no backend and
+    are its layer's grid queries (:meth:`GNARoute._routable`) handed to ``route``, on diffusers' default backend
+    where it runs them dense; every other call passes unchanged. For a stock processor that passes
+    ``backend=None`` on some calls instead of ``self._attention_backend`` (Qwen-Image 2.1's prefill)."""
+    dispatch = module.dispatch_attention_fn
+    if route is None or not isinstance(dispatch, _RoutedDispatch):
+        return call(*args, **kwargs)
+    dispatch.unnamed_route = route
+    try:
+        return call(*args, **kwargs)
+    finally:
+        dispatch.unnamed_route = None
 
 
 # Installations per family module, whose dispatch_attention_fn is a _RoutedDispatch while any is active.

@@ -31,9 +31,13 @@ def clip_text_encoder(hidden_size: int, vocab_size: int, seed: int = 0) -> CLIPT
     return CLIPTextModel(config).eval()
 
 
-# A ChatML template, as Qwen2.5-VL's tokenizer carries (HunyuanVideo 1.5 formats its prompts with it).
+# A ChatML template, as Qwen2.5-VL's tokenizer carries (HunyuanVideo 1.5 formats its prompts with it); a message's
+# content is a string or a list of typed parts, whose text parts it renders (Qwen-Image 2.1's system message).
 CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for part in m['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
@@ -46,13 +50,15 @@ def qwen3_config(vocab_size: int, num_hidden_layers: int):
                        num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=512)
 
 
-def byte_level_tokenizer() -> Qwen2Tokenizer:
-    """A Qwen2 byte-level BPE tokenizer with no merges (one token per byte) plus ChatML's special tokens."""
+def byte_level_tokenizer(extra_special_tokens: tuple[str, ...] = ()) -> Qwen2Tokenizer:
+    """A Qwen2 byte-level BPE tokenizer with no merges (one token per byte) plus ChatML's special tokens and
+    ``extra_special_tokens`` (e.g. a vision-language model's image placeholders)."""
     # GPT-2's reversible byte -> unicode map: printable bytes stand for themselves, the rest from U+0100.
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
     pieces = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
     tokenizer = Qwen2Tokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[])
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]})
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|endoftext|>", *extra_special_tokens]})
     tokenizer.pad_token = "<|endoftext|>"
     tokenizer.chat_template = CHATML
     return tokenizer

@@ -140,4 +140,4 @@ def tiny_call_kwargs() -> dict:
 
 
 TINY_NAME = "tiny-qwen-image"
-NAME_PATTERN = r"qwen-?image"  # hub names of this family, for --random-weights
+NAME_PATTERN = r"qwen-?image(?![-_.]?2[._]1)"  # hub names of this family (not Qwen-Image 2.1), for --random-weights

@@ -38,6 +38,20 @@ def test_recall_matches_the_brute_force_definition():
         assert recall[i].item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-5)
 
 
+def test_recall_of_grid_queries_against_keys_with_more_context_is_the_same_measure():
+    """A call whose queries are the grid alone against [context, grid] keys (a KV-cached step: FLUX.2 klein,
+    Qwen-Image 2.1) measures what the joint call [context, grid] x [context, grid] measures for its grid rows."""
+    gen = torch.Generator().manual_seed(1)
+    grid, n = (5, 6), 30
+    query, key = (torch.randn(1, TEXT + n, 2, 8, generator=gen) for _ in range(2))
+    patterns = [Candidate((2, 3), (1, 2), 0.0, 1.0), Candidate((4, 4), (2, 1), 0.0, 1.0)]
+    index = torch.tensor([0, 7, 13, 29])
+    joint = measure_recall(query, key, grid, TEXT, index, patterns)
+    grid_alone = measure_recall(query[:, TEXT:], key, grid, 0, index, patterns, key_grid_start=TEXT)
+    torch.testing.assert_close(grid_alone, joint)
+    assert not torch.allclose(measure_recall(query[:, TEXT:], key, grid, 0, index, patterns), joint)
+
+
 def planted(sigma: float | None, heads: int = 2, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k (1, TEXT + N, H, D) whose attention over the 16x16 grid is a Gaussian of width ``sigma`` around
     the query (score -|p_i - p_j|^2 / (2 sigma^2) up to a per-query constant), or uniform (sigma None)."""
@@ -63,8 +77,8 @@ class _Route:
         self.layer = layer
         self.layout = type("Layout", (), {"grid": GRID})()
 
-    def grid_span(self, total):
-        return slice(TEXT, total)
+    def grid_spans(self, queries, keys):
+        return slice(TEXT, queries), slice(TEXT, keys)
 
 
 LAYERS = {("blocks", 0): 0.7, ("blocks", 1): 2.0, ("blocks", 2): None}  # sigma per layer; None: global
@@ -217,7 +231,7 @@ def test_video_candidates_keep_time_wide_when_attention_spans_all_frames():
     probe = Probe(runtime, total_steps=1, step_fractions=(0,), queries=64)
     route = _Route(("blocks", 0))
     route.layout.grid = grid
-    route.grid_span = lambda total: slice(0, total)
+    route.grid_spans = lambda queries, keys: (slice(0, queries), slice(0, keys))
     probe(route, q, k, None)
     (choice,) = choose(probe.log, 0.95)
     assert choice.pattern is not None

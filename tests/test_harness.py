@@ -123,6 +123,18 @@ def test_random_weights_mode_times_transformer_steps(tmp_path):
     assert "random weights" in (tmp_path / "report.md").read_text()
 
 
+def test_reports_name_a_preset_whose_name_has_a_dot_in_full(tmp_path):
+    """A shipped preset's name is no file name: hunyuan-video-1.5-720p was reported as hunyuan-video-1."""
+    preset = tmp_path / "my.preset.yaml"
+    preset.write_text("family: hunyuan-video-1.5\nwindow: 2\n")
+    for name, expected in (("hunyuan-video-1.5-720p", "hunyuan-video-1.5-720p"), (str(preset), "my.preset")):
+        assert main(["compare", "--random-weights", "--model", "tiny-hunyuan-video-1.5", "--height", "64",
+                     "--width", "64", "--frames", "9", "--steps", "2", "--repeats", "1", "--preset", name,
+                     "--output", str(tmp_path / expected)]) == 0
+        (row,) = read(tmp_path / expected / "report.json")["presets"]
+        assert row["preset"] == expected
+
+
 @pytest.mark.slow
 def test_random_weights_mode_times_flux3_which_the_harness_cannot_build_a_pipeline_for(tmp_path, monkeypatch):
     """FLUX.3 (modular pipelines only) is timed with --random-weights; its full-size config is swapped for

@@ -37,11 +37,13 @@ def config_for(family: str):
         return GNAConfig(family="flux2", base_grid=[8, 8], window=[2, 4], stride=[1, 2])
     if family == "ltx-video":
         return GNAConfig(family="ltx-video", base_grid=[2, 4, 4], window=[2, 2, 2])
+    if family == "qwen-image-2.1":
+        return GNAConfig(family="qwen-image-2.1", base_grid=[4, 6], window=[2, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
 
 
 def inputs_for(family: str, transformer):
-    from gna_diffusers.patches import flux, flux2, hunyuan_video, ltx_video, qwen_image, wan
+    from gna_diffusers.patches import flux, flux2, hunyuan_video, ltx_video, qwen_image, qwen_image21, wan
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
@@ -51,6 +53,9 @@ def inputs_for(family: str, transformer):
         return hunyuan_video.transformer_inputs(transformer, (2, 4, 4), text=6, batch=2, valid_text=(3, 6))
     if family == "flux2":
         return flux2.transformer_inputs(transformer, (8, 8), text=6, batch=2)
+    if family == "qwen-image-2.1":  # a condition image's slots among the prompt, padded
+        return qwen_image21.transformer_inputs(transformer, (4, 6), text=6, batch=2, valid_text=(3, 6),
+                                               references=((2, 4),))
     if family == "ltx-video":  # no text mask: diffusers 0.42's own LTX plan fails with one (cross-attention)
         return ltx_video.transformer_inputs(transformer, (2, 4, 4), text=6, batch=2) | {"encoder_attention_mask": None}
     return wan.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
@@ -197,7 +202,7 @@ def tensor_parallel_worker(rank: int, world: int, port: int, family: str, folder
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", ["flux", "flux2", "qwen-image"])
+@pytest.mark.parametrize("family", ["flux", "flux2", "qwen-image", "qwen-image-2.1"])
 def test_tensor_parallel_degree_2_equals_single_process_gna(family, tmp_path):
     mp.spawn(tensor_parallel_worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}-tp.pt")

@@ -240,7 +240,11 @@ def _mean(values):
 
 
 def _preset_name(preset) -> str:
-    return Path(preset).stem if isinstance(preset, (str, Path)) else "custom"
+    """A shipped preset's name as it is (``hunyuan-video-1.5-720p`` has no file suffix), a YAML file's stem."""
+    if not isinstance(preset, (str, Path)):
+        return "custom"
+    path = Path(preset)
+    return path.stem if path.suffix in (".yaml", ".yml") else path.name
 
 
 def _ulysses_degree(transformer: torch.nn.Module) -> int:
@@ -357,7 +361,8 @@ def _resolve_presets(presets, model: Model, single: bool) -> list[tuple[str, GNA
 
 def _apply_tiny_defaults(settings: Settings, model_name: str) -> Settings:
     if model_name in TINY_MODELS:
-        for name, value in TINY_DEFAULTS.items():
+        # A family whose tiny VAE downsamples as much as the real one (Qwen-Image 2.1: 16x) says its own sizes.
+        for name, value in {**TINY_DEFAULTS, **getattr(TINY_MODELS[model_name], "TINY_SIZE", {})}.items():
             if getattr(settings, name) is None:
                 setattr(settings, name, value)
     return settings
