@@ -167,7 +167,8 @@ def test_first_block_cache_stacks_with_gna_where_diffusers_supports_the_family(f
 # tiny text encoder has: it fails without GNA too).
 MODULAR_BLOCKS = {"flux": "FluxAutoBlocks", "wan": "WanBlocks", "ltx-video": "LTXAutoBlocks",
                   "qwen-image": "QwenImageAutoBlocks", "z-image": "ZImageAutoBlocks",
-                  "hunyuan-video-1.5": "HunyuanVideo15AutoBlocks", "ltx2": "LTX2AutoBlocks"}
+                  "hunyuan-video-1.5": "HunyuanVideo15AutoBlocks", "ltx2": "LTX2AutoBlocks",
+                  "qwen-image-2.1": "QwenImage21AutoBlocks"}
 
 
 @pytest.mark.slow
@@ -184,10 +185,11 @@ def test_modular_pipelines_count_their_steps_and_run_gna(family, monkeypatch):
     pipe = getattr(diffusers.modular_pipelines, MODULAR_BLOCKS[family])().init_pipeline()
     pipe.update_components(**{k: v for k, v in module.tiny_pipeline().components.items() if v is not None})
     kwargs = {k: v for k, v in module.tiny_call_kwargs().items() if k in ("num_frames", "max_sequence_length")}
+    size = {"height": 32, "width": 32, **getattr(module, "TINY_SIZE", {})}
 
     def run():
-        return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=3, output="latents",
-                    generator=torch.Generator().manual_seed(0), **kwargs)
+        return pipe(prompt="a red cat", num_inference_steps=3, output="latents",
+                    generator=torch.Generator().manual_seed(0), **size, **kwargs)
 
     stock = run()
     spy = OperatorSpy(monkeypatch)
