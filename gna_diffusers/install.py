@@ -72,7 +72,7 @@ class ModelPatch:
     # The layout from what the pipeline's ``prepare_latents`` returned (None: not recognised), computed
     # outside the transformer call, so a compiled transformer's probe needs no host sync.
     layout_from_prepared: Callable[[object, torch.nn.Module], TokenLayout | None] | None = None
-    attention: str = "attn"  # the attribute of a block holding its self-attention module
+    attention: str = "attn"  # the attribute (dotted path) of a block holding its self-attention module
     # GNA processor classes for block types whose stock processor differs (FLUX.2's single blocks).
     block_processors: dict[str, type] = field(default_factory=dict)
     # Other stock processors a pipeline may put on the blocks -> the GNA subclass installed in their place
@@ -119,6 +119,10 @@ class ModelPatch:
             return holder if holder is not None else ()
 
         return {name: list(resolve(path)) for name, path in self.blocks.items()}
+
+    def attention_module(self, block: torch.nn.Module) -> torch.nn.Module:
+        """A block's self-attention module (``attention`` may be a dotted path: Kandinsky 6's fused blocks)."""
+        return functools.reduce(getattr, self.attention.split("."), block)
 
     def processor_for(self, block_type: str, current: object) -> type:
         """The GNA processor class for a block type whose attention now has processor ``current``."""
@@ -667,7 +671,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
             for index, block in enumerate(blocks):
                 if patterns[(name, index)].dense:
                     continue  # dense layers keep their stock processor
-                attn = getattr(block, patch.attention)
+                attn = patch.attention_module(block)
                 original = attn.processor
                 route = GNARoute((name, index), patch.text_first, config.backend,
                                  getattr(original, "_attention_backend", None), patch.cached_context_keys,
