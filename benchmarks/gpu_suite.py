@@ -92,7 +92,10 @@ MODEL_CASES = [
     # Qwen-Image 2.1 at 4 MP (the shape is diffusers' class defaults): the grid's queries against the prompt.
     ModelCase("Qwen-Image 2.1 2048x2048", "Qwen/Qwen-Image-2.1", "qwen-image-2.1-2k", 2048, 2048, None, 40, None,
               None),
-    # Kandinsky 6 is left out too: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
+    # Cosmos-Predict2.5 2B at its pipeline's default size (the video's self-attention; no padding-mask channel).
+    ModelCase("Cosmos-Predict2.5 2B 704x1280x93", "nvidia/Cosmos-Predict2.5-2B", "cosmos-720p", 704, 1280, 93, 35,
+              None, None),
+    # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.
     # FLUX.2 [dev] (32B, 64 GB of bf16 weights) is left out: time it on an H200 with

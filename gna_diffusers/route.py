@@ -16,6 +16,7 @@ and the layout. Under context parallelism it gathers the whole sequence for its 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable
@@ -298,7 +299,27 @@ class RoutedProcessorMixin:
     Constructible with no arguments like the stock processors (diffusers' loaders rebuild processors with
     ``type(processor)()``): without a route it behaves exactly like the stock processor, and the
     installation's pre-hook attaches the layer's route before the next call.
+
+    A stock processor that calls attention without naming a backend (Cosmos; Qwen-Image 2.1's prefill) gets a
+    subclass setting ``routes_unnamed_calls_of`` to the module whose dispatch it calls: its ``__call__`` then
+    hands those calls to the route (:func:`route_unnamed_calls`), keeping the stock signature, which diffusers'
+    attention modules read to filter their keyword arguments.
     """
+
+    routes_unnamed_calls_of: ModuleType | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        module = cls.__dict__.get("routes_unnamed_calls_of")
+        if module is None:
+            return
+        stock_call = super(cls, cls).__call__
+
+        @functools.wraps(stock_call)
+        def __call__(self, *args, **call_kwargs):
+            return route_unnamed_calls(module, self.route, stock_call, self, *args, **call_kwargs)
+
+        cls.__call__ = __call__
 
     def __init__(self, route: GNARoute | None = None):
         self.route = route

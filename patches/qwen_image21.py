@@ -38,7 +38,7 @@ from diffusers.models.transformers.transformer_qwenimage21 import (
 )
 
 from gna_diffusers.install import ModelPatch
-from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, route_unnamed_calls, token_layout
+from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
 
@@ -48,10 +48,7 @@ LATENTS_PER_SLOT = 4  # one vision-language image slot stands for 2x2 latent tok
 class GNAQwenImage21AttnProcessor(RoutedProcessorMixin, QwenImage21AttnProcessor):
     """QwenImage21AttnProcessor whose grid-query attention runs GNA; the context segments run stock."""
 
-    def __call__(self, attn, hidden_states, **kwargs):
-        # The prefill's calls name no backend: hand them to the route, which takes the grid's.
-        return route_unnamed_calls(transformer_qwenimage21, self.route, super().__call__, attn, hidden_states,
-                                   **kwargs)
+    routes_unnamed_calls_of = transformer_qwenimage21  # the prefill's calls name no backend
 
 
 class GNAQwenImage21FlexAttnProcessor(RoutedProcessorMixin, QwenImage21FlexAttnProcessor):

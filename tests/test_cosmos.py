@@ -1,0 +1,90 @@
+"""NVIDIA Cosmos (tiny offline transformer and Cosmos 2.5 Predict pipeline, fp32, CPU): GNA on each block's
+``attn1``, whose stock processor names no attention backend; ``attn2`` stays stock."""
+
+import warnings
+
+import pytest
+import torch
+from brute_force import joint_mask, masked_self_attention
+from diffusers.models.transformers import transformer_cosmos
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers.patches import cosmos
+
+GRID = (3, 4, 6)
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+def test_whole_extent_reproduces_stock_and_only_self_attention_is_routed(monkeypatch):
+    """Also checks the GNA processor keeps the stock call signature: diffusers' Attention drops the keyword
+    arguments a processor does not declare (RoPE here), which whole windows would then not reproduce."""
+    transformer = cosmos.tiny_transformer()
+    inputs = cosmos.transformer_inputs(transformer, GRID, text=7, batch=2)
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*gna.*")
+            with enabled(transformer, GNAConfig(family="cosmos", window=-1)):
+                assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+                kinds = {(type(b.attn1.processor), type(b.attn2.processor)) for b in transformer.transformer_blocks}
+                assert kinds == {(cosmos.GNACosmosAttnProcessor, transformer_cosmos.CosmosAttnProcessor2_0)}
+        with enabled(transformer, GNAConfig(family="cosmos", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert spy.contexts == [(GRID, 0)] * 4
+
+
+def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
+    window, stride = (2, 2, 4), (1, 2, 2)
+    transformer = cosmos.tiny_transformer()
+    inputs = cosmos.transformer_inputs(transformer, GRID, text=7)
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="cosmos", base_grid=list(GRID), window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        masked_self_attention(transformer_cosmos, joint_mask(GRID, window, stride, 0), monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5
+
+
+def test_predict_pipeline_runs_gna_after_the_warm_up(monkeypatch):
+    """Cosmos2_5_PredictBasePipeline (text-to-world, classifier-free guidance, flow UniPC) at 32x32 pixels x 9
+    frames: a 5x4x4 grid. Whole windows reproduce it; a sparse preset routes each layer of the steps after the
+    dense one."""
+    pipe = cosmos.tiny_pipeline()
+
+    def generate():
+        return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **cosmos.tiny_call_kwargs()).frames
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="cosmos", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        spy.contexts.clear()
+        with enabled(pipe, GNAConfig(family="cosmos", window=2, dense_steps=1)) as handle:
+            sparse = generate()
+            assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
+    assert spy.contexts == [((5, 4, 4), 0)] * (2 * 2 * 2)  # 2 sparse steps x 2 guidance calls x 2 layers
+
+
+def test_full_size_shapes_by_name_and_preset_grid():
+    from gna_diffusers.harness.models import on_meta
+
+    def billions(name: str) -> float:
+        config, _ = cosmos.full_size(name)
+        return sum(p.numel() for p in on_meta(cosmos.PATCH.transformer_class, config).parameters()) / 1e9
+
+    assert billions("nvidia/Cosmos-1.0-Diffusion-7B-Text2World") == pytest.approx(7, rel=0.05)
+    assert billions("nvidia/Cosmos-Predict2.5-2B") == pytest.approx(2, rel=0.05)
+    with pytest.raises(ValueError, match="no full-size Cosmos 14B shape"):
+        cosmos.full_size("nvidia/Cosmos-Predict2-14B-Video2World")
+    assert cosmos.latent_grid(704, 1280, 93) == tuple(load_preset("cosmos-720p").base_grid)
