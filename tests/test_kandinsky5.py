@@ -84,24 +84,35 @@ def test_an_image_call_has_one_frame(monkeypatch):
 
 def test_image_to_video_pipeline_runs_gna_with_its_condition_channels(monkeypatch):
     """Kandinsky5I2VPipeline: the image's latents and a mask ride in extra channels (visual_cond); the grid is
-    the latents' (32x32 pixels and 5 frames -> 2x4x4). Every call of the sparse steps runs GNA in both
-    blocks. (This tiny pipeline's output is NaN with or without GNA, while every transformer call's output is
-    finite: the calls are what this checks.)"""
+    the latents' (32x32 pixels and 21 frames -> 6x4x4). Whole windows reproduce it; every call of the sparse
+    steps runs GNA in both blocks. (21 frames: the pipeline renormalises the first 4 latent frames by the ones
+    after them, and returns NaN for videos of 4 latent frames or fewer, with or without GNA.)"""
     from diffusers import Kandinsky5I2VPipeline
     from PIL import Image
 
     pipe = Kandinsky5I2VPipeline(transformer=kandinsky5.tiny_transformer(visual_cond=True), **kandinsky5.tiny_parts())
     image = Image.fromarray((torch.arange(32 * 32 * 3) % 251).reshape(32, 32, 3).to(torch.uint8).numpy())
+
+    def generate() -> torch.Tensor:
+        return pipe(image=image, prompt="a red cat", height=32, width=32, num_inference_steps=3,
+                    output_type="latent", generator=torch.Generator().manual_seed(0),
+                    **{**kandinsky5.tiny_call_kwargs(), "num_frames": 21}).frames
+
+    stock = generate()
+    assert torch.isfinite(stock).all()
     spy = OperatorSpy(monkeypatch)
     sparse_calls = []
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="kandinsky5", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        spy.contexts.clear()
         with enabled(pipe, GNAConfig(family="kandinsky5", window=2, dense_steps=1)) as handle:
             pipe.transformer.register_forward_pre_hook(lambda *_: sparse_calls.append(handle.runtime.sparse))
-            pipe(image=image, prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="latent",
-                 generator=torch.Generator().manual_seed(0), **kandinsky5.tiny_call_kwargs())
+            sparse = generate()
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
     assert sparse_calls.count(True) >= 2 and sparse_calls[0] is False
-    assert spy.contexts == [((2, 4, 4), 0)] * (2 * sparse_calls.count(True))
+    assert spy.contexts == [((6, 4, 4), 0)] * (2 * sparse_calls.count(True))
 
 
 @pytest.mark.parametrize("preset, size", [("kandinsky5-512p", (512, 768)), ("kandinsky5-768p", (768, 1280))])
