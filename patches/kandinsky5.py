@@ -76,17 +76,15 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, visual_cond: bool = Fal
     ``visual_cond``, the image-to-video condition's channels as the released models take them). Its
     modulation layers start at zero (adaLN-zero), which would gate every attention output to nothing: they
     get random values too, as a trained model has."""
+    from ._tiny import randomize_modulation
+
     torch.manual_seed(seed)
     model = Kandinsky5Transformer3DModel(
         in_visual_dim=4, out_visual_dim=4, in_text_dim=TEXT_WIDTH, in_text_dim2=POOLED_WIDTH, time_dim=16,
         model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=num_layers, axes_dims=(4, 6, 6),
         visual_cond=visual_cond,
     ).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "modulation" in name:
-                parameter.normal_(0.0, 0.2)
-    return model
+    return randomize_modulation(model)
 
 
 def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:

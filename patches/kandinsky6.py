@@ -102,6 +102,8 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> Kandinsky6Transforme
     """A randomly initialised Kandinsky 6 transformer for CPU tests (video and audio streams of 2 heads x 16, 4 latent
     channels each), with the released models' options: image conditioning (token types), cross-modal RoPE and
     gates. Its modulation layers get random values, as a trained model has."""
+    from ._tiny import randomize_modulation
+
     torch.manual_seed(seed)
     model = Kandinsky6Transformer3DModel(
         in_visual_dim=4, out_visual_dim=4, in_text_dim=TEXT_WIDTH, in_text_dim2=POOLED_WIDTH, time_dim=16,
@@ -109,11 +111,7 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> Kandinsky6Transforme
         in_audio_dim=AUDIO_CHANNELS, out_audio_dim=AUDIO_CHANNELS, text_token_padding=True, ca_rope=True,
         cross_gates=True, fix_modulation=True, visual_token_type_num_embeddings=2,
     ).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "modulation" in name:
-                parameter.normal_(0.0, 0.2)
-    return model
+    return randomize_modulation(model)
 
 
 def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:
