@@ -119,6 +119,25 @@ def test_kv_cache_pipeline_keeps_its_processors_semantics(monkeypatch, recwarn):
 
 
 @pytest.mark.slow
+def test_calibration_probes_the_kv_cached_steps_too():
+    """Calibration's observer sees every call the route takes, the cached steps' (the target image's queries
+    against text + cached reference keys + its own) included, not only the first step's joint call."""
+    from gna_diffusers import apply, remove
+
+    pipe = kv_pipeline()
+    handle = apply(pipe, GNAConfig(family="flux2", window=-1))
+    seen = []
+    handle.set_observer(lambda route, query, key, attn_mask: seen.append((handle.runtime.step, query.shape[1],
+                                                                         key.shape[1])))
+    try:
+        generate(pipe, steps=3, image=[reference_image()])
+    finally:
+        remove(pipe)
+    steps = {step for step, _, _ in seen}
+    assert steps == {0, 1, 2} and all(keys > queries for step, queries, keys in seen if step > 0)
+
+
+@pytest.mark.slow
 def test_kv_cache_pipeline_compiles_fullgraph():
     """Step 0's grid (after the reference tokens) comes from the call's num_ref_tokens, not a host sync."""
     from torch._dynamo.utils import counters
