@@ -88,3 +88,21 @@ def test_full_size_shapes_by_name_and_preset_grid():
     with pytest.raises(ValueError, match="no full-size Cosmos 14B shape"):
         cosmos.full_size("nvidia/Cosmos-Predict2-14B-Video2World")
     assert cosmos.latent_grid(704, 1280, 93) == tuple(load_preset("cosmos-720p").base_grid)
+
+
+def test_transfer_pipelines_controlnet_is_named_as_dense():
+    """Cosmos 2.5 Transfer's ControlNet runs Cosmos blocks of its own (``control_blocks``) over the control video:
+    GNA leaves it dense, and apply says so once, naming it."""
+    from diffusers import Cosmos2_5_TransferPipeline, CosmosControlNetModel
+
+    from gna_diffusers import apply, remove
+
+    controlnet = CosmosControlNetModel(n_controlnet_blocks=1, in_channels=9, latent_channels=6, model_channels=32,
+                                       num_attention_heads=2, attention_head_dim=16, mlp_ratio=2, text_embed_dim=32,
+                                       adaln_lora_dim=4, max_size=(8, 32, 32))
+    pipe = Cosmos2_5_TransferPipeline(controlnet=controlnet, **cosmos.tiny_pipeline().components)
+    with pytest.warns(UserWarning, match=r"pipeline.controlnet \(CosmosControlNetModel\) hold cosmos attention layers "
+                                         r"GNA does not route, which stay dense"):
+        apply(pipe, GNAConfig(family="cosmos", window=2))
+    assert type(pipe.transformer.transformer_blocks[0].attn1.processor) is cosmos.GNACosmosAttnProcessor
+    remove(pipe)
