@@ -25,6 +25,7 @@ UNPUBLISHED = {
     "kandinsky6": "no published size found offline: FULL_CONFIG is diffusers' class defaults, whose audio stream is "
                   "as wide as the video's (48.2B in all)",
     "motif-video": "Motif-Video-2B's config not found offline: FULL_CONFIG is diffusers' class defaults, a larger model",
+    "helios": "the released config not found offline: FULL_CONFIG is diffusers' class defaults (Wan 2.1 14B's shape)",
 }
 FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
 

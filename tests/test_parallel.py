@@ -1,5 +1,6 @@
 """GNA under diffusers' context parallelism, on CPU with gloo processes: each family's tiny transformer
-sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, LTX-Video), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
+sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, LTX-Video, ChronoEdit, Helios with its
+history), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
 enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are
 sharded too; HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks, and
 so does diffusers' tensor parallelism (heads sharded) on the families with a ``_tp_plan``.
@@ -39,11 +40,14 @@ def config_for(family: str):
         return GNAConfig(family="ltx-video", base_grid=[2, 4, 4], window=[2, 2, 2])
     if family == "qwen-image-2.1":
         return GNAConfig(family="qwen-image-2.1", base_grid=[4, 6], window=[2, 2])
+    if family in ("helios", "chronoedit"):
+        return GNAConfig(family=family, base_grid=[4, 4, 4], window=[2, 2, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
 
 
 def inputs_for(family: str, transformer):
-    from gna_diffusers.patches import flux, flux2, hunyuan_video, ltx_video, qwen_image, qwen_image21, wan
+    from gna_diffusers.patches import (chronoedit, flux, flux2, helios, hunyuan_video, ltx_video, qwen_image,
+                                       qwen_image21, wan)
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
@@ -56,10 +60,17 @@ def inputs_for(family: str, transformer):
     if family == "qwen-image-2.1":  # a condition image's slots among the prompt, padded
         return qwen_image21.transformer_inputs(transformer, (4, 6), text=6, batch=2, valid_text=(3, 6),
                                                references=((2, 4),))
+    if family == "helios":  # history terms before the chunk's grid, context in the sharded sequence
+        return helios.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2, history=(8, 2, 2))  # 38 tokens
+    if family == "chronoedit":
+        return chronoedit.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
     if family == "ltx-video":  # no text mask: diffusers 0.42's own LTX plan fails with one (cross-attention)
         return ltx_video.transformer_inputs(transformer, (2, 4, 4), text=6, batch=2) | {"encoder_attention_mask": None}
     return wan.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
 
+
+# diffusers' Helios plan names the output of blocks 0-39 (the released depth): the tiny model needs as many.
+TINY_SHAPES = {"helios": {"num_layers": 40}}
 
 # LTX-Video's plan shards the text too, so its stock cross-attention runs diffusers' native ring attention,
 # which cannot return the LSE on CPU.
@@ -82,7 +93,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     module = FAMILY_MODULES[family]
     results = {}
     for order in ("apply-first", "parallel-first"):
-        transformer = module.tiny_transformer()
+        transformer = module.tiny_transformer(**TINY_SHAPES.get(family, {}))
         inputs = inputs_for(family, transformer)
         with torch.no_grad():
             if order == "apply-first":
@@ -97,13 +108,13 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
             results[order] = torch.as_tensor(transformer(**inputs)[0]).clone()
         remove(transformer)
     if hasattr(module, "parallel_plan"):  # gna_diffusers' own plan must be right for the stock model too
-        stock = module.tiny_transformer()
+        stock = module.tiny_transformer(**TINY_SHAPES.get(family, {}))
         stock.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world),
                                  cp_plan=module.parallel_plan(stock, world))
         with torch.no_grad():
             results["stock-parallel"] = torch.as_tensor(stock(**inputs_for(family, stock))[0]).clone()
     if family not in NO_CPU_RING:
-        ring = module.tiny_transformer()  # ring attention: GNA exchanges heads over the ring's ranks instead
+        ring = module.tiny_transformer(**TINY_SHAPES.get(family, {}))  # ring attention: GNA exchanges heads over the ring's ranks instead
         apply(ring, config_for(family))
         ring.enable_parallelism(config=ContextParallelConfig(ring_degree=world))
         with torch.no_grad():
@@ -115,7 +126,8 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video"])
+@pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video", "chronoedit",
+                                    "helios"])
 def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
