@@ -82,3 +82,22 @@ def test_pipeline_runs_gna_in_every_chunk_after_its_own_warm_up(monkeypatch):
 
 def test_preset_grid():
     assert helios.latent_grid(384, 640, 33) == tuple(load_preset("helios-384p").base_grid)
+
+
+def test_pyramid_pipeline_runs_gna_on_every_stages_grid(monkeypatch):
+    """HeliosPyramidPipeline denoises each chunk in three stages of rising resolution, each setting its schedule:
+    GNA follows the grid of each stage (2x2, 4x4, 8x8 per frame at 64x64 pixels) after each stage's dense step."""
+    from diffusers import HeliosPyramidPipeline, HeliosScheduler
+
+    pipe = HeliosPyramidPipeline(**{**helios.tiny_pipeline().components, "scheduler": HeliosScheduler()})
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="helios", window=2, dense_steps=1)):
+            video = pipe(prompt="a red cat", height=64, width=64, pyramid_num_inference_steps_list=[2, 2, 2],
+                         output_type="pt", generator=torch.Generator().manual_seed(0),
+                         **helios.tiny_call_kwargs()).frames
+    assert torch.isfinite(video).all()
+    grids = [grid for grid, _ in spy.contexts]
+    # 2 chunks x 3 stages x 1 sparse step x 2 guidance calls x 2 layers
+    assert len(grids) == 24 and set(grids) == {(3, 2, 2), (3, 4, 4), (3, 8, 8)}
