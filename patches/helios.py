@@ -88,10 +88,11 @@ latent_grid = wan.latent_grid  # the Wan VAE (4x in time, 8x in space) and 1x2x2
 
 
 def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512, batch: int = 1,
-                       history: tuple[int, int, int] = (0, 0, 0), device="cpu", dtype=torch.float32,
+                       history: tuple[int, int, int] = (16, 2, 2), device="cpu", dtype=torch.float32,
                        seed: int = 0) -> dict:
     """Keyword inputs of one chunk's call on a (frames, rows, cols) grid with ``text`` tokens and ``history``
-    latent frames (long, mid, short terms; 0 leaves a term out), as the pipeline passes them."""
+    latent frames (long, mid, short terms; 0 leaves a term out), as the pipeline passes them (its defaults:
+    16, 2 and 1 + the first frame)."""
     config = transformer.config
     p_t, p_h, p_w = config.patch_size
     frames, rows, cols = grid
