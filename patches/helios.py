@@ -90,27 +90,20 @@ latent_grid = wan.latent_grid  # the Wan VAE (4x in time, 8x in space) and 1x2x2
 def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512, batch: int = 1,
                        history: tuple[int, int, int] = (16, 2, 2), device="cpu", dtype=torch.float32,
                        seed: int = 0) -> dict:
-    """Keyword inputs of one chunk's call on a (frames, rows, cols) grid with ``text`` tokens and ``history``
-    latent frames (long, mid, short terms; 0 leaves a term out), as the pipeline passes them (its defaults:
-    16, 2 and 1 + the first frame)."""
-    config = transformer.config
-    p_t, p_h, p_w = config.patch_size
-    frames, rows, cols = grid
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
-
-    inputs = dict(hidden_states=randn(batch, config.in_channels, frames * p_t, rows * p_h, cols * p_w),
-                  timestep=torch.full((batch,), 500.0, device=device, dtype=dtype),
-                  encoder_hidden_states=randn(batch, text, config.text_dim), return_dict=False)
+    """Wan's inputs of one chunk's call on a (frames, rows, cols) grid, plus ``history`` latent frames (long, mid,
+    short terms; 0 leaves a term out) and the frame indices, as the pipeline passes them (its defaults: 16, 2 and
+    1 + the first frame)."""
+    inputs = wan.transformer_inputs(transformer, grid, text=text, batch=batch, device=device, dtype=dtype, seed=seed)
+    _, channels, _, height, width = inputs["hidden_states"].shape
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
     start = 0
     for (term, _), count in zip(HISTORY_TERMS, history):
         if count:
-            inputs[f"latents_history_{term}"] = randn(batch, config.in_channels, count, rows * p_h, cols * p_w)
+            inputs[f"latents_history_{term}"] = torch.randn(batch, channels, count, height, width, generator=gen,
+                                                            device=device, dtype=dtype)
             inputs[f"indices_latents_history_{term}"] = torch.arange(start, start + count, device=device)[None]
             start += count
-    inputs["indices_hidden_states"] = torch.arange(start, start + frames, device=device)[None]
+    inputs["indices_hidden_states"] = torch.arange(start, start + grid[0], device=device)[None]
     return inputs
 
 
