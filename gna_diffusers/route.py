@@ -5,7 +5,8 @@ output projections) and then make one call, ``dispatch_attention_fn(query, key, 
 backend=self._attention_backend)`` with the joint sequence in ``(B, S, H, D)``. GNA processor subclasses
 keep the stock ``__call__`` untouched and expose ``_attention_backend`` as a :class:`GNARoute`; the
 family module's ``dispatch_attention_fn`` is wrapped (once, reference-counted) so calls that carry a route
-go to it and every other call passes through unchanged.
+go to it and every other call passes through unchanged. A stock processor that names no backend (Cosmos,
+Qwen-Image 2.1's prefill) gets its ``__call__`` wrapped instead, so that its grid-query call reaches the route.
 
 The joint sequence is the generated latent grid (:class:`TokenLayout`) plus context: text tokens, and any
 tokens the image stream carries beside the grid (FLUX.1 Kontext's reference image). The route runs
