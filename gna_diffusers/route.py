@@ -142,10 +142,15 @@ class GNARoute:
     def __repr__(self) -> str:
         return f"GNARoute({self.layer[0]}.{self.layer[1]})"
 
+    def warn_once(self, message: str) -> None:
+        """Warn ``gna: layer <type>.<index> <message>``, once per layer and message."""
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(f"gna: layer {self.layer[0]}.{self.layer[1]} {message}", stacklevel=3)
+
     def _dense(self, dispatch, query, key, value, attn_mask, kwargs, why: str | None = None) -> torch.Tensor:
-        if why is not None and why not in self._warned:
-            self._warned.add(why)
-            warnings.warn(f"gna: layer {self.layer[0]}.{self.layer[1]} runs dense: {why}", stacklevel=2)
+        if why is not None:
+            self.warn_once(f"runs dense: {why}")
         return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
 
     def grid_span(self, total: int) -> slice | None:

@@ -17,6 +17,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from gna_diffusers.install import ModelPatch
 
 from . import flux
+from ._inputs import seeded_randn
 
 PATCH = ModelPatch(
     family="chroma",
@@ -52,16 +53,13 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batc
     """Keyword inputs of one call on a (rows, cols) grid with ``text`` T5 tokens; ``valid_text`` gives each
     sample's unpadded length. The mask covers text + image tokens in ``dtype``, as ChromaPipeline builds it."""
     rows, cols = grid
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     ids = torch.zeros(rows, cols, 3, device=device)
     ids[..., 1] = torch.arange(rows, device=device)[:, None]
     ids[..., 2] = torch.arange(cols, device=device)[None, :]
     valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
     mask = torch.cat([torch.arange(text, device=device)[None, :] < valid[:, None],
                       torch.ones(len(valid), rows * cols, dtype=torch.bool, device=device)], dim=1)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     return dict(
         hidden_states=randn(len(valid), rows * cols, transformer.config.in_channels),

@@ -19,6 +19,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from . import wan
+from ._inputs import seeded_randn
 
 
 class GNAChronoEditAttnProcessor(RoutedProcessorMixin, ChronoEditAttnProcessor):
@@ -60,9 +61,8 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512,
                        dtype=torch.float32, seed: int = 0) -> dict:
     """Wan's inputs plus 257 CLIP image tokens (a 224-pixel ViT-H/14's)."""
     inputs = wan.transformer_inputs(transformer, grid, text=text, batch=batch, device=device, dtype=dtype, seed=seed)
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-    inputs["encoder_hidden_states_image"] = torch.randn(batch, 257, transformer.config.image_dim, generator=gen,
-                                                        device=device, dtype=dtype)
+    randn = seeded_randn(seed + 1, device, dtype)
+    inputs["encoder_hidden_states_image"] = randn(batch, 257, transformer.config.image_dim)
     return inputs
 
 

@@ -22,6 +22,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from . import wan
+from ._inputs import seeded_randn
 
 
 class GNACosmosAttnProcessor(RoutedProcessorMixin, CosmosAttnProcessor2_0):
@@ -71,11 +72,8 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512,
     config = transformer.config
     p_t, p_h, p_w = config.patch_size
     frames, rows, cols = grid
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     width = config.crossattn_proj_in_channels if config.use_crossattn_projection else config.text_embed_dim
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     size = (frames * p_t, rows * p_h, cols * p_w)
     condition = torch.zeros(batch, 1, *size, device=device, dtype=dtype)

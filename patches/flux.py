@@ -22,6 +22,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 
 class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
@@ -142,13 +143,10 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batc
     """Keyword inputs of one transformer call on a (rows, cols) image-token grid with ``text`` T5 tokens."""
     rows, cols = grid
     config = transformer.config
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     ids = torch.zeros(rows, cols, 3, device=device)
     ids[..., 1] = torch.arange(rows, device=device)[:, None]
     ids[..., 2] = torch.arange(cols, device=device)[None, :]
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     inputs = dict(
         hidden_states=randn(batch, rows * cols, config.in_channels),

@@ -26,6 +26,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from . import flux
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 
 class GNAFlux2AttnProcessor(RoutedProcessorMixin, Flux2AttnProcessor):
@@ -122,16 +123,13 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batc
     """Keyword inputs of one call on a (rows, cols) grid with ``text`` tokens and reference images of the
     given (rows, cols) token shapes (t = 10, 20, ... as the pipelines number them)."""
     config = transformer.config
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
 
     def ids(t: int, rows: int, cols: int) -> torch.Tensor:
         return torch.cartesian_prod(torch.tensor([t]), torch.arange(rows), torch.arange(cols), torch.tensor([0]))
 
     img_ids = torch.cat([ids(0, *grid), *(ids(10 * (i + 1), *shape) for i, shape in enumerate(references))])
     txt_ids = torch.cartesian_prod(torch.tensor([0]), torch.tensor([0]), torch.tensor([0]), torch.arange(text))
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     inputs = dict(
         hidden_states=randn(batch, img_ids.shape[0], config.in_channels),

@@ -29,6 +29,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from . import flux
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 
 class GNAFlux3AttnProcessor(RoutedProcessorMixin, Flux3AttnProcessor):
@@ -106,10 +107,7 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batc
     """Keyword inputs of one call on a (rows, cols) grid with ``text`` tokens and, optionally, one reference
     image of (rows, cols) tokens."""
     config = transformer.config
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+    randn = seeded_randn(seed, device, dtype)
 
     inputs = dict(
         hidden_states=randn(batch, grid[0] * grid[1], config.in_channels),

@@ -27,6 +27,7 @@ from gna_diffusers.route import RoutedProcessorMixin, TokenLayout, token_layout
 
 from . import wan
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 # History terms in sequence order (each is prepended, the last one first), with the kernel of its patch
 # embedding in units of the patch size.
@@ -95,12 +96,11 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512,
     1 + the first frame)."""
     inputs = wan.transformer_inputs(transformer, grid, text=text, batch=batch, device=device, dtype=dtype, seed=seed)
     _, channels, _, height, width = inputs["hidden_states"].shape
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    randn = seeded_randn(seed + 1, device, dtype)
     start = 0
     for (term, _), count in zip(HISTORY_TERMS, history):
         if count:
-            inputs[f"latents_history_{term}"] = torch.randn(batch, channels, count, height, width, generator=gen,
-                                                            device=device, dtype=dtype)
+            inputs[f"latents_history_{term}"] = randn(batch, channels, count, height, width)
             inputs[f"indices_latents_history_{term}"] = torch.arange(start, start + count, device=device)[None]
             start += count
     inputs["indices_hidden_states"] = torch.arange(start, start + grid[0], device=device)[None]

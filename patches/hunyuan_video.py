@@ -23,6 +23,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 from ._video import VideoLatentLayout
 
 
@@ -113,11 +114,8 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 256,
     element's real (unpadded) text length (default: all ``text`` tokens real)."""
     config = transformer.config
     frames, rows, cols = grid
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     inputs = dict(
         hidden_states=randn(len(valid), config.in_channels, frames * config.patch_size_t, rows * config.patch_size,

@@ -19,6 +19,7 @@ from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVid
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
+from ._inputs import seeded_randn
 from ._video import VideoLatentLayout
 
 
@@ -71,12 +72,9 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 256,
     sample's unpadded length), 8 ByT5 tokens (all valid) and ``image_tokens`` zero SigLIP embeddings, which
     the model reads as text-to-video (they are masked out)."""
     config = transformer.config
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
     byt5 = 8
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     return dict(
         hidden_states=randn(len(valid), config.in_channels, *grid),

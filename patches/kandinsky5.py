@@ -24,6 +24,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 
 class GNAKandinsky5AttnProcessor(RoutedProcessorMixin, Kandinsky5AttnProcessor):
@@ -105,10 +106,7 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 256,
     p_t, p_h, p_w = config.patch_size
     frames, rows, cols = grid
     channels = 2 * config.in_visual_dim + 1 if config.visual_cond else config.in_visual_dim
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+    randn = seeded_randn(seed, device, dtype)
 
     return dict(
         hidden_states=randn(batch, frames * p_t, rows * p_h, cols * p_w, channels),

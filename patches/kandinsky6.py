@@ -26,6 +26,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 
 class GNAKandinsky6AttnProcessor(RoutedProcessorMixin, Kandinsky6AttnProcessor):
@@ -133,10 +134,7 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 256,
     p_t, p_h, p_w = config.patch_size
     frames, rows, cols = grid
     frames += reference
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+    randn = seeded_randn(seed, device, dtype)
 
     inputs = dict(
         hidden_states=randn(batch, frames * p_t, rows * p_h, cols * p_w, 2 * config.in_visual_dim + 1),

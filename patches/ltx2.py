@@ -16,6 +16,7 @@ video tokens; 3840x2176 -> 16x68x120 = 130,560.
 
 from __future__ import annotations
 
+import functools
 from math import prod
 
 import torch
@@ -26,7 +27,9 @@ from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnPro
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
+from . import ltx_video
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 from ._video import latent_size_grid
 
 
@@ -125,13 +128,7 @@ def tiny_pipeline(seed: int = 0):
                         text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
                         transformer=tiny_transformer(seed), vocoder=vocoder)
 
-def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:
-    """Video-token grid: the VAE compresses 8x in time (frames = 8k + 1) and 32x in space, patch 1x1x1."""
-    if frames is None or (frames - 1) % 8:
-        raise ValueError(f"LTX-2 needs a frame count of the form 8k + 1 (e.g. 121), got {frames}")
-    if height % 32 or width % 32:
-        raise ValueError(f"LTX-2 needs height and width divisible by 32, got {height}x{width}")
-    return (frames - 1) // 8 + 1, height // 32, width // 32
+latent_grid = functools.partial(ltx_video.latent_grid, model="LTX-2")  # LTX-Video's VAE ratios and 1x1x1 patches
 
 
 FRAME_RATE = 24.0  # the pipelines' default frame_rate
@@ -146,10 +143,7 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 1024
     frames, rows, cols = grid
     seconds = ((frames - 1) * 8 + 1) / FRAME_RATE
     audio = max(1, round(seconds * AUDIO_LATENTS_PER_SECOND))
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+    randn = seeded_randn(seed, device, dtype)
 
     return dict(
         hidden_states=randn(batch, frames * rows * cols, config.in_channels),

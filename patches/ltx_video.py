@@ -30,6 +30,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 from ._video import latent_size_grid
 
 
@@ -146,12 +147,13 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> LTXVideoTransformer3
     ).eval()
 
 
-def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:
-    """Video-token grid: the VAE compresses 8x in time (frames = 8k + 1) and 32x in space, patch 1x1x1."""
+def latent_grid(height: int, width: int, frames: int | None = None, model: str = "LTX-Video") -> tuple[int, int, int]:
+    """Video-token grid: the VAE compresses 8x in time (frames = 8k + 1) and 32x in space, patch 1x1x1 (LTX-Video
+    and LTX-2 alike; ``model`` names it in the errors)."""
     if frames is None or (frames - 1) % 8:
-        raise ValueError(f"LTX-Video needs a frame count of the form 8k + 1 (e.g. 161), got {frames}")
+        raise ValueError(f"{model} needs a frame count of the form 8k + 1 (e.g. 121 or 161), got {frames}")
     if height % 32 or width % 32:
-        raise ValueError(f"LTX-Video needs height and width divisible by 32, got {height}x{width}")
+        raise ValueError(f"{model} needs height and width divisible by 32, got {height}x{width}")
     return (frames - 1) // 8 + 1, height // 32, width // 32
 
 
@@ -164,10 +166,7 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 128,
     passes them (the grid as ints)."""
     config = transformer.config
     frames, rows, cols = grid
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+    randn = seeded_randn(seed, device, dtype)
 
     return dict(
         hidden_states=randn(batch, frames * rows * cols, config.in_channels),

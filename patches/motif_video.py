@@ -21,6 +21,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from . import wan
+from ._inputs import seeded_randn
 from ._video import VideoLatentLayout
 
 
@@ -72,11 +73,8 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512,
     unpadded count), as the text-to-video pipeline passes them."""
     config = transformer.config
     frames, rows, cols = grid
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     return dict(
         hidden_states=randn(len(valid), config.in_channels, frames * config.patch_size_t, rows * config.patch_size,

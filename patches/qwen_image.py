@@ -22,6 +22,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from . import flux
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 
 class GNAQwenAttnProcessor(RoutedProcessorMixin, QwenDoubleStreamAttnProcessor2_0):
@@ -75,12 +76,9 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batc
     """Keyword inputs of one call on a (rows, cols) grid with ``text`` tokens (``valid_text``: each sample's
     unpadded length) and Qwen-Image-Edit style reference images of the given (rows, cols) token shapes."""
     config = transformer.config
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
     shapes = [(1, *grid), *((1, *shape) for shape in references)]
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     return dict(
         hidden_states=randn(len(valid), sum(prod(shape) for shape in shapes), config.in_channels),

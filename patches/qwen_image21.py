@@ -26,7 +26,6 @@ generated one's included). No host sync.
 
 from __future__ import annotations
 
-import warnings
 from math import prod
 
 import torch
@@ -41,6 +40,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 LATENTS_PER_SLOT = 4  # one vision-language image slot stands for 2x2 latent tokens
 
@@ -56,13 +56,13 @@ class GNAQwenImage21FlexAttnProcessor(RoutedProcessorMixin, QwenImage21FlexAttnP
 
     def __call__(self, attn, hidden_states, attention_mask=None, **kwargs):
         route = self.route
+        # A prefill's mask is a flex BlockMask (a cached step's, a tensor or None).
         if route is not None and route.pattern is not None and attention_mask is not None \
-                and not isinstance(attention_mask, torch.Tensor) and "flex prefill" not in route._warned:
-            route._warned.add("flex prefill")
-            warnings.warn(f"gna: layer {route.layer[0]}.{route.layer[1]} runs dense on prefill calls: "
-                          "QwenImage21FlexAttnProcessor attends over the block-causal mask in one call; the "
-                          "pipeline's KV cache (use_kv_cache=True, the default) makes the later steps sparse, or "
-                          "set QwenImage21AttnProcessor for sparse prefills", stacklevel=2)
+                and not isinstance(attention_mask, torch.Tensor):
+            route.warn_once("runs dense on prefill calls: QwenImage21FlexAttnProcessor attends over the "
+                            "block-causal mask in one call; the pipeline's KV cache (use_kv_cache=True, the "
+                            "default) makes the later steps sparse, or set QwenImage21AttnProcessor for sparse "
+                            "prefills")
         return super().__call__(attn, hidden_states, attention_mask=attention_mask, **kwargs)
 
 
@@ -129,7 +129,7 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batc
     unpadded count, right-padded) with the slots of condition images of the given (rows, cols) token shapes after
     the first text token, as the pipeline's template puts them."""
     config = transformer.config
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
     shapes = [*((1, *shape) for shape in references), (1, *grid)]
     slots = [prod(shape) // LATENTS_PER_SLOT for shape in shapes]
@@ -140,9 +140,6 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batc
     # Text positions, counted in order: a sample's text beyond its valid count is padding.
     text_index = torch.cumsum(~is_slot[:encoder], 0) - 1
     text_valid = is_slot[:encoder] | (text_index[None, :] < valid[:, None])
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     return dict(
         hidden_states=randn(len(valid), sum(prod(shape) for shape in shapes), config.in_channels),

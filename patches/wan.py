@@ -23,6 +23,7 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
+from ._inputs import seeded_randn
 from ._video import VideoLatentLayout, leading_frames_as_context
 
 
@@ -94,10 +95,7 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512,
     config = transformer.config
     p_t, p_h, p_w = config.patch_size
     frames, rows, cols = grid
-    gen = torch.Generator(device=device).manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+    randn = seeded_randn(seed, device, dtype)
 
     return dict(
         hidden_states=randn(batch, config.in_channels, frames * p_t, rows * p_h, cols * p_w),

@@ -23,6 +23,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from . import wan
+from ._inputs import seeded_randn
 from ._video import leading_frames_as_context
 
 
@@ -98,10 +99,7 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512,
     config = transformer.config
     p_t, p_h, p_w = config.patch_size
     size = config.motion_encoder_size
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+    randn = seeded_randn(seed + 1, device, dtype)
 
     return inputs | dict(
         encoder_hidden_states_image=randn(batch, 257, config.image_dim),

@@ -27,6 +27,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from . import flux
 from ._forward import forward_argument
+from ._inputs import seeded_randn
 
 
 class GNAZSingleStreamAttnProcessor(RoutedProcessorMixin, ZSingleStreamAttnProcessor):
@@ -88,11 +89,8 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batc
     """Keyword inputs of one call on a (rows, cols) grid: one latent and one caption of ``valid_text[i]``
     (default ``text``) tokens per sample."""
     config = transformer.config
-    gen = torch.Generator(device=device).manual_seed(seed)
+    randn = seeded_randn(seed, device, dtype)
     lengths = valid_text if valid_text is not None else (text,) * batch
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     return dict(
         x=[randn(config.in_channels, 1, 2 * grid[0], 2 * grid[1]) for _ in lengths],
