@@ -95,6 +95,9 @@ MODEL_CASES = [
     # Cosmos-Predict2.5 2B at its pipeline's default size (the video's self-attention; no padding-mask channel).
     ModelCase("Cosmos-Predict2.5 2B 704x1280x93", "nvidia/Cosmos-Predict2.5-2B", "cosmos-720p", 704, 1280, 93, 35,
               None, None),
+    # CogVideoX 1.5 5B at its recommended size: 21 latent frames padded to 22, 2x2x2 patches (11x48x85 + 226 text).
+    ModelCase("CogVideoX 1.5 5B 768x1360x81", "THUDM/CogVideoX1.5-5B", "cogvideox-1.5-768p", 768, 1360, 81, 50,
+              None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

@@ -61,7 +61,9 @@ class ModelPatch:
     transformer_class: type
     processor_class: type  # the GNA subclass of the stock processor
     stock_processor_class: type
-    dispatch_module: ModuleType  # the module whose dispatch_attention_fn the stock processor calls
+    # The module whose dispatch_attention_fn the stock processor calls; None for a processor that calls
+    # F.scaled_dot_product_attention itself (its GNA subclass sets ``routes_sdpa_calls``).
+    dispatch_module: ModuleType | None
     blocks: dict[str, str]  # block type in presets -> attribute (dotted path) of the transformer holding those blocks
     text_first: bool  # where text shares the sequence: [text, image stream] (True) or [image stream, text]
     layout_probe: LayoutProbe  # token layout from the transformer's forward inputs; raises LayoutError

@@ -6,7 +6,9 @@ backend=self._attention_backend)`` with the joint sequence in ``(B, S, H, D)``. 
 keep the stock ``__call__`` untouched and expose ``_attention_backend`` as a :class:`GNARoute`; the
 family module's ``dispatch_attention_fn`` is wrapped (once, reference-counted) so calls that carry a route
 go to it and every other call passes through unchanged. A stock processor that names no backend (Cosmos,
-Qwen-Image 2.1's prefill) gets its ``__call__`` wrapped instead, so that its grid-query call reaches the route.
+Qwen-Image 2.1's prefill) gets its ``__call__`` wrapped instead, so that its grid-query call reaches the route;
+one that calls ``F.scaled_dot_product_attention`` itself (CogVideoX, Mochi) runs under a torch function mode
+that hands that call to the route.
 
 The joint sequence is the generated latent grid (:class:`TokenLayout`) plus context: text tokens, and any
 tokens the image stream carries beside the grid (FLUX.1 Kontext's reference image). The route runs
@@ -313,16 +315,21 @@ class RoutedProcessorMixin:
     """
 
     routes_unnamed_calls_of: ModuleType | None = None
+    # A stock processor that calls F.scaled_dot_product_attention itself (no dispatch): its ``__call__`` runs
+    # under :class:`_SDPAToRoute`, keeping the stock signature too.
+    routes_sdpa_calls: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         module = cls.__dict__.get("routes_unnamed_calls_of")
-        if module is None:
+        if module is None and not cls.__dict__.get("routes_sdpa_calls"):
             return
         stock_call = super(cls, cls).__call__
 
         @functools.wraps(stock_call)
         def __call__(self, *args, **call_kwargs):
+            if module is None:
+                return route_sdpa_calls(self.route, stock_call, self, *args, **call_kwargs)
             return route_unnamed_calls(module, self.route, stock_call, self, *args, **call_kwargs)
 
         cls.__call__ = __call__
@@ -384,17 +391,63 @@ def route_unnamed_calls(module: ModuleType, route: GNARoute | None, call: Callab
         dispatch.unnamed_route = None
 
 
+def _sdpa_dense(query, key, value, attn_mask=None, backend=None, **kwargs) -> torch.Tensor:
+    """The stock processor's own call, ``F.scaled_dot_product_attention`` on (B, H, S, D), given the route's
+    (B, S, H, D) views of the same tensors (so dense paths are bit-identical to stock). ``backend`` is ignored:
+    these processors never read one."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask, **kwargs)
+    return out.transpose(1, 2)
+
+
+class _SDPAToRoute(torch.overrides.TorchFunctionMode):
+    """Active while a processor that calls ``F.scaled_dot_product_attention`` itself runs: that call, on
+    (B, H, S, D) tensors, goes to the layer's route as (B, S, H, D) views (no copies). A causal or dropout call
+    runs as it came. Every other function passes unchanged. (diffusers' layer-skip guidance intercepts SDPA the
+    same way; while it runs, this mode sits inside it and the route leaves the call to it.)"""
+
+    def __init__(self, route: GNARoute):
+        super().__init__()
+        self.route = route
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        query, key, value, *rest = args
+        call = dict(zip(("attn_mask", "dropout_p", "is_causal"), rest), **kwargs)
+        attn_mask = call.pop("attn_mask", None)
+        if call.get("is_causal") or call.get("dropout_p"):
+            return func(*args, **kwargs)
+        out = self.route(_sdpa_dense, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                         attn_mask, call)
+        return out.transpose(1, 2)
+
+
+def route_sdpa_calls(route: GNARoute | None, call: Callable, *args, **kwargs):
+    """``call(*args, **kwargs)`` with its ``F.scaled_dot_product_attention`` calls handed to ``route``
+    (:class:`_SDPAToRoute`); a processor with no route yet runs as it is."""
+    if route is None:
+        return call(*args, **kwargs)
+    with _SDPAToRoute(route):
+        return call(*args, **kwargs)
+
+
 # Installations per family module, whose dispatch_attention_fn is a _RoutedDispatch while any is active.
 _ROUTED: dict[ModuleType, int] = {}
 
 
-def _route_dispatch(module: ModuleType) -> None:
+def _route_dispatch(module: ModuleType | None) -> None:
+    if module is None:  # a family whose processors call SDPA themselves
+        return
     if module not in _ROUTED:
         module.dispatch_attention_fn = _RoutedDispatch(module.dispatch_attention_fn)
     _ROUTED[module] = _ROUTED.get(module, 0) + 1
 
 
-def _unroute_dispatch(module: ModuleType) -> None:
+def _unroute_dispatch(module: ModuleType | None) -> None:
+    if module is None:
+        return
     _ROUTED[module] -= 1
     if _ROUTED[module] == 0:
         module.dispatch_attention_fn = module.dispatch_attention_fn.original

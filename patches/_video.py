@@ -1,5 +1,5 @@
-"""Layout probes shared by the video families: the grid from latents (B, C, F, H, W) whose image stream is
-the token grid alone (the latent shape over the patch size), or from the latent sizes a call passes as ints;
+"""Layout probes shared by the video families: the grid from latents (B, C, F, H, W), or (B, F, C, H, W) for
+CogVideoX, whose image stream is the token grid alone (the latent shape over the patch size), or from the latent sizes a call passes as ints;
 no host sync either way."""
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ PatchSizes = Callable[[torch.nn.Module], tuple[int, int, int]]  # transformer ->
 
 
 class VideoLatentLayout:
-    """``layout_probe`` and ``layout_from_prepared`` of a video family, given its patch sizes."""
+    """``layout_probe`` and ``layout_from_prepared`` of a video family, given its patch sizes and whether its
+    latents put frames before channels."""
 
-    def __init__(self, patch_sizes: PatchSizes):
+    def __init__(self, patch_sizes: PatchSizes, frames_first: bool = False):
         self.patch_sizes = patch_sizes
+        self.frames_first = frames_first
 
     def grid(self, latents: torch.Tensor, transformer: torch.nn.Module) -> tuple[int, int, int]:
-        _, _, frames, height, width = latents.shape
+        frames, height, width = latents.shape[1 if self.frames_first else 2], *latents.shape[3:]
         p_t, p_h, p_w = self.patch_sizes(transformer)
         return frames // p_t, height // p_h, width // p_w
 

@@ -1,0 +1,145 @@
+"""CogVideoX (tiny offline 1.5-style transformer and pipelines, fp32, CPU): GNA on each block's joint
+[text, video] attention, whose stock processor calls F.scaled_dot_product_attention itself."""
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+from brute_force import joint_mask, masked_sdpa
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers.patches import cogvideox
+from gna_diffusers.route import _SDPAToRoute
+
+GRID = (3, 4, 6)
+TEXT = 7
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+@contextlib.contextmanager
+def no_gna_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        yield
+
+
+def test_whole_extent_reproduces_stock_and_removal_is_exact(monkeypatch):
+    transformer = cogvideox.tiny_transformer()
+    inputs = cogvideox.transformer_inputs(transformer, GRID, text=TEXT, batch=2)
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with no_gna_warnings(), enabled(transformer, GNAConfig(family="cogvideox", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            assert {type(b.attn1.processor) for b in transformer.transformer_blocks} == {
+                cogvideox.GNACogVideoXAttnProcessor}
+        with enabled(transformer, GNAConfig(family="cogvideox", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert spy.contexts == [(GRID, TEXT)] * 4  # every text token is context of every video query
+
+
+def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
+    window, stride = (2, 2, 4), (1, 2, 2)
+    transformer = cogvideox.tiny_transformer()
+    inputs = cogvideox.transformer_inputs(transformer, GRID, text=TEXT)
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="cogvideox", base_grid=list(GRID), window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        masked_sdpa(joint_mask(GRID, window, stride, TEXT), monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5
+
+
+def generate(pipe, steps=3, **kwargs):
+    return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=steps, output_type="pt",
+                generator=torch.Generator().manual_seed(0), **cogvideox.tiny_call_kwargs(), **kwargs).frames
+
+
+def test_text_to_video_pipeline_runs_gna_after_the_warm_up(monkeypatch):
+    """CogVideoXPipeline (classifier-free guidance in one batch of 2, DDIM) at 32x32 pixels x 9 frames: 5 latent
+    frames padded to 6, a 3x4x4 grid. Whole windows reproduce it; a sparse preset routes the steps after the
+    dense one."""
+    pipe = cogvideox.tiny_pipeline()
+    stock = generate(pipe)
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="cogvideox", window=-1)):
+            assert max_diff(generate(pipe), stock) <= 1e-5
+        spy.contexts.clear()
+        with enabled(pipe, GNAConfig(family="cogvideox", window=2, dense_steps=1)) as handle:
+            sparse = generate(pipe)
+            assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
+    assert spy.contexts == [((3, 4, 4), 48)] * (2 * 2)  # 2 sparse steps x 2 layers; 48 prompt tokens
+
+
+def test_image_to_video_pipeline_conditions_along_channels():
+    """CogVideoXImageToVideoPipeline concatenates the image latents along channels (prepare_latents returns both):
+    the grid is the latents', and whole windows reproduce the stock pipeline."""
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    torch.manual_seed(0)
+    transformer = cogvideox.tiny_transformer()
+    wide = type(transformer).from_config({**transformer.config, "in_channels": 8}).eval()
+    pipe = CogVideoXImageToVideoPipeline(transformer=wide, **cogvideox.tiny_parts())
+    image = torch.rand(1, 3, 32, 32)
+    stock = generate(pipe, image=image)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="cogvideox", window=-1)) as handle:
+            assert max_diff(generate(pipe, image=image), stock) <= 1e-5
+            assert handle.runtime.grid == (3, 4, 4)
+    with enabled(pipe, GNAConfig(family="cogvideox", window=2, dense_steps=1)):
+        assert torch.isfinite(generate(pipe, image=image)).all()
+
+
+def test_fused_qkv_projections_keep_gna():
+    """``fuse_qkv_projections()`` swaps in FusedCogVideoXAttnProcessor2_0, before or after apply: GNA's fused
+    subclass takes its place, and whole windows reproduce the fused stock model."""
+    transformer = cogvideox.tiny_transformer()
+    inputs = cogvideox.transformer_inputs(transformer, GRID, text=TEXT)
+    transformer.fuse_qkv_projections()
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="cogvideox", window=-1)):
+            assert {type(b.attn1.processor) for b in transformer.transformer_blocks} == {
+                cogvideox.GNAFusedCogVideoXAttnProcessor}
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+        with enabled(transformer, GNAConfig(family="cogvideox", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+
+
+def test_causal_or_dropout_sdpa_calls_pass_through_the_mode():
+    """Only plain self-attention calls reach the route: a causal call runs as it came."""
+    q, k, v = torch.randn(3, 1, 2, 10, 8).unbind(0)
+
+    class Refuse:
+        def __call__(self, *args):
+            raise AssertionError("routed")
+
+    with _SDPAToRoute(Refuse()):
+        causal = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.equal(causal, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_full_size_shapes_by_name_and_preset_grids():
+    from gna_diffusers.harness.models import on_meta
+
+    def billions(name: str) -> float:
+        config, _ = cogvideox.full_size(name)
+        return sum(p.numel() for p in on_meta(cogvideox.PATCH.transformer_class, config).parameters()) / 1e9
+
+    assert billions("THUDM/CogVideoX-2b") == pytest.approx(1.7, rel=0.05)
+    assert billions("THUDM/CogVideoX-5b") == pytest.approx(5.6, rel=0.05)
+    assert billions("THUDM/CogVideoX1.5-5B") == pytest.approx(5.6, rel=0.05)
+    _, grid_1_5 = cogvideox.full_size("THUDM/CogVideoX1.5-5B")
+    assert grid_1_5(768, 1360, 81) == tuple(load_preset("cogvideox-1.5-768p").base_grid)
+    assert cogvideox.latent_grid(480, 720, 49) == tuple(load_preset("cogvideox-480p").base_grid)
+    with pytest.raises(ValueError, match="4k \\+ 1"):
+        cogvideox.latent_grid(480, 720, 48)
