@@ -98,6 +98,8 @@ MODEL_CASES = [
     # CogVideoX 1.5 5B at its recommended size: 21 latent frames padded to 22, 2x2x2 patches (11x48x85 + 226 text).
     ModelCase("CogVideoX 1.5 5B 768x1360x81", "THUDM/CogVideoX1.5-5B", "cogvideox-1.5-768p", 768, 1360, 81, 50,
               None, None),
+    # Mochi 1 preview (10B) at its 848x480, 163 frames (28x30x53; a prompt's valid tokens only).
+    ModelCase("Mochi 1 10B 480x848x163", "genmo/mochi-1-preview", "mochi-480p", 480, 848, 163, 64, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

@@ -553,7 +553,7 @@ class GNAHandle:
             if processor is site.installed and processor is not site.original:
                 if "_parallel_config" in vars(processor):  # parallelism enabled since: the original takes it over
                     site.original._parallel_config = processor._parallel_config
-                site.attn.set_processor(site.original)
+                _set_processor(site.attn, site.original)
             elif isinstance(processor, RoutedProcessorMixin) and processor.route is route:
                 processor.route = None
                 processor._attention_backend = route.dense_backend
@@ -572,6 +572,15 @@ class GNAHandle:
         for transformer in self.transformers:
             del transformer._gna_handle
         self.active = False
+
+
+def _set_processor(attn: torch.nn.Module, processor) -> None:
+    """Install ``processor`` on an attention module; one without diffusers' ``set_processor`` (Mochi's
+    MochiAttention) holds it as a plain attribute."""
+    if hasattr(attn, "set_processor"):
+        attn.set_processor(processor)
+    else:
+        attn.processor = processor
 
 
 def _unwrap_compiled(module):
@@ -684,7 +693,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                     _register_with_diffusers_hooks(gna_class)
                     processor = gna_class(route)
                     processor._parallel_config = getattr(original, "_parallel_config", None)  # parallel first
-                    attn.set_processor(processor)
+                    _set_processor(attn, processor)
                 else:  # e.g. an IP-Adapter's processor, which holds weights: adopted or left as it is, below
                     processor = original
                 handle._sites.append(_Site(model, attn, route, processor, original))
