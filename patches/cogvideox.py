@@ -1,5 +1,6 @@
 """CogVideoX (CogVideoXTransformer3DModel): CogVideoX 2B / 5B, CogVideoX 1.5 5B and their image-to-video,
-video-to-video and CogVideoX-Fun control pipelines. Each block's ``attn1`` is joint attention over [text, video]:
+video-to-video and CogVideoX-Fun control pipelines; ConsisID (ConsisIDTransformer3DModel, CogVideoX blocks with
+face-identity cross-attention between them, which stays stock). Each block's ``attn1`` is joint attention over [text, video]:
 the prompt's 226 T5 tokens first, then the video grid. RoPE (5B, 1.5) is applied to the video tokens inside the
 processor, so GNA's subclass keeps the stock ``__call__`` whole.
 
@@ -15,7 +16,7 @@ the pipeline to 22 -> an 11x48x85 grid (44,880 video tokens).
 from __future__ import annotations
 
 import torch
-from diffusers import CogVideoXTransformer3DModel
+from diffusers import CogVideoXTransformer3DModel, ConsisIDTransformer3DModel
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
 
 from gna_diffusers.install import ModelPatch
@@ -39,7 +40,7 @@ class GNAFusedCogVideoXAttnProcessor(RoutedProcessorMixin, FusedCogVideoXAttnPro
 
 def _patch_sizes(transformer) -> tuple[int, int, int]:
     config = transformer.config
-    return config.patch_size_t or 1, config.patch_size, config.patch_size
+    return config.get("patch_size_t") or 1, config.patch_size, config.patch_size  # ConsisID has no temporal patch
 
 
 LAYOUT = VideoLatentLayout(_patch_sizes, frames_first=True)
@@ -57,6 +58,7 @@ PATCH = ModelPatch(
     video=True,
     attention="attn1",
     processor_variants={FusedCogVideoXAttnProcessor2_0: GNAFusedCogVideoXAttnProcessor},
+    other_transformer_classes=(ConsisIDTransformer3DModel,),
 )
 
 TEXT_WIDTH = 16  # the tiny UMT5's d_model (Wan's tiny text parts)
