@@ -100,6 +100,8 @@ MODEL_CASES = [
               None, None),
     # Mochi 1 preview (10B) at its 848x480, 163 frames (28x30x53; a prompt's valid tokens only).
     ModelCase("Mochi 1 10B 480x848x163", "genmo/mochi-1-preview", "mochi-480p", 480, 848, 163, 64, None, None),
+    # Allegro (2.8B) at its 1280x720, 88 frames (22x45x80; the self-attention holds no text).
+    ModelCase("Allegro 2.8B 720x1280x88", "rhymes-ai/Allegro", "allegro-720p", 720, 1280, 88, 100, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

@@ -17,7 +17,7 @@ from gna_diffusers.patches import FAMILY_MODULES
 PUBLISHED_BILLIONS = {
     "flux": 12, "flux2": 32, "chroma": 8.9, "hunyuan-video": 13, "hunyuan-video-1.5": 8.3, "wan": 14,
     "qwen-image": 20, "z-image": 6, "skyreels-v2": 14, "chronoedit": 14 + 2.1, "ltx-video": 2,
-    "kandinsky5": 2, "ltx2": 19, "cosmos": 2, "cogvideox": 5.6, "mochi": 10,
+    "kandinsky5": 2, "ltx2": 19, "cosmos": 2, "cogvideox": 5.6, "mochi": 10, "allegro": 2.8,
 }
 # Families whose full-size config is not checked against a published size, and why.
 UNPUBLISHED = {
@@ -32,7 +32,8 @@ FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if
 
 def tiny_generate(family: str, pipe, steps: int) -> torch.Tensor:
     module = FAMILY_MODULES[family]
-    size = {"height": 32, "width": 32, **getattr(module, "TINY_SIZE", {})}  # a grid with windows smaller than it
+    tiny_size = getattr(module, "TINY_SIZE", {})  # (its "frames" is the harness's; tiny_call_kwargs has them too)
+    size = {"height": 32, "width": 32, **{k: v for k, v in tiny_size.items() if k != "frames"}}
     output = pipe(prompt="a red cat", num_inference_steps=steps, output_type="pt",
                   generator=torch.Generator().manual_seed(0), **size, **module.tiny_call_kwargs())
     return output.frames if module.PATCH.video else output.images
@@ -62,11 +63,18 @@ def test_full_size_config_has_the_published_size(family):
     assert abs(billions - PUBLISHED_BILLIONS[family]) / PUBLISHED_BILLIONS[family] < 0.05
 
 
+def tiny_cli_size(module) -> list[str]:
+    """--height / --width (/ --frames) for a tiny model: small, or the family's TINY_SIZE (sizes its VAE decodes)."""
+    tiny = {"height": 32, "width": 32, "frames": 5, **getattr(module, "TINY_SIZE", {})}
+    size = ["--height", str(tiny["height"]), "--width", str(tiny["width"])]
+    return size + (["--frames", str(tiny["frames"])] if module.PATCH.video else [])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
 def test_compare_accepts_the_tiny_model(family, tmp_path):
     module = FAMILY_MODULES[family]
-    size = ["--height", "32", "--width", "32"] + (["--frames", "5"] if module.PATCH.video else [])
+    size = tiny_cli_size(module)
     args = ["--model", module.TINY_NAME, "--output", str(tmp_path), "--steps", "2", "--prompt", "a red cat",
             "--no-warmup", *size]
     assert main(["compare", *args]) == 0
@@ -79,9 +87,7 @@ def test_calibrate_runs_on_the_tiny_model(family, tmp_path):
     """The probe reaches every family's self-attention (the tiny models' random weights attend almost
     uniformly, so their layers stay dense); the preset it writes loads."""
     module = FAMILY_MODULES[family]
-    sizes = {"height": 32, "width": 32, **getattr(module, "TINY_SIZE", {})}  # a grid with windows smaller than it
-    size = ["--height", str(sizes["height"]), "--width", str(sizes["width"])]
-    size += ["--frames", "5"] if module.PATCH.video else []
+    size = tiny_cli_size(module)
     preset = tmp_path / "calibrated.yaml"
     assert main(["calibrate", "--model", module.TINY_NAME, "--steps", "4", "--output", str(preset), *size]) == 0
     assert load_config(preset).family == family

@@ -48,6 +48,9 @@ DEFAULT_PROMPTS = ("a lighthouse on a rocky cliff at sunrise", "a red fox in fre
 # Sizes for the built-in tiny models, small enough for a CPU: 128 px -> a 32x32 token grid (their VAEs
 # downsample 2x / 4x), 9 frames -> 3 latent frames.
 TINY_DEFAULTS = dict(height=128, width=128, frames=9, steps=4)
+CONSTANT_OUTPUT = ("the dense output is one constant colour, so the quality metrics compare nothing; the pipeline's "
+                   "VAE may not decode this size (Allegro's decodes only whole tiles: 24 frames x 320 pixels, 128 "
+                   "for its tiny model): raise --height / --width / --frames")
 
 
 @dataclass
@@ -284,6 +287,9 @@ def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, dev
         quality = measure(dense, sparse, lpips)
         if not model.has_quality:
             quality["note"] = "random weights: the numbers check the machinery, not image quality"
+        if float(dense.max()) == float(dense.min()):
+            quality["note"] = CONSTANT_OUTPUT
+            warnings.warn(f"gna-diffusers compare: {sample.id}: {CONSTANT_OUTPUT}", stacklevel=2)
         files = {}
         if model.family.PATCH.video:
             files["strip"] = media.write_png(folder / f"{sample.id}.png", media.frame_strip(dense, sparse)).name
