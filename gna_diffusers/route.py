@@ -198,6 +198,10 @@ class GNARoute:
         # or attention replaced by its values for a guidance pass (the stock call is what gets replaced).
         if pattern is None or not self._routable(query.shape[1], key.shape[1]) or _attention_scores_skipped():
             return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+        unsupported = [name for name in ("is_causal", "dropout_p", "enable_gqa") if kwargs.get(name)]
+        if unsupported:  # a window cannot carry them: stock attention, said once
+            why = f"the call asks for {', '.join(f'{name}={kwargs[name]}' for name in unsupported)}"
+            return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
         parallel = kwargs.get("parallel_config")
         context_parallel = getattr(parallel, "context_parallel_config", None)
         if context_parallel is not None:
@@ -286,7 +290,8 @@ class GNARoute:
         out_grid = gna_attention(
             query[:, grid], key[:, key_grid], value[:, key_grid], layout.grid, pattern.window, pattern.stride,
             pattern.dilation, extra_k=context_keys(key), extra_v=context_keys(value),
-            extra_kv_mask=context_keys(key_valid), extra_kv_bias=context_keys(key_bias), backend=self.backend,
+            extra_kv_mask=context_keys(key_valid), extra_kv_bias=context_keys(key_bias), scale=kwargs.get("scale"),
+            backend=self.backend,
             out=None if joint is None else joint[:, grid],
         )
         if not query_context:
@@ -402,9 +407,12 @@ def _sdpa_dense(query, key, value, attn_mask=None, backend=None, **kwargs) -> to
 
 class _SDPAToRoute(torch.overrides.TorchFunctionMode):
     """Active while a processor that calls ``F.scaled_dot_product_attention`` itself runs: that call, on
-    (B, H, S, D) tensors, goes to the layer's route as (B, S, H, D) views (no copies). A causal or dropout call
-    runs as it came. Every other function passes unchanged. (diffusers' layer-skip guidance intercepts SDPA the
-    same way; while it runs, this mode sits inside it and the route leaves the call to it.)"""
+    (B, H, S, D) tensors, goes to the layer's route as (B, S, H, D) views (no copies), its other arguments
+    (``dropout_p``, ``is_causal``, ``scale``, ...) as the route's keyword arguments. Every other function passes
+    unchanged. (diffusers' layer-skip guidance intercepts SDPA the same way; while it runs, this mode sits inside
+    it and the route leaves the call to it.)"""
+
+    _ARGUMENTS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
     def __init__(self, route: GNARoute):
         super().__init__()
@@ -414,14 +422,9 @@ class _SDPAToRoute(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         if func is not torch.nn.functional.scaled_dot_product_attention:
             return func(*args, **kwargs)
-        query, key, value, *rest = args
-        call = dict(zip(("attn_mask", "dropout_p", "is_causal"), rest), **kwargs)
-        attn_mask = call.pop("attn_mask", None)
-        if call.get("is_causal") or call.get("dropout_p"):
-            return func(*args, **kwargs)
-        out = self.route(_sdpa_dense, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                         attn_mask, call)
-        return out.transpose(1, 2)
+        call = dict(zip(self._ARGUMENTS, args), **kwargs)
+        query, key, value = (call.pop(name).transpose(1, 2) for name in ("query", "key", "value"))
+        return self.route(_sdpa_dense, query, key, value, call.pop("attn_mask", None), call).transpose(1, 2)
 
 
 def route_sdpa_calls(route: GNARoute | None, call: Callable, *args, **kwargs):

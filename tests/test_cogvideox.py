@@ -137,17 +137,28 @@ def test_consisid_transformer_runs_gna_on_its_cogvideox_blocks():
             assert max_diff(transformer(**inputs)[0], stock) > 1e-3
 
 
-def test_causal_or_dropout_sdpa_calls_pass_through_the_mode():
-    """Only plain self-attention calls reach the route: a causal call runs as it came."""
-    q, k, v = torch.randn(3, 1, 2, 10, 8).unbind(0)
+@pytest.mark.parametrize("arguments", [dict(is_causal=True), dict(dropout_p=0.5), dict(scale=0.3)])
+def test_sdpa_arguments_reach_the_route(arguments):
+    """Through the mode, whole-extent GNA equals the stock SDPA call with the same arguments: a causal or dropout
+    call runs dense (with one warning naming it), a custom softmax scale reaches GNA."""
+    from gna_diffusers.config import LayerPattern
+    from gna_diffusers.route import GNARoute, TokenLayout
 
-    class Refuse:
-        def __call__(self, *args):
-            raise AssertionError("routed")
-
-    with _SDPAToRoute(Refuse()):
-        causal = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    assert torch.equal(causal, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+    grid = (2, 3)
+    q, k, v = torch.randn(3, 1, 2, TEXT + 6, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
+    route = GNARoute(("blocks", 0), text_first=True, backend="reference")
+    route.layout, route.pattern = TokenLayout(grid, 6), LayerPattern(False, grid, (1, 1), (1, 1))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    dense = "scale" not in arguments
+    with warnings.catch_warnings(record=True) as caught, _SDPAToRoute(route):
+        warnings.simplefilter("always")
+        torch.manual_seed(1)
+        routed = sdpa(q, k, v, **arguments)
+    torch.manual_seed(1)
+    torch.testing.assert_close(routed, sdpa(q, k, v, **arguments), atol=1e-6, rtol=1e-6)
+    assert [str(w.message) for w in caught if "gna" in str(w.message)] == (
+        [f"gna: layer blocks.0 runs dense: the call asks for {', '.join(f'{n}={a}' for n, a in arguments.items())}"]
+        if dense else [])
 
 
 def test_full_size_shapes_by_name_and_preset_grids():
