@@ -99,6 +99,26 @@ def test_image_to_video_pipeline_conditions_along_channels():
         assert torch.isfinite(generate(pipe, image=image)).all()
 
 
+def test_pyramid_attention_broadcast_stacks_with_gna():
+    """diffusers' Pyramid Attention Broadcast (made for CogVideoX) replays attention outputs of earlier steps from a
+    hook around each attention module; GNA runs inside the module: whole windows reproduce stock + PAB."""
+    from diffusers import PyramidAttentionBroadcastConfig
+
+    def generate_with_pab(config):
+        pipe = cogvideox.tiny_pipeline()
+        pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1001),
+            current_timestep_callback=lambda: pipe.current_timestep))
+        with enabled(pipe, config) if config else contextlib.nullcontext():
+            return generate(pipe, steps=4)
+
+    stock = generate_with_pab(None)
+    assert max_diff(stock, generate(cogvideox.tiny_pipeline(), steps=4)) > 1e-3  # PAB skipped some attention
+    assert max_diff(generate_with_pab(GNAConfig(family="cogvideox", window=-1)), stock) <= 1e-5
+    sparse = generate_with_pab(GNAConfig(family="cogvideox", window=2, dense_steps=1))
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
+
+
 def test_fused_qkv_projections_keep_gna():
     """``fuse_qkv_projections()`` swaps in FusedCogVideoXAttnProcessor2_0, before or after apply: GNA's fused
     subclass takes its place, and whole windows reproduce the fused stock model."""
