@@ -28,8 +28,22 @@ def no_gna_warnings():
         yield
 
 
-def test_whole_extent_reproduces_stock_and_removal_is_exact(monkeypatch):
-    transformer = cogvideox.tiny_transformer()
+def tiny_consisid():
+    """ConsisID's transformer: CogVideoX's blocks with the same processor (its face cross-attention, between blocks,
+    is a module of its own and stays stock)."""
+    from diffusers import ConsisIDTransformer3DModel
+
+    torch.manual_seed(0)
+    return ConsisIDTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        text_embed_dim=cogvideox.TEXT_WIDTH, num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
+        patch_size=2, temporal_compression_ratio=2, max_text_seq_length=TEXT, use_rotary_positional_embeddings=True,
+    ).eval()
+
+
+@pytest.mark.parametrize("build", [cogvideox.tiny_transformer, tiny_consisid], ids=["cogvideox", "consisid"])
+def test_whole_extent_reproduces_stock_and_removal_is_exact(build, monkeypatch):
+    transformer = build()
     inputs = cogvideox.transformer_inputs(transformer, GRID, text=TEXT, batch=2)
     spy = OperatorSpy(monkeypatch)
     with torch.no_grad():
@@ -131,28 +145,6 @@ def test_fused_qkv_projections_keep_gna():
             assert {type(b.attn1.processor) for b in transformer.transformer_blocks} == {
                 cogvideox.GNAFusedCogVideoXAttnProcessor}
             assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
-        with enabled(transformer, GNAConfig(family="cogvideox", window=2)):
-            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
-
-
-def test_consisid_transformer_runs_gna_on_its_cogvideox_blocks():
-    """ConsisID's transformer is CogVideoX's blocks with the same processor (its face cross-attention, between
-    blocks, is its own module): whole windows reproduce it, sparse ones change it."""
-    from diffusers import ConsisIDTransformer3DModel
-
-    torch.manual_seed(0)
-    transformer = ConsisIDTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
-        text_embed_dim=cogvideox.TEXT_WIDTH, num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
-        patch_size=2, temporal_compression_ratio=2, max_text_seq_length=TEXT, use_rotary_positional_embeddings=True,
-    ).eval()
-    inputs = cogvideox.transformer_inputs(transformer, GRID, text=TEXT)
-    with torch.no_grad():
-        stock = transformer(**inputs)[0]
-        with no_gna_warnings(), enabled(transformer, GNAConfig(family="cogvideox", window=-1)):
-            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
-            assert {type(b.attn1.processor) for b in transformer.transformer_blocks} == {
-                cogvideox.GNACogVideoXAttnProcessor}
         with enabled(transformer, GNAConfig(family="cogvideox", window=2)):
             assert max_diff(transformer(**inputs)[0], stock) > 1e-3
 
