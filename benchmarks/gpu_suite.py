@@ -102,6 +102,9 @@ MODEL_CASES = [
     ModelCase("Mochi 1 10B 480x848x163", "genmo/mochi-1-preview", "mochi-480p", 480, 848, 163, 64, None, None),
     # Allegro (2.8B) at its 1280x720, 88 frames (22x45x80; the self-attention holds no text).
     ModelCase("Allegro 2.8B 720x1280x88", "rhymes-ai/Allegro", "allegro-720p", 720, 1280, 88, 100, None, None),
+    # EasyAnimate V5.1 12B at 1024x1024, 49 frames (13x64x64 + its 256 prompt tokens).
+    ModelCase("EasyAnimate V5.1 12B 1024x1024x49", "alibaba-pai/EasyAnimateV5.1-12b-zh-diffusers", "easyanimate-1024",
+              1024, 1024, 49, 50, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

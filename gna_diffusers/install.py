@@ -61,9 +61,8 @@ class ModelPatch:
     transformer_class: type
     processor_class: type  # the GNA subclass of the stock processor
     stock_processor_class: type
-    # The module whose dispatch_attention_fn the stock processor calls; None for a processor that calls
-    # F.scaled_dot_product_attention itself (its GNA subclass sets ``routes_sdpa_calls``).
-    dispatch_module: ModuleType | None
+    # The module whose dispatch_attention_fn the stock processor calls (or, with ``calls_sdpa``, whose ``F``).
+    dispatch_module: ModuleType
     blocks: dict[str, str]  # block type in presets -> attribute (dotted path) of the transformer holding those blocks
     text_first: bool  # where text shares the sequence: [text, image stream] (True) or [image stream, text]
     layout_probe: LayoutProbe  # token layout from the transformer's forward inputs; raises LayoutError
@@ -105,6 +104,15 @@ class ModelPatch:
     # sequence, which the layout's stream then holds whole, the grid last (Qwen-Image 2.1, whose block-causal
     # prefill runs each context segment as another call): see GNARoute.
     grid_queries_alone: bool = False
+    # Whether the stock processor calls F.scaled_dot_product_attention itself, not diffusers' dispatch (CogVideoX,
+    # Mochi, Allegro, EasyAnimate): the module's ``F`` is routed, and the GNA processor class sets
+    # ``routes_sdpa_calls_of`` to the same module.
+    calls_sdpa: bool = False
+
+    @property
+    def routed_attribute(self) -> str:
+        """The attribute of ``dispatch_module`` an installation replaces with its routed stand-in."""
+        return "F" if self.calls_sdpa else "dispatch_attention_fn"
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
@@ -417,7 +425,7 @@ class GNAHandle:
         for name, value in vars(self).items():
             setattr(clone, name, copy.deepcopy(value, memo))
         if clone.active:
-            _route_dispatch(clone.patch.dispatch_module)  # the copy's processors need the routed dispatch too
+            _route_dispatch(clone.patch.dispatch_module, clone.patch.routed_attribute)  # the copy's processors need the routed dispatch too
         return clone
 
     def layers(self) -> list[dict]:
@@ -568,7 +576,7 @@ class GNAHandle:
             _unobserve(scheduler, _SCHEDULER_METHODS)
         for pipeline in self.pipelines:
             _unobserve(pipeline, _PIPELINE_METHODS + tuple(self.patch.pipeline_observers))
-        _unroute_dispatch(self.patch.dispatch_module)
+        _unroute_dispatch(self.patch.dispatch_module, self.patch.routed_attribute)
         for transformer in self.transformers:
             del transformer._gna_handle
         self.active = False
@@ -676,7 +684,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                           f"which stay dense", stacklevel=2)
 
     handle = GNAHandle(transformers, patch, config, runtime)
-    _route_dispatch(patch.dispatch_module)
+    _route_dispatch(patch.dispatch_module, patch.routed_attribute)
     for model in transformers:
         for name, blocks in patch.block_lists(model).items():
             for index, block in enumerate(blocks):

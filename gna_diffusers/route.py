@@ -7,8 +7,9 @@ keep the stock ``__call__`` untouched and expose ``_attention_backend`` as a :cl
 family module's ``dispatch_attention_fn`` is wrapped (once, reference-counted) so calls that carry a route
 go to it and every other call passes through unchanged. A stock processor that names no backend (Cosmos,
 Qwen-Image 2.1's prefill) gets its ``__call__`` wrapped instead, so that its grid-query call reaches the route;
-one that calls ``F.scaled_dot_product_attention`` itself (CogVideoX, Mochi) runs under a torch function mode
-that hands that call to the route.
+one that calls ``F.scaled_dot_product_attention`` itself (CogVideoX, Mochi, Allegro, EasyAnimate) finds, in its
+module's ``F``, a stand-in for ``torch.nn.functional`` whose SDPA hands the calls made during a GNA processor's call
+to the route.
 
 The joint sequence is the generated latent grid (:class:`TokenLayout`) plus context: text tokens, and any
 tokens the image stream carries beside the grid (FLUX.1 Kontext's reference image). The route runs
@@ -320,22 +321,22 @@ class RoutedProcessorMixin:
     """
 
     routes_unnamed_calls_of: ModuleType | None = None
-    # A stock processor that calls F.scaled_dot_product_attention itself (no dispatch): its ``__call__`` runs
-    # under :class:`_SDPAToRoute`, keeping the stock signature too.
-    routes_sdpa_calls: bool = False
+    # A stock processor that calls F.scaled_dot_product_attention itself, no dispatch (CogVideoX): the module whose
+    # ``F`` it calls; its ``__call__`` then hands those calls to the route (:func:`route_sdpa_calls`), keeping the
+    # stock signature too.
+    routes_sdpa_calls_of: ModuleType | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        module = cls.__dict__.get("routes_unnamed_calls_of")
-        if module is None and not cls.__dict__.get("routes_sdpa_calls"):
+        unnamed, sdpa = cls.__dict__.get("routes_unnamed_calls_of"), cls.__dict__.get("routes_sdpa_calls_of")
+        if unnamed is None and sdpa is None:
             return
         stock_call = super(cls, cls).__call__
+        routed_call = route_unnamed_calls if sdpa is None else route_sdpa_calls
 
         @functools.wraps(stock_call)
         def __call__(self, *args, **call_kwargs):
-            if module is None:
-                return route_sdpa_calls(self.route, stock_call, self, *args, **call_kwargs)
-            return route_unnamed_calls(module, self.route, stock_call, self, *args, **call_kwargs)
+            return routed_call(sdpa or unnamed, self.route, stock_call, self, *args, **call_kwargs)
 
         cls.__call__ = __call__
 
@@ -381,19 +382,28 @@ class _RoutedDispatch:
         return self.original(*args, **kwargs)
 
 
-def route_unnamed_calls(module: ModuleType, route: GNARoute | None, call: Callable, *args, **kwargs):
-    """``call(*args, **kwargs)`` with the attention calls through ``module``'s dispatch that name no backend and
-    are its layer's grid queries (:meth:`GNARoute._routable`) handed to ``route``, on diffusers' default backend
-    where it runs them dense; every other call passes unchanged. For a stock processor that passes
-    ``backend=None`` on some calls instead of ``self._attention_backend`` (Qwen-Image 2.1's prefill)."""
-    dispatch = module.dispatch_attention_fn
-    if route is None or not isinstance(dispatch, _RoutedDispatch):
-        return call(*args, **kwargs)
-    dispatch.unnamed_route = route
-    try:
-        return call(*args, **kwargs)
-    finally:
-        dispatch.unnamed_route = None
+class _RoutedFunctional:
+    """Stands in for ``torch.nn.functional`` as the ``F`` of a module whose processors call
+    ``F.scaled_dot_product_attention`` themselves (CogVideoX, Mochi, Allegro, EasyAnimate): every function is
+    torch's, and SDPA hands the calls made while ``unnamed_route`` is set (during a GNA processor's call, see
+    :func:`route_sdpa_calls`) to that route, its (B, H, S, D) tensors as (B, S, H, D) views (no copies) and its
+    other arguments as the route's keyword arguments."""
+
+    def __init__(self, original: ModuleType):
+        self.original = original
+        self.unnamed_route: GNARoute | None = None
+
+    def __getattr__(self, name: str):  # every other function: torch.nn.functional's own
+        return getattr(self.original, name)
+
+    def scaled_dot_product_attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                     scale=None, enable_gqa=False) -> torch.Tensor:
+        kwargs = dict(dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        route = self.unnamed_route
+        if route is None:
+            return self.original.scaled_dot_product_attention(query, key, value, attn_mask, **kwargs)
+        out = route(_sdpa_dense, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask, kwargs)
+        return out.transpose(1, 2)
 
 
 def _sdpa_dense(query, key, value, attn_mask=None, backend=None, **kwargs) -> torch.Tensor:
@@ -405,53 +415,47 @@ def _sdpa_dense(query, key, value, attn_mask=None, backend=None, **kwargs) -> to
     return out.transpose(1, 2)
 
 
-class _SDPAToRoute(torch.overrides.TorchFunctionMode):
-    """Active while a processor that calls ``F.scaled_dot_product_attention`` itself runs: that call, on
-    (B, H, S, D) tensors, goes to the layer's route as (B, S, H, D) views (no copies), its other arguments
-    (``dropout_p``, ``is_causal``, ``scale``, ...) as the route's keyword arguments. Every other function passes
-    unchanged. (diffusers' layer-skip guidance intercepts SDPA the same way; while it runs, this mode sits inside
-    it and the route leaves the call to it.)"""
-
-    _ARGUMENTS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-
-    def __init__(self, route: GNARoute):
-        super().__init__()
-        self.route = route
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not torch.nn.functional.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        call = dict(zip(self._ARGUMENTS, args), **kwargs)
-        query, key, value = (call.pop(name).transpose(1, 2) for name in ("query", "key", "value"))
-        return self.route(_sdpa_dense, query, key, value, call.pop("attn_mask", None), call).transpose(1, 2)
-
-
-def route_sdpa_calls(route: GNARoute | None, call: Callable, *args, **kwargs):
-    """``call(*args, **kwargs)`` with its ``F.scaled_dot_product_attention`` calls handed to ``route``
-    (:class:`_SDPAToRoute`); a processor with no route yet runs as it is."""
-    if route is None:
+def _with_unnamed_route(holder, route: GNARoute | None, call: Callable, *args, **kwargs):
+    """``call(*args, **kwargs)`` with ``holder.unnamed_route`` (a routed dispatch or F) set to ``route``."""
+    if route is None or not isinstance(holder, (_RoutedDispatch, _RoutedFunctional)):
         return call(*args, **kwargs)
-    with _SDPAToRoute(route):
+    holder.unnamed_route = route
+    try:
         return call(*args, **kwargs)
+    finally:
+        holder.unnamed_route = None
 
 
-# Installations per family module, whose dispatch_attention_fn is a _RoutedDispatch while any is active.
-_ROUTED: dict[ModuleType, int] = {}
+def route_unnamed_calls(module: ModuleType, route: GNARoute | None, call: Callable, *args, **kwargs):
+    """``call(*args, **kwargs)`` with the attention calls through ``module``'s dispatch that name no backend and
+    are its layer's grid queries (:meth:`GNARoute._routable`) handed to ``route``, on diffusers' default backend
+    where it runs them dense; every other call passes unchanged. For a stock processor that passes
+    ``backend=None`` on some calls instead of ``self._attention_backend`` (Qwen-Image 2.1's prefill)."""
+    return _with_unnamed_route(module.dispatch_attention_fn, route, call, *args, **kwargs)
 
 
-def _route_dispatch(module: ModuleType | None) -> None:
-    if module is None:  # a family whose processors call SDPA themselves
-        return
-    if module not in _ROUTED:
-        module.dispatch_attention_fn = _RoutedDispatch(module.dispatch_attention_fn)
-    _ROUTED[module] = _ROUTED.get(module, 0) + 1
+def route_sdpa_calls(module: ModuleType, route: GNARoute | None, call: Callable, *args, **kwargs):
+    """``call(*args, **kwargs)`` with the ``F.scaled_dot_product_attention`` calls it makes through ``module``'s
+    ``F`` handed to ``route`` (:class:`_RoutedFunctional`)."""
+    return _with_unnamed_route(module.F, route, call, *args, **kwargs)
 
 
-def _unroute_dispatch(module: ModuleType | None) -> None:
-    if module is None:
-        return
-    _ROUTED[module] -= 1
-    if _ROUTED[module] == 0:
-        module.dispatch_attention_fn = module.dispatch_attention_fn.original
-        del _ROUTED[module]
+# Routed attributes of family modules: (module, "dispatch_attention_fn" or "F") -> installations using them.
+_ROUTED: dict[tuple[ModuleType, str], int] = {}
+_STAND_INS = {"dispatch_attention_fn": _RoutedDispatch, "F": _RoutedFunctional}
+
+
+def _route_dispatch(module: ModuleType, attribute: str = "dispatch_attention_fn") -> None:
+    """Put the routed stand-in in place of ``module.<attribute>`` (once, reference-counted)."""
+    key = (module, attribute)
+    if key not in _ROUTED:
+        setattr(module, attribute, _STAND_INS[attribute](getattr(module, attribute)))
+    _ROUTED[key] = _ROUTED.get(key, 0) + 1
+
+
+def _unroute_dispatch(module: ModuleType, attribute: str = "dispatch_attention_fn") -> None:
+    key = (module, attribute)
+    _ROUTED[key] -= 1
+    if _ROUTED[key] == 0:
+        setattr(module, attribute, getattr(module, attribute).original)
+        del _ROUTED[key]

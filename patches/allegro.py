@@ -2,8 +2,8 @@
 self-attention over the video tokens alone (RoPE inside the processor); ``attn2``, the text cross-attention,
 keeps the stock processor (``AllegroAttnProcessor2_0`` serves both; only ``attn1`` is routed).
 
-The stock processor calls ``F.scaled_dot_product_attention`` itself, so GNA's subclass runs it under the torch
-function mode that hands that call to the route (``routes_sdpa_calls``), as for CogVideoX.
+The stock processor calls ``F.scaled_dot_product_attention`` itself: GNA routes that call as CogVideoX's
+(``calls_sdpa``).
 
 Layout probe: hidden_states (B, C, F, H, W) over the patch size (1, 2, 2) -> (F, H / 2, W / 2), from shapes.
 The VAE compresses 4x in time and 8x in space: 1280x720, 88 frames -> a 22x45x80 grid (79,200 video tokens).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import AllegroTransformer3DModel
+from diffusers.models import attention_processor
 from diffusers.models.attention_processor import AllegroAttnProcessor2_0
 
 from gna_diffusers.install import ModelPatch
@@ -25,7 +26,7 @@ from ._video import VideoLatentLayout
 class GNAAllegroAttnProcessor(RoutedProcessorMixin, AllegroAttnProcessor2_0):
     """AllegroAttnProcessor2_0 whose self-attention call runs GNA over the video grid; everything else is stock."""
 
-    routes_sdpa_calls = True
+    routes_sdpa_calls_of = attention_processor  # the stock processor calls its F.scaled_dot_product_attention
 
 
 LAYOUT = VideoLatentLayout(lambda transformer: (transformer.config.patch_size_t, transformer.config.patch_size,
@@ -36,7 +37,8 @@ PATCH = ModelPatch(
     transformer_class=AllegroTransformer3DModel,
     processor_class=GNAAllegroAttnProcessor,
     stock_processor_class=AllegroAttnProcessor2_0,
-    dispatch_module=None,  # the processor calls F.scaled_dot_product_attention itself
+    dispatch_module=attention_processor,
+    calls_sdpa=True,  # the processor calls F.scaled_dot_product_attention itself: that F is routed
     blocks={"blocks": "transformer_blocks"},
     text_first=False,  # no text in the self-attention sequence
     layout_probe=LAYOUT.probe,

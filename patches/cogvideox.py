@@ -4,8 +4,9 @@ face-identity cross-attention between them, which stays stock). Each block's ``a
 the prompt's 226 T5 tokens first, then the video grid. RoPE (5B, 1.5) is applied to the video tokens inside the
 processor, so GNA's subclass keeps the stock ``__call__`` whole.
 
-The stock processor calls ``F.scaled_dot_product_attention`` itself (no diffusers dispatch, no backend), so the
-GNA subclass runs it under a torch function mode that hands that call to the route (``routes_sdpa_calls``).
+The stock processor calls ``F.scaled_dot_product_attention`` itself (no diffusers dispatch, no backend): while GNA
+is installed, the ``F`` of diffusers' attention_processor module is a stand-in whose SDPA hands the calls a GNA
+processor makes to its route (``calls_sdpa``, ``routes_sdpa_calls_of``); every other processor's calls pass.
 
 Layout probe: hidden_states (B, F, C, H, W) (frames before channels) over the patch size: (F / patch_size_t,
 H / 2, W / 2); 1.0 models have no temporal patch. Image-to-video and Fun control concatenate their conditions
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import CogVideoXTransformer3DModel, ConsisIDTransformer3DModel
+from diffusers.models import attention_processor
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
 
 from gna_diffusers.install import ModelPatch
@@ -29,13 +31,13 @@ from ._video import VideoLatentLayout
 class GNACogVideoXAttnProcessor(RoutedProcessorMixin, CogVideoXAttnProcessor2_0):
     """CogVideoXAttnProcessor2_0 whose joint attention runs GNA over the video grid; everything else is stock."""
 
-    routes_sdpa_calls = True
+    routes_sdpa_calls_of = attention_processor  # the stock processor calls its F.scaled_dot_product_attention
 
 
 class GNAFusedCogVideoXAttnProcessor(RoutedProcessorMixin, FusedCogVideoXAttnProcessor2_0):
     """The fused-QKV processor ``fuse_qkv_projections()`` installs, with GNA as above."""
 
-    routes_sdpa_calls = True
+    routes_sdpa_calls_of = attention_processor  # the stock processor calls its F.scaled_dot_product_attention
 
 
 def _patch_sizes(transformer) -> tuple[int, int, int]:
@@ -50,7 +52,8 @@ PATCH = ModelPatch(
     transformer_class=CogVideoXTransformer3DModel,
     processor_class=GNACogVideoXAttnProcessor,
     stock_processor_class=CogVideoXAttnProcessor2_0,
-    dispatch_module=None,  # the processor calls F.scaled_dot_product_attention itself
+    dispatch_module=attention_processor,
+    calls_sdpa=True,  # the processor calls F.scaled_dot_product_attention itself: that F is routed
     blocks={"blocks": "transformer_blocks"},
     text_first=True,
     layout_probe=LAYOUT.probe,

@@ -1,8 +1,8 @@
 """Mochi 1 (MochiTransformer3DModel, Genmo's 10B asymmetric-stream video model). Each block's ``attn1`` is joint
 attention over [video, the sample's valid prompt tokens]: the stock processor drops each sample's padded text
-tokens and calls ``F.scaled_dot_product_attention`` once per sample, so every call has its own text length. GNA's
-subclass runs the stock processor under the torch function mode that hands those calls to the route
-(``routes_sdpa_calls``); the text then is context of every video query, the video's window its own.
+tokens and calls ``F.scaled_dot_product_attention`` once per sample, so every call has its own text length. GNA
+routes those calls as CogVideoX's (``calls_sdpa``); the text then is context of every video query, the video's
+window its own.
 
 The per-sample loop reads the prompt mask on the host (``torch.nonzero``), in stock Mochi too: a compiled
 transformer breaks its graph there.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import MochiTransformer3DModel
+from diffusers.models import attention_processor
 from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
 from gna_diffusers.install import ModelPatch
@@ -28,7 +29,7 @@ class GNAMochiAttnProcessor(RoutedProcessorMixin, MochiAttnProcessor2_0):
     """MochiAttnProcessor2_0 whose per-sample joint attention runs GNA over the video grid; everything else is
     stock."""
 
-    routes_sdpa_calls = True
+    routes_sdpa_calls_of = attention_processor  # the stock processor calls its F.scaled_dot_product_attention
 
 
 LAYOUT = VideoLatentLayout(lambda transformer: (1, transformer.config.patch_size, transformer.config.patch_size))
@@ -38,7 +39,8 @@ PATCH = ModelPatch(
     transformer_class=MochiTransformer3DModel,
     processor_class=GNAMochiAttnProcessor,
     stock_processor_class=MochiAttnProcessor2_0,
-    dispatch_module=None,  # the processor calls F.scaled_dot_product_attention itself
+    dispatch_module=attention_processor,
+    calls_sdpa=True,  # the processor calls F.scaled_dot_product_attention itself: that F is routed
     blocks={"blocks": "transformer_blocks"},
     text_first=False,  # [video, valid text]
     layout_probe=LAYOUT.probe,

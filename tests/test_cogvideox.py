@@ -11,7 +11,6 @@ from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
 from gna_diffusers.patches import cogvideox
-from gna_diffusers.route import _SDPAToRoute
 
 GRID = (3, 4, 6)
 TEXT = 7
@@ -151,26 +150,40 @@ def test_fused_qkv_projections_keep_gna():
 
 @pytest.mark.parametrize("arguments", [dict(is_causal=True), dict(dropout_p=0.5), dict(scale=0.3)])
 def test_sdpa_arguments_reach_the_route(arguments):
-    """Through the mode, whole-extent GNA equals the stock SDPA call with the same arguments: a causal or dropout
-    call runs dense (with one warning naming it), a custom softmax scale reaches GNA."""
+    """Through the routed F, whole-extent GNA equals the stock SDPA call with the same arguments: a causal or
+    dropout call runs dense (with one warning naming it), a custom softmax scale reaches GNA."""
     from gna_diffusers.config import LayerPattern
-    from gna_diffusers.route import GNARoute, TokenLayout
+    from gna_diffusers.route import GNARoute, TokenLayout, _RoutedFunctional
 
     grid = (2, 3)
     q, k, v = torch.randn(3, 1, 2, TEXT + 6, 8, generator=torch.Generator().manual_seed(0)).unbind(0)
-    route = GNARoute(("blocks", 0), text_first=True, backend="reference")
+    functional = _RoutedFunctional(torch.nn.functional)
+    functional.unnamed_route = route = GNARoute(("blocks", 0), text_first=True, backend="reference")
     route.layout, route.pattern = TokenLayout(grid, 6), LayerPattern(False, grid, (1, 1), (1, 1))
-    sdpa = torch.nn.functional.scaled_dot_product_attention
     dense = "scale" not in arguments
-    with warnings.catch_warnings(record=True) as caught, _SDPAToRoute(route):
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.manual_seed(1)
-        routed = sdpa(q, k, v, **arguments)
+        routed = functional.scaled_dot_product_attention(q, k, v, **arguments)
     torch.manual_seed(1)
-    torch.testing.assert_close(routed, sdpa(q, k, v, **arguments), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(routed, torch.nn.functional.scaled_dot_product_attention(q, k, v, **arguments),
+                               atol=1e-6, rtol=1e-6)
     assert [str(w.message) for w in caught if "gna" in str(w.message)] == (
         [f"gna: layer blocks.0 runs dense: the call asks for {', '.join(f'{n}={a}' for n, a in arguments.items())}"]
         if dense else [])
+
+
+def test_the_routed_functional_is_torchs_elsewhere():
+    """While installed, attention_processor's F stands in for torch.nn.functional: the same functions, SDPA routed
+    only during a GNA processor's call; removal puts torch's module back."""
+    from diffusers.models import attention_processor
+
+    transformer = cogvideox.tiny_transformer()
+    with enabled(transformer, GNAConfig(family="cogvideox", window=2)):
+        functional = attention_processor.F
+        assert functional is not torch.nn.functional and functional.unnamed_route is None
+        assert functional.pad is torch.nn.functional.pad
+    assert attention_processor.F is torch.nn.functional
 
 
 def test_full_size_shapes_by_name_and_preset_grids():
