@@ -105,6 +105,8 @@ MODEL_CASES = [
     # EasyAnimate V5.1 12B at 1024x1024, 49 frames (13x64x64 + its 256 prompt tokens).
     ModelCase("EasyAnimate V5.1 12B 1024x1024x49", "alibaba-pai/EasyAnimateV5.1-12b-zh-diffusers", "easyanimate-1024",
               1024, 1024, 49, 50, None, None),
+    # Ideogram 4 at its default 2048x2048 (the prompt-conditioned transformer; diffusers' class defaults, 9.3B).
+    ModelCase("Ideogram 4 2048x2048", "ideogram-ai/ideogram-v4", "ideogram4-2k", 2048, 2048, None, 48, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.
