@@ -394,6 +394,8 @@ class _RoutedFunctional:
         self.unnamed_route: GNARoute | None = None
 
     def __getattr__(self, name: str):  # every other function: torch.nn.functional's own
+        if name == "original":  # not set yet (an instance made without __init__, e.g. by copy): no recursion
+            raise AttributeError(name)
         return getattr(self.original, name)
 
     def scaled_dot_product_attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
