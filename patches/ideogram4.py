@@ -172,12 +172,18 @@ def tiny_pipeline(seed: int = 0):
                              unconditional_transformer=tiny_transformer(seed + 1))
 
 
+def steps_call_kwargs(steps: int | None) -> dict:
+    """Pipeline arguments for a run of ``steps`` steps (the harness's): the default schedule (7.0 for 45 steps, then
+    3.0) has one entry per default step, so another count takes a constant guidance scale of 7.0."""
+    return {} if steps in (None, DEFAULT_STEPS) else dict(guidance_scale=7.0, guidance_schedule=None)
+
+
 TINY_SIZE = {"height": 64, "width": 64}  # a 16x16 grid
 
 
 def tiny_call_kwargs() -> dict:
-    """A constant guidance scale: the pipeline's default guidance schedule has one entry per default step (48)."""
-    return dict(max_sequence_length=64, guidance_scale=4.0, guidance_schedule=None)
+    """A short prompt region (with few steps, add ``steps_call_kwargs(steps)``)."""
+    return dict(max_sequence_length=64)
 
 
 TINY_NAME = "tiny-ideogram4"

@@ -36,7 +36,8 @@ def tiny_generate(family: str, pipe, steps: int) -> torch.Tensor:
     tiny_size = getattr(module, "TINY_SIZE", {})  # (its "frames" is the harness's; tiny_call_kwargs has them too)
     size = {"height": 32, "width": 32, **{k: v for k, v in tiny_size.items() if k != "frames"}}
     output = pipe(prompt="a red cat", num_inference_steps=steps, output_type="pt",
-                  generator=torch.Generator().manual_seed(0), **size, **module.tiny_call_kwargs())
+                  generator=torch.Generator().manual_seed(0), **size, **module.tiny_call_kwargs(),
+                  **getattr(module, "steps_call_kwargs", lambda steps: {})(steps))
     return output.frames if module.PATCH.video else output.images
 
 

@@ -59,7 +59,7 @@ def test_pipeline_routes_both_transformers_on_the_grid_encode_prompt_names(monke
 
     def generate():
         return pipe(prompt="a red cat", num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0),
-                    **ideogram4.TINY_SIZE, **ideogram4.tiny_call_kwargs()).images
+                    **ideogram4.TINY_SIZE, **ideogram4.tiny_call_kwargs(), **ideogram4.steps_call_kwargs(3)).images
 
     stock = generate()
     monkeypatch.setattr(ideogram4, "_grid_from_ids", lambda ids: pytest.fail("read the grid from position_ids"))
@@ -83,3 +83,14 @@ def test_pipeline_routes_both_transformers_on_the_grid_encode_prompt_names(monke
 
 def test_preset_grid():
     assert ideogram4.latent_grid(2048, 2048) == tuple(load_preset("ideogram4-2k").base_grid)
+
+
+def test_compare_runs_other_step_counts_with_a_constant_guidance_scale(tmp_path):
+    """The pipeline's default guidance schedule has one entry per default step (48): compare with 2 steps passes a
+    constant scale instead (without it the pipeline refuses the call)."""
+    from gna_diffusers.cli import main
+
+    assert ideogram4.steps_call_kwargs(None) == ideogram4.steps_call_kwargs(48) == {}
+    args = ["compare", "--model", ideogram4.TINY_NAME, "--output", str(tmp_path), "--steps", "2", "--prompt", "a cat",
+            "--no-warmup", "--height", "64", "--width", "64"]
+    assert main(args) == 0

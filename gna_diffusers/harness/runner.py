@@ -174,6 +174,8 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
         value = getattr(settings, name)
         if value is not None:
             kwargs["num_inference_steps" if name == "steps" else name] = value
+    # A family whose pipeline ties other arguments to the step count (Ideogram 4's guidance schedule) says them.
+    kwargs.update(getattr(model.family, "steps_call_kwargs", lambda steps: {})(settings.steps))
     if model.family.PATCH.video and settings.frames is not None:
         kwargs["num_frames"] = settings.frames
     return kwargs
