@@ -482,8 +482,9 @@ def test_deepcopy_gives_an_independently_patched_copy(pipe, family, monkeypatch)
     assert max_diff(generate(twin, family), stock) <= TOL  # the copy is stock again...
     assert torch.equal(generate(pipe, family), sparse)  # ...the original still sparse
     remove(pipe)
-    dispatch_module = FAMILIES[family].PATCH.dispatch_module
-    assert gna_diffusers.route._ROUTED.get(dispatch_module, 0) == routed[dispatch_module] - 1  # both released
+    patch = FAMILIES[family].PATCH
+    key = (patch.dispatch_module, patch.routed_attribute)
+    assert gna_diffusers.route._ROUTED.get(key, 0) == routed[key] - 1  # both released
     assert copy.deepcopy(pipe.transformer) is not None  # an unpatched copy too
 
 
