@@ -425,7 +425,8 @@ class GNAHandle:
         for name, value in vars(self).items():
             setattr(clone, name, copy.deepcopy(value, memo))
         if clone.active:
-            _route_dispatch(clone.patch.dispatch_module, clone.patch.routed_attribute)  # the copy's processors need the routed dispatch too
+            # the copy's processors need the routed dispatch (or F) too
+            _route_dispatch(clone.patch.dispatch_module, clone.patch.routed_attribute)
         return clone
 
     def layers(self) -> list[dict]:

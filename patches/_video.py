@@ -1,6 +1,6 @@
 """Layout probes shared by the video families: the grid from latents (B, C, F, H, W), or (B, F, C, H, W) for
-CogVideoX, whose image stream is the token grid alone (the latent shape over the patch size), or from the latent sizes a call passes as ints;
-no host sync either way."""
+CogVideoX and AnyFlow, whose image stream is the token grid alone (the latent shape over the patch size), or from
+the latent sizes a call passes as ints; no host sync either way."""
 
 from __future__ import annotations
 
