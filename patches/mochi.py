@@ -112,7 +112,7 @@ def tiny_pipeline(seed: int = 0):
                          tokenizer=parts["tokenizer"], scheduler=FlowMatchEulerDiscreteScheduler())
 
 
-TINY_SIZE = {"height": 64, "width": 64}  # a 4x4 spatial grid (32x32 pixels give 2x2)
+TINY_SIZE = {"height": 64, "width": 64, "frames": 7}  # the harness's size: a 2x4x4 grid (frames of the form 6k + 1)
 
 
 def tiny_call_kwargs() -> dict:

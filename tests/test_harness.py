@@ -268,3 +268,26 @@ def test_compare_runs_a_controlnet_pipeline_from_a_local_folder(tmp_path, capsys
     assert "is a ControlNet pipeline (FluxControlNetPipeline): give its control image" in capsys.readouterr().err
     assert main(["compare", "--control-image", str(tmp_path / "control.png"), "--output", str(tmp_path / "t")]) == 2
     assert "FluxPipeline takes no control image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend, kernel", [("_native_math", "MATH"), ("flash", None)])
+def test_dense_backend_reaches_families_that_call_sdpa_themselves(tmp_path, monkeypatch, backend, kernel):
+    """diffusers' --dense-backend does not reach CogVideoX's processors (they call torch's SDPA): a native backend
+    pins torch's SDPA kernel around the timed runs instead, any other says it cannot."""
+    import torch.nn.attention
+
+    pinned, calls = [], []
+    real_kernel, real_sdpa = torch.nn.attention.sdpa_kernel, torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.attention, "sdpa_kernel", lambda b: pinned.append(b) or real_kernel(b))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(torch._C._get_mem_efficient_sdp_enabled()) or real_sdpa(*a, **k))
+    monkeypatch.setattr("diffusers.ModelMixin.set_attention_backend", lambda self, name: None)  # flash is not installed
+    args = ["compare", "--random-weights", "--model", "tiny-cogvideox", "--output", str(tmp_path), "--steps", "4",
+            "--dense-backend", backend, "--repeats", "1", "--no-warmup"]
+    if kernel is None:
+        with pytest.warns(UserWarning, match="does not reach cogvideox's attention"):
+            assert main(args) == 0
+        assert pinned == [] and all(calls)
+    else:
+        assert main(args) == 0
+        assert pinned == [getattr(torch.nn.attention.SDPBackend, kernel)] and calls and not any(calls)

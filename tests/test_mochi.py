@@ -62,7 +62,8 @@ def test_pipeline_runs_gna_after_the_warm_up(monkeypatch):
 
     def generate():
         return pipe(prompt="a red cat", num_inference_steps=3, output_type="pt",
-                    generator=torch.Generator().manual_seed(0), **mochi.TINY_SIZE, **mochi.tiny_call_kwargs()).frames
+                    generator=torch.Generator().manual_seed(0), height=64, width=64,
+                    **mochi.tiny_call_kwargs()).frames
 
     stock = generate()
     spy = OperatorSpy(monkeypatch)

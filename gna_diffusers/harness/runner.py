@@ -15,6 +15,7 @@ preset that fails (e.g. CUDA out of memory) is recorded with its error and the s
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -435,8 +436,12 @@ def _pipeline_sweep(settings: Settings, presets, device: torch.device, *, single
     model = load_pipeline(settings.model, device, settings.torch_dtype)
     _parallelize(model)
     entries = _resolve_presets(presets, model, single)
-    if settings.dense_backend:
-        model.transformer.set_attention_backend(settings.dense_backend)
+    with _dense_backend(model, settings):
+        return _pipeline_entries(settings, model, entries, output, device, single)
+
+
+def _pipeline_entries(settings: Settings, model: Model, entries, output: Path, device: torch.device,
+                      single: bool) -> dict:
     samples = [Sample(i, prompt, seed) for i, prompt in enumerate(settings.prompts) for seed in settings.seeds]
     lpips = metrics.lpips_scorer(settings.lpips_weights)
     model.pipeline.set_progress_bar_config(leave=False, disable=model.tiny)  # tiny runs take a second
@@ -481,14 +486,42 @@ def _write_summary(settings, model, device, output: Path, rows: list[dict], lpip
     return summary
 
 
+# diffusers' native SDPA backends -> torch's SDPA kernel, for the families whose processors call
+# F.scaled_dot_product_attention themselves, which diffusers' backend setting does not reach.
+_SDPA_KERNELS = {"_native_cudnn": "CUDNN_ATTENTION", "_native_flash": "FLASH_ATTENTION",
+                 "_native_efficient": "EFFICIENT_ATTENTION", "_native_math": "MATH"}
+
+
+def _dense_backend(model: Model, settings: Settings) -> contextlib.AbstractContextManager:
+    """Pin ``settings.dense_backend`` for the dense attention of the runs inside: diffusers' backend setting, and,
+    for a family whose processors call torch's SDPA directly (CogVideoX, Mochi, ...), torch's SDPA kernel."""
+    if not settings.dense_backend:
+        return contextlib.nullcontext()
+    model.transformer.set_attention_backend(settings.dense_backend)
+    if not model.family.PATCH.calls_sdpa or settings.dense_backend == "native":
+        return contextlib.nullcontext()
+    kernel = _SDPA_KERNELS.get(settings.dense_backend)
+    if kernel is None:
+        warnings.warn(f"gna-diffusers: --dense-backend {settings.dense_backend} does not reach "
+                      f"{model.family.PATCH.family}'s attention, which calls torch's SDPA itself; torch picks its SDPA "
+                      f"kernel (one of {', '.join(_SDPA_KERNELS)} would pin it)", stacklevel=3)
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, kernel))
+
+
 def random_weights_sweep(settings: Settings, presets, device: torch.device, *, single: bool) -> dict:
     """Speed only: transformer steps of a random-weight model at the requested size, dense vs each preset."""
     model = random_transformer(settings.model, device, settings.torch_dtype)
     _parallelize(model)
     entries = _resolve_presets(presets, model, single)
+    with _dense_backend(model, settings):
+        return _random_weights_entries(settings, model, entries, device, single)
+
+
+def _random_weights_entries(settings: Settings, model: Model, entries, device: torch.device, single: bool) -> dict:
     family = model.family
-    if settings.dense_backend:
-        model.transformer.set_attention_backend(settings.dense_backend)
     height, width = settings.height or 1024, settings.width or 1024
     grid = model.latent_grid(height, width, settings.frames if family.PATCH.video else None)
     text = 8 if model.tiny else family.TEXT_TOKENS
