@@ -108,6 +108,9 @@ class ModelPatch:
     # Mochi, Allegro, EasyAnimate): the module's ``F`` is routed, and the GNA processor class sets
     # ``routes_sdpa_calls_of`` to the same module.
     calls_sdpa: bool = False
+    # The pipeline method whose result ``layout_from_prepared`` reads: ``prepare_latents``, or a later one where the
+    # latents alone do not give the grid (Krea 2's ``prepare_position_ids``).
+    layout_method: str = "prepare_latents"
 
     @property
     def routed_attribute(self) -> str:
@@ -145,13 +148,15 @@ class _Runtime:
     transformer call, when a scheduler step ends, so torch.compile sees it flip once per generation."""
 
     def __init__(self, config: GNAConfig, patterns: dict[tuple[str, int], LayerPattern], count_forward: bool,
-                 transformer: torch.nn.Module, layout_from_prepared=None, pipeline_observers=None):
+                 transformer: torch.nn.Module, layout_from_prepared=None, pipeline_observers=None,
+                 layout_method: str = "prepare_latents"):
         self.config = config
         self.patterns = patterns
         self.count_forward = count_forward
         self.transformer = transformer
         self.layout_from_prepared = layout_from_prepared
         self.pipeline_observers = pipeline_observers or {}
+        self.layout_method = layout_method
         self.layout: TokenLayout | None = None
         self.prepared: TokenLayout | None = None  # from the pipeline's prepare_latents, this generation
         self.prepared_adjustment: Callable[[TokenLayout], TokenLayout] | None = None  # from a pipeline observer
@@ -219,7 +224,7 @@ class _Runtime:
             if self.called_since_step:
                 self.called_since_step = False
                 self._set_step(self.step + 1, ends_generation=not follower)
-        elif name == "prepare_latents":
+        elif name == self.layout_method:
             layout = self.layout_from_prepared(result, self.transformer)
             if layout is not None and self.prepared_adjustment is not None:
                 layout = self.prepared_adjustment(layout)
@@ -333,7 +338,6 @@ def _unobserve(owner, names: tuple[str, ...]) -> None:
 
 
 _SCHEDULER_METHODS = ("set_timesteps", "step")
-_PIPELINE_METHODS = ("prepare_latents",)
 
 
 def _context_config(config):
@@ -470,9 +474,10 @@ class GNAHandle:
         if not any(s is scheduler for s in self.schedulers):
             _observe(scheduler, _SCHEDULER_METHODS, self.runtime, anchor=pipeline)
             self.schedulers.append(scheduler)
-        if self.patch.layout_from_prepared is not None and callable(getattr(pipeline, "prepare_latents", None)):
+        method = self.patch.layout_method
+        if self.patch.layout_from_prepared is not None and callable(getattr(pipeline, method, None)):
             observers = tuple(name for name in self.patch.pipeline_observers if callable(getattr(pipeline, name, None)))
-            _observe(pipeline, _PIPELINE_METHODS + observers, self.runtime)
+            _observe(pipeline, (method, *observers), self.runtime)
         self.pipelines.append(pipeline)
         self.runtime.count_forward = False
         self._follow_shared_layers(pipeline)
@@ -576,7 +581,7 @@ class GNAHandle:
         for scheduler in self.schedulers:
             _unobserve(scheduler, _SCHEDULER_METHODS)
         for pipeline in self.pipelines:
-            _unobserve(pipeline, _PIPELINE_METHODS + tuple(self.patch.pipeline_observers))
+            _unobserve(pipeline, (self.patch.layout_method, *self.patch.pipeline_observers))
         _unroute_dispatch(self.patch.dispatch_module, self.patch.routed_attribute)
         for transformer in self.transformers:
             del transformer._gna_handle
@@ -676,7 +681,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     patterns = layer_patterns(config, block_counts)
     # Raises for a fractional warm-up without a scheduler to count steps.
     runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared,
-                       patch.pipeline_observers)
+                       patch.pipeline_observers, patch.layout_method)
 
     if scheduler is not None:  # said before anything is installed (a warnings filter may raise)
         left_dense = _unpatched_attention(target, patch, transformers)

@@ -119,17 +119,23 @@ def _tiny_text_parts(seed: int):
     return tokenizer, Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
-def tiny_pipeline(seed: int = 0):
-    """An offline QwenImagePipeline with random weights: 32x32 images -> a 4x4 latent token grid (the tiny
-    VAE downsamples 4x, not 8x)."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+def tiny_vae():
+    """Qwen-Image's VAE, tiny: 4 latent channels, 4x down in space (the real one: 16 channels, 8x)."""
+    from diffusers import AutoencoderKLQwenImage
 
-    tokenizer, text_encoder = _tiny_text_parts(seed)
-    vae = AutoencoderKLQwenImage(
+    return AutoencoderKLQwenImage(
         base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
     ).eval()
-    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline QwenImagePipeline with random weights: 32x32 images -> a 4x4 latent token grid (the tiny
+    VAE downsamples 4x, not 8x)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    tokenizer, text_encoder = _tiny_text_parts(seed)
+    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=text_encoder,
                              tokenizer=tokenizer, transformer=tiny_transformer(seed))
 
 
