@@ -1,9 +1,17 @@
-"""Reading one argument of a transformer's forward call inside a forward pre-hook."""
+"""Reading one argument of a transformer's forward call inside a forward pre-hook, and what a host sync read from
+one (an ids tensor) once per tensor."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import torch
+
+T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=None)
@@ -18,3 +26,24 @@ def forward_argument(module, args: tuple, kwargs: dict, name: str):
     if value is None and args:
         value = _signature(type(module)).bind_partial(module, *args, **kwargs).arguments.get(name)
     return value
+
+
+class ReadOncePerTensor(Generic[T]):
+    """``read(tensor)`` (a host sync, e.g. a grid read from position ids), computed again only when another tensor
+    comes: pipelines pass the same ids tensor every step, so it syncs once per generation. The last tensor is held
+    weakly, by identity."""
+
+    def __init__(self, read: Callable[[torch.Tensor], T]):
+        self.read = read
+        self._last: tuple[weakref.ref, T] | None = None
+
+    def cached(self, tensor: torch.Tensor) -> T | None:
+        """The value read from this very tensor, or None (no read)."""
+        return self._last[1] if self._last is not None and self._last[0]() is tensor else None
+
+    def __call__(self, tensor: torch.Tensor) -> T:
+        value = self.cached(tensor)
+        if value is None:
+            value = self.read(tensor)
+            self._last = (weakref.ref(tensor), value)
+        return value

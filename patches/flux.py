@@ -11,7 +11,6 @@ every step).
 
 from __future__ import annotations
 
-import weakref
 
 import torch
 from diffusers import FluxControlNetModel, FluxTransformer2DModel
@@ -21,16 +20,12 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, Fl
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
-from ._forward import forward_argument
+from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
 
 
 class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
     """FluxAttnProcessor whose attention call runs GNA over the image grid; everything else is stock."""
-
-
-# The last img_ids tensor seen (by identity, weakly held) and its layout.
-_last_ids: tuple[weakref.ref, TokenLayout] | None = None
 
 
 def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
@@ -52,20 +47,9 @@ def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
     )
 
 
-def cached_ids_layout(img_ids: torch.Tensor) -> TokenLayout | None:
-    """The layout last read from this very ``img_ids`` tensor (pipelines pass the same one every step)."""
-    return _last_ids[1] if _last_ids is not None and _last_ids[0]() is img_ids else None
-
-
-def ids_layout(img_ids: torch.Tensor) -> TokenLayout:
-    """:func:`layout_from_ids` of a call's ``img_ids`` ((N, C) or (B, N, C)), read once per tensor: one host
-    sync when a new ids tensor comes."""
-    global _last_ids
-    layout = cached_ids_layout(img_ids)
-    if layout is None:
-        layout = layout_from_ids(img_ids[0] if img_ids.ndim == 3 else img_ids)
-        _last_ids = (weakref.ref(img_ids), layout)
-    return layout
+# :func:`layout_from_ids` of a call's ``img_ids`` ((N, C) or (B, N, C)), read once per tensor: one host sync when
+# a new ids tensor comes; ``ids_layout.cached(img_ids)`` is the layout already read from it, or None.
+ids_layout = ReadOncePerTensor(lambda img_ids: layout_from_ids(img_ids[0] if img_ids.ndim == 3 else img_ids))
 
 
 def layout_from_prepared(result, transformer) -> TokenLayout | None:

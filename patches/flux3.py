@@ -42,7 +42,7 @@ def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLay
     img_ids = forward_argument(module, args, kwargs, "img_ids")
     if img_ids is None:
         raise LayoutError("FLUX.3 needs img_ids in the transformer call to know the image grid")
-    if torch.compiler.is_compiling() and flux.cached_ids_layout(img_ids) is None:
+    if torch.compiler.is_compiling() and flux.ids_layout.cached(img_ids) is None:
         raise LayoutError("under torch.compile of the whole transformer the FLUX.3 grid cannot be read from "
                           "img_ids; compile its blocks instead (transformer.compile_repeated_blocks(...))")
     references = forward_argument(module, args, kwargs, "image_cond_hidden_states")

@@ -12,8 +12,6 @@ compresses 8x and the pipeline patchifies 2x2: 2048x2048 -> a 128x128 grid (16,3
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from diffusers import Ideogram4Transformer2DModel
 from diffusers.models.transformers import transformer_ideogram4
@@ -23,7 +21,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from . import flux
-from ._forward import forward_argument
+from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
 
 
@@ -52,20 +50,14 @@ def grid_from_encode_prompt(args: tuple, kwargs: dict):
     return with_grid
 
 
-# The last position_ids tensor a bare transformer was called with (by identity, weakly held) and its grid.
-_last_ids: tuple[weakref.ref, tuple[int, int]] | None = None
-
-
-def _grid_from_ids(position_ids: torch.Tensor) -> tuple[int, int]:
+def _read_grid(position_ids: torch.Tensor) -> tuple[int, int]:
     """(rows, cols) of the image grid ending ``position_ids`` (B, S, 3): its last token is at (rows - 1, cols - 1)
-    past IMAGE_POSITION_OFFSET. One host sync per ids tensor."""
-    global _last_ids
-    if _last_ids is not None and _last_ids[0]() is position_ids:
-        return _last_ids[1]
-    last = (position_ids[0, -1, 1:] - IMAGE_POSITION_OFFSET + 1).tolist()
-    grid = (int(last[0]), int(last[1]))
-    _last_ids = (weakref.ref(position_ids), grid)
-    return grid
+    past IMAGE_POSITION_OFFSET. A host sync."""
+    rows, cols = (position_ids[0, -1, 1:] - IMAGE_POSITION_OFFSET + 1).tolist()
+    return int(rows), int(cols)
+
+
+_grid_from_ids = ReadOncePerTensor(_read_grid)  # a bare transformer's grid, read once per position_ids tensor
 
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:

@@ -10,8 +10,6 @@ tensor). The VAE (Qwen-Image's) compresses 8x and the pipeline packs 2x2 patches
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from diffusers import Krea2Transformer2DModel
 from diffusers.models.transformers import transformer_krea2
@@ -21,7 +19,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from . import flux
-from ._forward import forward_argument
+from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
 
 
@@ -44,24 +42,19 @@ def layout_from_prepared(result, transformer) -> TokenLayout | None:
     return token_layout((rows, cols), rows * cols)
 
 
-# The last position_ids tensor a bare transformer was called with (by identity, weakly held) and its grid.
-_last_ids: tuple[weakref.ref, tuple[int, int]] | None = None
+_grid_from_ids = ReadOncePerTensor(_grid)  # a bare transformer's grid, read once per position_ids tensor
 
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
     """The pipeline's prepared grid when the call's image tokens match it, else the grid read from
     ``position_ids`` (once per ids tensor)."""
-    global _last_ids
     image_tokens = forward_argument(module, args, kwargs, "hidden_states").shape[1]
     if prepared is not None and prepared.stream_tokens == image_tokens:
         return prepared
     if torch.compiler.is_compiling():
         raise LayoutError("Krea 2: a compiled bare transformer cannot read its grid from position_ids without a host "
                           "sync; run it in its pipeline, which names the grid")
-    position_ids = forward_argument(module, args, kwargs, "position_ids")
-    if _last_ids is None or _last_ids[0]() is not position_ids:
-        _last_ids = (weakref.ref(position_ids), _grid(position_ids))
-    rows, cols = _last_ids[1]
+    rows, cols = _grid_from_ids(forward_argument(module, args, kwargs, "position_ids"))
     if rows * cols != image_tokens:
         raise LayoutError(f"Krea 2: position_ids end at grid ({rows}, {cols}), not the call's {image_tokens} image "
                           f"tokens")

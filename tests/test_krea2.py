@@ -61,6 +61,7 @@ def test_pipeline_takes_the_grid_from_prepare_position_ids(monkeypatch):
     read = []
     real_grid = krea2._grid
     monkeypatch.setattr(krea2, "_grid", lambda ids: read.append(ids.shape) or real_grid(ids))
+    monkeypatch.setattr(krea2, "_grid_from_ids", lambda ids: pytest.fail("read the grid from a call's position_ids"))
 
     def generate():
         return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
