@@ -11,7 +11,7 @@
 #   models4  suite: LTX-2 19B (1088x1920x121), LTX-Video 13B (704x1216x161), Cosmos-Predict2.5 2B (704x1280x93)
 #   models5  suite: Wan 2.2 Animate 14B (720x1280, a 77-frame segment), Kandinsky 5 Pro 19B (768x1280x121)
 #   models6  suite: CogVideoX 1.5 5B (768x1360x81), Mochi 1 10B (480x848x163), Allegro 2.8B (720x1280x88)
-#   models7  suite: EasyAnimate V5.1 12B (1024x1024x49), Ideogram 4 (2048x2048), Krea 2 (2048x2048)
+#   models7  suite: EasyAnimate V5.1 12B (1024x1024x49); Ideogram 4, Krea 2, Ovis-Image 7B (2048x2048)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -61,6 +61,6 @@ case "$part" in
     models4) suite "ltx-2,ltx-video,cosmos" ;;
     models5) suite "animate,kandinsky" ;;
     models6) suite "cogvideox,mochi,allegro" ;;
-    models7) suite "easyanimate,ideogram,krea" ;;
+    models7) suite "easyanimate,ideogram,krea,ovis" ;;
 esac
 exit "$status"

@@ -109,6 +109,8 @@ MODEL_CASES = [
     ModelCase("Ideogram 4 2048x2048", "ideogram-ai/ideogram-v4", "ideogram4-2k", 2048, 2048, None, 48, None, None),
     # Krea 2 at 2048x2048 (diffusers' class defaults, 12.8B; no hub id known: the name only picks the family).
     ModelCase("Krea 2 2048x2048", "Krea-2", "krea2-2k", 2048, 2048, None, 28, None, None),
+    # Ovis-Image 7B at 2048x2048 (FLUX's architecture; diffusers' class defaults).
+    ModelCase("Ovis-Image 7B 2048x2048", "AIDC-AI/Ovis-Image-7B", "ovis-image-2k", 2048, 2048, None, 50, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.
