@@ -100,7 +100,7 @@ DEFAULT_STEPS = 50  # QwenImagePipeline's default num_inference_steps
 TEXT_TOKENS = 256  # prompts vary in length (the pipeline trims padding); a long prompt
 
 
-def _tiny_text_parts(seed: int):
+def tiny_text_parts(seed: int):
     """The byte-level tokenizer and a 2-layer Qwen2.5-VL."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -134,7 +134,7 @@ def tiny_pipeline(seed: int = 0):
     VAE downsamples 4x, not 8x)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
 
-    tokenizer, text_encoder = _tiny_text_parts(seed)
+    tokenizer, text_encoder = tiny_text_parts(seed)
     return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=text_encoder,
                              tokenizer=tokenizer, transformer=tiny_transformer(seed))
 

@@ -28,6 +28,7 @@ UNPUBLISHED = {
     "helios": "the released config not found offline: FULL_CONFIG is diffusers' class defaults (Wan 2.1 14B's shape)",
     "ideogram4": "no published size found offline: FULL_CONFIG is diffusers' class defaults (9.3B)",
     "krea2": "no published size or hub id found offline: FULL_CONFIG is diffusers' class defaults (12.8B)",
+    "longcat-image": "LongCat-Image's 6B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
     "ovis-image": "Ovis-Image-7B's transformer size not found offline (7B may count its text encoder): FULL_CONFIG is "
                   "diffusers' class defaults (7.4B)",
 }

@@ -1,0 +1,92 @@
+"""FLUX's architecture under other names, each with its own attention processor (tiny offline transformers and
+pipelines, fp32, CPU): Ovis-Image and LongCat-Image. GNA on the double- and single-stream blocks, the grid from
+FLUX's img_ids probe (LongCat's image ids start past the text's)."""
+
+import warnings
+
+import pytest
+import torch
+from brute_force import joint_mask, masked_self_attention
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers.patches import longcat_image, ovis_image
+
+GRID = (4, 6)
+TEXT = 8
+FAMILIES = {"ovis-image": ovis_image, "longcat-image": longcat_image}
+family = pytest.mark.parametrize("name", FAMILIES)
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+@family
+def test_whole_extent_reproduces_stock_on_both_block_types(name, monkeypatch):
+    module = FAMILIES[name]
+    transformer = module.tiny_transformer()
+    inputs = module.transformer_inputs(transformer, GRID, text=TEXT, batch=2)
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*gna.*")
+            with enabled(transformer, GNAConfig(family=name, window=-1)) as handle:
+                assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+                assert {row["blocks"] for row in handle.layers()} == {"double", "single"}
+        with enabled(transformer, GNAConfig(family=name, window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert spy.contexts == [(GRID, TEXT)] * 8  # 2 double + 2 single layers, 2 runs
+
+
+@family
+def test_sparse_windows_equal_an_independent_masked_attention(name, monkeypatch):
+    module = FAMILIES[name]
+    window, stride = (2, 4), (1, 2)
+    transformer = module.tiny_transformer()
+    inputs = module.transformer_inputs(transformer, GRID, text=TEXT)
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family=name, base_grid=list(GRID), window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        masked_self_attention(module.PATCH.dispatch_module, joint_mask(GRID, window, stride, TEXT), monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5
+
+
+@family
+def test_pipeline_runs_gna_after_the_warm_up(name, monkeypatch):
+    """The pipeline (classifier-free guidance as two calls) at 32x32 pixels: an 8x8 grid. Whole windows reproduce
+    it; a sparse preset routes the steps after the dense one."""
+    module = FAMILIES[name]
+    pipe = module.tiny_pipeline()
+
+    def generate():
+        return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **module.tiny_call_kwargs()).images
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family=name, window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        spy.contexts.clear()
+        with enabled(pipe, GNAConfig(family=name, window=2, dense_steps=1)) as handle:
+            sparse = generate()
+            assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
+    assert {grid for grid, _ in spy.contexts} == {(8, 8)} and len(spy.contexts) == 2 * 2 * 4  # steps x CFG x layers
+
+
+@family
+@pytest.mark.parametrize("size", [2048, 1024])
+def test_preset_grids(name, size):
+    assert FAMILIES[name].latent_grid(size, size) == tuple(load_preset(f"{name}-{size // 1024}k").base_grid)
+
+
+def test_longcat_has_no_full_size_shape_offline():
+    with pytest.raises(ValueError, match="LongCat-Image's full-size shape is not known offline"):
+        longcat_image.full_size("meituan-longcat/LongCat-Image")
