@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -359,13 +360,29 @@ class RoutedProcessorMixin:
             self._unrouted_backend = backend
 
 
-class _RoutedDispatch:
+class _RouteInFlight:
+    """A module-level stand-in's ``unnamed_route``: the route of the GNA processor whose call is in flight on this
+    thread, or None (per thread, so pipelines generating on two threads keep their own)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    @property
+    def unnamed_route(self) -> GNARoute | None:
+        return getattr(self._local, "route", None)
+
+    @unnamed_route.setter
+    def unnamed_route(self, route: GNARoute | None) -> None:
+        self._local.route = route
+
+
+class _RoutedDispatch(_RouteInFlight):
     """Replaces a family module's ``dispatch_attention_fn``: calls carrying a route go to it, and so do the
     grid-query calls naming no backend while ``unnamed_route`` is set (see :func:`route_unnamed_calls`)."""
 
     def __init__(self, original: Callable):
+        super().__init__()
         self.original = original
-        self.unnamed_route: GNARoute | None = None
         self.__signature__ = inspect.signature(original)
 
     def __call__(self, query, key, value, attn_mask=None, *args, backend=None, **kwargs):
@@ -382,7 +399,7 @@ class _RoutedDispatch:
         return self.original(*args, **kwargs)
 
 
-class _RoutedFunctional:
+class _RoutedFunctional(_RouteInFlight):
     """Stands in for ``torch.nn.functional`` as the ``F`` of a module whose processors call
     ``F.scaled_dot_product_attention`` themselves (CogVideoX, Mochi, Allegro, EasyAnimate): every function is
     torch's, and SDPA hands the calls made while ``unnamed_route`` is set (during a GNA processor's call, see
@@ -390,11 +407,11 @@ class _RoutedFunctional:
     other arguments as the route's keyword arguments."""
 
     def __init__(self, original: ModuleType):
+        super().__init__()
         self.original = original
-        self.unnamed_route: GNARoute | None = None
 
     def __getattr__(self, name: str):  # every other function: torch.nn.functional's own
-        if name == "original":  # not set yet (an instance made without __init__, e.g. by copy): no recursion
+        if name in ("original", "_local"):  # not set yet (an instance made without __init__, e.g. by copy)
             raise AttributeError(name)
         return getattr(self.original, name)
 
@@ -418,8 +435,9 @@ def _sdpa_dense(query, key, value, attn_mask=None, backend=None, **kwargs) -> to
 
 
 def _with_unnamed_route(holder, route: GNARoute | None, call: Callable, *args, **kwargs):
-    """``call(*args, **kwargs)`` with ``holder.unnamed_route`` (a routed dispatch or F) set to ``route``."""
-    if route is None or not isinstance(holder, (_RoutedDispatch, _RoutedFunctional)):
+    """``call(*args, **kwargs)`` with ``holder.unnamed_route`` (a routed dispatch or F) set to ``route`` on this
+    thread: pipelines generating on two threads at once, whose processors share a module, keep their own routes."""
+    if route is None or not isinstance(holder, _RouteInFlight):
         return call(*args, **kwargs)
     holder.unnamed_route = route
     try:

@@ -201,3 +201,29 @@ def test_full_size_shapes_by_name_and_preset_grids():
     assert cogvideox.latent_grid(480, 720, 49) == tuple(load_preset("cogvideox-480p").base_grid)
     with pytest.raises(ValueError, match="4k \\+ 1"):
         cogvideox.latent_grid(480, 720, 48)
+
+
+def test_the_route_in_flight_is_per_thread():
+    """Two threads whose GNA processors share a module (CogVideoX's and Allegro's share diffusers' attention_processor)
+    each see their own route while their calls are in flight."""
+    import threading
+
+    from gna_diffusers.route import GNARoute, _RoutedFunctional, _with_unnamed_route
+
+    functional = _RoutedFunctional(torch.nn.functional)
+    routes = [GNARoute(("blocks", i), text_first=True, backend="reference") for i in range(2)]
+    barrier, seen = threading.Barrier(2), {}
+
+    def call(i):
+        def inside():
+            barrier.wait()  # both routes set before either thread reads its own
+            seen[i] = functional.unnamed_route
+            barrier.wait()
+        _with_unnamed_route(functional, routes[i], inside)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {0: routes[0], 1: routes[1]} and functional.unnamed_route is None
