@@ -148,15 +148,12 @@ class _Runtime:
     transformer call, when a scheduler step ends, so torch.compile sees it flip once per generation."""
 
     def __init__(self, config: GNAConfig, patterns: dict[tuple[str, int], LayerPattern], count_forward: bool,
-                 transformer: torch.nn.Module, layout_from_prepared=None, pipeline_observers=None,
-                 layout_method: str = "prepare_latents"):
+                 transformer: torch.nn.Module, patch: ModelPatch):
         self.config = config
         self.patterns = patterns
         self.count_forward = count_forward
         self.transformer = transformer
-        self.layout_from_prepared = layout_from_prepared
-        self.pipeline_observers = pipeline_observers or {}
-        self.layout_method = layout_method
+        self.patch = patch  # its layout_method, layout_from_prepared and pipeline_observers read the pipeline
         self.layout: TokenLayout | None = None
         self.prepared: TokenLayout | None = None  # from the pipeline's prepare_latents, this generation
         self.prepared_adjustment: Callable[[TokenLayout], TokenLayout] | None = None  # from a pipeline observer
@@ -224,16 +221,16 @@ class _Runtime:
             if self.called_since_step:
                 self.called_since_step = False
                 self._set_step(self.step + 1, ends_generation=not follower)
-        elif name == self.layout_method:
-            layout = self.layout_from_prepared(result, self.transformer)
+        elif name == self.patch.layout_method:
+            layout = self.patch.layout_from_prepared(result, self.transformer)
             if layout is not None and self.prepared_adjustment is not None:
                 layout = self.prepared_adjustment(layout)
             self.prepared_adjustment = None
             if layout is not None:
                 self.check_grid(layout.grid)
             self.prepared = layout
-        elif name in self.pipeline_observers:
-            self.prepared_adjustment = self.pipeline_observers[name](*call)
+        elif name in self.patch.pipeline_observers:
+            self.prepared_adjustment = self.patch.pipeline_observers[name](*call)
 
     def count_call(self) -> None:
         """A bare transformer's forward call: the n-th call of a generation is step n."""
@@ -680,8 +677,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     transformers = [transformer] + (_more_transformers(target, patch, block_counts) if scheduler is not None else [])
     patterns = layer_patterns(config, block_counts)
     # Raises for a fractional warm-up without a scheduler to count steps.
-    runtime = _Runtime(config, patterns, scheduler is None, transformer, patch.layout_from_prepared,
-                       patch.pipeline_observers, patch.layout_method)
+    runtime = _Runtime(config, patterns, scheduler is None, transformer, patch)
 
     if scheduler is not None:  # said before anything is installed (a warnings filter may raise)
         left_dense = _unpatched_attention(target, patch, transformers)
