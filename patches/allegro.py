@@ -120,7 +120,9 @@ def tiny_pipeline(seed: int = 0):
                            tokenizer=parts["tokenizer"], scheduler=DDIMScheduler())
 
 
-TINY_SIZE = {"height": 128, "width": 128, "frames": 24}  # the harness's size for the tiny model
+TINY_SIZE = {"height": 128, "width": 128, "frames": 24}  # the harness's size for the tiny model: one VAE tile
+# Said by compare when a dense output is one constant colour (below one tile the VAE decodes zeros).
+DECODE_LIMIT = "Allegro's VAE decodes only whole tiles: 24 frames x 320 pixels, 128 for its tiny model"
 
 
 def tiny_call_kwargs() -> dict:

@@ -50,8 +50,7 @@ DEFAULT_PROMPTS = ("a lighthouse on a rocky cliff at sunrise", "a red fox in fre
 # downsample 2x / 4x), 9 frames -> 3 latent frames.
 TINY_DEFAULTS = dict(height=128, width=128, frames=9, steps=4)
 CONSTANT_OUTPUT = ("the dense output is one constant colour, so the quality metrics compare nothing; the pipeline's "
-                   "VAE may not decode this size (Allegro's decodes only whole tiles: 24 frames x 320 pixels, 128 "
-                   "for its tiny model): raise --height / --width / --frames")
+                   "VAE may not decode this size: raise --height / --width / --frames")
 
 
 @dataclass
@@ -291,8 +290,9 @@ def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, dev
         if not model.has_quality:
             quality["note"] = "random weights: the numbers check the machinery, not image quality"
         if float(dense.max()) == float(dense.min()):
-            quality["note"] = CONSTANT_OUTPUT
-            warnings.warn(f"gna-diffusers compare: {sample.id}: {CONSTANT_OUTPUT}", stacklevel=2)
+            limit = getattr(model.family, "DECODE_LIMIT", None)  # what the family's VAE decodes, where it says
+            quality["note"] = CONSTANT_OUTPUT + (f" ({limit})" if limit else "")
+            warnings.warn(f"gna-diffusers compare: {sample.id}: {quality['note']}", stacklevel=2)
         files = {}
         if model.family.PATCH.video:
             files["strip"] = media.write_png(folder / f"{sample.id}.png", media.frame_strip(dense, sparse)).name
@@ -370,7 +370,8 @@ def _resolve_presets(presets, model: Model, single: bool) -> list[tuple[str, GNA
 
 def _apply_tiny_defaults(settings: Settings, model_name: str) -> Settings:
     if model_name in TINY_MODELS:
-        # A family whose tiny VAE downsamples as much as the real one (Qwen-Image 2.1: 16x) says its own sizes.
+        # A family whose tiny model needs other sizes (a VAE downsampling 16x, a frame count of the form 6k + 1)
+        # says them in TINY_SIZE.
         for name, value in {**TINY_DEFAULTS, **getattr(TINY_MODELS[model_name], "TINY_SIZE", {})}.items():
             if getattr(settings, name) is None:
                 setattr(settings, name, value)
