@@ -20,7 +20,7 @@ from gna_diffusers.route import RoutedProcessorMixin
 
 from . import wan
 from ._inputs import seeded_randn
-from ._video import VideoLatentLayout
+from ._latents import VideoLatentLayout
 
 
 class GNAAnyFlowAttnProcessor(RoutedProcessorMixin, AnyFlowAttnProcessor):

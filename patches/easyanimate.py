@@ -21,7 +21,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from ._inputs import seeded_randn
-from ._video import VideoLatentLayout
+from ._latents import VideoLatentLayout
 
 
 class GNAEasyAnimateAttnProcessor(RoutedProcessorMixin, EasyAnimateAttnProcessor2_0):

@@ -24,7 +24,7 @@ from gna_diffusers.route import RoutedProcessorMixin, TokenLayout, token_layout
 
 from ._forward import forward_argument
 from ._inputs import seeded_randn
-from ._video import VideoLatentLayout
+from ._latents import VideoLatentLayout
 
 
 class GNAHunyuanVideoAttnProcessor(RoutedProcessorMixin, HunyuanVideoAttnProcessor2_0):

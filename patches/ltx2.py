@@ -30,7 +30,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 from . import ltx_video
 from ._forward import forward_argument
 from ._inputs import seeded_randn
-from ._video import latent_size_grid
+from ._latents import latent_size_grid
 
 
 class GNALTX2AttnProcessor(RoutedProcessorMixin, LTX2AudioVideoAttnProcessor):

@@ -31,7 +31,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from ._forward import forward_argument
 from ._inputs import seeded_randn
-from ._video import latent_size_grid
+from ._latents import latent_size_grid
 
 
 class GNALTXVideoAttnProcessor(RoutedProcessorMixin, LTXVideoAttnProcessor):

@@ -22,7 +22,7 @@ from gna_diffusers.route import RoutedProcessorMixin
 
 from . import wan
 from ._inputs import seeded_randn
-from ._video import VideoLatentLayout
+from ._latents import VideoLatentLayout
 
 
 class GNAMotifVideoAttnProcessor(RoutedProcessorMixin, MotifVideoAttnProcessor2_0):

@@ -24,7 +24,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from ._inputs import seeded_randn
-from ._video import VideoLatentLayout, leading_frames_as_context
+from ._latents import VideoLatentLayout, leading_frames_as_context
 
 
 class GNAWanAttnProcessor(RoutedProcessorMixin, WanAttnProcessor):

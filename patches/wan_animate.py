@@ -24,7 +24,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from . import wan
 from ._inputs import seeded_randn
-from ._video import leading_frames_as_context
+from ._latents import leading_frames_as_context
 
 
 class GNAWanAnimateAttnProcessor(RoutedProcessorMixin, WanAnimateAttnProcessor):
