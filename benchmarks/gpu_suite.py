@@ -111,6 +111,8 @@ MODEL_CASES = [
     ModelCase("Krea 2 2048x2048", "Krea-2", "krea2-2k", 2048, 2048, None, 28, None, None),
     # Ovis-Image 7B at 2048x2048 (FLUX's architecture; diffusers' class defaults).
     ModelCase("Ovis-Image 7B 2048x2048", "AIDC-AI/Ovis-Image-7B", "ovis-image-2k", 2048, 2048, None, 50, None, None),
+    # CogView4-6B at 2048x2048, the largest size its positional table covers (128x128 + the GLM-4 prompt).
+    ModelCase("CogView4 6B 2048x2048", "THUDM/CogView4-6B", "cogview4-2k", 2048, 2048, None, 50, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.
