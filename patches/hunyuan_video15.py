@@ -100,11 +100,9 @@ DEFAULT_STEPS = 50
 TEXT_TOKENS = 256  # a long prompt's LLM tokens (the pipeline keeps up to 1000)
 
 
-def tiny_pipeline(seed: int = 0):
-    """An offline HunyuanVideo15Pipeline with random weights: 32x32 pixels x 5 frames -> a 3x8x8 token grid
-    (the tiny VAE compresses 2x in time and 4x in space, the real one 4x / 16x)."""
-    from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
-                           HunyuanVideo15Pipeline)
+def tiny_text_parts(seed: int = 0) -> dict:
+    """The two tiny text encoders, as HunyuanVideo 1.5's and HunyuanImage 2.1's pipelines take them: a byte-level
+    tokenizer with a 2-layer 16-wide Qwen2.5-VL text model, and ByT5's tokenizer with a 1-layer 8-wide T5."""
     from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
 
     from ._tiny import byte_level_tokenizer
@@ -118,12 +116,21 @@ def tiny_pipeline(seed: int = 0):
     text_encoder_2 = T5EncoderModel(
         T5Config(vocab_size=len(tokenizer_2), d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
     ).eval()
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2)
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline HunyuanVideo15Pipeline with random weights: 32x32 pixels x 5 frames -> a 3x8x8 token grid
+    (the tiny VAE compresses 2x in time and 4x in space, the real one 4x / 16x)."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15Pipeline)
+
+    text_parts = tiny_text_parts(seed)
     vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8), layers_per_block=1,
                                       spatial_compression_ratio=4, temporal_compression_ratio=2).eval()
     return HunyuanVideo15Pipeline(
-        text_encoder=text_encoder, tokenizer=tokenizer, transformer=tiny_transformer(seed), vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
-        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+        transformer=tiny_transformer(seed), vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        guider=ClassifierFreeGuidance(guidance_scale=6.0), **text_parts,
     )
 
 
