@@ -111,6 +111,10 @@ class ModelPatch:
     # The pipeline method whose result ``layout_from_prepared`` reads: ``prepare_latents``, or a later one where the
     # latents alone do not give the grid (Krea 2's ``prepare_position_ids``).
     layout_method: str = "prepare_latents"
+    # Further attributes of a block holding a self-attention over the same grid, run with the block's pattern and
+    # route (SD3.5's ``attn2``, over the image tokens alone, sharing ``attn``'s processor in stock); a block may lack
+    # them (None).
+    extra_attention: tuple[str, ...] = ()
 
     @property
     def routed_attribute(self) -> str:
@@ -133,9 +137,14 @@ class ModelPatch:
 
         return {name: list(resolve(path)) for name, path in self.blocks.items()}
 
-    def attention_module(self, block: torch.nn.Module) -> torch.nn.Module:
-        """A block's self-attention module (``attention`` may be a dotted path: Kandinsky 6's fused blocks)."""
-        return functools.reduce(getattr, self.attention.split("."), block)
+    def attention_modules(self, block: torch.nn.Module) -> list[torch.nn.Module]:
+        """A block's self-attention module (``attention`` may be a dotted path: Kandinsky 6's fused blocks), then
+        those of ``extra_attention`` the block has."""
+        def resolve(path: str) -> torch.nn.Module | None:
+            return functools.reduce(lambda holder, name: getattr(holder, name, None), path.split("."), block)
+
+        extra = [module for module in map(resolve, self.extra_attention) if module is not None]
+        return [resolve(self.attention), *extra]
 
     def processor_for(self, block_type: str, current: object) -> type:
         """The GNA processor class for a block type whose attention now has processor ``current``."""
@@ -692,21 +701,22 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
             for index, block in enumerate(blocks):
                 if patterns[(name, index)].dense:
                     continue  # dense layers keep their stock processor
-                attn = patch.attention_module(block)
-                original = attn.processor
+                attention = patch.attention_modules(block)
                 route = GNARoute((name, index), patch.text_first, config.backend,
-                                 getattr(original, "_attention_backend", None), patch.cached_context_keys,
-                                 grid_only=name in patch.grid_only_blocks,
+                                 getattr(attention[0].processor, "_attention_backend", None),
+                                 patch.cached_context_keys, grid_only=name in patch.grid_only_blocks,
                                  grid_queries_alone=patch.grid_queries_alone)
-                gna_class = patch.processor_for(name, original)
-                if type(original) in gna_class.__mro__:  # exactly the stock processor the GNA class extends
-                    _register_with_diffusers_hooks(gna_class)
-                    processor = gna_class(route)
-                    processor._parallel_config = getattr(original, "_parallel_config", None)  # parallel first
-                    _set_processor(attn, processor)
-                else:  # e.g. an IP-Adapter's processor, which holds weights: adopted or left as it is, below
-                    processor = original
-                handle._sites.append(_Site(model, attn, route, processor, original))
+                for attn in attention:  # the block's self-attention, then its extra ones: one route
+                    original = attn.processor
+                    gna_class = patch.processor_for(name, original)
+                    if type(original) in gna_class.__mro__:  # exactly the stock processor the GNA class extends
+                        _register_with_diffusers_hooks(gna_class)
+                        processor = gna_class(route)
+                        processor._parallel_config = getattr(original, "_parallel_config", None)  # parallel first
+                        _set_processor(attn, processor)
+                    else:  # e.g. an IP-Adapter's processor, which holds weights: adopted or left as it is, below
+                        processor = original
+                    handle._sites.append(_Site(model, attn, route, processor, original))
         handle._attach_routes(model)
         handle._hooks.append(model.register_forward_pre_hook(handle._before_forward, with_kwargs=True))
         model.enable_parallelism = _EnableParallelism(handle, model)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import string
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Qwen2Tokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, Qwen2Tokenizer
 
 # Characters every tiny tokenizer knows; anything else maps to its unknown token.
 CHARS = string.ascii_letters + string.digits + string.punctuation
@@ -21,14 +21,16 @@ def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return tokenizer
 
 
-def clip_text_encoder(hidden_size: int, vocab_size: int, seed: int = 0) -> CLIPTextModel:
+def clip_text_encoder(hidden_size: int, vocab_size: int, seed: int = 0,
+                      with_projection: bool = False) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A 2-layer CLIP text encoder; ``with_projection``: with its text projection (SD3's pooled prompt)."""
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden_size,
         bos_token_id=0, eos_token_id=1, pad_token_id=1,
     )
-    return CLIPTextModel(config).eval()
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
 
 
 # A ChatML template, as Qwen2.5-VL's tokenizer carries (HunyuanVideo 1.5 formats its prompts with it); a message's

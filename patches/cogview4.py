@@ -96,7 +96,7 @@ def tiny_parts(seed: int = 0) -> dict:
     """A byte-level tokenizer that starts every prompt with a special token (GLM-4's starts with "[gMASK]<sop>", so
     the pipeline's empty negative prompt is not an empty sequence), a 2-layer 16-wide GLM, a 4-channel AutoencoderKL
     that downsamples 2x, and CogView4's flow-matching scheduler (dynamic shift)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
     from tokenizers.processors import TemplateProcessing
     from transformers import GlmConfig, GlmModel
 
@@ -111,13 +111,10 @@ def tiny_parts(seed: int = 0) -> dict:
         vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=32, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=8, pad_token_id=tokenizer.pad_token_id,
         max_position_embeddings=512)).eval()
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
-        sample_size=32).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.25, max_shift=0.75,
                                                 use_dynamic_shifting=True, time_shift_type="linear")
-    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler)
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=flux.tiny_vae(latent_channels=4),
+                scheduler=scheduler)
 
 
 def tiny_pipeline(seed: int = 0):

@@ -172,12 +172,13 @@ def tiny_t5(seed: int = 0):
     return T5Tokenizer(vocab=vocab, extra_ids=0), encoder
 
 
-def tiny_vae():
-    """A 1-channel AutoencoderKL that downsamples 2x: 32x32 pixels -> 16x16 latents -> 8x8 packed tokens."""
+def tiny_vae(latent_channels: int = 1):
+    """An AutoencoderKL that downsamples 2x: 32x32 pixels -> 16x16 latents (-> 8x8 packed tokens, 1 channel for
+    FLUX's pipeline; the families that take (B, C, H, W) latents use 4)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0,
         sample_size=32,
