@@ -1,0 +1,156 @@
+"""Stable Diffusion 3 / 3.5 (tiny offline transformer and pipelines, fp32, CPU): GNA on each joint block's
+[image, text] attention, and on SD3.5 Medium's image-only ``attn2``; the stock processor calls
+F.scaled_dot_product_attention itself."""
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+from brute_force import joint_mask, masked_sdpa
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers.patches import sd3
+
+GRID = (4, 6)
+TEXT = 7
+
+
+def max_diff(a, b) -> float:
+    return (a - b).abs().max().item()
+
+
+@contextlib.contextmanager
+def no_gna_warnings():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        yield
+
+
+@pytest.mark.parametrize("dual", [(), (0,)], ids=["sd3", "sd3.5-medium"])
+def test_whole_extent_reproduces_stock_and_removal_is_exact(dual, monkeypatch):
+    """SD3.5 Medium's ``attn2`` shares ``attn``'s processor in stock: GNA routes both with the block's route, and
+    removal gives the block its one shared stock processor back."""
+    transformer = sd3.tiny_transformer(dual_attention_layers=dual)
+    block = transformer.transformer_blocks[0]
+    inputs = sd3.transformer_inputs(transformer, GRID, text=TEXT, batch=2)
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with no_gna_warnings(), enabled(transformer, GNAConfig(family="sd3", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            routed = [block.attn, *([block.attn2] if dual else [])]
+            assert {type(attn.processor) for attn in routed} == {sd3.GNAJointAttnProcessor2_0}
+        with enabled(transformer, GNAConfig(family="sd3", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert type(block.attn.processor) is sd3.JointAttnProcessor2_0
+    assert not dual or block.attn2.processor is block.attn.processor
+    # attn of both blocks, then attn2 of the first over the grid alone, per call
+    assert spy.contexts == ([(GRID, TEXT)] + [(GRID, 0)] * bool(dual) + [(GRID, TEXT)]) * 2
+
+
+def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
+    """Both of SD3.5 Medium's self-attentions against the stock model masked independently: [image, text] in
+    ``attn``, the image tokens alone in ``attn2``."""
+    window, stride = (2, 4), (1, 2)
+    transformer = sd3.tiny_transformer(dual_attention_layers=(0,))
+    inputs = sd3.transformer_inputs(transformer, GRID, text=TEXT)
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="sd3", base_grid=list(GRID), window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        masked_sdpa(joint_mask(GRID, window, stride, 0, TEXT), monkeypatch)
+        masked_sdpa(joint_mask(GRID, window, stride, 0), monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5
+
+
+def generate(pipe, steps=3, **kwargs):
+    return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=steps, output_type="pt",
+                generator=torch.Generator().manual_seed(0), **sd3.tiny_call_kwargs(), **kwargs).images
+
+
+def test_text_to_image_pipeline_runs_gna_after_the_warm_up(monkeypatch):
+    """StableDiffusion3Pipeline (classifier-free guidance in one batch of 2) at 32x32 pixels: an 8x8 grid and
+    77 CLIP + 48 T5 prompt tokens. Whole windows reproduce it; a sparse preset routes the steps after the dense
+    one."""
+    pipe = sd3.tiny_pipeline()
+    stock = generate(pipe)
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="sd3", window=-1)) as handle:
+            assert max_diff(generate(pipe), stock) <= 1e-5
+            assert handle.runtime.grid == (8, 8)
+        spy.contexts.clear()
+        with enabled(pipe, GNAConfig(family="sd3", window=3, dense_steps=1)) as handle:
+            sparse = generate(pipe)
+            assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
+    assert spy.contexts == [((8, 8), 77 + 48)] * (2 * 2)  # 2 sparse steps x 2 layers
+
+
+def test_image_to_image_pipeline_keeps_the_grid():
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    pipe = StableDiffusion3Img2ImgPipeline(**sd3.tiny_pipeline().components)
+    image = torch.rand(1, 3, 32, 32)
+    stock = generate(pipe, image=image, strength=0.8)
+    with no_gna_warnings(), enabled(pipe, GNAConfig(family="sd3", window=-1)) as handle:
+        assert max_diff(generate(pipe, image=image, strength=0.8), stock) <= 1e-5
+        assert handle.runtime.grid == (8, 8)
+
+
+def test_controlnet_blocks_are_patched_beside_the_transformer(monkeypatch):
+    """StableDiffusion3ControlNetPipeline: the ControlNet's joint blocks attend over the same image and prompt tokens
+    and run GNA too; whole windows reproduce the stock pipeline, and removal restores the ControlNet."""
+    from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline
+    from PIL import Image
+
+    parts = sd3.tiny_pipeline().components
+    controlnet = SD3ControlNetModel.from_transformer(parts["transformer"], num_layers=1,
+                                                     num_extra_conditioning_channels=0)
+    pipe = StableDiffusion3ControlNetPipeline(controlnet=controlnet, **parts)
+    control = dict(control_image=Image.new("RGB", (32, 32), (90, 30, 200)))
+    stock = generate(pipe, steps=2, **control)
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="sd3", window=-1)):
+            assert max_diff(generate(pipe, steps=2, **control), stock) <= 1e-5
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="sd3", window=2)):
+            assert max_diff(generate(pipe, steps=2, **control), stock) > 1e-3
+    assert len(spy.windows) == 2 * (2 + 1)  # 2 steps x (the transformer's 2 blocks + the ControlNet's 1)
+    assert torch.equal(generate(pipe, steps=2, **control), stock)
+
+
+def test_fused_qkv_projections_keep_gna():
+    transformer = sd3.tiny_transformer()
+    inputs = sd3.transformer_inputs(transformer, GRID, text=TEXT)
+    transformer.fuse_qkv_projections()
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="sd3", window=-1)):
+            assert {type(b.attn.processor) for b in transformer.transformer_blocks} == {
+                sd3.GNAFusedJointAttnProcessor2_0}
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+        with enabled(transformer, GNAConfig(family="sd3", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+
+
+def test_full_sizes_by_name_and_preset_grids():
+    """Published sizes count the positional table, a buffer here: SD3.5 Medium's 384x384x1536 is 0.23B of its 2.5B."""
+    from gna_diffusers.harness.models import on_meta
+
+    def billions(name: str) -> float:
+        config, _ = sd3.full_size(name)
+        model = on_meta(sd3.PATCH.transformer_class, config)
+        return sum(t.numel() for t in (*model.parameters(), *model.buffers())) / 1e9
+
+    assert billions("stabilityai/stable-diffusion-3-medium-diffusers") == pytest.approx(2, rel=0.05)
+    assert billions("stabilityai/stable-diffusion-3.5-large") == pytest.approx(8.1, rel=0.05)
+    assert billions("stabilityai/stable-diffusion-3.5-large-turbo") == pytest.approx(8.1, rel=0.05)
+    assert billions("stabilityai/stable-diffusion-3.5-medium") == pytest.approx(2.5, rel=0.05)
+    assert sd3.latent_grid(1024, 1024) == tuple(load_preset("sd3-1k").base_grid)
+    assert sd3.latent_grid(2048, 2048) == tuple(load_preset("sd3-2k").base_grid)
