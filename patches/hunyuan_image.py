@@ -3,7 +3,7 @@ distilled variant, and the refiner (HunyuanImageRefinerPipeline: the same transf
 which sharpens a 2K image). HunyuanVideo's layout: dual- and single-stream blocks whose ``attn`` runs over
 [image, text], RoPE on the image tokens, and a (B, 1, 1, S) boolean key mask: the Qwen2.5-VL prompt (up to 1000
 tokens, right-padded) and, for quoted text, ByT5's glyph tokens (128, reordered by the forward: valid tokens
-first). The token refiner (``context_embedder``) is left alone.
+first). The token refiner (``context_embedder``) is left alone. Context parallelism takes HunyuanVideo's plan.
 
 Layout probe: hidden_states (B, C, H, W) over the patch (1x1): the base model's VAE compresses 32x, so
 2048x2048 -> a 64x64 grid; the refiner's latents are a one-frame video (B, C, 1, H, W) from a 16x VAE, so
@@ -21,6 +21,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from ._inputs import seeded_randn
+from .hunyuan_video import parallel_plan
 from ._latents import ImageLatentLayout
 
 
@@ -43,6 +44,8 @@ PATCH = ModelPatch(
     layout_from_prepared=LAYOUT.from_prepared,
     video=False,
     adoptable_processors=(HunyuanImageAttnProcessor,),
+    # diffusers ships no context-parallel plan for it; HunyuanVideo's fits (the same blocks, RoPE and key mask).
+    parallel_plan=parallel_plan,
 )
 
 

@@ -1,6 +1,6 @@
 """GNA under diffusers' context parallelism, on CPU with gloo processes: each family's tiny transformer
-sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, LTX-Video, ChronoEdit, Helios with its
-history), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
+sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, HunyuanImage 2.1, LTX-Video, ChronoEdit,
+Helios with its history), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
 enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are
 sharded too; HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks, and
 so does diffusers' tensor parallelism (heads sharded) on the families with a ``_tp_plan``.
@@ -34,6 +34,8 @@ def config_for(family: str):
         return GNAConfig(family="qwen-image", base_grid=[4, 6], window=[2, 2])
     if family == "hunyuan-video":
         return GNAConfig(family="hunyuan-video", base_grid=[2, 4, 4], window=[2, 2, 2])
+    if family == "hunyuan-image":
+        return GNAConfig(family="hunyuan-image", base_grid=[4, 6], window=[2, 2])
     if family == "flux2":
         return GNAConfig(family="flux2", base_grid=[8, 8], window=[2, 4], stride=[1, 2])
     if family == "ltx-video":
@@ -46,8 +48,8 @@ def config_for(family: str):
 
 
 def inputs_for(family: str, transformer):
-    from gna_diffusers.patches import (chronoedit, flux, flux2, helios, hunyuan_video, ltx_video, qwen_image,
-                                       qwen_image21, wan)
+    from gna_diffusers.patches import (chronoedit, flux, flux2, helios, hunyuan_image, hunyuan_video, ltx_video,
+                                       qwen_image, qwen_image21, wan)
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
@@ -55,6 +57,8 @@ def inputs_for(family: str, transformer):
         return qwen_image.transformer_inputs(transformer, (4, 6), text=6, batch=2, valid_text=(3, 6))
     if family == "hunyuan-video":
         return hunyuan_video.transformer_inputs(transformer, (2, 4, 4), text=6, batch=2, valid_text=(3, 6))
+    if family == "hunyuan-image":  # the prompt padded, then ByT5's 128 glyph tokens (none valid), 158 in all
+        return hunyuan_image.transformer_inputs(transformer, (4, 6), text=6, batch=2, valid_text=(3, 6))
     if family == "flux2":
         return flux2.transformer_inputs(transformer, (8, 8), text=6, batch=2)
     if family == "qwen-image-2.1":  # a condition image's slots among the prompt, padded
@@ -127,7 +131,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video", "chronoedit",
-                                    "helios"])
+                                    "helios", "hunyuan-image"])
 def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
