@@ -12,7 +12,7 @@
 #   models5  suite: Wan 2.2 Animate 14B (720x1280, a 77-frame segment), Kandinsky 5 Pro 19B (768x1280x121)
 #   models6  suite: CogVideoX 1.5 5B (768x1360x81), Mochi 1 10B (480x848x163), Allegro 2.8B (720x1280x88)
 #   models7  suite: EasyAnimate V5.1 12B (1024x1024x49); Ideogram 4, Krea 2, Ovis-Image 7B (2048x2048)
-#   models8  suite: CogView4 6B, HunyuanImage 2.1 17B and its 15B refiner, SD3.5 Large 8B (2048x2048)
+#   models8  suite: CogView4 6B, HunyuanImage 2.1 17B and its 15B refiner, SD3.5 Large 8B, PixArt-Sigma 2K (2048x2048)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -63,6 +63,6 @@ case "$part" in
     models5) suite "animate,kandinsky" ;;
     models6) suite "cogvideox,mochi,allegro" ;;
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
-    models8) suite "cogview4,hunyuanimage,sd3.5" ;;
+    models8) suite "cogview4,hunyuanimage,sd3.5,pixart" ;;
 esac
 exit "$status"

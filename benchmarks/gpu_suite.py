@@ -123,6 +123,9 @@ MODEL_CASES = [
     # SD3.5 Large (8.1B) at 2048x2048, inside its positional table: 128x128 + 77 CLIP and 256 T5 tokens.
     ModelCase("SD3.5 Large 2048x2048", "stabilityai/stable-diffusion-3.5-large", "sd3-2k", 2048, 2048, None, 28,
               None, None),
+    # PixArt-Sigma's 2K model (0.6B) at 2048x2048: 128x128, no text in the self-attention; head_dim 72.
+    ModelCase("PixArt-Sigma 2K 2048x2048", "PixArt-alpha/PixArt-Sigma-XL-2-2K-MS", "pixart-2k", 2048, 2048, None, 20,
+              None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.
