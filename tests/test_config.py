@@ -37,7 +37,7 @@ BASE = "family: flux\nbase_grid: [64, 64]\nwindow: [16, 16]\n"
         ("family: flux\nbase_grid: [64, 64\n", r"(?s)bad.yaml: invalid YAML: .*line 2"),
         (BASE + "windw: 3\n", r"bad.yaml: windw: unknown key\n\(allowed top-level keys: family, base_grid"),
         (BASE + "stride: [32, 4]\n", r"bad.yaml: stride\[0\]=32 is larger than window\[0\]=16"),
-        (BASE.replace("flux", "sd3"), r"bad.yaml: family: unknown family 'sd3'; allowed: flux, hunyuan-video"),
+        (BASE.replace("flux", "sdxl"), r"bad.yaml: family: unknown family 'sdxl'; allowed: flux, hunyuan-video"),
         (BASE + "dense_steps: -2\n", r"bad.yaml: dense_steps: must be a step count >= 0"),
         (BASE + "dense_steps: 1.5\n", r"bad.yaml: dense_steps: a fraction of the steps must be < 1"),
         (BASE + "window: [16, 1]\n", r"window\[1\]=1: must be >= 2, or -1"),
