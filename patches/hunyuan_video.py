@@ -186,6 +186,22 @@ def tiny_pipeline(seed: int = 0):
     )
 
 
+def tiny_framepack_pipeline(seed: int = 0):
+    """An offline HunyuanVideoFramepackPipeline: the tiny pipeline's text encoders and VAE, the tiny FramePack
+    transformer and a 1-layer 8-wide SigLIP for the image embeddings."""
+    from diffusers import HunyuanVideoFramepackPipeline
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    parts = tiny_pipeline(seed).components
+    torch.manual_seed(seed)
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+        patch_size=8)).eval()
+    return HunyuanVideoFramepackPipeline(
+        **{**parts, "transformer": tiny_framepack_transformer(seed)}, image_encoder=image_encoder,
+        feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}))
+
+
 def tiny_call_kwargs() -> dict:
     """Pipeline call arguments the tiny pipeline needs: the stock prompt template crops 95 tokens of the
     real Llama tokenizer, which a character-level vocabulary does not match, so use a bare template."""

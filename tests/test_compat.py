@@ -112,6 +112,32 @@ def test_hunyuan_video_framepack_history_tokens_are_context(batch, monkeypatch):
     assert set(spy.contexts) == {((3, 4, 6), 58 + text_keys)}
 
 
+def test_hunyuan_video_framepack_pipeline_warms_up_each_section(monkeypatch):
+    """HunyuanVideoFramepackPipeline generates 9 frames in two sections of 2 latent frames, each a denoising loop
+    of its own over [history, section grid] (the history, image embeddings and text as context): whole windows
+    reproduce it, and a sparse preset keeps each section's first step dense."""
+    pipe = hunyuan_video.tiny_framepack_pipeline()
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def generate():
+        return pipe(image=image, prompt="a red cat", height=32, width=32, num_frames=9, latent_window_size=2,
+                    num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0),
+                    **{k: v for k, v in hunyuan_video.tiny_call_kwargs().items() if k != "num_frames"}).frames
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="hunyuan-video", window=-1)) as handle:
+            assert max_diff(generate(), stock) <= TOL
+            assert handle.runtime.grid == (2, 4, 4)
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="hunyuan-video", window=3, dense_steps=1)):
+            sparse = generate()
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3
+    assert len(spy.windows) == 2 * 2 * 4  # 2 sections x 2 sparse steps x 4 layers
+
+
 def kontext_pipeline():
     from diffusers import FluxKontextPipeline
 
