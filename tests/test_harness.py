@@ -180,6 +180,24 @@ def test_full_size_transformers_are_built_on_meta_then_materialized():
         assert torch.isfinite(small(**inputs)[0]).all()
 
 
+@pytest.mark.parametrize("family", ["sd3", "wan"])
+def test_materialized_random_weights_keep_the_constructors_buffers(family):
+    """Buffers are no weights: SD3's positional table and Wan's RoPE frequencies keep the values the constructor
+    computes (to_empty alone would leave uninitialised memory there)."""
+    from gna_diffusers.harness.models import materialize_random, on_meta
+    from gna_diffusers.patches import FAMILY_MODULES
+
+    module = FAMILY_MODULES[family]
+    built = module.tiny_transformer()
+    meta = on_meta(module.PATCH.transformer_class, dict(built.config))
+    assert all(p.is_meta for p in meta.parameters())
+    small = materialize_random(meta, torch.device("cpu"), torch.float32)
+    expected = dict(built.named_buffers())
+    assert expected and {name: buffer for name, buffer in small.named_buffers()}.keys() == expected.keys()
+    for name, buffer in small.named_buffers():
+        assert torch.equal(buffer, expected[name]), name
+
+
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "camera"])
 def test_psnr_and_ssim_match_scikit_image(name):
     image = img_as_float(getattr(data, name)())[:160, :200]

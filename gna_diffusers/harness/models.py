@@ -115,15 +115,23 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
 
 
 def on_meta(transformer_class, config: dict) -> torch.nn.Module:
-    """The model built from ``config`` on the meta device: shapes only, no memory, instant."""
-    with torch.device("meta"):
+    """The model built from ``config`` with its parameters on the meta device (shapes only, no memory) and its
+    buffers computed on the CPU as the constructor computes them (positional tables, RoPE frequencies)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
         return transformer_class.from_config(config)
 
 
 def materialize_random(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    """Allocate a meta-device module on ``device`` and fill its weights with N(0, 0.02) (timing does not
-    depend on the values). The transformers here register no buffers, so every tensor is a parameter."""
-    module = torch.nn.Module.to(module.to_empty(device=device), dtype).eval()
+    """Allocate an :func:`on_meta` module on ``device``, fill its weights with N(0, 0.02) (timing does not depend
+    on them) and keep its buffers' values (SD3's and PixArt's positional tables, Wan's RoPE: not weights)."""
+    buffers = {name: buffer.clone() for name, buffer in module.named_buffers()}
+    module = module.to_empty(device=device)
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            buffer.copy_(buffers[name])
+    module = torch.nn.Module.to(module, dtype).eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for parameter in module.parameters():
