@@ -78,6 +78,33 @@ def test_hunyuan_video_image_to_video_token_replace_blocks(monkeypatch):
     assert len(spy.windows) == 8
 
 
+def test_skyreels_v1_image_to_video_pipeline_conditions_along_channels(monkeypatch):
+    """SkyReels-V1 (HunyuanSkyreelsImageToVideoPipeline: a HunyuanVideo transformer taking the image's latents as
+    channels beside the noise's): the grid is the latents'; whole windows reproduce it, sparse windows run."""
+    from diffusers import HunyuanSkyreelsImageToVideoPipeline
+
+    parts = hunyuan_video.tiny_pipeline().components
+    parts["transformer"] = type(parts["transformer"]).from_config({**parts["transformer"].config, "in_channels": 8})
+    pipe = HunyuanSkyreelsImageToVideoPipeline(**parts)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def generate():
+        return pipe(image=image, prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **hunyuan_video.tiny_call_kwargs()).frames
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="hunyuan-video", window=-1)) as handle:
+            assert max_diff(generate(), stock) <= TOL
+            assert handle.runtime.grid == (2, 8, 8)
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="hunyuan-video", window=3, dense_steps=1)):
+            assert max_diff(generate(), stock) > 1e-3
+    assert len(spy.windows) == 2 * 4  # 2 sparse steps x 4 layers (true CFG off: one call per step)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_hunyuan_video_framepack_history_tokens_are_context(batch, monkeypatch):
     """FramePack packs [4x history, 2x history, clean latents, section grid] as its image stream: GNA runs on
