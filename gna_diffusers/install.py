@@ -518,6 +518,12 @@ class GNAHandle:
                         route.dense_backend = backend
                     processor._attention_backend = route
                     adopted.append(route.layer)
+            elif type(processor) in (gna_class := self.patch.processor_for(route.layer[0], processor)).__mro__:
+                # Put on since (SD3's IP-Adapter processors, which call F.scaled_dot_product_attention and hold
+                # weights; a stock one set again): GNA's in its place, sharing its weights; remove() puts it back.
+                site.installed, site.original = _gna_processor(gna_class, processor, route), processor
+                _set_processor(site.attn, site.installed)
+                adopted.append(route.layer)
             else:
                 foreign.append((route.layer, type(processor).__name__))
         if adopted:
@@ -710,11 +716,9 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                     original = attn.processor
                     gna_class = patch.processor_for(name, original)
                     if type(original) in gna_class.__mro__:  # exactly the stock processor the GNA class extends
-                        _register_with_diffusers_hooks(gna_class)
-                        processor = gna_class(route)
-                        processor._parallel_config = getattr(original, "_parallel_config", None)  # parallel first
+                        processor = _gna_processor(gna_class, original, route)
                         _set_processor(attn, processor)
-                    else:  # e.g. an IP-Adapter's processor, which holds weights: adopted or left as it is, below
+                    else:  # e.g. FLUX's IP-Adapter processor: adopted or left as it is, below
                         processor = original
                     handle._sites.append(_Site(model, attn, route, processor, original))
         handle._attach_routes(model)
@@ -755,6 +759,21 @@ def _unpatched_attention(pipeline, patch: ModelPatch, transformers: list) -> lis
                for module in component.modules()):
             found.append(f"pipeline.{name} ({type(component).__name__})")
     return found
+
+
+def _gna_processor(gna_class: type, original: object, route: GNARoute) -> RoutedProcessorMixin:
+    """GNA's processor in place of ``original`` (of a class ``gna_class`` extends): a new one, or, for one holding
+    weights (an ``nn.Module``: SD3's IP-Adapter processors), one sharing its submodules and parameters (nothing
+    is copied, and the weights keep their names in the model's state dict)."""
+    _register_with_diffusers_hooks(gna_class)
+    if isinstance(original, torch.nn.Module):
+        processor = gna_class.__new__(gna_class)
+        processor.__dict__.update(vars(original))
+        processor.route, processor._unrouted_backend = route, None
+    else:
+        processor = gna_class(route)
+    processor._parallel_config = getattr(original, "_parallel_config", None)  # parallelism enabled first
+    return processor
 
 
 @functools.cache  # once per class, not per layer

@@ -1,6 +1,7 @@
 """Stable Diffusion 3 / 3.5 (SD3Transformer2DModel): SD3 Medium, SD3.5 Large (and Turbo) and SD3.5 Medium;
-text-to-image, image-to-image and inpainting (the same grid), and SD3 ControlNets whose blocks are joint blocks
-over the same tokens (SD3ControlNetModel beside the transformer). Each joint block's ``attn`` runs over
+text-to-image, image-to-image and inpainting (the same grid), SD3 ControlNets whose blocks are joint blocks
+over the same tokens (SD3ControlNetModel beside the transformer), and IP-Adapters (their processors, which hold
+the adapter's weights, get a GNA subclass sharing them, whether loaded before or after apply). Each joint block's ``attn`` runs over
 [image, text]: the image grid, then the CLIP (77) and T5 prompt tokens, unmasked. SD3.5 Medium's first 13 blocks also
 hold ``attn2``, a self-attention over the image tokens alone that shares ``attn``'s processor in stock: GNA routes
 it with the block's pattern.
@@ -18,7 +19,11 @@ from __future__ import annotations
 import torch
 from diffusers import SD3ControlNetModel, SD3Transformer2DModel
 from diffusers.models import attention_processor
-from diffusers.models.attention_processor import FusedJointAttnProcessor2_0, JointAttnProcessor2_0
+from diffusers.models.attention_processor import (
+    FusedJointAttnProcessor2_0,
+    JointAttnProcessor2_0,
+    SD3IPAdapterJointAttnProcessor2_0,
+)
 
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
@@ -40,6 +45,13 @@ class GNAFusedJointAttnProcessor2_0(RoutedProcessorMixin, FusedJointAttnProcesso
     routes_sdpa_calls_of = attention_processor  # the stock processor calls its F.scaled_dot_product_attention
 
 
+class GNASD3IPAdapterJointAttnProcessor2_0(RoutedProcessorMixin, SD3IPAdapterJointAttnProcessor2_0):
+    """An IP-Adapter's processor (``load_ip_adapter``, before or after apply), with GNA on its joint attention; it
+    shares the adapter's weights, and its attention from the image tokens to the image prompt stays stock."""
+
+    routes_sdpa_calls_of = attention_processor  # the stock processor calls its F.scaled_dot_product_attention
+
+
 LAYOUT = ImageLatentLayout(lambda transformer: (transformer.config.patch_size,) * 2)
 
 PATCH = ModelPatch(
@@ -54,7 +66,8 @@ PATCH = ModelPatch(
     layout_probe=LAYOUT.probe,
     layout_from_prepared=LAYOUT.from_prepared,
     video=False,
-    processor_variants={FusedJointAttnProcessor2_0: GNAFusedJointAttnProcessor2_0},
+    processor_variants={FusedJointAttnProcessor2_0: GNAFusedJointAttnProcessor2_0,
+                        SD3IPAdapterJointAttnProcessor2_0: GNASD3IPAdapterJointAttnProcessor2_0},
     other_transformer_classes=(SD3ControlNetModel,),
     extra_attention=("attn2",),  # SD3.5 Medium's image-only self-attention
 )

@@ -154,3 +154,61 @@ def test_full_sizes_by_name_and_preset_grids():
     assert billions("stabilityai/stable-diffusion-3.5-medium") == pytest.approx(2.5, rel=0.05)
     assert sd3.latent_grid(1024, 1024) == tuple(load_preset("sd3-1k").base_grid)
     assert sd3.latent_grid(2048, 2048) == tuple(load_preset("sd3-2k").base_grid)
+
+
+def ip_adapter_state_dict(transformer, embed_dim: int = 8, seed: int = 0) -> dict:
+    """A random IP-Adapter in the layout ``_load_ip_adapter_weights`` takes: an image projection (1 head of 64,
+    4 queries) and one processor per attention layer."""
+    from diffusers.models.attention_processor import SD3IPAdapterJointAttnProcessor2_0
+    from diffusers.models.embeddings import IPAdapterTimeImageProjection
+
+    config = transformer.config
+    width = config.num_attention_heads * config.attention_head_dim
+    torch.manual_seed(seed)
+    projection = IPAdapterTimeImageProjection(embed_dim=embed_dim, output_dim=width, hidden_dim=64, heads=1,
+                                              num_queries=4, timestep_in_dim=32)
+    layers = {}
+    for index in range(len(transformer.attn_processors)):
+        processor = SD3IPAdapterJointAttnProcessor2_0(width, width, config.attention_head_dim, timesteps_emb_dim=64)
+        for parameter in processor.parameters():  # its output projections start at zero: make them count
+            torch.nn.init.normal_(parameter, std=0.2)
+        layers |= {f"{index}.{name}": value for name, value in processor.state_dict().items()}
+    return {"image_proj": projection.state_dict(), "ip_adapter": layers}
+
+
+@pytest.mark.parametrize("loaded_first", [True, False], ids=["loaded-before-apply", "loaded-after-apply"])
+def test_ip_adapter_processors_keep_their_weights_and_run_gna(loaded_first):
+    """SD3's IP-Adapter processors hold weights and call F.scaled_dot_product_attention: loaded before apply or
+    after, GNA puts a subclass sharing those weights in their place (the state dict keeps its keys); whole windows
+    reproduce the stock model with the adapter, sparse ones differ, and remove() gives the adapter's own
+    processors back."""
+    transformer = sd3.tiny_transformer()
+    inputs = sd3.transformer_inputs(transformer, GRID, text=TEXT)
+    embeds = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(2))
+    state = ip_adapter_state_dict(transformer)
+
+    def run():
+        with torch.no_grad():
+            return transformer(**inputs, joint_attention_kwargs={"ip_adapter_image_embeds": embeds})[0]
+
+    def gna_processors() -> set:
+        return {type(b.attn.processor) for b in transformer.transformer_blocks}
+
+    def load() -> list:
+        transformer._load_ip_adapter_weights(state)
+        return [b.attn.processor for b in transformer.transformer_blocks]
+
+    adapters = load() if loaded_first else None
+    with no_gna_warnings(), enabled(transformer, GNAConfig(family="sd3", window=-1)):
+        if not loaded_first:
+            adapters = load()  # replaces GNA's processors; the next call puts GNA's back
+        keys = transformer.state_dict().keys()
+        whole = run()
+        assert gna_processors() == {sd3.GNASD3IPAdapterJointAttnProcessor2_0}
+        assert transformer.state_dict().keys() == keys
+    stock = run()
+    assert max_diff(whole, stock) <= 1e-5
+    assert [b.attn.processor for b in transformer.transformer_blocks] == adapters  # the adapter's own, back
+    with enabled(transformer, GNAConfig(family="sd3", window=2)):
+        assert max_diff(run(), stock) > 1e-3
+    assert torch.equal(run(), stock)
