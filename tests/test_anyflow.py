@@ -7,16 +7,13 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_anyflow
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
 from gna_diffusers.patches import anyflow
 
 GRID = (3, 4, 6)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_whole_extent_reproduces_stock_and_only_self_attention_is_routed(monkeypatch):

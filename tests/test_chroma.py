@@ -2,6 +2,7 @@
 as a bias; GNA must add the same bias to the context keys of every grid query."""
 
 import torch
+from helpers import max_diff
 
 import gna_diffusers
 from gna_diffusers import GNAConfig, enabled
@@ -14,10 +15,6 @@ def generate(pipe, steps=2):
     return pipe(["a red cat", "a dog on a beach at sunset today"], negative_prompt=["", "blurry"], height=32, width=32,
                 num_inference_steps=steps, guidance_scale=3.0, output_type="pt",
                 generator=torch.Generator().manual_seed(0), **chroma.tiny_call_kwargs()).images
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_padded_text_bias_reaches_the_grid_queries_exactly(monkeypatch):

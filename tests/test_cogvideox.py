@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
+from helpers import max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -14,17 +15,6 @@ from gna_diffusers.patches import cogvideox
 
 GRID = (3, 4, 6)
 TEXT = 7
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
-
-
-@contextlib.contextmanager
-def no_gna_warnings():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        yield
 
 
 def tiny_consisid():

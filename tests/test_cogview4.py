@@ -1,12 +1,10 @@
 """CogView4 (tiny offline transformer and pipelines, fp32, CPU): GNA on each block's joint [text, image] attention,
 whose stock processor calls F.scaled_dot_product_attention itself."""
 
-import contextlib
-import warnings
-
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
+from helpers import max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -14,17 +12,6 @@ from gna_diffusers.patches import cogview4
 
 GRID = (4, 6)
 TEXT = 7
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
-
-
-@contextlib.contextmanager
-def no_gna_warnings():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        yield
 
 
 def text_mask(batch: int = 2) -> torch.Tensor:

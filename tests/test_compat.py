@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import max_diff
 from test_apply import FAMILIES, GRIDS, OperatorSpy, config, generate
 
 import gna_diffusers
@@ -23,10 +24,6 @@ TOL = 1e-5
 
 def whole(family, **kwargs):
     return config(family, window=-1, **kwargs)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 # --- token layouts --------------------------------------------------------------------------------------

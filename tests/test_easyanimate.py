@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -13,10 +14,6 @@ from gna_diffusers.patches import easyanimate
 
 GRID = (3, 4, 6)
 TEXT = 7
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_whole_extent_reproduces_stock_and_removal_is_exact(monkeypatch):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
+from helpers import max_diff
 from PIL import Image
 from test_apply import OperatorSpy
 
@@ -18,10 +19,6 @@ def generate(pipe, steps=2, **extra):
     return pipe(prompt=["a red cat", "a dog on a beach"], height=32, width=32, num_inference_steps=steps,
                 output_type="pt", generator=torch.Generator().manual_seed(0), **flux2.tiny_call_kwargs(),
                 **extra).images
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_each_block_type_gets_its_own_gna_processor_and_remove_restores(monkeypatch):

@@ -4,16 +4,13 @@ single blocks over [text, image, references], ids scaled by the image RoPE scale
 import pytest
 import torch
 from diffusers.models.transformers.transformer_flux3 import Flux3AttnProcessor
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, apply, enabled
 from gna_diffusers.patches import flux, flux3
 
 GRID = (6, 8)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def processors(transformer) -> dict[str, list[type]]:

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -16,10 +17,6 @@ GRID = (4, 6)
 TEXT = 8
 FAMILIES = {"ovis-image": ovis_image, "longcat-image": longcat_image}
 family = pytest.mark.parametrize("name", FAMILIES)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 @family

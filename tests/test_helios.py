@@ -7,6 +7,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_helios
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -17,10 +18,6 @@ GRID = (3, 4, 6)
 # 2 x 4 x 6 = 48.
 HISTORY = (4, 2, 2)
 HISTORY_TOKENS = 2 + 6 + 48
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("history, tokens", [((0, 0, 0), 0), (HISTORY, HISTORY_TOKENS), ((3, 1, 2), 2 + 6 + 48)])

@@ -1,13 +1,11 @@
 """HunyuanImage 2.1 (tiny offline base and refiner transformers and pipelines, fp32, CPU): GNA on the dual- and
 single-stream [image, text] attention, the padded prompt tokens masked."""
 
-import contextlib
-import warnings
-
 import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_hunyuanimage
+from helpers import max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -16,17 +14,6 @@ from gna_diffusers.patches import hunyuan_image
 GRID = (4, 6)
 TEXT = 7
 BYT5 = 128  # the base model's glyph tokens, after the prompt's
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
-
-
-@contextlib.contextmanager
-def no_gna_warnings():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        yield
 
 
 @pytest.mark.parametrize("refiner", [False, True], ids=["base", "refiner"])

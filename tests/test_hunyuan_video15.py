@@ -3,6 +3,7 @@ query-and-key-valid mask; padded text never reaches a window, the token refiner 
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
+from helpers import max_diff
 
 import gna_diffusers
 from gna_diffusers import GNAConfig, enabled
@@ -15,10 +16,6 @@ def generate(pipe, steps=2):
     # One prompt: diffusers' HunyuanVideo 1.5 VAE decoder cannot broadcast its causal mask over a batch of 2.
     return pipe(["a red cat on a sofa"], height=32, width=32, num_inference_steps=steps, output_type="pt",
                 generator=torch.Generator().manual_seed(0), **hunyuan_video15.tiny_call_kwargs()).frames
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_padded_batch_whole_extent_equals_stock_and_context_validity_is_right(monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_ideogram4
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -14,10 +15,6 @@ from gna_diffusers.patches import ideogram4
 
 GRID = (4, 6)
 TEXT = 8
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_whole_extent_reproduces_stock_and_the_grid_comes_from_position_ids(monkeypatch):

@@ -9,6 +9,7 @@ import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_kandinsky
 from diffusers.models.transformers.transformer_kandinsky import Kandinsky5AttnProcessor
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -16,10 +17,6 @@ from gna_diffusers.harness.models import on_meta
 from gna_diffusers.patches import kandinsky5
 
 GRID = (3, 4, 6)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("visual_cond", [False, True], ids=["text-to-video", "with-condition-channels"])

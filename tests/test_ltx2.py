@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnProcessor
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -15,10 +16,6 @@ from gna_diffusers.harness.models import on_meta
 from gna_diffusers.patches import ltx2
 
 GRID = (3, 4, 6)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def with_keyframes(transformer, inputs: dict, keyframes: int) -> dict:

@@ -10,6 +10,7 @@ import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_ltx
 from diffusers.models.transformers.transformer_ltx import LTXVideoAttnProcessor
+from helpers import max_diff
 from PIL import Image
 from test_apply import OperatorSpy
 
@@ -18,10 +19,6 @@ from gna_diffusers.patches import ltx_video
 from gna_diffusers.route import LayoutError
 
 GRID = (3, 4, 6)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def coords_of(frames: int, rows: int, cols: int, first_time: float = 0.0) -> torch.Tensor:

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -15,10 +16,6 @@ GRID = (3, 4, 6)
 TEXT = 8
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*autocast.*")  # MochiRoPE asks for fp32 autocast on the CPU
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_whole_extent_reproduces_stock_per_sample_text_is_context(monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_motif_video
+from helpers import max_diff
 from PIL import Image
 from test_apply import OperatorSpy
 
@@ -17,10 +18,6 @@ from gna_diffusers.patches import motif_video
 GRID = (3, 4, 6)
 N = 3 * 4 * 6
 TEXT = 7
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_whole_extent_reproduces_stock_on_a_padded_batch_and_only_joint_attention_is_routed(monkeypatch):

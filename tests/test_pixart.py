@@ -1,12 +1,10 @@
 """PixArt (tiny offline transformer and pipeline, fp32, CPU): GNA on each block's image-only self-attention, whose
 stock processor calls F.scaled_dot_product_attention itself; the prompt's cross-attention stays stock."""
 
-import contextlib
-import warnings
-
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
+from helpers import max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -14,17 +12,6 @@ from gna_diffusers.patches import pixart
 
 GRID = (4, 6)
 TEXT = 7
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
-
-
-@contextlib.contextmanager
-def no_gna_warnings():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        yield
 
 
 def test_whole_extent_reproduces_stock_and_removal_is_exact(monkeypatch):

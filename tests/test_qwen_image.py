@@ -2,6 +2,7 @@
 text is masked, and Edit's reference-image tokens are context keys of every grid query."""
 
 import torch
+from helpers import max_diff
 
 import gna_diffusers
 from gna_diffusers import GNAConfig, enabled
@@ -13,10 +14,6 @@ GRID = (8, 8)  # the tiny pipeline's token grid at 64x64 pixels
 def generate(pipe, steps=2):
     return pipe(["a red cat", "a dog on the beach at sunset"], height=64, width=64, num_inference_steps=steps,
                 output_type="pt", generator=torch.Generator().manual_seed(0), **qwen_image.tiny_call_kwargs()).images
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 class ContextSpy:

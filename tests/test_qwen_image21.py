@@ -10,6 +10,7 @@ import torch
 from brute_force import neighbor_mask
 from diffusers.models.transformers import transformer_qwenimage21
 from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21FlexAttnProcessor, QwenImage21KVCache
+from helpers import max_diff
 from PIL import Image
 from test_apply import OperatorSpy
 
@@ -20,10 +21,6 @@ GRID = (4, 6)
 N = GRID[0] * GRID[1]
 # (condition images' token shapes, each sample's valid prompt tokens)
 CASES = {"text-to-image": ((), None), "two condition images, padded batch": (((2, 4), (4, 2)), (5, 8))}
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def inputs_for(case: str, transformer) -> dict:

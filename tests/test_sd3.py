@@ -2,12 +2,10 @@
 [image, text] attention, and on SD3.5 Medium's image-only ``attn2``; the stock processor calls
 F.scaled_dot_product_attention itself."""
 
-import contextlib
-import warnings
-
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
+from helpers import max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -15,17 +13,6 @@ from gna_diffusers.patches import sd3
 
 GRID = (4, 6)
 TEXT = 7
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
-
-
-@contextlib.contextmanager
-def no_gna_warnings():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        yield
 
 
 @pytest.mark.parametrize("dual", [(), (0,)], ids=["sd3", "sd3.5-medium"])

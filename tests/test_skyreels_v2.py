@@ -7,16 +7,13 @@ import warnings
 import pytest
 import torch
 from diffusers.models.transformers.transformer_skyreels_v2 import SkyReelsV2AttnProcessor
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled
 from gna_diffusers.patches import skyreels_v2, wan
 
 GRID = (4, 4, 6)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("forcing", [False, True], ids=["text-to-video", "diffusion-forcing"])

@@ -4,6 +4,7 @@ cross-attention keeps its stock processor, and a Wan 2.2 pipeline's two experts 
 import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import ConfigError, GNAConfig, apply, enabled, remove
@@ -23,10 +24,6 @@ def sparse(**kwargs):
 
 def whole():
     return GNAConfig(family="wan", window=-1)
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_whole_extent_windows_reproduce_the_stock_transformer_and_pipeline():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_wan_animate
+from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -18,10 +19,6 @@ from gna_diffusers.patches import chronoedit, wan, wan_animate
 
 GRID = (2, 4, 6)  # the segment's frames after the reference frame
 FRAME_TOKENS = 4 * 6
-
-
-def max_diff(a, b) -> float:
-    return (a - b).abs().max().item()
 
 
 def test_whole_extent_reproduces_stock_and_only_self_attention_is_routed(monkeypatch):
