@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import max_diff
+from helpers import max_diff, no_gna_warnings
 from test_apply import FAMILIES, GRIDS, OperatorSpy, config, generate
 
 import gna_diffusers
@@ -75,6 +75,21 @@ def test_hunyuan_video_image_to_video_token_replace_blocks(monkeypatch):
     assert len(spy.windows) == 8
 
 
+def whole_then_sparse(pipe, generate, family: str, grid: tuple, monkeypatch) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``generate()`` stock; with whole windows (no gna warning) it must be reproduced on ``grid``; then with one
+    dense step and windows of 3: (stock output, sparse output, the sparse attention calls made)."""
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family=family, window=-1)) as handle:
+            assert max_diff(generate(), stock) <= TOL
+            assert handle.runtime.grid == grid
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family=family, window=3, dense_steps=1)):
+            sparse = generate()
+    return stock, sparse, len(spy.windows)
+
+
 def test_skyreels_v1_image_to_video_pipeline_conditions_along_channels(monkeypatch):
     """SkyReels-V1 (HunyuanSkyreelsImageToVideoPipeline: a HunyuanVideo transformer taking the image's latents as
     channels beside the noise's): the grid is the latents'; whole windows reproduce it, sparse windows run."""
@@ -89,17 +104,9 @@ def test_skyreels_v1_image_to_video_pipeline_conditions_along_channels(monkeypat
         return pipe(image=image, prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
                     generator=torch.Generator().manual_seed(0), **hunyuan_video.tiny_call_kwargs()).frames
 
-    stock = generate()
-    spy = OperatorSpy(monkeypatch)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        with enabled(pipe, GNAConfig(family="hunyuan-video", window=-1)) as handle:
-            assert max_diff(generate(), stock) <= TOL
-            assert handle.runtime.grid == (2, 8, 8)
-        spy.windows.clear()
-        with enabled(pipe, GNAConfig(family="hunyuan-video", window=3, dense_steps=1)):
-            assert max_diff(generate(), stock) > 1e-3
-    assert len(spy.windows) == 2 * 4  # 2 sparse steps x 4 layers (true CFG off: one call per step)
+    stock, sparse, sparse_calls = whole_then_sparse(pipe, generate, "hunyuan-video", (2, 8, 8), monkeypatch)
+    assert max_diff(sparse, stock) > 1e-3
+    assert sparse_calls == 2 * 4  # 2 sparse steps x 4 layers (true CFG off: one call per step)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -148,18 +155,9 @@ def test_hunyuan_video_framepack_pipeline_warms_up_each_section(monkeypatch):
                     num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0),
                     **{k: v for k, v in hunyuan_video.tiny_call_kwargs().items() if k != "num_frames"}).frames
 
-    stock = generate()
-    spy = OperatorSpy(monkeypatch)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        with enabled(pipe, GNAConfig(family="hunyuan-video", window=-1)) as handle:
-            assert max_diff(generate(), stock) <= TOL
-            assert handle.runtime.grid == (2, 4, 4)
-        spy.windows.clear()
-        with enabled(pipe, GNAConfig(family="hunyuan-video", window=3, dense_steps=1)):
-            sparse = generate()
+    stock, sparse, sparse_calls = whole_then_sparse(pipe, generate, "hunyuan-video", (2, 4, 4), monkeypatch)
     assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3
-    assert len(spy.windows) == 2 * 2 * 4  # 2 sections x 2 sparse steps x 4 layers
+    assert sparse_calls == 2 * 2 * 4  # 2 sections x 2 sparse steps x 4 layers
 
 
 def kontext_pipeline():
