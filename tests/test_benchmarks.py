@@ -108,3 +108,18 @@ def test_suite_parts_without_kernels_take_the_kernel_rows_of_kernel_bench(tmp_pa
     readme.write_text(f"{suite.MARKERS[0]}\n{suite.MARKERS[1]}\n")
     suite.update_readme(readme, part)
     assert "| tiny 3-D +text" in readme.read_text() and "| tiny FLUX 64x64" in readme.read_text()
+
+
+def test_every_suite_case_names_one_family_its_preset_is_for(monkeypatch):
+    """The GPU suite builds each case's transformer from its name alone (random weights): the name must pick one
+    family (hunyuanvideo-community's HunyuanImage repositories are not HunyuanVideo) and the case's preset be that
+    family's; the full-size config must build (on meta) and take the case's size."""
+    from gna_diffusers.harness.models import family_named, on_meta
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # gpu_suite imports kernel_bench as a sibling script
+    for case in load("gpu_suite").MODEL_CASES:
+        family = family_named(case.model)
+        assert family.PATCH.family == load_preset(case.preset).family, case.name
+        config, grid = family.full_size(case.model) if hasattr(family, "full_size") else (family.FULL_CONFIG, None)
+        on_meta(family.PATCH.transformer_class, config)
+        (grid or family.latent_grid)(case.height, case.width, case.frames)

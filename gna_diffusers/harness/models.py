@@ -98,8 +98,19 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
         # torch.nn.Module.to: diffusers' own .to() warns about fp32-kept modules these models do not have.
         transformer = torch.nn.Module.to(family.tiny_transformer(seed), device=device, dtype=dtype)
         return Model(name, family, None, transformer, "random (built-in tiny model)")
+    family = family_named(name)
+    # A family with several full-size shapes says which one a name means (e.g. Wan 2.1 14B or 2.2 TI2V-5B).
+    config, latent_grid = family.full_size(name) if hasattr(family, "full_size") else (family.FULL_CONFIG, None)
+    transformer = materialize_random(on_meta(family.PATCH.transformer_class, config), device, dtype, seed)
+    return Model(name, family, None, transformer, "random (full-size config)", latent_grid)
+
+
+def family_named(name: str) -> ModuleType:
+    """The family module whose ``NAME_PATTERN`` the model's own name matches: the part after the owner of a hub id
+    (``hunyuanvideo-community/HunyuanImage-2.1-Diffusers`` is HunyuanImage, not HunyuanVideo) or a folder's name."""
     families = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}
-    matches = [module for module in families.values() if re.search(module.NAME_PATTERN, name, re.IGNORECASE)]
+    own_name = Path(name).name
+    matches = [module for module in families.values() if re.search(module.NAME_PATTERN, own_name, re.IGNORECASE)]
     if len(matches) != 1:
         raise HarnessError(
             f"--random-weights needs a model name that names one family ({', '.join(families)}), e.g. "
@@ -107,11 +118,7 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
             f"Qwen/Qwen-Image, hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v or Lightricks/LTX-2; "
             f"got {name!r}"
         )
-    family = matches[0]
-    # A family with several full-size shapes says which one a name means (e.g. Wan 2.1 14B or 2.2 TI2V-5B).
-    config, latent_grid = family.full_size(name) if hasattr(family, "full_size") else (family.FULL_CONFIG, None)
-    transformer = materialize_random(on_meta(family.PATCH.transformer_class, config), device, dtype, seed)
-    return Model(name, family, None, transformer, "random (full-size config)", latent_grid)
+    return matches[0]
 
 
 def on_meta(transformer_class, config: dict) -> torch.nn.Module:
