@@ -288,6 +288,34 @@ def test_compare_runs_a_controlnet_pipeline_from_a_local_folder(tmp_path, capsys
     assert "FluxPipeline takes no control image" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_compare_gives_an_image_conditioned_pipeline_its_input_image(tmp_path, capsys):
+    """An image-to-video pipeline (here a saved tiny CogVideoXImageToVideoPipeline) takes its input image from
+    --image; without one, or given to a pipeline that takes none, the run stops with one clear line."""
+    from diffusers import CogVideoXImageToVideoPipeline
+    from PIL import Image
+
+    from gna_diffusers.patches import cogvideox
+
+    transformer = cogvideox.tiny_transformer()
+    wide = type(transformer).from_config({**transformer.config, "in_channels": 8}).eval()
+    CogVideoXImageToVideoPipeline(transformer=wide, **cogvideox.tiny_parts()).save_pretrained(tmp_path / "pipe")
+    Image.new("RGB", (32, 32), (90, 30, 200)).save(tmp_path / "first-frame.png")
+    common = ["--model", str(tmp_path / "pipe"), "--height", "32", "--width", "32", "--frames", "9", "--steps", "2",
+              "--prompt", "a red cat", "--no-warmup", "--preset", "cogvideox-480p"]
+    assert main(["compare", *common, "--image", str(tmp_path / "first-frame.png"), "--output", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["settings"]["image_sha1"] and report["samples"][0]["metrics"]["psnr"] is not None
+    assert "input image: `" in (tmp_path / "run" / "report.md").read_text()
+    assert main(["compare", *common, "--output", str(tmp_path / "none")]) == 2
+    assert ("is an image-conditioned pipeline (CogVideoXImageToVideoPipeline): give its input image with --image"
+            in capsys.readouterr().err)
+    assert main(["compare", "--image", str(tmp_path / "first-frame.png"), "--output", str(tmp_path / "t")]) == 2
+    assert "--image: FluxPipeline takes no input image" in capsys.readouterr().err
+    assert main(["compare", "--image", "/no/such.png", "--output", str(tmp_path / "u")]) == 2
+    assert "--image /no/such.png: no such file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("backend, kernel", [("_native_math", "MATH"), ("flash", None)])
 def test_dense_backend_reaches_families_that_call_sdpa_themselves(tmp_path, monkeypatch, backend, kernel):
     """diffusers' --dense-backend does not reach CogVideoX's processors (they call torch's SDPA): a native backend

@@ -32,8 +32,9 @@ def _header(report: dict) -> str:
     if env["device"].startswith("cpu"):
         lines.append("- **CPU**: GNA runs the reference backend (masked dense attention) here, so the timings are "
                      "no speedups; measure speed on a GPU")
-    if report["settings"].get("control_image"):
-        lines.append(f"- control image: `{report['settings']['control_image']}` (the same for every prompt and seed)")
+    for key, what in (("image", "input image"), ("control_image", "control image")):
+        if report["settings"].get(key):
+            lines.append(f"- {what}: `{report['settings'][key]}` (the same for every prompt and seed)")
     if model.get("unscored"):
         lines.append(f"- not scored: {model['unscored']}")
     lpips = report.get("lpips")

@@ -74,6 +74,8 @@ class Settings:
     warmup: bool = True
     control_image: str | None = None  # image file a ControlNet pipeline takes as its control_image
     control_image_sha1: str | None = None  # its content, so a changed file invalidates cached outputs
+    image: str | None = None  # image file an image-conditioned pipeline takes as its image (image-to-video, edit)
+    image_sha1: str | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -139,20 +141,25 @@ class Sample:
         return f"p{self.prompt_index}-s{self.seed}"
 
 
-def _read_control_image(settings: Settings) -> Settings:
-    """The settings with the control image's content digest; a HarnessError when the file is missing."""
-    if settings.control_image is None:
-        return settings
-    path = Path(settings.control_image).expanduser()
-    if not path.is_file():
-        raise HarnessError(f"--control-image {settings.control_image}: no such file")
-    if settings.random_weights:
-        raise HarnessError("--control-image needs a pipeline; --random-weights times the transformer alone")
-    return replace(settings, control_image_sha1=hashlib.sha1(path.read_bytes()).hexdigest())
+def _read_images(settings: Settings) -> Settings:
+    """The settings with the content digests of ``--image`` and ``--control-image``; a HarnessError when a file is
+    missing or there is no pipeline to take it."""
+    for name in ("image", "control_image"):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise HarnessError(f"{flag} {value}: no such file")
+        if settings.random_weights:
+            raise HarnessError(f"{flag} needs a pipeline; --random-weights times the transformer alone")
+        settings = replace(settings, **{f"{name}_sha1": hashlib.sha1(path.read_bytes()).hexdigest()})
+    return settings
 
 
 @functools.lru_cache(maxsize=4)
-def _control_image(path: str):
+def _load_image(path: str):
     from PIL import Image
 
     with Image.open(Path(path).expanduser()) as image:
@@ -162,14 +169,23 @@ def _control_image(path: str):
 def _call_kwargs(model: Model, settings: Settings) -> dict:
     kwargs = model.family.tiny_call_kwargs() if model.tiny else {}
     pipeline = type(model.pipeline).__name__
-    takes_control = "control_image" in inspect.signature(model.pipeline.__call__).parameters
+    parameters = inspect.signature(model.pipeline.__call__).parameters
+    takes_control = "control_image" in parameters
     if settings.control_image is not None:
         if not takes_control:
             raise HarnessError(f"--control-image: {pipeline} takes no control image (a ControlNet pipeline does)")
-        kwargs["control_image"] = _control_image(settings.control_image)
+        kwargs["control_image"] = _load_image(settings.control_image)
     elif takes_control and getattr(model.pipeline, "controlnet", None) is not None:
         raise HarnessError(f"model {settings.model!r} is a ControlNet pipeline ({pipeline}): give its control image "
                            f"with --control-image PATH")
+    if settings.image is not None:
+        if "image" not in parameters:
+            raise HarnessError(f"--image: {pipeline} takes no input image (an image-to-video, editing or refining "
+                               f"pipeline does)")
+        kwargs["image"] = _load_image(settings.image)
+    elif "image" in parameters and parameters["image"].default is inspect.Parameter.empty and "image" not in kwargs:
+        raise HarnessError(f"model {settings.model!r} is an image-conditioned pipeline ({pipeline}): give its input "
+                           f"image with --image PATH")
     for name in ("height", "width", "steps"):
         value = getattr(settings, name)
         if value is not None:
@@ -208,7 +224,7 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
 # Settings that change a generated output; a cached dense output or a finished preset is reused only
 # when all of them match.
 OUTPUT_SETTINGS = ("model", "steps", "height", "width", "frames", "device", "dtype", "dense_backend", "control_image",
-                   "control_image_sha1")
+                   "control_image_sha1", "image", "image_sha1")
 
 
 def _fingerprint(settings: Settings, sample: Sample) -> str:
@@ -420,7 +436,7 @@ def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
     """Run every preset against the shared dense runs; ``single`` (compare) writes the entry at the top.
     Under ``torchrun`` every rank runs the generations with the transformer sharded (Ulysses) and rank 0
     writes the reports."""
-    settings = _read_control_image(_apply_tiny_defaults(settings, settings.model))
+    settings = _read_images(_apply_tiny_defaults(settings, settings.model))
     scratch = _distribute(settings)
     try:
         device = _check_device(settings.device)
