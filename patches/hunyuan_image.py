@@ -153,3 +153,5 @@ def tiny_call_kwargs() -> dict:
 
 
 TINY_NAME = "tiny-hunyuan-image"
+# Pipelines whose ``image`` argument defaults to None but that need one (``compare`` then asks for ``--image``).
+IMAGE_PIPELINES = ("HunyuanImageRefinerPipeline",)

@@ -71,9 +71,7 @@ def test_text_to_image_pipeline_runs_gna_after_the_warm_up(prompt, monkeypatch):
     assert spy.contexts == [((16, 16), 64 + BYT5)] * (2 * 2 * 4)  # 2 sparse steps x 2 guider calls x 4 layers
 
 
-def test_refiner_pipeline_takes_its_one_frame_latents_as_the_image_grid():
-    """HunyuanImageRefinerPipeline: latents (B, C, 1, H, W) from its 16x VAE (2x here) beside the reference image's;
-    the grid is the frame's rows and columns."""
+def tiny_refiner_pipeline():
     from diffusers import (AutoencoderKLHunyuanImageRefiner, FlowMatchEulerDiscreteScheduler,
                            HunyuanImageRefinerPipeline)
 
@@ -86,6 +84,13 @@ def test_refiner_pipeline_takes_its_one_frame_latents_as_the_image_grid():
         transformer=hunyuan_image.tiny_transformer(refiner=True), vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
         tokenizer=text["tokenizer"], text_encoder=text["text_encoder"])
     pipe.tokenizer_max_length = 32
+    return pipe
+
+
+def test_refiner_pipeline_takes_its_one_frame_latents_as_the_image_grid():
+    """HunyuanImageRefinerPipeline: latents (B, C, 1, H, W) from its 16x VAE (2x here) beside the reference image's;
+    the grid is the frame's rows and columns."""
+    pipe = tiny_refiner_pipeline()
     image = torch.rand(1, 3, 32, 32)
     stock = generate(pipe, image=image)
     with no_gna_warnings():
@@ -95,6 +100,18 @@ def test_refiner_pipeline_takes_its_one_frame_latents_as_the_image_grid():
         with enabled(pipe, GNAConfig(family="hunyuan-image", window=5, dense_steps=1)):
             sparse = generate(pipe, image=image)
     assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
+
+
+def test_compare_asks_the_refiner_for_its_input_image():
+    """The refiner's image argument defaults to None, but it refines an image: the harness asks for --image."""
+    from gna_diffusers.harness.models import HarnessError, Model
+    from gna_diffusers.harness.runner import Settings, _call_kwargs
+
+    pipe = tiny_refiner_pipeline()
+    model = Model("a-refiner", hunyuan_image, pipe, pipe.transformer, "pretrained")
+    with pytest.raises(HarnessError, match=r"image-conditioned pipeline \(HunyuanImageRefinerPipeline\): give its "
+                                           r"input image with --image PATH"):
+        _call_kwargs(model, Settings(model="a-refiner"))
 
 
 def test_a_latent_video_of_several_frames_runs_dense_with_a_warning():

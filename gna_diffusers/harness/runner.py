@@ -183,7 +183,9 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
             raise HarnessError(f"--image: {pipeline} takes no input image (an image-to-video, editing or refining "
                                f"pipeline does)")
         kwargs["image"] = _load_image(settings.image)
-    elif "image" in parameters and parameters["image"].default is inspect.Parameter.empty and "image" not in kwargs:
+    elif "image" in parameters and "image" not in kwargs and (
+            parameters["image"].default is inspect.Parameter.empty
+            or pipeline in getattr(model.family, "IMAGE_PIPELINES", ())):
         raise HarnessError(f"model {settings.model!r} is an image-conditioned pipeline ({pipeline}): give its input "
                            f"image with --image PATH")
     for name in ("height", "width", "steps"):
