@@ -89,26 +89,51 @@ def test_image_to_image_pipeline_keeps_the_grid():
         assert handle.runtime.grid == (8, 8)
 
 
-def test_controlnet_blocks_are_patched_beside_the_transformer(monkeypatch):
-    """StableDiffusion3ControlNetPipeline: the ControlNet's joint blocks attend over the same image and prompt tokens
-    and run GNA too; whole windows reproduce the stock pipeline, and removal restores the ControlNet."""
-    from diffusers import SD3ControlNetModel, StableDiffusion3ControlNetPipeline
+def tiny_controlnet(kind: str, transformer):
+    """SD3's kind of ControlNet (joint blocks over [image, text], copied from the transformer) or SD3.5 Large's (its
+    blocks attend over the image tokens alone; no prompt, no positional table), with one block."""
+    from diffusers import SD3ControlNetModel
+
+    if kind == "sd3":
+        return SD3ControlNetModel.from_transformer(transformer, num_layers=1, num_extra_conditioning_channels=0)
+    config = transformer.config
+    torch.manual_seed(0)
+    controlnet = SD3ControlNetModel(
+        sample_size=config.sample_size, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=None, caption_projection_dim=32,
+        pooled_projection_dim=2 * sd3.TEXT_WIDTH, pos_embed_type=None, use_pos_embed=False,
+        force_zeros_for_pooled_projection=False).eval()
+    for parameter in controlnet.controlnet_blocks.parameters():  # zero at initialisation: make them count
+        torch.nn.init.normal_(parameter, std=0.2)
+    return controlnet
+
+
+@pytest.mark.parametrize("kind, multi", [("sd3", False), ("sd3", True), ("sd3.5", False)],
+                         ids=["sd3", "sd3-multi", "sd3.5-image-only"])
+def test_controlnet_blocks_are_patched_beside_the_transformer(kind, multi, monkeypatch):
+    """StableDiffusion3ControlNetPipeline, with one ControlNet or SD3's multi-ControlNet: the ControlNet's blocks
+    attend over the same image tokens (SD3's with the prompt, SD3.5 Large's without) and run GNA too; whole windows
+    reproduce the stock pipeline, and removal restores the ControlNet."""
+    from diffusers import SD3MultiControlNetModel, StableDiffusion3ControlNetPipeline
     from PIL import Image
 
     parts = sd3.tiny_pipeline().components
-    controlnet = SD3ControlNetModel.from_transformer(parts["transformer"], num_layers=1,
-                                                     num_extra_conditioning_channels=0)
-    pipe = StableDiffusion3ControlNetPipeline(controlnet=controlnet, **parts)
-    control = dict(control_image=Image.new("RGB", (32, 32), (90, 30, 200)))
+    controlnet = tiny_controlnet(kind, parts["transformer"])
+    pipe = StableDiffusion3ControlNetPipeline(
+        controlnet=SD3MultiControlNetModel([controlnet]) if multi else controlnet, **parts)
+    image = Image.new("RGB", (32, 32), (90, 30, 200))
+    control = dict(control_image=[image] if multi else image, controlnet_conditioning_scale=[1.0] if multi else 1.0)
     stock = generate(pipe, steps=2, **control)
     spy = OperatorSpy(monkeypatch)
     with no_gna_warnings():
         with enabled(pipe, GNAConfig(family="sd3", window=-1)):
             assert max_diff(generate(pipe, steps=2, **control), stock) <= 1e-5
-        spy.windows.clear()
+        spy.contexts.clear()
         with enabled(pipe, GNAConfig(family="sd3", window=2)):
             assert max_diff(generate(pipe, steps=2, **control), stock) > 1e-3
-    assert len(spy.windows) == 2 * (2 + 1)  # 2 steps x (the transformer's 2 blocks + the ControlNet's 1)
+    controlnet_context = 77 + 48 if kind == "sd3" else 0  # SD3.5 Large's ControlNet blocks hold no prompt
+    step = [((8, 8), controlnet_context)] + [((8, 8), 77 + 48)] * 2  # the ControlNet's block, the transformer's 2
+    assert spy.contexts == step * 2
     assert torch.equal(generate(pipe, steps=2, **control), stock)
 
 
