@@ -12,7 +12,8 @@
 #   models5  suite: Wan 2.2 Animate 14B (720x1280, a 77-frame segment), Kandinsky 5 Pro 19B (768x1280x121)
 #   models6  suite: CogVideoX 1.5 5B (768x1360x81), Mochi 1 10B (480x848x163), Allegro 2.8B (720x1280x88)
 #   models7  suite: EasyAnimate V5.1 12B (1024x1024x49); Ideogram 4, Krea 2, Ovis-Image 7B (2048x2048)
-#   models8  suite: CogView4 6B, HunyuanImage 2.1 17B and its 15B refiner, SD3.5 Large 8B, PixArt-Sigma 2K (2048x2048)
+#   models8  suite: CogView4 6B, HunyuanImage 2.1 17B, SD3.5 Large 8B (2048x2048)
+#   models9  suite: HunyuanImage 2.1's 15B refiner, PixArt-Sigma 2K (2048x2048), HiDream-I1 17B (1024x1024)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -22,8 +23,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | profile) ;;
-    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|profile (got '$part')" >&2; exit 2 ;;
+    kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | profile) ;;
+    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|profile (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -63,6 +64,7 @@ case "$part" in
     models5) suite "animate,kandinsky" ;;
     models6) suite "cogvideox,mochi,allegro" ;;
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
-    models8) suite "cogview4,hunyuanimage,sd3.5,pixart" ;;
+    models8) suite "cogview4,hunyuanimage 2.1 2048,sd3.5" ;;
+    models9) suite "refiner,pixart,hidream" ;;
 esac
 exit "$status"

@@ -126,6 +126,8 @@ MODEL_CASES = [
     # PixArt-Sigma's 2K model (0.6B) at 2048x2048: 128x128, no text in the self-attention; head_dim 72.
     ModelCase("PixArt-Sigma 2K 2048x2048", "PixArt-alpha/PixArt-Sigma-XL-2-2K-MS", "pixart-2k", 2048, 2048, None, 20,
               None, None),
+    # HiDream-I1 Full (17B, mixture of experts) at 1024x1024, the area its pipeline scales every request to.
+    ModelCase("HiDream-I1 1024x1024", "HiDream-ai/HiDream-I1-Full", "hidream-1k", 1024, 1024, None, 50, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

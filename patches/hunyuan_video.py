@@ -155,22 +155,32 @@ def tiny_vae():
     ).eval()
 
 
+def tiny_llama_tokenizer():
+    """A Llama tokenizer of one token per character, padding on the right as the real one does (pad: "</s>")."""
+    from transformers import LlamaTokenizer
+
+    from ._tiny import CHARS
+
+    pieces = ["<unk>", "<s>", "</s>", "\u2581"] + list(CHARS)
+    tokenizer = LlamaTokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[], padding_side="right")
+    tokenizer.pad_token = "</s>"
+    return tokenizer
+
+
 def tiny_pipeline(seed: int = 0):
     """An offline HunyuanVideoPipeline with random weights: 32x32 pixels x 5 frames -> a 2x8x8 latent grid.
 
     The Llama tokenizer pads on the right, as the real one does, so padded text gets a key mask.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
-    from transformers import LlamaConfig, LlamaModel, LlamaTokenizer
+    from transformers import LlamaConfig, LlamaModel
 
-    from ._tiny import CHARS, clip_text_encoder, clip_tokenizer
+    from ._tiny import clip_text_encoder, clip_tokenizer
 
-    pieces = ["<unk>", "<s>", "</s>", "\u2581"] + list(CHARS)
-    tokenizer = LlamaTokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[], padding_side="right")
-    tokenizer.pad_token = "</s>"
+    tokenizer = tiny_llama_tokenizer()
     torch.manual_seed(seed)
     text_encoder = LlamaModel(
-        LlamaConfig(vocab_size=len(pieces), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+        LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
                     pad_token_id=2, bos_token_id=1, eos_token_id=2)
     ).eval()
