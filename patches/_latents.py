@@ -46,8 +46,8 @@ class LatentLayout:
         tokens (it may hold leading frames as context: Wan VACE's reference images)."""
         latents = args[0] if args else kwargs["hidden_states"]
         if latents.ndim not in self.ranks:
-            raise LayoutError(f"hidden_states of shape {tuple(latents.shape)} are not {self.__class__.__name__}'s "
-                              f"latents (rank {' or '.join(map(str, self.ranks))})")
+            raise LayoutError(f"hidden_states of shape {tuple(latents.shape)} are not latents of rank "
+                              f"{' or '.join(map(str, self.ranks))}, which this model's layout is read from")
         grid = self.grid(latents, module)
         if prepared is not None and prepared.stream_tokens == prod(grid):
             return prepared
