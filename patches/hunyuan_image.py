@@ -118,9 +118,12 @@ def full_size(model_name: str):
 
 DEFAULT_PRESET = "hunyuan-image-2k"
 DEFAULT_STEPS = 50  # the pipeline's default num_inference_steps
-# The Qwen2.5-VL prompt, padded to 1000 (transformer_inputs adds the base model's 128 ByT5 tokens); the refiner's
-# pipeline pads to 256, so its random-weights timing carries more text than it runs with.
-TEXT_TOKENS = 1000
+TEXT_TOKENS = 1000  # the Qwen2.5-VL prompt, padded to 1000 (transformer_inputs adds the base model's 128 ByT5 tokens)
+
+
+def text_tokens(model_name: str) -> int:
+    """The prompt tokens of the model a hub name refers to: the refiner's pipeline pads its prompt to 256."""
+    return 256 if "refiner" in model_name.lower() else TEXT_TOKENS
 NAME_PATTERN = r"hunyuan-?image"  # hub names of this family, for --random-weights
 
 

@@ -135,6 +135,8 @@ def test_full_sizes_by_name_and_preset_grids():
     assert billions("hunyuanvideo-community/HunyuanImage-2.1-Diffusers") == pytest.approx(17, rel=0.05)
     assert billions("hunyuanvideo-community/HunyuanImage-2.1-Distilled-Diffusers") == pytest.approx(17, rel=0.05)
     assert billions("hunyuanvideo-community/HunyuanImage-2.1-Refiner-Diffusers") == pytest.approx(15.0, abs=0.1)
+    assert hunyuan_image.text_tokens("hunyuanvideo-community/HunyuanImage-2.1-Refiner-Diffusers") == 256
+    assert hunyuan_image.text_tokens("hunyuanvideo-community/HunyuanImage-2.1-Diffusers") == 1000
     _, refiner_grid = hunyuan_image.full_size("HunyuanImage-2.1-Refiner")
     assert refiner_grid(2048, 2048) == tuple(load_preset("hunyuan-image-refiner-2k").base_grid)
     assert hunyuan_image.latent_grid(2048, 2048) == tuple(load_preset("hunyuan-image-2k").base_grid)

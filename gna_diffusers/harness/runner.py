@@ -543,7 +543,8 @@ def _random_weights_entries(settings: Settings, model: Model, entries, device: t
     family = model.family
     height, width = settings.height or 1024, settings.width or 1024
     grid = model.latent_grid(height, width, settings.frames if family.PATCH.video else None)
-    text = 8 if model.tiny else family.TEXT_TOKENS
+    # A family whose variants pad their prompts differently says per model name (HunyuanImage's refiner: 256).
+    text = 8 if model.tiny else getattr(family, "text_tokens", lambda name: family.TEXT_TOKENS)(model.name)
     inputs = family.transformer_inputs(model.transformer, grid, text=text, device=device, dtype=settings.torch_dtype)
     def time_steps(count: int) -> list[float]:
         timer = TransformerTimer(model.transformer, device)
