@@ -14,8 +14,16 @@ GRID = (4, 6)
 TEXT = 7
 
 
-def test_whole_extent_reproduces_stock_and_removal_is_exact(monkeypatch):
+@pytest.mark.parametrize("alpha", [False, True], ids=["sigma", "alpha-size-conditions"])
+def test_whole_extent_reproduces_stock_and_removal_is_exact(alpha, monkeypatch):
+    """PixArt-Sigma's transformer, and PixArt-Alpha's, which also takes the resolution and aspect ratio (embedded
+    in a third of the width each: 3 heads here)."""
     transformer = pixart.tiny_transformer()
+    if alpha:
+        torch.manual_seed(0)
+        transformer = type(transformer).from_config(
+            {**transformer.config, "use_additional_conditions": True, "num_attention_heads": 3,
+             "cross_attention_dim": 48}).eval()
     inputs = pixart.transformer_inputs(transformer, GRID, text=TEXT, batch=2)
     spy = OperatorSpy(monkeypatch)
     with torch.no_grad():
