@@ -127,6 +127,9 @@ MODEL_CASES = [
               None, None),
     # HiDream-I1 Full (17B, mixture of experts) at 1024x1024, the area its pipeline scales every request to.
     ModelCase("HiDream-I1 1024x1024", "HiDream-ai/HiDream-I1-Full", "hidream-1k", 1024, 1024, None, 50, None, None),
+    # Hunyuan-DiT v1.2 (1.5B) at 1024x1024: 64x64, no text in the self-attention; head_dim 88.
+    ModelCase("Hunyuan-DiT v1.2 1024x1024", "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers", "hunyuan-dit-1k", 1024, 1024,
+              None, 50, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

@@ -172,14 +172,16 @@ def tiny_t5(seed: int = 0):
     return T5Tokenizer(vocab=vocab, extra_ids=0), encoder
 
 
-def tiny_vae(latent_channels: int = 1):
-    """An AutoencoderKL that downsamples 2x: 32x32 pixels -> 16x16 latents (-> 8x8 packed tokens, 1 channel for
-    FLUX's pipeline; the families that take (B, C, H, W) latents use 4)."""
+def tiny_vae(latent_channels: int = 1, blocks: int = 2):
+    """An AutoencoderKL that downsamples 2 ** (blocks - 1) times: with 2 blocks, 32x32 pixels -> 16x16 latents
+    (-> 8x8 packed tokens, 1 channel for FLUX's pipeline; the families that take (B, C, H, W) latents use 4); 4 blocks
+    downsample 8x, as the real VAE (for pipelines that assume it)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8,) * blocks,
+        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
         norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0,
         sample_size=32,
     ).eval()

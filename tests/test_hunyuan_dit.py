@@ -1,0 +1,80 @@
+"""Hunyuan-DiT (tiny offline transformer and pipeline, fp32, CPU): GNA on each block's image-only self-attention,
+whose stock processor calls F.scaled_dot_product_attention itself; the prompt's cross-attention stays stock."""
+
+import pytest
+import torch
+from brute_force import joint_mask, masked_sdpa
+from helpers import max_diff, no_gna_warnings
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers.patches import hunyuan_dit
+
+GRID = (4, 6)
+
+
+@pytest.mark.parametrize("conditions", [True, False], ids=["v1.1-style-and-size", "v1.2"])
+def test_whole_extent_reproduces_stock_and_removal_is_exact(conditions, monkeypatch):
+    transformer = hunyuan_dit.tiny_transformer()
+    if not conditions:
+        torch.manual_seed(0)
+        transformer = type(transformer).from_config(
+            {**transformer.config, "use_style_cond_and_image_meta_size": False}).eval()
+    inputs = hunyuan_dit.transformer_inputs(transformer, GRID, batch=2)
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with no_gna_warnings(), enabled(transformer, GNAConfig(family="hunyuan-dit", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            assert {type(b.attn1.processor) for b in transformer.blocks} == {hunyuan_dit.GNAHunyuanAttnProcessor2_0}
+            assert {type(b.attn2.processor) for b in transformer.blocks} == {hunyuan_dit.HunyuanAttnProcessor2_0}
+        with enabled(transformer, GNAConfig(family="hunyuan-dit", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert spy.contexts == [(GRID, 0)] * 4  # the grid alone
+
+
+def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
+    window, stride = (2, 4), (1, 2)
+    transformer = hunyuan_dit.tiny_transformer()
+    inputs = hunyuan_dit.transformer_inputs(transformer, GRID)
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="hunyuan-dit", base_grid=list(GRID), window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        masked_sdpa(joint_mask(GRID, window, stride, 0), monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("width, grid", [(64, (4, 4)), (96, (4, 6))], ids=["square", "wide"])
+def test_text_to_image_pipeline_runs_gna_after_the_warm_up(width, grid, monkeypatch):
+    """HunyuanDiTPipeline (classifier-free guidance in one batch of 2) at 64 pixels high: its 8x VAE and 2x2 patches
+    make a 4x4 grid, or 4x6 for a wider image. Whole windows reproduce it; a sparse preset routes the steps after
+    the dense one."""
+    pipe = hunyuan_dit.tiny_pipeline()
+
+    def generate():
+        return pipe(prompt="a red cat", height=64, width=width, num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **hunyuan_dit.tiny_call_kwargs()).images
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="hunyuan-dit", window=-1)) as handle:
+            assert max_diff(generate(), stock) <= 1e-5
+            assert handle.runtime.grid == grid
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="hunyuan-dit", window=3, dense_steps=1)) as handle:
+            sparse = generate()
+            assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3
+    assert len(spy.windows) == 2 * 2  # 2 sparse steps x 2 layers
+
+
+def test_full_size_and_preset_grid():
+    from gna_diffusers.harness.models import on_meta
+
+    model = on_meta(hunyuan_dit.PATCH.transformer_class, hunyuan_dit.FULL_CONFIG)
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(1.5, rel=0.05)
+    assert hunyuan_dit.latent_grid(1024, 1024) == tuple(load_preset("hunyuan-dit-1k").base_grid)
