@@ -1,7 +1,8 @@
 """Hunyuan-DiT (HunyuanDiT2DModel, 1.5B): Hunyuan-DiT v1.0 to v1.2 text-to-image at 1024x1024 (and other sizes).
 Each block's ``attn1`` is a self-attention over the image tokens alone, with RoPE (the CLIP-Bert and mT5 prompt comes
 in through ``attn2``, a cross-attention, which stays stock); the second half of the blocks take long skip
-connections, which change nothing in the attention.
+connections, which change nothing in the attention. A Hunyuan-DiT ControlNet (HunyuanDiT2DControlNetModel, the first
+half's blocks over the same tokens) is patched beside the transformer.
 
 The stock processor (HunyuanAttnProcessor2_0) calls ``F.scaled_dot_product_attention`` itself: while GNA is
 installed, the ``F`` of diffusers' attention_processor module is a stand-in whose SDPA hands a GNA processor's calls
@@ -13,7 +14,7 @@ Layout probe: hidden_states (B, C, H, W) over the 2x2 patch, row-major: 1024x102
 from __future__ import annotations
 
 import torch
-from diffusers import HunyuanDiT2DModel
+from diffusers import HunyuanDiT2DControlNetModel, HunyuanDiT2DModel
 from diffusers.models import attention_processor
 from diffusers.models.attention_processor import HunyuanAttnProcessor2_0
 
@@ -46,6 +47,8 @@ PATCH = ModelPatch(
     layout_from_prepared=LAYOUT.from_prepared,
     video=False,
     attention="attn1",
+    # Its ControlNets run Hunyuan-DiT blocks over the same image tokens.
+    other_transformer_classes=(HunyuanDiT2DControlNetModel,),
 )
 
 BERT_WIDTH, T5_WIDTH = 16, 32  # the tiny encoders' widths

@@ -72,6 +72,44 @@ def test_text_to_image_pipeline_runs_gna_after_the_warm_up(width, grid, monkeypa
     assert len(spy.windows) == 2 * 2  # 2 sparse steps x 2 layers
 
 
+def test_controlnet_blocks_are_patched_beside_the_transformer(monkeypatch):
+    """HunyuanDiTControlNetPipeline: the ControlNet runs Hunyuan-DiT blocks (here 1, beside a 4-block transformer)
+    over the same image tokens and is patched too; whole windows reproduce the stock pipeline, and removal restores
+    it. (The pipeline samples the control image's latents from the global generator: seeded per call.)"""
+    from diffusers import HunyuanDiT2DControlNetModel, HunyuanDiTControlNetPipeline
+    from PIL import Image
+
+    parts = hunyuan_dit.tiny_pipeline().components
+    parts["transformer"] = hunyuan_dit.tiny_transformer(num_layers=4)
+    torch.manual_seed(0)
+    controlnet = HunyuanDiT2DControlNetModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, patch_size=2, sample_size=16, hidden_size=32,
+        transformer_num_layers=4, cross_attention_dim=hunyuan_dit.BERT_WIDTH,
+        cross_attention_dim_t5=hunyuan_dit.T5_WIDTH, pooled_projection_dim=16, text_len=77, text_len_t5=256).eval()
+    for parameter in (*controlnet.controlnet_blocks.parameters(), *controlnet.input_block.parameters()):
+        torch.nn.init.normal_(parameter, std=0.2)  # zero at initialisation: make the control count
+    pipe = HunyuanDiTControlNetPipeline(controlnet=controlnet, **parts)
+    control = Image.new("RGB", (64, 64), (90, 30, 200))
+
+    def generate():
+        torch.manual_seed(0)
+        return pipe(prompt="a red cat", height=64, width=64, num_inference_steps=2, output_type="pt",
+                    control_image=control, generator=torch.Generator().manual_seed(0),
+                    **hunyuan_dit.tiny_call_kwargs()).images
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="hunyuan-dit", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+            assert type(controlnet.blocks[0].attn1.processor) is hunyuan_dit.GNAHunyuanAttnProcessor2_0
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="hunyuan-dit", window=2)):
+            assert max_diff(generate(), stock) > 1e-3
+    assert len(spy.windows) == 2 * (1 + 4)  # 2 steps x (the ControlNet's block + the transformer's 4)
+    assert torch.equal(generate(), stock)
+
+
 def test_full_size_and_preset_grid():
     from gna_diffusers.harness.models import on_meta
 
