@@ -130,6 +130,10 @@ MODEL_CASES = [
     # Hunyuan-DiT v1.2 (1.5B) at 1024x1024: 64x64, no text in the self-attention; head_dim 88.
     ModelCase("Hunyuan-DiT v1.2 1024x1024", "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers", "hunyuan-dit-1k", 1024, 1024,
               None, 50, None, None),
+    # Lumina-Image 2.0 (2.6B) at 2048x2048: 128x128 after a typical caption (128 tokens); 8 key/value heads repeated
+    # to 24 by its processor before attention; head_dim 96.
+    ModelCase("Lumina-Image 2.0 2048x2048", "Alpha-VLLM/Lumina-Image-2.0", "lumina2-2k", 2048, 2048, None, 30, None,
+              None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

@@ -86,13 +86,13 @@ def masked_self_attention(module, mask: torch.Tensor, monkeypatch) -> None:
 
 
 def masked_sdpa(mask: torch.Tensor, monkeypatch) -> None:
-    """Make ``F.scaled_dot_product_attention`` apply ``mask`` to every call whose queries and keys are the (S, S)
-    self-attention sequence (CogVideoX's and Mochi's processors call it directly): the stock model, masked
-    independently."""
+    """Make ``F.scaled_dot_product_attention`` apply ``mask`` ((S, S), or (B, 1, S, S) per sample) to every call
+    whose queries and keys are the S-token self-attention sequence (CogVideoX's and Mochi's processors call it
+    directly): the stock model, masked independently."""
     real = torch.nn.functional.scaled_dot_product_attention
 
     def masked(query, key, value, attn_mask=None, *args, **kwargs):
-        if query.shape[-2] == key.shape[-2] == mask.shape[0]:
+        if query.shape[-2] == key.shape[-2] == mask.shape[-1]:
             attn_mask = mask
         return real(query, key, value, attn_mask, *args, **kwargs)
 

@@ -18,7 +18,7 @@ PUBLISHED_BILLIONS = {
     "flux": 12, "flux2": 32, "chroma": 8.9, "hunyuan-video": 13, "hunyuan-video-1.5": 8.3, "wan": 14,
     "qwen-image": 20, "z-image": 6, "skyreels-v2": 14, "chronoedit": 14 + 2.1, "ltx-video": 2,
     "kandinsky5": 2, "ltx2": 19, "cosmos": 2, "cogvideox": 5.6, "mochi": 10, "allegro": 2.8, "anyflow": 14, "easyanimate": 12,
-    "hunyuan-image": 17, "sd3": 2, "pixart": 0.6, "hidream": 17, "hunyuan-dit": 1.5,
+    "hunyuan-image": 17, "sd3": 2, "pixart": 0.6, "hidream": 17, "hunyuan-dit": 1.5, "lumina2": 2.6,
 }
 # Families whose full-size config is not checked against a published size, and why.
 UNPUBLISHED = {
@@ -106,11 +106,12 @@ def test_calibrate_runs_on_the_tiny_model(family, tmp_path):
 # branches on tensor data (text-to-video or not); Z-Image's RoPE enters a `with device` block; Qwen-Image 2.1
 # reads its image-slot mask to the host (RoPE, prefill segments); Mochi's processor finds each sample's valid
 # prompt tokens with torch.nonzero; HunyuanImage 2.1 reorders its prompt tokens by boolean indexing (valid ones
-# first), a data-dependent shape; HiDream's mixture-of-experts loops over its tokens-per-expert counts. Z-Image and
+# first), a data-dependent shape; HiDream's mixture-of-experts loops over its tokens-per-expert counts; Lumina 2
+# reads its caption lengths to the host (.tolist()). Z-Image and
 # Qwen-Image 2.1 are compiled per block instead (tests/test_z_image.py, tests/test_qwen_image21.py), HunyuanImage
 # too (tests/test_hunyuan_image.py).
 COMPILABLE = sorted(set(FAMILY_MODULES) - {"hunyuan-video-1.5", "z-image", "qwen-image-2.1", "mochi", "hunyuan-image",
-                                           "hidream"})
+                                           "hidream", "lumina2"})
 
 
 def compiled_graphs(family: str, pipe) -> int:
