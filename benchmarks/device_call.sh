@@ -13,8 +13,9 @@
 #   models6  suite: CogVideoX 1.5 5B (768x1360x81), Mochi 1 10B (480x848x163), Allegro 2.8B (720x1280x88)
 #   models7  suite: EasyAnimate V5.1 12B (1024x1024x49); Ideogram 4, Krea 2, Ovis-Image 7B (2048x2048)
 #   models8  suite: CogView4 6B, HunyuanImage 2.1 17B, SD3.5 Large 8B (2048x2048)
-#   models9  suite: HunyuanImage 2.1's 15B refiner, PixArt-Sigma 2K, Lumina-Image 2.0 (2048x2048), HiDream-I1 17B,
-#            Hunyuan-DiT 1.5B (1024x1024)
+#   models9  suite: HunyuanImage 2.1's 15B refiner, PixArt-Sigma 2K (2048x2048), HiDream-I1 17B, Hunyuan-DiT 1.5B
+#            (1024x1024)
+#   models10 suite: Lumina-Image 2.0, ERNIE-Image (2048x2048)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -24,8 +25,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | profile) ;;
-    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|profile (got '$part')" >&2; exit 2 ;;
+    kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | profile) ;;
+    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|profile (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -66,6 +67,7 @@ case "$part" in
     models6) suite "cogvideox,mochi,allegro" ;;
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
     models8) suite "cogview4,hunyuanimage 2.1 2048,sd3.5" ;;
-    models9) suite "refiner,pixart,lumina,hidream,hunyuandit" ;;
+    models9) suite "refiner,pixart,hidream,hunyuandit" ;;
+    models10) suite "lumina,ernie" ;;
 esac
 exit "$status"

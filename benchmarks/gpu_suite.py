@@ -134,6 +134,8 @@ MODEL_CASES = [
     # to 24 by its processor before attention; head_dim 96.
     ModelCase("Lumina-Image 2.0 2048x2048", "Alpha-VLLM/Lumina-Image-2.0", "lumina2-2k", 2048, 2048, None, 30, None,
               None),
+    # ERNIE-Image at 2048x2048 (diffusers' class defaults, 2.8B): 128x128 + 256 prompt tokens.
+    ModelCase("ERNIE-Image 2048x2048", "baidu/ERNIE-Image", "ernie-image-2k", 2048, 2048, None, 50, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

@@ -73,12 +73,13 @@ def joint_mask(grid, window, stride, context_before: int, context_after: int = 0
 
 
 def masked_self_attention(module, mask: torch.Tensor, monkeypatch) -> None:
-    """Make ``module.dispatch_attention_fn`` (a diffusers transformer module's) apply ``mask`` to every call
-    whose queries and keys are the (S, S) self-attention sequence: the stock model, masked independently."""
+    """Make ``module.dispatch_attention_fn`` (a diffusers transformer module's) apply ``mask`` ((S, S), or
+    (B, 1, S, S) per sample) to every call whose queries and keys are the S-token self-attention sequence: the stock
+    model, masked independently."""
     real = module.dispatch_attention_fn
 
     def masked(query, key, value, attn_mask=None, **kwargs):
-        if query.shape[1] == key.shape[1] == mask.shape[0]:
+        if query.shape[1] == key.shape[1] == mask.shape[-1]:
             attn_mask = mask
         return real(query, key, value, attn_mask=attn_mask, **kwargs)
 

@@ -123,3 +123,21 @@ def test_every_suite_case_names_one_family_its_preset_is_for(monkeypatch):
         config, grid = family.full_size(case.model) if hasattr(family, "full_size") else (family.FULL_CONFIG, None)
         on_meta(family.PATCH.transformer_class, config)
         (grid or family.latent_grid)(case.height, case.width, case.frames)
+
+
+def test_every_device_call_part_runs_its_cases_and_every_case_has_a_part(monkeypatch):
+    """Each ``suite "..."`` part of benchmarks/device_call.sh names parts of case names that each pick a case (as
+    gpu_suite's --models matches them), and every model case is in some part: a lent device's minutes are not spent
+    on a part that stops at its argument check, nor is a case never run."""
+    import re
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cases = [f"{case.name} {case.model}".lower() for case in load("gpu_suite").MODEL_CASES]
+    parts = re.findall(r'^\s+(models\d+)\) suite "([^"]+)"', (BENCHMARKS / "device_call.sh").read_text(), re.M)
+    covered = set()
+    for part, names in parts:
+        for name in names.split(","):
+            matched = {case for case in cases if name.strip().lower() in case}
+            assert matched, f"{part}: {name!r} matches no model case"
+            covered |= matched
+    assert covered == set(cases)

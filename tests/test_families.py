@@ -33,6 +33,7 @@ UNPUBLISHED = {
     "cogview4": "CogView4-6B's config (28 blocks, 32 heads x 128) makes 6.37B, 6% above the 6B of its name",
     "ovis-image": "Ovis-Image-7B's transformer size not found offline (7B may count its text encoder): FULL_CONFIG is "
                   "diffusers' class defaults (7.4B)",
+    "ernie-image": "no published size found offline: FULL_CONFIG is diffusers' class defaults (2.8B)",
 }
 FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
 
