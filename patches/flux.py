@@ -53,10 +53,11 @@ ids_layout = ReadOncePerTensor(lambda img_ids: layout_from_ids(img_ids[0] if img
 
 
 def layout_from_prepared(result, transformer) -> TokenLayout | None:
-    """From ``prepare_latents``' result: its (N, 3) id tensors, in order, are the ``img_ids`` the pipeline
-    passes (FLUX.1 Kontext returns the generated image's ids, then the reference image's)."""
-    parts = [t for t in (result if isinstance(result, tuple) else (result,))
-             if isinstance(t, torch.Tensor) and t.ndim == 2 and t.shape[1] == 3]
+    """From ``prepare_latents``' result: its (N, 3) id tensors (or (B, N, 3), the same ids per sample: Bria's), in
+    order, are the ``img_ids`` the pipeline passes (FLUX.1 Kontext returns the generated image's ids, then the
+    reference image's)."""
+    parts = [t if t.ndim == 2 else t[0] for t in (result if isinstance(result, tuple) else (result,))
+             if isinstance(t, torch.Tensor) and t.ndim in (2, 3) and t.shape[-1] == 3]
     if not parts:
         return None
     try:

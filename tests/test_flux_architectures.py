@@ -1,6 +1,6 @@
 """FLUX's architecture under other names, each with its own attention processor (tiny offline transformers and
-pipelines, fp32, CPU): Ovis-Image and LongCat-Image. GNA on the double- and single-stream blocks, the grid from
-FLUX's img_ids probe (LongCat's image ids start past the text's)."""
+pipelines, fp32, CPU): Ovis-Image, LongCat-Image and Bria 3.2. GNA on the double- and single-stream blocks, the grid
+from FLUX's img_ids probe (LongCat's image ids start past the text's; Bria's are per sample, (B, N, 3))."""
 
 import warnings
 
@@ -10,12 +10,13 @@ from brute_force import joint_mask, masked_self_attention
 from helpers import max_diff
 from test_apply import OperatorSpy
 
-from gna_diffusers import GNAConfig, enabled, load_preset
-from gna_diffusers.patches import longcat_image, ovis_image
+from gna_diffusers import GNAConfig, enabled, list_presets, load_preset
+from gna_diffusers.patches import bria, longcat_image, ovis_image
 
 GRID = (4, 6)
 TEXT = 8
-FAMILIES = {"ovis-image": ovis_image, "longcat-image": longcat_image}
+FAMILIES = {"ovis-image": ovis_image, "longcat-image": longcat_image, "bria": bria}
+GUIDANCE_CALLS = {"ovis-image": 2, "longcat-image": 2, "bria": 1}  # transformer calls per step (Bria: one batch)
 family = pytest.mark.parametrize("name", FAMILIES)
 
 
@@ -55,8 +56,8 @@ def test_sparse_windows_equal_an_independent_masked_attention(name, monkeypatch)
 
 @family
 def test_pipeline_runs_gna_after_the_warm_up(name, monkeypatch):
-    """The pipeline (classifier-free guidance as two calls) at 32x32 pixels: an 8x8 grid. Whole windows reproduce
-    it; a sparse preset routes the steps after the dense one."""
+    """The pipeline (classifier-free guidance as two calls, or Bria's one batch of two) at 32x32 pixels: an 8x8 grid.
+    Whole windows reproduce it; a sparse preset routes the steps after the dense one."""
     module = FAMILIES[name]
     pipe = module.tiny_pipeline()
 
@@ -75,15 +76,20 @@ def test_pipeline_runs_gna_after_the_warm_up(name, monkeypatch):
             sparse = generate()
             assert handle.runtime.step == 3
     assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
-    assert {grid for grid, _ in spy.contexts} == {(8, 8)} and len(spy.contexts) == 2 * 2 * 4  # steps x CFG x layers
+    assert {grid for grid, _ in spy.contexts} == {(8, 8)}
+    assert len(spy.contexts) == 2 * GUIDANCE_CALLS[name] * 4  # steps x guidance calls x layers
 
 
-@family
-@pytest.mark.parametrize("size", [2048, 1024])
-def test_preset_grids(name, size):
-    assert FAMILIES[name].latent_grid(size, size) == tuple(load_preset(f"{name}-{size // 1024}k").base_grid)
+@pytest.mark.parametrize("preset", [p for p in list_presets() if load_preset(p).family in FAMILIES])
+def test_preset_grids(preset):
+    """A preset named <family>-<n>k is for n x 1024 pixels square."""
+    config = load_preset(preset)
+    size = int(preset.removeprefix(f"{config.family}-").removesuffix("k")) * 1024
+    assert FAMILIES[config.family].latent_grid(size, size) == tuple(config.base_grid)
 
 
-def test_longcat_has_no_full_size_shape_offline():
-    with pytest.raises(ValueError, match="LongCat-Image's full-size shape is not known offline"):
-        longcat_image.full_size("meituan-longcat/LongCat-Image")
+@pytest.mark.parametrize("module, model", [(longcat_image, "meituan-longcat/LongCat-Image"), (bria, "briaai/BRIA-3.2")],
+                         ids=["longcat-image", "bria"])
+def test_no_full_size_shape_offline(module, model):
+    with pytest.raises(ValueError, match="full-size shape is not known offline"):
+        module.full_size(model)
