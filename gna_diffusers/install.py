@@ -65,7 +65,9 @@ class ModelPatch:
     dispatch_module: ModuleType
     blocks: dict[str, str]  # block type in presets -> attribute (dotted path) of the transformer holding those blocks
     text_first: bool  # where text shares the sequence: [text, image stream] (True) or [image stream, text]
-    layout_probe: LayoutProbe  # token layout from the transformer's forward inputs; raises LayoutError
+    # Token layout from the transformer's forward inputs; raises LayoutError; None for a call of context tokens
+    # alone (GLM-Image's condition images filling its KV cache), which runs stock and is no denoising step.
+    layout_probe: LayoutProbe
     video: bool  # pipeline output is .frames (B, F, H, W, C) rather than .images
     # Other processors diffusers may put on a sparse layer (e.g. IP-Adapter's) whose self-attention call
     # also goes through dispatch_module with ``backend=self._attention_backend``: GNA stays on for them.
@@ -544,17 +546,19 @@ class GNAHandle:
         runtime = self.runtime
         runtime.called_since_step = True
         self._attach_routes(module)
+        context_only = False  # a call of context tokens alone, no generated grid (GLM-Image's condition pass)
         try:
             layout = self.patch.layout_probe(module, args, kwargs, runtime.prepared)
+            context_only = layout is None
         except LayoutError as error:
             layout = None
             self.runtime.notify_once(f"layout {error}", f"gna: every layer runs its stock attention for this call: {error}", True)
         if layout is not None and layout is not runtime.prepared:
             runtime.check_grid(layout.grid)
         runtime.layout = layout
-        if runtime.count_forward:
+        if runtime.count_forward and not context_only:  # a context-only call is no denoising step
             runtime.count_call()
-        elif runtime.generation_over:
+        elif runtime.generation_over and not context_only:
             self.runtime.notify_once(
                 "uncounted",
                 f"gna: the transformer was called after the counted generation ended ({runtime.total_steps} "

@@ -85,8 +85,9 @@ def key_row(attn_mask: torch.Tensor, query_row: int, batch: int) -> torch.Tensor
     return attn_mask[:, 0, 0 if attn_mask.shape[2] == 1 else query_row].expand(batch, -1)
 
 
-# (transformer, forward args, forward kwargs, layout the pipeline prepared or None) -> layout of this call
-LayoutProbe = Callable[[torch.nn.Module, tuple, dict, "TokenLayout | None"], TokenLayout]
+# (transformer, forward args, forward kwargs, layout the pipeline prepared or None) -> layout of this call, or None
+# for a call of context tokens alone (no generated grid: it runs stock, and is no denoising step)
+LayoutProbe = Callable[[torch.nn.Module, tuple, dict, "TokenLayout | None"], "TokenLayout | None"]
 
 
 def _attention_scores_skipped() -> bool:

@@ -173,19 +173,20 @@ def tiny_t5(seed: int = 0):
     return T5Tokenizer(vocab=vocab, extra_ids=0), encoder
 
 
-def tiny_vae(latent_channels: int = 1, blocks: int = 2):
+def tiny_vae(latent_channels: int = 1, blocks: int = 2, **config):
     """An AutoencoderKL that downsamples 2 ** (blocks - 1) times: with 2 blocks, 32x32 pixels -> 16x16 latents
     (-> 8x8 packed tokens, 1 channel for FLUX's pipeline; the families that take (B, C, H, W) latents use 4); 4 blocks
-    downsample 8x, as the real VAE (for pipelines that assume it)."""
+    downsample 8x, as the real VAE (for pipelines that assume it). ``config``: further AutoencoderKL arguments (e.g.
+    the latent statistics a pipeline reads)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8,) * blocks,
-        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0,
-        sample_size=32,
-    ).eval()
+    return AutoencoderKL(**{
+        **dict(in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8,) * blocks,
+               layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * blocks,
+               up_block_types=("UpDecoderBlock2D",) * blocks, norm_num_groups=4, use_quant_conv=False,
+               use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0, sample_size=32),
+        **config,
+    }).eval()
 
 
 def tiny_pipeline(seed: int = 0):
