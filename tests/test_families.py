@@ -37,6 +37,8 @@ UNPUBLISHED = {
     "bria": "Bria 3.2's 4B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
     "glm-image": "no published size of the diffusion decoder found offline: FULL_CONFIG is diffusers' class defaults "
                  "(2.9B)",
+    "prx": "the latent PRX's published size not found offline: FULL_CONFIG is diffusers' class defaults (1.17B); "
+           "PRXPixel's 7B shape is not known offline (full_size refuses)",
 }
 FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
 
