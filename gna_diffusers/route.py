@@ -128,8 +128,9 @@ class GNARoute:
         self.layer = layer
         self.text_first = text_first
         self.grid_only = grid_only  # the sequence is the grid alone (FLUX.3's per-mode image blocks)
-        # Keys may carry context tokens the queries lack, just before the grid: [text, (context), grid]
-        # (FLUX.2 klein's KV cache: reference-image keys without their queries).
+        # Keys may carry context tokens the queries lack, next to the grid: [text, (context), grid] (FLUX.2 klein's KV
+        # cache: reference-image keys without their queries; PRX: image queries, [text, image] keys), or
+        # [grid, (context), text] when the text comes after the image (NucleusMoE-Image).
         self.cached_context_keys = cached_context_keys
         # The grid's queries come in a call of their own, against every key of the layout's stream (which
         # then holds the whole joint sequence, the grid last); the layer's other calls are context queries
@@ -180,7 +181,8 @@ class GNARoute:
 
     def grid_spans(self, queries: int, keys: int) -> tuple[slice, slice] | None:
         """Where the grid lies among the queries and among the keys (None: it does not fit). Keys longer than
-        the queries (``cached_context_keys``) carry extra context just before the grid, which ends both."""
+        the queries (``cached_context_keys``) carry extra context next to the grid, which ends both (text first)
+        or starts both (text after the image)."""
         if queries == keys:
             grid = self.grid_span(queries)
             return None if grid is None else (grid, grid)
@@ -188,9 +190,12 @@ class GNARoute:
         if layout is None:
             return None
         n = prod(layout.grid)
-        if not self.text_first or layout.grid_offset + n != layout.stream_tokens or queries < n or keys < queries:
+        at_edge = layout.grid_offset + n == layout.stream_tokens if self.text_first else layout.grid_offset == 0
+        if not at_edge or queries < n or keys < queries:
             return None
-        return slice(queries - n, queries), slice(keys - n, keys)
+        if self.text_first:
+            return slice(queries - n, queries), slice(keys - n, keys)
+        return slice(0, n), slice(0, n)
 
     def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
         pattern = self.pattern
@@ -256,11 +261,14 @@ class GNARoute:
             pieces = [t.narrow(dim, part.start, part.stop - part.start) for part in parts]
             return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
-        # A mask is (B, 1, 1, S) per key, or (B, 1, S, S) "query valid and key valid" (Chroma, HunyuanVideo
-        # 1.5): the grid queries then share a grid query's row. Boolean: key validity. Float: an additive
-        # bias, uniform over the grid keys (they are never padded), so only its context part matters.
+        # A mask is (B, 1, 1, S) per key (or (B, S), which diffusers' dispatch reads the same: NucleusMoE-Image), or
+        # (B, 1, S, S) "query valid and key valid" (Chroma, HunyuanVideo 1.5): the grid queries then share a grid
+        # query's row. Boolean: key validity. Float: an additive bias, uniform over the grid keys (they are never
+        # padded), so only its context part matters.
         key_valid = key_bias = None
         context_mask = attn_mask
+        if attn_mask is not None and attn_mask.ndim == 2 and attn_mask.shape == (query.shape[0], keys):
+            attn_mask = attn_mask[:, None, None, :]
         if attn_mask is not None:
             row = key_row(attn_mask, grid.start, query.shape[0])
             if row is None or row.shape[-1] != keys:

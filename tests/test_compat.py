@@ -764,6 +764,39 @@ def test_route_honours_masks_over_context_on_both_sides(kind):
     torch.testing.assert_close(sparse[:, :text][rows[:, :text]], out[:, :text][rows[:, :text]])  # context kept
 
 
+@pytest.mark.parametrize("text_first", [True, False], ids=["text-first", "text-after"])
+def test_route_takes_grid_queries_against_keys_with_context_beside_the_grid(text_first):
+    """Image queries alone against [text, image] keys (PRX) or [image, text] keys (NucleusMoE-Image), with a (B, S)
+    key mask as diffusers' dispatch takes it: whole windows are exactly the masked dense attention; a window changes
+    the grid's rows."""
+    import torch.nn.functional as F
+
+    from gna_diffusers.config import LayerPattern
+    from gna_diffusers.route import GNARoute, TokenLayout
+
+    def sdpa(q, k, v, attn_mask=None, backend=None):
+        mask = None if attn_mask is None else attn_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        return out.transpose(1, 2)
+
+    gen = torch.Generator().manual_seed(0)
+    text, grid = 5, (3, 4)
+    q = torch.randn(2, 12, 2, 8, generator=gen)
+    k, v = (torch.randn(2, 12 + text, 2, 8, generator=gen) for _ in range(2))
+    valid = torch.ones(2, 12 + text, dtype=torch.bool)
+    if text_first:
+        valid[0, 3:text] = False  # the first prompt: 3 real tokens, then padding, then the grid
+    else:
+        valid[0, 12 + 3:] = False  # the grid, then 3 real tokens and padding
+    route = GNARoute(("blocks", 0), text_first=text_first, backend="reference", cached_context_keys=True)
+    route.layout = TokenLayout(grid, stream_tokens=12)
+    route.pattern = LayerPattern(False, grid, (1, 1), (1, 1))
+    out = route(sdpa, q, k, v, valid, {})
+    torch.testing.assert_close(out, sdpa(q, k, v, valid), atol=1e-5, rtol=1e-5)
+    route.pattern = LayerPattern(False, (2, 2), (1, 1), (1, 1))
+    assert (route(sdpa, q, k, v, valid, {}) - out).abs().max() > 1e-3
+
+
 def test_route_writes_the_grid_rows_into_the_joint_output(monkeypatch):
     """Eager inference: GNA writes the grid queries' rows straight into the (B, S, H, D) output, so the
     route holds no grid-sized buffer beside it (the concatenation it replaced held two). GNA and the dense
