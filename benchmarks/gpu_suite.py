@@ -142,6 +142,10 @@ MODEL_CASES = [
     # PRX (the latent 1.3B, diffusers' class defaults; the name is diffusers' example checkpoint, which picks the
     # family) at 1024x1024: 64x64 image queries against 256 + 4,096 keys.
     ModelCase("PRX 1024x1024", "Photoroom/prx-512-t2i-sft", "prx-1k", 1024, 1024, None, 28, None, None),
+    # NucleusMoE-Image at 2048x2048 (diffusers' class defaults, 22.7B with its experts): 128x128 image queries against
+    # 16,384 + 256 keys.
+    ModelCase("NucleusMoE-Image 2048x2048", "NucleusMoE-Image", "nucleusmoe-image-2k", 2048, 2048, None, 50, None,
+              None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

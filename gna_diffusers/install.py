@@ -81,8 +81,9 @@ class ModelPatch:
     # Other stock processors a pipeline may put on the blocks -> the GNA subclass installed in their place
     # (FLUX.2 klein's KV-cache processors, whose extra call arguments the plain subclass would drop).
     processor_variants: dict[type, type] = field(default_factory=dict)
-    # Whether self-attention keys may carry context tokens the queries lack, just before the grid (FLUX.2
-    # klein's cached reference keys): see GNARoute.
+    # Whether self-attention keys may carry context tokens the queries lack, next to the grid (FLUX.2 klein's cached
+    # reference keys, GLM-Image's cached condition keys; PRX's and NucleusMoE-Image's image-only queries): see
+    # GNARoute.
     cached_context_keys: bool = False
     # Other transformer classes of the family (Wan VACE), and the family's ControlNet classes: a pipeline's
     # ControlNet of one of them (alone or in a multi-ControlNet) is patched beside the transformer when it has

@@ -164,50 +164,14 @@ TEXT_TOKENS = 256  # prompts vary in length (the pipeline trims padding and the 
 NAME_PATTERN = r"qwen-?image[-_.]?2[._]1"  # hub names of this family, for --random-weights
 
 
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-
-
-def _tiny_text_parts(seed: int):
-    """A Qwen3-VL processor (images only) and a 2-layer Qwen3-VL whose merged vision tokens cover 32 pixels, one
-    slot of 2x2 latent tokens, as the pipeline expects."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from ._tiny import byte_level_tokenizer
-
-    class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
-        """Qwen3VLProcessor without its video processor, which needs torchvision; the pipeline passes images."""
-
-        @classmethod
-        def get_attributes(cls):
-            return ["image_processor", "tokenizer"]
-
-    tokenizer = byte_level_tokenizer(VISION_TOKENS)
-    image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=32 * 32, max_pixels=256 * 256)
-    processor = ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                          chat_template=tokenizer.chat_template)
-    ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
-                   tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))))
-    config = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=8,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]}),
-        vision_config=dict(depth=2, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16,
-                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                           deepstack_visual_indexes=[0]),
-        **ids,
-    )
-    torch.manual_seed(seed)
-    return processor, Qwen3VLForConditionalGeneration(config).eval()
-
-
 def tiny_pipeline(seed: int = 0):
     """An offline QwenImage21Pipeline with random weights: the VAE downsamples 16x as the real one, so a 64x96
     image is a 4x6 token grid."""
     from diffusers import AutoencoderKLQwenImage21, FlowMatchEulerDiscreteScheduler, QwenImage21Pipeline
 
-    processor, text_encoder = _tiny_text_parts(seed)
+    from ._tiny import qwen3_vl_parts
+
+    processor, text_encoder = qwen3_vl_parts(seed)
     torch.manual_seed(seed)
     vae = AutoencoderKLQwenImage21(
         base_dim=4, decoder_base_dim=4, z_dim=8, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=1, attn_scales=[],
