@@ -14,7 +14,6 @@ from diffusers import BriaTransformer2DModel
 from diffusers.models.transformers import transformer_bria
 from diffusers.models.transformers.transformer_bria import BriaAttnProcessor
 
-from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from . import flux
@@ -25,18 +24,9 @@ class GNABriaAttnProcessor(RoutedProcessorMixin, BriaAttnProcessor):
     """BriaAttnProcessor whose attention call runs GNA over the image grid; everything else is stock."""
 
 
-PATCH = ModelPatch(
-    family="bria",
-    transformer_class=BriaTransformer2DModel,
-    processor_class=GNABriaAttnProcessor,
-    stock_processor_class=BriaAttnProcessor,
-    dispatch_module=transformer_bria,
-    blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
-    text_first=True,
-    layout_probe=flux.layout_probe,
-    layout_from_prepared=flux.layout_from_prepared,
-    video=False,
-    adoptable_processors=(BriaAttnProcessor,),
+PATCH = flux.architecture_patch(
+    "bria", BriaTransformer2DModel,
+    GNABriaAttnProcessor, BriaAttnProcessor, transformer_bria,
 )
 
 

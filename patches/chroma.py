@@ -14,23 +14,13 @@ from diffusers import ChromaTransformer2DModel
 from diffusers.models.transformers import transformer_flux
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
-from gna_diffusers.install import ModelPatch
 
 from . import flux
 from ._inputs import seeded_randn
 
-PATCH = ModelPatch(
-    family="chroma",
-    transformer_class=ChromaTransformer2DModel,
-    processor_class=flux.GNAFluxAttnProcessor,
-    stock_processor_class=FluxAttnProcessor,
-    dispatch_module=transformer_flux,
-    blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
-    text_first=True,
-    layout_probe=flux.layout_probe,
-    layout_from_prepared=flux.layout_from_prepared,
-    video=False,
-    adoptable_processors=(FluxAttnProcessor,),
+PATCH = flux.architecture_patch(
+    "chroma", ChromaTransformer2DModel,
+    flux.GNAFluxAttnProcessor, FluxAttnProcessor, transformer_flux,
 )
 
 

@@ -85,17 +85,22 @@ def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLay
     return ids_layout(img_ids)
 
 
-PATCH = ModelPatch(
-    family="flux",
-    transformer_class=FluxTransformer2DModel,
-    processor_class=GNAFluxAttnProcessor,
-    stock_processor_class=FluxAttnProcessor,
-    dispatch_module=transformer_flux,
-    blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
-    text_first=True,
-    layout_probe=layout_probe,
-    layout_from_prepared=layout_from_prepared,
-    video=False,
+def architecture_patch(family: str, transformer_class: type, processor_class: type, stock_processor_class: type,
+                       dispatch_module, **extra) -> ModelPatch:
+    """The ModelPatch of FLUX's architecture under a family's own classes: double- and single-stream blocks over
+    [text, image stream], the grid from ``img_ids``, the stock processor adoptable (Chroma, Ovis-Image, LongCat-Image,
+    Bria). ``extra``: further ModelPatch fields."""
+    return ModelPatch(
+        family=family, transformer_class=transformer_class, processor_class=processor_class,
+        stock_processor_class=stock_processor_class, dispatch_module=dispatch_module,
+        blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"}, text_first=True,
+        layout_probe=layout_probe, layout_from_prepared=layout_from_prepared, video=False,
+        **{"adoptable_processors": (stock_processor_class,), **extra},
+    )
+
+
+PATCH = architecture_patch(
+    "flux", FluxTransformer2DModel, GNAFluxAttnProcessor, FluxAttnProcessor, transformer_flux,
     # IP-Adapter's processor (load_ip_adapter puts it on the double blocks) and the stock one
     # (unload_ip_adapter puts it back): both make the same self-attention call.
     adoptable_processors=(FluxIPAdapterAttnProcessor, FluxAttnProcessor),

@@ -15,7 +15,6 @@ from diffusers import LongCatImageTransformer2DModel
 from diffusers.models.transformers import transformer_longcat_image
 from diffusers.models.transformers.transformer_longcat_image import LongCatImageAttnProcessor
 
-from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from . import flux, ovis_image
@@ -25,18 +24,9 @@ class GNALongCatImageAttnProcessor(RoutedProcessorMixin, LongCatImageAttnProcess
     """LongCatImageAttnProcessor whose attention call runs GNA over the image grid; everything else is stock."""
 
 
-PATCH = ModelPatch(
-    family="longcat-image",
-    transformer_class=LongCatImageTransformer2DModel,
-    processor_class=GNALongCatImageAttnProcessor,
-    stock_processor_class=LongCatImageAttnProcessor,
-    dispatch_module=transformer_longcat_image,
-    blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
-    text_first=True,
-    layout_probe=flux.layout_probe,
-    layout_from_prepared=flux.layout_from_prepared,
-    video=False,
-    adoptable_processors=(LongCatImageAttnProcessor,),
+PATCH = flux.architecture_patch(
+    "longcat-image", LongCatImageTransformer2DModel,
+    GNALongCatImageAttnProcessor, LongCatImageAttnProcessor, transformer_longcat_image,
 )
 
 TEXT_WIDTH = 16  # the tiny Qwen2.5-VL's hidden size

@@ -13,7 +13,6 @@ from diffusers import OvisImageTransformer2DModel
 from diffusers.models.transformers import transformer_ovis_image
 from diffusers.models.transformers.transformer_ovis_image import OvisImageAttnProcessor
 
-from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
 from . import flux
@@ -24,18 +23,9 @@ class GNAOvisImageAttnProcessor(RoutedProcessorMixin, OvisImageAttnProcessor):
     """OvisImageAttnProcessor whose attention call runs GNA over the image grid; everything else is stock."""
 
 
-PATCH = ModelPatch(
-    family="ovis-image",
-    transformer_class=OvisImageTransformer2DModel,
-    processor_class=GNAOvisImageAttnProcessor,
-    stock_processor_class=OvisImageAttnProcessor,
-    dispatch_module=transformer_ovis_image,
-    blocks={"double": "transformer_blocks", "single": "single_transformer_blocks"},
-    text_first=True,
-    layout_probe=flux.layout_probe,
-    layout_from_prepared=flux.layout_from_prepared,
-    video=False,
-    adoptable_processors=(OvisImageAttnProcessor,),
+PATCH = flux.architecture_patch(
+    "ovis-image", OvisImageTransformer2DModel,
+    GNAOvisImageAttnProcessor, OvisImageAttnProcessor, transformer_ovis_image,
 )
 
 TEXT_WIDTH = 16  # the tiny Qwen3's hidden size
