@@ -15,7 +15,8 @@
 #   models8  suite: CogView4 6B, HunyuanImage 2.1 17B, SD3.5 Large 8B (2048x2048)
 #   models9  suite: HunyuanImage 2.1's 15B refiner, PixArt-Sigma 2K (2048x2048), HiDream-I1 17B, Hunyuan-DiT 1.5B
 #            (1024x1024)
-#   models10 suite: Lumina-Image 2.0, ERNIE-Image, GLM-Image, NucleusMoE-Image (2048x2048), PRX (1024x1024)
+#   models10 suite: Lumina-Image 2.0, ERNIE-Image, GLM-Image, NucleusMoE-Image (2048x2048), PRX, JoyImage-Edit
+#            (1024x1024)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -68,6 +69,6 @@ case "$part" in
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
     models8) suite "cogview4,hunyuanimage 2.1 2048,sd3.5" ;;
     models9) suite "refiner,pixart,hidream,hunyuandit" ;;
-    models10) suite "lumina,ernie,glm,prx,nucleus" ;;
+    models10) suite "lumina,ernie,glm,prx,nucleus,joyimage" ;;
 esac
 exit "$status"

@@ -146,6 +146,9 @@ MODEL_CASES = [
     # 16,384 + 256 keys.
     ModelCase("NucleusMoE-Image 2048x2048", "NucleusMoE-Image", "nucleusmoe-image-2k", 2048, 2048, None, 50, None,
               None),
+    # JoyImage-Edit at 1024x1024 (diffusers' class defaults, 4.6B; text-to-image: no reference frame).
+    ModelCase("JoyImage-Edit 1024x1024", "jdopensource/JoyImage-Edit", "joyimage-1k", 1024, 1024, None, 50, None,
+              None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.
