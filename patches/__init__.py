@@ -12,7 +12,8 @@ _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "fl
             "skyreels_v2", "chronoedit", "ltx_video", "kandinsky5", "ltx2", "qwen_image21", "kandinsky6",
             "motif_video", "cosmos", "helios", "cogvideox", "mochi", "allegro", "anyflow", "easyanimate", "ideogram4", "krea2",
             "ovis_image", "longcat_image", "cogview4", "hunyuan_image", "sd3", "pixart", "hidream", "hunyuan_dit",
-            "lumina2", "ernie_image", "bria", "glm_image", "prx", "nucleusmoe_image", "joyimage")
+            "lumina2", "ernie_image", "bria", "glm_image", "prx", "nucleusmoe_image", "joyimage",
+            "joyimage_plus")
 # Families the harness only times with random weights (compare --random-weights, the GPU suite); each
 # module's WEIGHTS_GAP says why (FLUX.3: modular pipelines only; Wan Animate: pose and face videos).
 _SPEED_ONLY = ("flux3", "wan_animate")

@@ -93,25 +93,40 @@ TEXT_TOKENS = 256  # the Qwen3-VL prompt, its system prompt dropped
 NAME_PATTERN = r"joy-?image(?!.*plus)"  # hub names of this family (not JoyImage-Edit Plus), for --random-weights
 
 
-def tiny_pipeline(seed: int = 0):
-    """An offline JoyImageEditPipeline with random weights (a tiny Qwen3-VL and its processor, Wan's tiny VAE:
-    4x): 64x64 pixels -> 16x16 latents -> an 8x8 grid. The released pipeline snaps every size to a 1-megapixel bucket;
-    the tiny one keeps the size asked for."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, JoyImageEditPipeline
+def keep_sizes(image_processor) -> None:
+    """Make a JoyImage pipeline's image processor keep the sizes asked for, or an image's own size, where the released
+    one snaps every size to a 1-megapixel bucket (the tiny pipelines' images are a few dozen pixels)."""
+    def own_size(image, height=None, width=None):
+        if height and width:
+            return height, width
+        first = image[0] if isinstance(image, list) else image
+        if first is None:
+            return type(image_processor).get_default_height_width(image_processor, image)
+        return first.size[1], first.size[0]
+
+    image_processor.get_default_height_width = own_size
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """The tiny JoyImage pipelines' components but the transformer: a tiny Qwen3-VL and its processor, Wan's tiny
+    VAE (4x), a flow-matching scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     from . import wan
     from ._tiny import qwen3_vl_parts
 
     processor, text_encoder = qwen3_vl_parts(seed, num_hidden_layers=2)
-    pipe = JoyImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=wan.tiny_parts(seed)["vae"],
-                                text_encoder=text_encoder, tokenizer=processor.tokenizer,
-                                transformer=tiny_transformer(seed), processor=processor)
-    buckets = pipe.vae_image_processor
+    return dict(scheduler=FlowMatchEulerDiscreteScheduler(), vae=wan.tiny_parts(seed)["vae"],
+                text_encoder=text_encoder, tokenizer=processor.tokenizer, processor=processor)
 
-    def asked_size(image, height=None, width=None):
-        return (height, width) if height and width else type(buckets).get_default_height_width(buckets, image)
 
-    buckets.get_default_height_width = asked_size
+def tiny_pipeline(seed: int = 0):
+    """An offline JoyImageEditPipeline with random weights (``tiny_components``; sizes kept, ``keep_sizes``): 64x64
+    pixels -> 16x16 latents -> an 8x8 grid."""
+    from diffusers import JoyImageEditPipeline
+
+    pipe = JoyImageEditPipeline(transformer=tiny_transformer(seed), **tiny_components(seed))
+    keep_sizes(pipe.vae_image_processor)
     return pipe
 
 

@@ -42,6 +42,7 @@ UNPUBLISHED = {
     "nucleusmoe-image": "no published size found offline: FULL_CONFIG is diffusers' class defaults (22.7B in all, 128 "
                         "experts per mixture-of-experts block)",
     "joyimage": "no published size found offline: FULL_CONFIG is diffusers' class defaults (4.6B)",
+    "joyimage-plus": "no published size found offline: FULL_CONFIG is diffusers' class defaults (4.6B)",
 }
 FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
 

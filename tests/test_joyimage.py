@@ -1,5 +1,6 @@
-"""JoyImage-Edit (tiny offline transformer and pipeline, fp32, CPU): GNA on every double-stream block's attention over
-[image stream, text]; an edit's reference image is a frame of the stream after the generated one: context."""
+"""JoyImage-Edit and JoyImage-Edit Plus (tiny offline transformers and pipelines, fp32, CPU): GNA on every
+double-stream block's attention over [image stream, text]; an edit's reference images come after the generated one
+(JoyImage-Edit: frames of the stream; Plus: patches of their own sizes, the batch padded): context."""
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from PIL import Image
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
-from gna_diffusers.patches import joyimage
+from gna_diffusers.patches import joyimage, joyimage_plus
 
 GRID = (4, 6)
 TEXT = 7
@@ -79,5 +80,64 @@ def test_pipeline_runs_gna_after_the_warm_up(edit, monkeypatch):
     assert spy.contexts == [((8, 12), text + 96 * edit) for text in texts[2:] for _ in range(2)]
 
 
+def test_plus_whole_extent_reproduces_stock_and_removal_is_exact(monkeypatch):
+    """JoyImage-Edit Plus with a 3x4-patch reference image and prompts of 5 and 9 valid tokens."""
+    transformer = joyimage_plus.tiny_transformer()
+    inputs = joyimage_plus.transformer_inputs(transformer, GRID, text=TEXT, batch=2, references=((3, 4),),
+                                              valid_text=(5, 7))
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with no_gna_warnings(), enabled(transformer, GNAConfig(family="joyimage-plus", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+        with enabled(transformer, GNAConfig(family="joyimage-plus", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert spy.contexts == [(GRID, 12 + TEXT)] * 4  # the reference's 12 patches and the prompt
+
+
+def test_plus_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
+    """[generated grid, reference patches, text]: the grid's queries see their window, the reference and their own
+    sample's valid prompt tokens."""
+    window, stride, valid = (2, 4), (1, 2), (5, 7)
+    transformer = joyimage_plus.tiny_transformer()
+    inputs = joyimage_plus.transformer_inputs(transformer, GRID, text=TEXT, batch=2, references=((3, 4),),
+                                              valid_text=valid)
+    n, total = GRID[0] * GRID[1], GRID[0] * GRID[1] + 12 + TEXT
+    masks = joint_mask(GRID, window, stride, 0, 12 + TEXT).repeat(2, 1, 1, 1)
+    for sample, length in enumerate(valid):
+        masks[sample, 0, :, n + 12 + length:total] = False  # the prompt's padding, for every query
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="joyimage-plus", base_grid=list(GRID), window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        from diffusers.models.transformers import transformer_joyimage_edit_plus
+
+        masked_self_attention(transformer_joyimage_edit_plus, masks, monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("edit", [False, True], ids=["text-to-image", "edit"])
+def test_plus_pipeline_runs_gna_after_the_warm_up(edit, monkeypatch):
+    """JoyImageEditPlusPipeline (guidance in one batch of 2) at 64x96 pixels, without and with a 48x32 reference image
+    (6x4 patches): whole windows reproduce it; a sparse preset routes the steps after the dense one."""
+    pipe = joyimage_plus.tiny_pipeline()
+    kwargs = dict(images=[[Image.new("RGB", (48, 32), (90, 30, 200))]]) if edit else {}
+    stock = generate(pipe, **kwargs)
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="joyimage-plus", window=-1)) as handle:
+            assert max_diff(generate(pipe, **kwargs), stock) <= 1e-5
+            assert handle.runtime.layout.stream_tokens == 96 + 24 * edit
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="joyimage-plus", window=3, dense_steps=1)) as handle:
+            sparse = generate(pipe, **kwargs)
+            assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
+    assert len(spy.windows) == 2 * 2  # 2 sparse steps x 2 layers
+
+
 def test_full_size_and_preset_grids():
     assert joyimage.latent_grid(1024, 1024) == tuple(load_preset("joyimage-1k").base_grid)
+    assert joyimage_plus.latent_grid(1024, 1024) == tuple(load_preset("joyimage-plus-1k").base_grid)
