@@ -118,11 +118,20 @@ class ModelPatch:
     # route (SD3.5's ``attn2``, over the image tokens alone, sharing ``attn``'s processor in stock); a block may lack
     # them (None).
     extra_attention: tuple[str, ...] = ()
+    # Modules, besides ``dispatch_module``, whose dispatch the stock processors of some block types call (Bria FIBO's
+    # single blocks: Bria 3's processor, from transformer_bria).
+    more_dispatch_modules: tuple[ModuleType, ...] = ()
 
     @property
     def routed_attribute(self) -> str:
         """The attribute of ``dispatch_module`` an installation replaces with its routed stand-in."""
         return "F" if self.calls_sdpa else "dispatch_attention_fn"
+
+    @property
+    def routed_modules(self) -> tuple[ModuleType, ...]:
+        """Every module whose ``routed_attribute`` an installation routes: ``dispatch_module`` and the modules of
+        ``block_processors`` taken from another family (Bria FIBO's single blocks run Bria 3's processor)."""
+        return (self.dispatch_module, *self.more_dispatch_modules)
 
     def __deepcopy__(self, memo) -> ModelPatch:
         return self  # immutable description of a family (it holds a module, which cannot be copied)
@@ -439,7 +448,8 @@ class GNAHandle:
             setattr(clone, name, copy.deepcopy(value, memo))
         if clone.active:
             # the copy's processors need the routed dispatch (or F) too
-            _route_dispatch(clone.patch.dispatch_module, clone.patch.routed_attribute)
+            for module in clone.patch.routed_modules:
+                _route_dispatch(module, clone.patch.routed_attribute)
         return clone
 
     def layers(self) -> list[dict]:
@@ -599,7 +609,8 @@ class GNAHandle:
             _unobserve(scheduler, _SCHEDULER_METHODS)
         for pipeline in self.pipelines:
             _unobserve(pipeline, (self.patch.layout_method, *self.patch.pipeline_observers))
-        _unroute_dispatch(self.patch.dispatch_module, self.patch.routed_attribute)
+        for module in self.patch.routed_modules:
+            _unroute_dispatch(module, self.patch.routed_attribute)
         for transformer in self.transformers:
             del transformer._gna_handle
         self.active = False
@@ -706,7 +717,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                           f"which stay dense", stacklevel=2)
 
     handle = GNAHandle(transformers, patch, config, runtime)
-    _route_dispatch(patch.dispatch_module, patch.routed_attribute)
+    for module in patch.routed_modules:
+        _route_dispatch(module, patch.routed_attribute)
     for model in transformers:
         for name, blocks in patch.block_lists(model).items():
             for index, block in enumerate(blocks):

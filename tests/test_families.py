@@ -35,6 +35,7 @@ UNPUBLISHED = {
                   "diffusers' class defaults (7.4B)",
     "ernie-image": "no published size found offline: FULL_CONFIG is diffusers' class defaults (2.8B)",
     "bria": "Bria 3.2's 4B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
+    "bria-fibo": "Bria FIBO's 8B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
     "glm-image": "no published size of the diffusion decoder found offline: FULL_CONFIG is diffusers' class defaults "
                  "(2.9B)",
     "prx": "the latent PRX's published size not found offline: FULL_CONFIG is diffusers' class defaults (1.17B); "

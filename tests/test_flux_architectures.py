@@ -1,6 +1,7 @@
 """FLUX's architecture under other names, each with its own attention processor (tiny offline transformers and
-pipelines, fp32, CPU): Ovis-Image, LongCat-Image and Bria 3.2. GNA on the double- and single-stream blocks, the grid
-from FLUX's img_ids probe (LongCat's image ids start past the text's; Bria's are per sample, (B, N, 3))."""
+pipelines, fp32, CPU): Ovis-Image, LongCat-Image, Bria 3.2 and Bria FIBO. GNA on the double- and single-stream
+blocks, the grid from FLUX's img_ids probe (LongCat's image ids start past the text's; Bria's are per sample,
+(B, N, 3); FIBO's single blocks run Bria 3's processor)."""
 
 import warnings
 
@@ -11,12 +12,13 @@ from helpers import max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, list_presets, load_preset
-from gna_diffusers.patches import bria, longcat_image, ovis_image
+from gna_diffusers.patches import bria, bria_fibo, longcat_image, ovis_image
 
 GRID = (4, 6)
 TEXT = 8
-FAMILIES = {"ovis-image": ovis_image, "longcat-image": longcat_image, "bria": bria}
-GUIDANCE_CALLS = {"ovis-image": 2, "longcat-image": 2, "bria": 1}  # transformer calls per step (Bria: one batch)
+FAMILIES = {"ovis-image": ovis_image, "longcat-image": longcat_image, "bria": bria, "bria-fibo": bria_fibo}
+# transformer calls per step (Bria's: one batch of two)
+GUIDANCE_CALLS = {"ovis-image": 2, "longcat-image": 2, "bria": 1, "bria-fibo": 1}
 family = pytest.mark.parametrize("name", FAMILIES)
 
 
@@ -49,21 +51,24 @@ def test_sparse_windows_equal_an_independent_masked_attention(name, monkeypatch)
         with enabled(transformer, GNAConfig(family=name, base_grid=list(GRID), window=list(window),
                                             stride=list(stride))):
             routed = transformer(**inputs)[0]
-        masked_self_attention(module.PATCH.dispatch_module, joint_mask(GRID, window, stride, TEXT), monkeypatch)
+        for dispatch_module in module.PATCH.routed_modules:  # FIBO: its own, and Bria 3's for the single blocks
+            masked_self_attention(dispatch_module, joint_mask(GRID, window, stride, TEXT), monkeypatch)
         expected = transformer(**inputs)[0]
     assert max_diff(routed, expected) <= 1e-5
 
 
 @family
 def test_pipeline_runs_gna_after_the_warm_up(name, monkeypatch):
-    """The pipeline (classifier-free guidance as two calls, or Bria's one batch of two) at 32x32 pixels: an 8x8 grid.
-    Whole windows reproduce it; a sparse preset routes the steps after the dense one."""
+    """The pipeline (classifier-free guidance as two calls, or Bria's one batch of two) on an 8x8 grid (32x32 pixels,
+    FIBO's 128x128: its pipeline assumes a 16x VAE). Whole windows reproduce it; a sparse preset routes the steps
+    after the dense one."""
     module = FAMILIES[name]
     pipe = module.tiny_pipeline()
+    size = getattr(module, "TINY_SIZE", {"height": 32, "width": 32})
 
     def generate():
-        return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
-                    generator=torch.Generator().manual_seed(0), **module.tiny_call_kwargs()).images
+        return pipe(prompt="a red cat", num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **size, **module.tiny_call_kwargs()).images
 
     stock = generate()
     spy = OperatorSpy(monkeypatch)
@@ -88,8 +93,8 @@ def test_preset_grids(preset):
     assert FAMILIES[config.family].latent_grid(size, size) == tuple(config.base_grid)
 
 
-@pytest.mark.parametrize("module, model", [(longcat_image, "meituan-longcat/LongCat-Image"), (bria, "briaai/BRIA-3.2")],
-                         ids=["longcat-image", "bria"])
+@pytest.mark.parametrize("module, model", [(longcat_image, "meituan-longcat/LongCat-Image"), (bria, "briaai/BRIA-3.2"),
+                                           (bria_fibo, "briaai/FIBO")], ids=["longcat-image", "bria", "bria-fibo"])
 def test_no_full_size_shape_offline(module, model):
     with pytest.raises(ValueError, match="full-size shape is not known offline"):
         module.full_size(model)
