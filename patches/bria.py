@@ -49,13 +49,10 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 128, batc
     per sample: (B, N, 3))."""
     rows, cols = grid
     randn = seeded_randn(seed, device, dtype)
-    ids = torch.zeros(rows, cols, 3, device=device)
-    ids[..., 1] = torch.arange(rows, device=device)[:, None]
-    ids[..., 2] = torch.arange(cols, device=device)[None, :]
     return dict(hidden_states=randn(batch, rows * cols, transformer.config.in_channels),
                 encoder_hidden_states=randn(batch, text, transformer.config.joint_attention_dim),
                 timestep=torch.full((batch,), 500.0, device=device, dtype=dtype),
-                img_ids=ids.reshape(1, -1, 3).expand(batch, -1, -1).to(dtype),
+                img_ids=flux.image_ids(grid, device, dtype).expand(batch, -1, -1),
                 txt_ids=torch.zeros(batch, text, 3, device=device, dtype=dtype), return_dict=False)
 
 

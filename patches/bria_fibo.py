@@ -64,15 +64,12 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batc
     rows, cols = grid
     config = transformer.config
     randn = seeded_randn(seed, device, dtype)
-    ids = torch.zeros(rows, cols, 3, device=device)
-    ids[..., 1] = torch.arange(rows, device=device)[:, None]
-    ids[..., 2] = torch.arange(cols, device=device)[None, :]
     blocks = config.num_layers + config.num_single_layers
     return dict(hidden_states=randn(batch, rows * cols, config.in_channels),
                 encoder_hidden_states=randn(batch, text, config.joint_attention_dim),
                 text_encoder_layers=[randn(batch, text, config.text_encoder_dim) for _ in range(blocks)],
                 timestep=torch.full((batch,), 500.0, device=device, dtype=dtype),
-                img_ids=ids.reshape(-1, 3).to(dtype), txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
+                img_ids=flux.image_ids(grid, device, dtype), txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
                 return_dict=False)
 
 

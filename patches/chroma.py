@@ -44,9 +44,6 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batc
     sample's unpadded length. The mask covers text + image tokens in ``dtype``, as ChromaPipeline builds it."""
     rows, cols = grid
     randn = seeded_randn(seed, device, dtype)
-    ids = torch.zeros(rows, cols, 3, device=device)
-    ids[..., 1] = torch.arange(rows, device=device)[:, None]
-    ids[..., 2] = torch.arange(cols, device=device)[None, :]
     valid = torch.tensor(valid_text if valid_text is not None else (text,) * batch, device=device)
     mask = torch.cat([torch.arange(text, device=device)[None, :] < valid[:, None],
                       torch.ones(len(valid), rows * cols, dtype=torch.bool, device=device)], dim=1)
@@ -55,7 +52,7 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batc
         hidden_states=randn(len(valid), rows * cols, transformer.config.in_channels),
         encoder_hidden_states=randn(len(valid), text, transformer.config.joint_attention_dim),
         timestep=torch.full((len(valid),), 0.5, device=device, dtype=dtype),
-        img_ids=ids.reshape(-1, 3).to(dtype),
+        img_ids=flux.image_ids(grid, device, dtype),
         txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
         attention_mask=mask.to(dtype),
         return_dict=False,

@@ -128,22 +128,27 @@ def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int
     return height // 16, width // 16
 
 
+def image_ids(grid: tuple[int, int], device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """FLUX's ``img_ids`` of a (rows, cols) grid: (rows * cols, 3) of (0, row, col), row-major."""
+    rows, cols = grid
+    ids = torch.zeros(rows, cols, 3, device=device)
+    ids[..., 1] = torch.arange(rows, device=device)[:, None]
+    ids[..., 2] = torch.arange(cols, device=device)[None, :]
+    return ids.reshape(-1, 3).to(dtype)
+
+
 def transformer_inputs(transformer, grid: tuple[int, int], text: int = 512, batch: int = 1, device="cpu",
                        dtype=torch.float32, seed: int = 0) -> dict:
     """Keyword inputs of one transformer call on a (rows, cols) image-token grid with ``text`` T5 tokens."""
     rows, cols = grid
     config = transformer.config
     randn = seeded_randn(seed, device, dtype)
-    ids = torch.zeros(rows, cols, 3, device=device)
-    ids[..., 1] = torch.arange(rows, device=device)[:, None]
-    ids[..., 2] = torch.arange(cols, device=device)[None, :]
-
     inputs = dict(
         hidden_states=randn(batch, rows * cols, config.in_channels),
         encoder_hidden_states=randn(batch, text, config.joint_attention_dim),
         pooled_projections=randn(batch, config.pooled_projection_dim),
         timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
-        img_ids=ids.reshape(-1, 3).to(dtype),
+        img_ids=image_ids(grid, device, dtype),
         txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
         return_dict=False,
     )

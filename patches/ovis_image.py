@@ -49,13 +49,10 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batc
     """Keyword inputs of one call on a (rows, cols) grid with ``text`` Qwen3 tokens, as the pipeline passes them."""
     rows, cols = grid
     randn = seeded_randn(seed, device, dtype)
-    ids = torch.zeros(rows, cols, 3, device=device)
-    ids[..., 1] = torch.arange(rows, device=device)[:, None]
-    ids[..., 2] = torch.arange(cols, device=device)[None, :]
     return dict(hidden_states=randn(batch, rows * cols, transformer.config.in_channels),
                 encoder_hidden_states=randn(batch, text, transformer.config.joint_attention_dim),
                 timestep=torch.full((batch,), 0.5, device=device, dtype=dtype),
-                img_ids=ids.reshape(-1, 3).to(dtype), txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
+                img_ids=flux.image_ids(grid, device, dtype), txt_ids=torch.zeros(text, 3, device=device, dtype=dtype),
                 return_dict=False)
 
 
