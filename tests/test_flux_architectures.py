@@ -98,3 +98,29 @@ def test_preset_grids(preset):
 def test_no_full_size_shape_offline(module, model):
     with pytest.raises(ValueError, match="full-size shape is not known offline"):
         module.full_size(model)
+
+
+def test_fibo_prompts_of_different_lengths_are_masked_and_exact(monkeypatch):
+    """Two prompts of different lengths: Bria FIBO's pipeline passes a (B, 1, 1, S) key mask over the shorter one's
+    padding in joint_attention_kwargs. Whole windows reproduce the stock pipeline; a sparse preset runs, no notice."""
+    pipe = bria_fibo.tiny_pipeline()
+    masks = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append((kwargs.get("joint_attention_kwargs") or {}).get("attention_mask")),
+        with_kwargs=True)
+
+    def generate():
+        return pipe(prompt=["a red cat", "a blue dog on a long walk by the sea"], num_inference_steps=3,
+                    output_type="pt", generator=torch.Generator().manual_seed(0), **bria_fibo.TINY_SIZE,
+                    **bria_fibo.tiny_call_kwargs()).images
+
+    stock = generate()
+    assert masks[0] is not None and not bool(masks[0].all())  # the shorter prompt's padding is masked
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="bria-fibo", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        with enabled(pipe, GNAConfig(family="bria-fibo", window=3, dense_steps=1)):
+            sparse = generate()
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0 and spy.windows
