@@ -341,7 +341,9 @@ class RoutedProcessorMixin:
         unnamed, sdpa = cls.__dict__.get("routes_unnamed_calls_of"), cls.__dict__.get("routes_sdpa_calls_of")
         if unnamed is None and sdpa is None:
             return
-        stock_call = super(cls, cls).__call__
+        # The class's own __call__ when it defines one (Lumina 2's, which reorders tokens around the stock call),
+        # else the stock processor's: the attention calls made inside it are handed to the route.
+        stock_call = cls.__dict__.get("__call__") or super(cls, cls).__call__
         routed_call = route_unnamed_calls if sdpa is None else route_sdpa_calls
 
         @functools.wraps(stock_call)

@@ -29,24 +29,20 @@ from ._inputs import seeded_randn
 from ._latents import ImageLatentLayout
 
 
-class _RoutedLumina2AttnProcessor(RoutedProcessorMixin, Lumina2AttnProcessor2_0):
-    routes_sdpa_calls_of = transformer_lumina2  # the stock processor calls its F.scaled_dot_product_attention
-
-
-def _roll(t: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``t`` (B, S, ...) with each sample's tokens rotated right by its ``shift`` (B,) along S."""
-    length = t.shape[1]
-    source = (torch.arange(length, device=t.device) - shift[:, None]) % length  # (B, S): where each token comes from
+def _take(t: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, S, ...) with token j of sample b taken from ``source[b, j]`` ((B, S) indices)."""
     return t.gather(1, source.view(*source.shape, *(1,) * (t.ndim - 2)).expand_as(t))
 
 
-class GNALumina2AttnProcessor2_0(_RoutedLumina2AttnProcessor):
+class GNALumina2AttnProcessor2_0(RoutedProcessorMixin, Lumina2AttnProcessor2_0):
     """Lumina2AttnProcessor2_0 whose self-attention runs GNA over the image grid; everything else is stock.
 
     A sparse call with a key mask (a batch whose captions differ in length; per sample the valid tokens come first)
     rotates each sample's tokens, RoPE and mask right by its padding, so that every sample's grid ends the sequence
     where the route expects it, and rotates the output back. Every step but attention is per token, so this is
     exact."""
+
+    routes_sdpa_calls_of = transformer_lumina2  # the stock processor calls its F.scaled_dot_product_attention
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: torch.Tensor | None = None,
@@ -56,12 +52,15 @@ class GNALumina2AttnProcessor2_0(_RoutedLumina2AttnProcessor):
                 or encoder_hidden_states is not hidden_states):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
                                     base_sequence_length)
-        padding = attention_mask.shape[1] - attention_mask.sum(dim=1)  # (B,): the batch padding after the tokens
-        rolled = _roll(hidden_states, padding)
-        out = super().__call__(attn, rolled, rolled, _roll(attention_mask, padding),
-                               None if image_rotary_emb is None else _roll(image_rotary_emb, padding),
+        length = attention_mask.shape[1]
+        padding = length - attention_mask.sum(dim=1, keepdim=True)  # (B, 1): the batch padding after the tokens
+        positions = torch.arange(length, device=hidden_states.device)
+        source, back = (positions - padding) % length, (positions + padding) % length  # rotate right, and back
+        rolled = _take(hidden_states, source)
+        out = super().__call__(attn, rolled, rolled, _take(attention_mask, source),
+                               None if image_rotary_emb is None else _take(image_rotary_emb, source),
                                base_sequence_length)
-        return _roll(out, -padding)
+        return _take(out, back)
 
 
 LAYOUT = ImageLatentLayout(lambda transformer: (transformer.config.patch_size,) * 2)
