@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # before any test module imports the package. With a GPU the real kernels run instead.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under pytest-xdist every worker is a process of its own: one intra-op thread each keeps the workers from
+# oversubscribing the cores (the tiny models gain nothing from more).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(1)
 
 
 def random_case(rng: random.Random, max_tokens: int = 96) -> dict:
