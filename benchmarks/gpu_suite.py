@@ -113,6 +113,10 @@ MODEL_CASES = [
     ModelCase("Ovis-Image 7B 2048x2048", "AIDC-AI/Ovis-Image-7B", "ovis-image-2k", 2048, 2048, None, 50, None, None),
     # CogView4-6B at 2048x2048, the largest size its positional table covers (128x128 + the GLM-4 prompt).
     ModelCase("CogView4 6B 2048x2048", "THUDM/CogView4-6B", "cogview4-2k", 2048, 2048, None, 50, None, None),
+    # CogView3-Plus-3B at 2048x2048, the largest size its positional table covers (128x128 + 224 T5 tokens); head_dim
+    # 40.
+    ModelCase("CogView3-Plus 3B 2048x2048", "THUDM/CogView3-Plus-3B", "cogview3plus-2k", 2048, 2048, None, 50, None,
+              None),
     # HunyuanImage 2.1 (17B) at its native 2048x2048: a 64x64 grid (32x VAE) against up to 1,128 prompt tokens; its
     # refiner (15B) at the same size: 128x128 (16x VAE) and 256 prompt tokens, 4 steps.
     ModelCase("HunyuanImage 2.1 2048x2048", "hunyuanvideo-community/HunyuanImage-2.1-Diffusers", "hunyuan-image-2k",
