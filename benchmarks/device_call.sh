@@ -67,7 +67,7 @@ case "$part" in
     models5) suite "animate,kandinsky" ;;
     models6) suite "cogvideox,mochi,allegro" ;;
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
-    models8) suite "cogview4,cogview3,hunyuanimage 2.1 2048,sd3.5" ;;
+    models8) suite "cogview4,cogview3,auraflow,hunyuanimage 2.1 2048,sd3.5" ;;
     models9) suite "refiner,pixart,hidream,hunyuandit" ;;
     models10) suite "lumina,ernie,glm,prx,nucleus,joyimage" ;;
 esac

@@ -113,6 +113,9 @@ MODEL_CASES = [
     ModelCase("Ovis-Image 7B 2048x2048", "AIDC-AI/Ovis-Image-7B", "ovis-image-2k", 2048, 2048, None, 50, None, None),
     # CogView4-6B at 2048x2048, the largest size its positional table covers (128x128 + the GLM-4 prompt).
     ModelCase("CogView4 6B 2048x2048", "THUDM/CogView4-6B", "cogview4-2k", 2048, 2048, None, 50, None, None),
+    # AuraFlow v0.3 (6.8B) at 1536x1536, the whole of its 96x96 positional table (+ 8 registers and 256 prompt
+    # tokens); head_dim 256.
+    ModelCase("AuraFlow v0.3 1536x1536", "fal/AuraFlow-v0.3", "auraflow-1536", 1536, 1536, None, 50, None, None),
     # CogView3-Plus-3B at 2048x2048, the largest size its positional table covers (128x128 + 224 T5 tokens); head_dim
     # 40.
     ModelCase("CogView3-Plus 3B 2048x2048", "THUDM/CogView3-Plus-3B", "cogview3plus-2k", 2048, 2048, None, 50, None,

@@ -66,13 +66,13 @@ def byte_level_tokenizer(extra_special_tokens: tuple[str, ...] = ()) -> Qwen2Tok
     return tokenizer
 
 
-def randomize_modulation(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
-    """Random values for ``model``'s modulation parameters (names containing "modulation"). Initialised at zero
-    (adaLN-zero), they gate every attention output to nothing, and an exactness test then passes for any
-    attention at all; a trained model's are not zero."""
+def randomize_modulation(model: torch.nn.Module, std: float = 0.2, part: str = "modulation") -> torch.nn.Module:
+    """Random values for ``model``'s modulation parameters (names containing ``part``). Initialised at zero
+    (adaLN-zero), or near it in a tiny model, they gate every attention output to (almost) nothing, and an
+    exactness test then passes for any attention at all; a trained model's are not that small."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "modulation" in name:
+            if part in name:
                 parameter.normal_(0.0, std)
     return model
 

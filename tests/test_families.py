@@ -18,7 +18,7 @@ PUBLISHED_BILLIONS = {
     "flux": 12, "flux2": 32, "chroma": 8.9, "hunyuan-video": 13, "hunyuan-video-1.5": 8.3, "wan": 14,
     "qwen-image": 20, "z-image": 6, "skyreels-v2": 14, "chronoedit": 14 + 2.1, "ltx-video": 2,
     "kandinsky5": 2, "ltx2": 19, "cosmos": 2, "cogvideox": 5.6, "mochi": 10, "allegro": 2.8, "anyflow": 14, "easyanimate": 12,
-    "hunyuan-image": 17, "sd3": 2, "pixart": 0.6, "hidream": 17, "hunyuan-dit": 1.5, "lumina2": 2.6,
+    "hunyuan-image": 17, "sd3": 2, "pixart": 0.6, "hidream": 17, "hunyuan-dit": 1.5, "lumina2": 2.6, "auraflow": 6.8,
 }
 # Families whose full-size config is not checked against a published size, and why.
 UNPUBLISHED = {
