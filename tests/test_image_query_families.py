@@ -105,6 +105,32 @@ def test_pipelines_run_gna_after_the_warm_up(name, monkeypatch):
     assert len(spy.windows) == 2 * calls * 2  # 2 sparse steps x guidance calls x 2 layers
 
 
+def test_nucleusmoe_text_kv_cache_stacks_with_gna():
+    """diffusers' TextKVCache (NucleusMoE-Image's: each block's prompt keys and values projected once, then passed
+    to the processor as cached_txt_key / cached_txt_value): whole windows reproduce the cached stock pipeline, and a
+    sparse preset gives what it gives without the cache."""
+    from diffusers import TextKVCacheConfig
+
+    pipe = nucleusmoe_image.tiny_pipeline()
+
+    def generate():
+        return pipe(prompt="a red cat", height=64, width=96, num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **nucleusmoe_image.tiny_call_kwargs()).images
+
+    sparse_config = GNAConfig(family="nucleusmoe-image", window=3, dense_steps=1)
+    with enabled(pipe, sparse_config):
+        uncached_sparse = generate()
+    pipe.transformer.enable_cache(TextKVCacheConfig())
+    stock = generate()
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="nucleusmoe-image", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        with enabled(pipe, sparse_config) as handle:
+            sparse = generate()
+            assert handle.runtime.step == 3
+    assert max_diff(sparse, uncached_sparse) <= 1e-5 and max_diff(sparse, stock) > 1e-3
+
+
 @pytest.mark.parametrize("preset", ["prx-1k", "nucleusmoe-image-1k", "nucleusmoe-image-2k"])
 def test_preset_grids(preset):
     config = load_preset(preset)
