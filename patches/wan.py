@@ -7,7 +7,7 @@ low noise) behind one scheduler: both are patched, and steps count across both. 
 the control video's tokens on the same grid: routed too.
 
 Layout probe: hidden_states (B, C, F, H, W) with patch (1, 2, 2) -> (F, H / 2, W / 2), from shapes (no
-sync). Image-to-video concatenates its condition along channels: the grid is unchanged.
+sync). Image-to-video and Lucy Edit concatenate their condition along channels: the grid is unchanged.
 """
 
 from __future__ import annotations

@@ -195,3 +195,33 @@ def test_vace_pipeline_routes_main_and_control_blocks_every_sparse_step(referenc
             generate()
     # 9 frames -> 5 latent frames of 4x4 tokens, and the reference image's 16 as context; CFG: 2 calls a step.
     assert spy.contexts == [((5, 4, 4), 16 * references)] * (2 * 2 * 4)
+
+
+def test_lucy_edit_pipeline_conditions_along_channels(monkeypatch):
+    """LucyEditPipeline (Decart's Lucy Edit, a Wan 2.2 TI2V-5B fine-tune) concatenates the source video's latents
+    along channels: the grid is the latents', whole windows reproduce the stock pipeline and a sparse preset routes
+    the steps after the dense one."""
+    from diffusers import LucyEditPipeline, WanTransformer3DModel
+    from PIL import Image
+
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(**{**wan.TINY_CONFIG, "in_channels": 2 * wan.TINY_CONFIG["in_channels"]},
+                                        num_layers=2).eval()
+    pipe = LucyEditPipeline(transformer=transformer, **wan.tiny_parts(0))
+    video = [Image.new("RGB", (32, 32), (20 * frame, 100, 50)) for frame in range(9)]
+
+    def generate():
+        return pipe(video=video, prompt="a red cat", height=32, width=32, num_frames=9, num_inference_steps=3,
+                    output_type="pt", generator=torch.Generator().manual_seed(0), max_sequence_length=32).frames
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with enabled(pipe, GNAConfig(family="wan", window=-1)) as handle:
+        assert max_diff(generate(), stock) <= 1e-5
+        assert handle.runtime.grid == (5, 4, 4)
+    spy.windows.clear()
+    with enabled(pipe, GNAConfig(family="wan", window=2, dense_steps=1)) as handle:
+        sparse = generate()
+        assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3
+    assert len(spy.windows) == 2 * 2 * 2  # 2 sparse steps x 2 guidance calls x 2 layers
