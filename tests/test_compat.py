@@ -187,6 +187,44 @@ def test_flux_kontext_reference_tokens_are_context(monkeypatch):
         assert torch.isfinite(kontext(pipe, steps=4)).all()
 
 
+@pytest.mark.parametrize("kind", ["fill", "control"])
+def test_flux_fill_and_control_pipelines_condition_along_channels(kind, monkeypatch):
+    """FluxFillPipeline (FLUX.1 Fill: the masked image's latents and the mask) and FluxControlPipeline (FLUX.1 Canny /
+    Depth: the control image's latents) concatenate their conditions along channels: the grid is the latents', whole
+    windows reproduce the stock pipeline, and a sparse preset routes the steps after the dense one."""
+    from diffusers import FluxControlPipeline, FluxFillPipeline
+
+    # packed 2x2 (the tiny VAE's 1 latent channel -> 4): latents 4 + masked image 4 + mask 4 x (2 x 2 VAE) = 24
+    channels = {"fill": 24, "control": 8}[kind]
+    torch.manual_seed(0)
+    plain = flux.tiny_transformer()
+    transformer = type(plain).from_config(plain.config, in_channels=channels, out_channels=4).eval()
+    parts = {name: part for name, part in flux.tiny_pipeline().components.items()
+             if name not in ("transformer", "image_encoder", "feature_extractor")}
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    if kind == "fill":
+        pipe, condition = FluxFillPipeline(transformer=transformer, **parts), dict(image=image, mask_image=(image[:, :1] > 0.5).float())
+    else:
+        pipe, condition = FluxControlPipeline(transformer=transformer, **parts), dict(control_image=image)
+
+    def generate_conditioned():
+        return pipe(prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **condition, **flux.tiny_call_kwargs()).images
+
+    stock = generate_conditioned()
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, whole("flux")) as handle:
+            assert max_diff(generate_conditioned(), stock) <= TOL
+            assert handle.runtime.grid == (8, 8)
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="flux", window=3, dense_steps=1)) as handle:
+            sparse = generate_conditioned()
+            assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3
+    assert len(spy.windows) == 2 * 4  # 2 sparse steps x 4 layers (2 double, 2 single)
+
+
 @pytest.mark.parametrize("ids, leading", [
     (lambda ids: ids.flip(0), 16),  # not row-major
     (lambda ids: torch.randn(ids.shape, generator=torch.Generator().manual_seed(0)), 1),  # diffusers' model tests
