@@ -143,6 +143,9 @@ MODEL_CASES = [
               None),
     # ERNIE-Image at 2048x2048 (diffusers' class defaults, 2.8B): 128x128 + 256 prompt tokens.
     ModelCase("ERNIE-Image 2048x2048", "baidu/ERNIE-Image", "ernie-image-2k", 2048, 2048, None, 50, None, None),
+    # Bria Fibo 2.0 at 1024x1024 (diffusers' class defaults, 8.1B): 64x64 after 384 gist tokens (a 1,024-token JSON
+    # caption).
+    ModelCase("Bria Fibo 2.0 1024x1024", "briaai/Fibo-2.0-dev", "bria-fibo2-1k", 1024, 1024, None, 30, None, None),
     # GLM-Image's diffusion decoder at 2048x2048 (diffusers' class defaults, 2.9B; 64 heads x 40): 128x128 + 16
     # glyph tokens, text-to-image (no condition keys).
     ModelCase("GLM-Image 2048x2048", "zai-org/GLM-Image", "glm-image-2k", 2048, 2048, None, 50, None, None),

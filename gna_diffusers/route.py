@@ -51,6 +51,9 @@ class TokenLayout:
     grid: tuple[int, ...]
     stream_tokens: int
     grid_offset: int = 0
+    # Where the text lies beside the stream, for a family where that varies per call (Bria FIBO 2 moves its
+    # prompt tokens after the image when a batch pads them); None: the family's ``text_first``.
+    text_first: bool | None = None
 
     def __post_init__(self):
         if self.grid_offset < 0 or self.grid_offset + prod(self.grid) > self.stream_tokens:
@@ -64,15 +67,16 @@ class TokenLayout:
 _LAYOUTS: dict[tuple, TokenLayout] = {}
 
 
-def token_layout(grid: tuple[int, ...], stream_tokens: int, grid_offset: int = 0) -> TokenLayout:
+def token_layout(grid: tuple[int, ...], stream_tokens: int, grid_offset: int = 0,
+                 text_first: bool | None = None) -> TokenLayout:
     """The one shared :class:`TokenLayout` for these values, so a probe's layout is the pipeline's prepared one
     (``is``) when they agree. While compiling, a new one: torch.compile would guard on the cache's contents,
     and the entry the first call adds would recompile the next call."""
-    key = (tuple(grid), stream_tokens, grid_offset)
+    key = (tuple(grid), stream_tokens, grid_offset, text_first)
     if torch.compiler.is_compiling():
-        return TokenLayout(key[0], stream_tokens, grid_offset)
+        return TokenLayout(*key)
     if key not in _LAYOUTS:
-        _LAYOUTS[key] = TokenLayout(key[0], stream_tokens, grid_offset)
+        _LAYOUTS[key] = TokenLayout(*key)
     return _LAYOUTS[key]
 
 
@@ -126,7 +130,7 @@ class GNARoute:
     def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None,
                  cached_context_keys: bool = False, grid_only: bool = False, grid_queries_alone: bool = False):
         self.layer = layer
-        self.text_first = text_first
+        self.family_text_first = text_first
         self.grid_only = grid_only  # the sequence is the grid alone (FLUX.3's per-mode image blocks)
         # Keys may carry context tokens the queries lack, next to the grid: [text, (context), grid] (FLUX.2 klein's KV
         # cache: reference-image keys without their queries; PRX: image queries, [text, image] keys), or
@@ -158,6 +162,12 @@ class GNARoute:
         if why is not None:
             self.warn_once(f"runs dense: {why}")
         return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
+
+    @property
+    def text_first(self) -> bool:
+        """Whether the text comes before the image stream in this call: the layout's word, else the family's."""
+        layout = self.layout
+        return self.family_text_first if layout is None or layout.text_first is None else layout.text_first
 
     def grid_span(self, total: int) -> slice | None:
         """Where the latent grid lies in a joint sequence of ``total`` tokens (None: it does not fit)."""

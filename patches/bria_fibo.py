@@ -83,7 +83,7 @@ def full_size(model_name: str):
 DEFAULT_PRESET = "bria-fibo-1k"
 DEFAULT_STEPS = 50  # the model card's num_inference_steps (the pipeline's default is 30)
 TEXT_TOKENS = 512  # a structured JSON caption
-NAME_PATTERN = r"fibo"  # hub names of this family, for --random-weights
+NAME_PATTERN = r"fibo(?![-_.]?2)"  # hub names of this family (not Fibo 2.0), for --random-weights
 
 
 def tiny_pipeline(seed: int = 0):

@@ -159,7 +159,7 @@ NAME_PATTERN = r"flux[.-]?2"  # hub names of this family, for --random-weights
 def tiny_pipeline(seed: int = 0):
     """An offline Flux2KleinPipeline (Qwen3 text encoder) with random weights: 32x32 images -> an 8x8 grid
     (the tiny VAE downsamples 2x and patchifies 2x2)."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
     from transformers import Qwen3ForCausalLM
 
     from ._tiny import byte_level_tokenizer, qwen3_config
@@ -167,12 +167,18 @@ def tiny_pipeline(seed: int = 0):
     tokenizer = byte_level_tokenizer()
     torch.manual_seed(seed)
     text_encoder = Qwen3ForCausalLM(qwen3_config(len(tokenizer), num_hidden_layers=3)).eval()
-    vae = AutoencoderKLFlux2(
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=tiny_vae(), text_encoder=text_encoder,
+                              tokenizer=tokenizer, transformer=tiny_transformer(seed))
+
+
+def tiny_vae():
+    """A FLUX.2 VAE with 4 latent channels that downsamples 2x (32x32 pixels -> 16x16 latents)."""
+    from diffusers import AutoencoderKLFlux2
+
+    return AutoencoderKLFlux2(
         latent_channels=4, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4, sample_size=32,
     ).eval()
-    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
-                              tokenizer=tokenizer, transformer=tiny_transformer(seed))
 
 
 def tiny_call_kwargs() -> dict:

@@ -38,6 +38,7 @@ UNPUBLISHED = {
     "ernie-image": "no published size found offline: FULL_CONFIG is diffusers' class defaults (2.8B)",
     "bria": "Bria 3.2's 4B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
     "bria-fibo": "Bria FIBO's 8B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
+    "bria-fibo2": "no published size of Fibo 2.0 found offline: FULL_CONFIG is diffusers' class defaults (8.1B)",
     "glm-image": "no published size of the diffusion decoder found offline: FULL_CONFIG is diffusers' class defaults "
                  "(2.9B)",
     "prx": "the latent PRX's published size not found offline: FULL_CONFIG is diffusers' class defaults (1.17B); "
@@ -120,11 +121,11 @@ def test_calibrate_runs_on_the_tiny_model(family, tmp_path):
 # reads its image-slot mask to the host (RoPE, prefill segments); Mochi's processor finds each sample's valid
 # prompt tokens with torch.nonzero; HunyuanImage 2.1 reorders its prompt tokens by boolean indexing (valid ones
 # first), a data-dependent shape; HiDream's mixture-of-experts loops over its tokens-per-expert counts; Lumina 2
-# reads its caption lengths to the host (.tolist()). Z-Image and
-# Qwen-Image 2.1 are compiled per block instead (tests/test_z_image.py, tests/test_qwen_image21.py), HunyuanImage
-# too (tests/test_hunyuan_image.py).
+# reads its caption lengths to the host (.tolist()); Bria Fibo 2.0's RoPE enters a `with device` block, as Z-Image's.
+# Z-Image, Qwen-Image 2.1 and Bria Fibo 2.0 are compiled per block instead (tests/test_z_image.py,
+# tests/test_qwen_image21.py, tests/test_bria_fibo2.py), HunyuanImage too (tests/test_hunyuan_image.py).
 COMPILABLE = sorted(set(FAMILY_MODULES) - {"hunyuan-video-1.5", "z-image", "qwen-image-2.1", "mochi", "hunyuan-image",
-                                           "hidream", "lumina2"})
+                                           "hidream", "lumina2", "bria-fibo2"})
 
 
 def compiled_graphs(family: str, pipe) -> int:
