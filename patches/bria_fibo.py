@@ -2,7 +2,8 @@
 FLUX's architecture (double- and single-stream blocks over [text, image], ``img_ids`` for the grid) with its own
 attention module and processor in the double blocks and Bria 3's in the single ones, every block reading its own
 layer of the SmolLM3 prompt; a batch's prompt padding is
-masked by a (B, 1, 1, S) boolean key mask the pipeline passes in ``joint_attention_kwargs``.
+masked by a (B, 1, 1, S) boolean key mask the pipeline passes in ``joint_attention_kwargs``. FIBO Edit puts each
+reference image's tokens after the generated image's (ids with time index 1, 2, ...), as FLUX.1 Kontext: context.
 
 Layout: FLUX's probe (``img_ids``; the pipeline's ``prepare_latents`` returns them, so a compiled transformer needs no
 host sync). Wan 2.2's VAE (16x) and one latent per token: 1024x1024 (the pipeline's default) -> a 64x64 grid.

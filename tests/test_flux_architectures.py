@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
-from helpers import max_diff
+from helpers import max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, list_presets, load_preset
@@ -124,3 +124,36 @@ def test_fibo_prompts_of_different_lengths_are_masked_and_exact(monkeypatch):
         with enabled(pipe, GNAConfig(family="bria-fibo", window=3, dense_steps=1)):
             sparse = generate()
     assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0 and spy.windows
+
+
+@pytest.mark.parametrize("references", [1, 2])
+def test_fibo_edit_reference_tokens_are_context(references, monkeypatch):
+    """BriaFiboEditPipeline puts each reference image's latent tokens after the generated image's (ids with time index
+    1, 2, ...), as FLUX.1 Kontext: they are context keys of every grid query. Whole windows reproduce the stock
+    pipeline; a sparse preset routes the steps after the dense one."""
+    from diffusers import BriaFiboEditPipeline
+    from PIL import Image
+
+    pipe = BriaFiboEditPipeline(**bria_fibo.tiny_pipeline().components)
+    images = [Image.new("RGB", (128, 128), (200, 30, 30)), Image.new("RGB", (128, 128), (30, 30, 200))][:references]
+
+    def generate():
+        return pipe(prompt='{"edit_instruction": "make it blue"}', image=images, num_inference_steps=3,
+                    output_type="pt", generator=torch.Generator().manual_seed(0), **bria_fibo.TINY_SIZE,
+                    **bria_fibo.tiny_call_kwargs()).images
+
+    text = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: text.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="bria-fibo", window=-1)) as handle:
+            assert max_diff(generate(), stock) <= 1e-5
+            assert handle.runtime.grid == (8, 8)
+        contexts = {context for _, context in spy.contexts}
+        spy.contexts.clear()
+        with enabled(pipe, GNAConfig(family="bria-fibo", window=3, dense_steps=1)):
+            sparse = generate()
+    assert contexts == {text[0] + references * 64}  # the prompt, and each reference's 8x8 grid
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3 and spy.contexts
