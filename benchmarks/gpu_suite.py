@@ -141,6 +141,10 @@ MODEL_CASES = [
     # to 24 by its processor before attention; head_dim 96.
     ModelCase("Lumina-Image 2.0 2048x2048", "Alpha-VLLM/Lumina-Image-2.0", "lumina2-2k", 2048, 2048, None, 30, None,
               None),
+    # Lumina-Next-SFT at 2048x2048 (diffusers' class defaults with 8 key/value heads, 2.3B): 128x128, no text in the
+    # self-attention; head_dim 72.
+    ModelCase("Lumina-Next 2048x2048", "Alpha-VLLM/Lumina-Next-SFT-diffusers", "lumina-next-2k", 2048, 2048, None, 30,
+              None, None),
     # ERNIE-Image at 2048x2048 (diffusers' class defaults, 2.8B): 128x128 + 256 prompt tokens.
     ModelCase("ERNIE-Image 2048x2048", "baidu/ERNIE-Image", "ernie-image-2k", 2048, 2048, None, 50, None, None),
     # Bria Fibo 2.0 at 1024x1024 (diffusers' class defaults, 8.1B): 64x64 after 384 gist tokens (a 1,024-token JSON

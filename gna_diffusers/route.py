@@ -272,13 +272,16 @@ class GNARoute:
             return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
         # A mask is (B, 1, 1, S) per key (or (B, S), which diffusers' dispatch reads the same: NucleusMoE-Image), or
-        # (B, 1, S, S) "query valid and key valid" (Chroma, HunyuanVideo 1.5): the grid queries then share a grid
+        # (B, 1, S, S) "query valid and key valid" (Chroma, HunyuanVideo 1.5), either also expanded over the heads
+        # (a view: stride 0; a mask stored per head runs dense): the grid queries then share a grid
         # query's row. Boolean: key validity. Float: an additive bias, uniform over the grid keys (they are never
         # padded), so only its context part matters.
         key_valid = key_bias = None
         context_mask = attn_mask
         if attn_mask is not None and attn_mask.ndim == 2 and attn_mask.shape == (query.shape[0], keys):
             attn_mask = attn_mask[:, None, None, :]
+        if attn_mask is not None and attn_mask.ndim == 4 and attn_mask.shape[1] > 1 and attn_mask.stride(1) == 0:
+            attn_mask = attn_mask[:, :1]  # expanded over the heads (Lumina-Next's processor): one mask for all
         if attn_mask is not None:
             row = key_row(attn_mask, grid.start, query.shape[0])
             if row is None or row.shape[-1] != keys:

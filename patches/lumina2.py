@@ -123,28 +123,35 @@ TEXT_TOKENS = 128  # valid prompt tokens (system prompt and prompt; the transfor
 NAME_PATTERN = r"lumina-?(image-?)?2|neta-?lumina"  # hub names (Neta Lumina: a fine-tune; not Lumina-Next), for --random-weights
 
 
-def tiny_tokenizer():
-    """A Gemma tokenizer of one token per character."""
+def tiny_tokenizer(add_bos_token: bool = False):
+    """A Gemma tokenizer of one token per character (``add_bos_token``: starting every prompt with <bos>, as Gemma's
+    own does)."""
     from transformers import GemmaTokenizer
 
     from ._tiny import CHARS
 
     pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "\u2581"] + list(CHARS)
-    return GemmaTokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[])
+    return GemmaTokenizer(vocab={p: i for i, p in enumerate(pieces)}, merges=[], add_bos_token=add_bos_token)
+
+
+def tiny_text_encoder(seed: int, vocab_size: int):
+    """A 2-layer Gemma 2 of width ``TEXT_WIDTH``."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    return Gemma2Model(Gemma2Config(
+        vocab_size=vocab_size, hidden_size=TEXT_WIDTH, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
 
 
 def tiny_pipeline(seed: int = 0):
     """An offline Lumina2Pipeline with random weights (a tiny Gemma 2, FLUX's tiny VAE downsampling 8x as the
     pipeline assumes): 128x128 pixels -> 16x16 latents -> an 8x8 grid."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
-    from transformers import Gemma2Config, Gemma2Model
 
     tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = Gemma2Model(Gemma2Config(
-        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=512,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
+    text_encoder = tiny_text_encoder(seed, len(tokenizer))
     return Lumina2Pipeline(transformer=tiny_transformer(seed), scheduler=FlowMatchEulerDiscreteScheduler(),
                            vae=flux.tiny_vae(latent_channels=4, blocks=4), text_encoder=text_encoder,
                            tokenizer=tokenizer)

@@ -762,11 +762,13 @@ def test_torch_compile_sees_no_graph_break_and_recompiles_once_for_the_warmup(fa
         assert with_warmup == 2
 
 
-@pytest.mark.parametrize("kind", ["bool key", "bool square", "additive key", "float product square"])
+@pytest.mark.parametrize("kind", ["bool key", "bool square", "bool square over heads", "additive key",
+                                  "float product square"])
 def test_route_honours_masks_over_context_on_both_sides(kind):
     """The route on its own: [text, grid, reference] with padded text, whole-extent windows: exactly the
-    masked dense attention, for boolean masks (key validity) and float masks (additive: -inf / 0 per key, or
-    Chroma's 1 / 0 outer product, which SDPA adds as a bias)."""
+    masked dense attention, for boolean masks (key validity; also expanded over the heads, as Lumina-Next's
+    processor passes it) and float masks (additive: -inf / 0 per key, or Chroma's 1 / 0 outer product, which SDPA
+    adds as a bias)."""
     import torch.nn.functional as F
 
     from gna_diffusers.config import LayerPattern
@@ -790,16 +792,42 @@ def test_route_honours_masks_over_context_on_both_sides(kind):
     else:
         m = valid.float()
         mask = m[:, None, None, :] * m[:, None, :, None]
+    if kind.endswith("over heads"):
+        mask = mask.expand(-1, 2, total, -1)
     route = GNARoute(("double", 0), text_first=True, backend="reference")
     route.layout = TokenLayout(grid, stream_tokens=12 + reference)
     route.pattern = LayerPattern(False, grid, (1, 1), (1, 1))
     out = route(sdpa, q, k, v, mask, {})
-    rows = valid if kind == "bool square" else torch.ones_like(valid)  # all-masked query rows are NaN
+    rows = valid if square else torch.ones_like(valid)  # all-masked query rows are NaN
     torch.testing.assert_close(out[rows], sdpa(q, k, v, mask)[rows], atol=1e-5, rtol=1e-5)
     route.pattern = LayerPattern(False, (2, 2), (1, 1), (1, 1))
     sparse = route(sdpa, q, k, v, mask, {})
     assert (sparse[:, text:text + 12] - out[:, text:text + 12]).abs().max() > 1e-3  # grid queries changed
     torch.testing.assert_close(sparse[:, :text][rows[:, :text]], out[:, :text][rows[:, :text]])  # context kept
+
+
+def test_a_mask_stored_per_head_runs_dense_with_one_warning():
+    """A mask expanded over the heads is a view (stride 0): one head's is every head's. Stored per head, the heads'
+    masks could differ, which one window cannot carry: the call runs dense, said once."""
+    import torch.nn.functional as F
+
+    from gna_diffusers.config import LayerPattern
+    from gna_diffusers.route import GNARoute, TokenLayout
+
+    def sdpa(q, k, v, attn_mask=None, backend=None):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
+        return out.transpose(1, 2)
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 12, 2, 8, generator=gen) for _ in range(3))
+    mask = torch.ones(1, 2, 12, 12, dtype=torch.bool)
+    mask[:, 1, :, 0] = False  # the second head may not see the first token
+    route = GNARoute(("blocks", 0), text_first=False, backend="reference")
+    route.layout = TokenLayout((3, 4), stream_tokens=12)
+    route.pattern = LayerPattern(False, (2, 2), (1, 1), (1, 1))
+    with pytest.warns(UserWarning, match=r"gna: layer blocks\.0 runs dense: attention mask of shape \(1, 2, 12, 12\)"):
+        out = route(sdpa, q, k, v, mask, {})
+    torch.testing.assert_close(out, sdpa(q, k, v, mask))
 
 
 @pytest.mark.parametrize("text_first", [True, False], ids=["text-first", "text-after"])

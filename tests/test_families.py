@@ -39,6 +39,8 @@ UNPUBLISHED = {
     "bria": "Bria 3.2's 4B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
     "bria-fibo": "Bria FIBO's 8B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
     "bria-fibo2": "no published size of Fibo 2.0 found offline: FULL_CONFIG is diffusers' class defaults (8.1B)",
+    "lumina-next": "Lumina-Next-SFT's transformer config not found offline: FULL_CONFIG is diffusers' class defaults "
+                   "with 8 key/value heads (2.3B; its model card says 2B)",
     "glm-image": "no published size of the diffusion decoder found offline: FULL_CONFIG is diffusers' class defaults "
                  "(2.9B)",
     "prx": "the latent PRX's published size not found offline: FULL_CONFIG is diffusers' class defaults (1.17B); "
