@@ -69,6 +69,6 @@ case "$part" in
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
     models8) suite "cogview4,cogview3,auraflow,hunyuanimage 2.1 2048,sd3.5" ;;
     models9) suite "refiner,pixart,hidream,hunyuandit" ;;
-    models10) suite "lumina,ernie,glm,prx,nucleus,joyimage,fibo 2" ;;
+    models10) suite "lumina,ernie,glm,prx,nucleus,joyimage,fibo 2,omnigen" ;;
 esac
 exit "$status"

@@ -79,6 +79,8 @@ MODEL_CASES = [
     ModelCase("Z-Image-Turbo 2048x2048", "Tongyi-MAI/Z-Image-Turbo", "z-image-2k", 2048, 2048, None, 9, None, None),
     # No hub id yet: the name only picks the family; the shape is diffusers' Flux3Transformer2DModel defaults.
     ModelCase("FLUX.3 2048x2048", "FLUX.3", "flux3-2k", 2048, 2048, None, 50, None, None),
+    # OmniGen v1 (3.8B, Phi-3 mini's shape) at 1024x1024: 64x64 after 64 prompt tokens and the time token; head_dim 96.
+    ModelCase("OmniGen v1 1024x1024", "Shitao/OmniGen-v1-diffusers", "omnigen-1k", 1024, 1024, None, 50, None, None),
     # LTX-2 19B (video + audio streams; GNA on the video self-attention): its full-resolution stage.
     ModelCase("LTX-2 19B 1088x1920x121", "Lightricks/LTX-2", "ltx2-1080p", 1088, 1920, 121, 30, None, None),
     # LTX-Video 13B (its 0.9.7 / 0.9.8 shape) at its preset's grid.

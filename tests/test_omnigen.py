@@ -1,0 +1,71 @@
+"""OmniGen (tiny offline transformer, fp32, CPU; its pipeline needs torchvision): GNA for the output image's queries
+in every block's self-attention, against [condition tokens, time token, image]; the condition rows keep the stock
+causal mask. The stock processor calls F.scaled_dot_product_attention itself with a (B, 1, S, S) additive mask."""
+
+import pytest
+import torch
+from brute_force import joint_mask
+from helpers import max_diff, no_gna_warnings
+from test_apply import OperatorSpy
+
+from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers.patches import SPEED_ONLY_MODULES, omnigen
+
+GRID = (4, 6)
+TEXT = 9
+
+
+@pytest.mark.parametrize("valid", [None, (5, 9)], ids=["unpadded", "left-padded"])
+def test_whole_extent_reproduces_stock_and_removal_is_exact(valid, monkeypatch):
+    transformer = omnigen.tiny_transformer()
+    inputs = omnigen.transformer_inputs(transformer, GRID, text=TEXT, batch=2, valid_text=valid)
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with no_gna_warnings(), enabled(transformer, GNAConfig(family="omnigen", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5  # a padding token leaking in would differ
+            assert {type(block.self_attn.processor) for block in transformer.layers} == {
+                omnigen.GNAOmniGenAttnProcessor}
+        with enabled(transformer, GNAConfig(family="omnigen", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert spy.contexts == [(GRID, TEXT + 1)] * 4  # the prompt slots and the time token, 2 layers x 2 runs
+
+
+def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
+    """The output image's queries: their window, every valid prompt token and the time token; the prompt's rows:
+    the stock causal mask, untouched."""
+    window, stride = (2, 4), (1, 2)
+    transformer = omnigen.tiny_transformer()
+    inputs = omnigen.transformer_inputs(transformer, GRID, text=TEXT, batch=2, valid_text=(5, 9))
+    allowed = joint_mask(GRID, window, stride, TEXT + 1)
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="omnigen", base_grid=list(GRID), window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        real = torch.nn.functional.scaled_dot_product_attention
+
+        def masked(query, key, value, attn_mask=None, *args, **kwargs):
+            if query.shape[-2] == key.shape[-2] == allowed.shape[0]:
+                attn_mask = attn_mask.masked_fill(~allowed, torch.finfo(attn_mask.dtype).min)
+            return real(query, key, value, attn_mask, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", masked)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5
+
+
+def test_compare_refuses_real_weights_and_names_the_way_in():
+    from gna_diffusers.harness.models import HarnessError, load_pipeline
+
+    assert "omnigen" in SPEED_ONLY_MODULES
+    with pytest.raises(HarnessError, match=r"omnigen needs torchvision .*--random-weights, or call gna_diffusers\.apply"):
+        load_pipeline("Shitao/OmniGen-v1-diffusers", torch.device("cpu"), torch.float32)
+
+
+def test_full_size_and_preset_grids():
+    from gna_diffusers.harness.models import on_meta
+
+    billions = sum(p.numel() for p in on_meta(omnigen.PATCH.transformer_class, omnigen.FULL_CONFIG).parameters()) / 1e9
+    assert billions == pytest.approx(3.8, rel=0.05)  # OmniGen v1: Phi-3 mini's 3.8B
+    assert omnigen.latent_grid(1024, 1024) == tuple(load_preset("omnigen-1k").base_grid)
