@@ -12,10 +12,11 @@
 #   models5  suite: Wan 2.2 Animate 14B (720x1280, a 77-frame segment), Kandinsky 5 Pro 19B (768x1280x121)
 #   models6  suite: CogVideoX 1.5 5B (768x1360x81), Mochi 1 10B (480x848x163), Allegro 2.8B (720x1280x88)
 #   models7  suite: EasyAnimate V5.1 12B (1024x1024x49); Ideogram 4, Krea 2, Ovis-Image 7B (2048x2048)
-#   models8  suite: CogView4 6B, HunyuanImage 2.1 17B, SD3.5 Large 8B (2048x2048)
+#   models8  suite: CogView4 6B, CogView3-Plus 3B, HunyuanImage 2.1 17B, SD3.5 Large 8B (2048x2048)
 #   models9  suite: HunyuanImage 2.1's 15B refiner, PixArt-Sigma 2K (2048x2048), HiDream-I1 17B, Hunyuan-DiT 1.5B
 #            (1024x1024)
-#   models10 suite: Lumina-Image 2.0, ERNIE-Image, GLM-Image, NucleusMoE-Image (2048x2048), PRX, JoyImage-Edit
+#   models10 suite: Lumina-Image 2.0, Lumina-Next, ERNIE-Image, GLM-Image (2048x2048), PRX (1024x1024)
+#   models11 suite: NucleusMoE-Image (2048x2048), AuraFlow v0.3 (1536x1536), JoyImage-Edit, Bria Fibo 2.0, OmniGen v1
 #            (1024x1024)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
@@ -26,8 +27,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | profile) ;;
-    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|profile (got '$part')" >&2; exit 2 ;;
+    kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | models11 | profile) ;;
+    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|models11|profile (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -67,8 +68,9 @@ case "$part" in
     models5) suite "animate,kandinsky" ;;
     models6) suite "cogvideox,mochi,allegro" ;;
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
-    models8) suite "cogview4,cogview3,auraflow,hunyuanimage 2.1 2048,sd3.5" ;;
+    models8) suite "cogview4,cogview3,hunyuanimage 2.1 2048,sd3.5" ;;
     models9) suite "refiner,pixart,hidream,hunyuandit" ;;
-    models10) suite "lumina,ernie,glm,prx,nucleus,joyimage,fibo 2,omnigen" ;;
+    models10) suite "lumina,ernie,glm,prx" ;;
+    models11) suite "nucleus,auraflow,joyimage,fibo 2,omnigen" ;;
 esac
 exit "$status"
