@@ -248,6 +248,39 @@ def test_full_tiles_issue_no_mask_or_division_code_on_hopper(tma):
     assert len(loop["skipped_regions"]) >= 3 and min(loop["skipped_regions"][:3]) >= scores_per_thread
 
 
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_tuning_times_only_tilings_the_gpu_can_hold(head_dim, monkeypatch):
+    """On a GPU with Hopper's 227 KiB per block: at head_dim 128, 128-token tiles fit at 2 and 3 stages; at
+    head_dim 256 (AuraFlow) a 128-token K/V tile does not fit even at 2 (320 KiB): the tuner does not compile
+    configurations whose launch would fail, and times the cheapest that fit, at the stages that fit."""
+    limit = 227 * 1024
+    monkeypatch.setattr(triton_gna, "_shared_memory_limit", lambda device: limit)
+    monkeypatch.setattr(triton_gna, "_block_sizes", lambda device, tokens: (64, 128))
+    spec = GNASpec.create((96, 96), 32, 16)  # AuraFlow v0.3's 1536x1536 preset
+    kv = torch.zeros(1, 96 * 96, 1, head_dim, dtype=torch.bfloat16)
+    configs = triton_gna.tuning_configs(spec, kv, kv)
+    sizes = {config: triton_gna.shared_memory_bytes(config, head_dim, 2) for config in configs}
+    assert configs and max(sizes.values()) <= limit
+    if head_dim == 128:
+        assert any(prod(c.kv_tile) == 128 and c.num_stages == 3 for c in configs)
+    else:
+        assert max(prod(c.kv_tile) for c in configs) == 64  # 192 KiB with a 128-token Q tile at 2 stages
+    monkeypatch.setattr(triton_gna, "_shared_memory_limit", lambda device: None)  # unknown: the ranking as it is
+    assert len(triton_gna.tuning_configs(spec, kv, kv)) >= len(configs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head_dim, q_tile, kv_tile, stages", [
+    (128, (2, 8, 8), (2, 8, 8), 3),
+    (256, (1, 8, 16), (1, 8, 8), 2),
+])
+def test_shared_memory_estimate_is_what_the_hopper_compile_takes(head_dim, q_tile, kv_tile, stages):
+    config = triton_gna.KernelConfig(q_tile, kv_tile, 8, stages)
+    shared, _ = compile_sm90(dtype="bf16", head_dim=head_dim, q_tile=q_tile, kv_tile=kv_tile, has_extra=True,
+                             has_mask=False, num_stages=stages)
+    assert shared == triton_gna.shared_memory_bytes(config, head_dim, 2)
+
+
 def test_tuning_falls_back_to_small_tiles_then_says_which_backend_to_use(caplog):
     """A GPU with less shared memory than Hopper's (consumer cards: ~100 KB per block) holds none of the
     tuning configurations: small single-stage tiles are timed instead, and if those do not fit either the

@@ -204,13 +204,35 @@ def launch_warps(q_tile: tuple[int, ...]) -> int:
     return 8 if prod(q_tile) >= 128 else 4
 
 
+def shared_memory_bytes(config: KernelConfig, head_dim: int, element_size: int) -> int:
+    """Shared memory one launch of ``config`` holds: its Q tile, and per pipeline stage a K and a V tile, each token
+    ``head_dim`` lanes wide (padded to the kernel's power of two). The sm_90 compiles report these figures
+    (benchmarks/compile_sm90.py): 160 / 224 KiB with 128-token tiles at head_dim 128 and 2 / 3 stages; 320 KiB at
+    head_dim 256, where a 64-token KV tile needs 192."""
+    lanes = max(16, 1 << (head_dim - 1).bit_length())
+    return element_size * lanes * (prod(config.q_tile) + config.num_stages * 2 * prod(config.kv_tile))
+
+
+def _shared_memory_limit(device: torch.device) -> int | None:
+    """The most shared memory a block may opt into on ``device`` (Hopper: 227 KiB); None off CUDA."""
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin if device.type == "cuda" else None
+
+
 def tuning_configs(spec: GNASpec, k: torch.Tensor, v: torch.Tensor) -> list[KernelConfig]:
     """What the tuner times on a GPU: the 3 cheapest tilings with gathered K/V loads and the 2 cheapest
     with TMA loads (where :func:`tma_unsupported` allows them), each joined by the cheapest tiling with the
     widest KV box when none of them has it (per score, 64-token KV boxes issue ~40% more instructions than
     128-token ones: the simulator's area cost misses that), each at :func:`launch_warps` x (2, 3) pipeline
-    stages (both paths are software-pipelined: cp.async, or bulk tensor copies)."""
+    stages (both paths are software-pipelined: cp.async, or bulk tensor copies). Tilings and stages whose
+    :func:`shared_memory_bytes` the GPU cannot hold are left out before ranking (head_dim 256: no 128-token KV
+    tile), so the tuner times the cheapest that run; when none does, :func:`fastest` falls back to small tiles."""
+    limit = _shared_memory_limit(k.device)
+
+    def fits(config: KernelConfig) -> bool:
+        return limit is None or shared_memory_bytes(config, k.shape[-1], k.element_size()) <= limit
+
     ranked = tile_candidates(spec, _block_sizes(k.device, spec.num_tokens), limit=None)
+    ranked = [c for c in ranked if fits(c)] or ranked  # a tiling at 2 stages (KernelConfig's default)
     widest = max(prod(c.kv_tile) for c in ranked)
 
     def tilings(count: int) -> list[KernelConfig]:
@@ -221,7 +243,8 @@ def tuning_configs(spec: GNASpec, k: torch.Tensor, v: torch.Tensor) -> list[Kern
 
     def launches(tiling: KernelConfig, tma: bool) -> list[KernelConfig]:
         warps = launch_warps(tiling.q_tile)
-        return [KernelConfig(tiling.q_tile, tiling.kv_tile, warps, stages, tma) for stages in (2, 3)]
+        configs = [KernelConfig(tiling.q_tile, tiling.kv_tile, warps, stages, tma) for stages in (2, 3)]
+        return [config for config in configs if fits(config)] or configs[:1]
 
     configs = [config for tiling in tilings(3) for config in launches(tiling, tma=False)]
     if tma_unsupported(k, v) is None:
