@@ -157,3 +157,34 @@ def test_fibo_edit_reference_tokens_are_context(references, monkeypatch):
             sparse = generate()
     assert contexts == {text[0] + references * 64}  # the prompt, and each reference's 8x8 grid
     assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3 and spy.contexts
+
+
+def test_longcat_image_edit_reference_tokens_are_context(monkeypatch):
+    """LongCat-Image-Edit's call, as its pipeline builds it: the reference image's packed latents after the generated
+    image's, its ids on modality 2 over the same positions (the generated image's: modality 1). Its tokens are
+    context keys of every grid query, as Kontext's: exact against an independently masked attention. (The pipeline
+    itself scales every request to a megapixel and needs a Qwen2.5-VL processor: not run on CPU.)"""
+    from diffusers.pipelines.longcat_image.pipeline_longcat_image_edit import prepare_pos_ids
+
+    window, stride = (2, 4), (1, 2)
+    transformer = longcat_image.tiny_transformer()
+    inputs = longcat_image.transformer_inputs(transformer, GRID, text=TEXT, batch=2)
+    reference = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(1))
+    inputs["hidden_states"] = torch.cat([inputs["hidden_states"], reference], dim=1)
+    reference_ids = prepare_pos_ids(modality_id=2, type="image", start=(TEXT, TEXT), height=GRID[0], width=GRID[1])
+    inputs["img_ids"] = torch.cat([inputs["img_ids"], reference_ids.to(inputs["img_ids"].dtype)])
+    n = GRID[0] * GRID[1]
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with no_gna_warnings():
+            with enabled(transformer, GNAConfig(family="longcat-image", window=-1)):
+                assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            with enabled(transformer, GNAConfig(family="longcat-image", base_grid=list(GRID), window=list(window),
+                                                stride=list(stride))):
+                routed = transformer(**inputs)[0]
+        masked_self_attention(longcat_image.PATCH.dispatch_module, joint_mask(GRID, window, stride, TEXT, n),
+                              monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert set(spy.contexts) == {(GRID, TEXT + n)}  # the prompt and the reference image's tokens
+    assert max_diff(routed, expected) <= 1e-5 and max_diff(routed, stock) > 1e-3
