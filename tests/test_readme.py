@@ -22,3 +22,13 @@ def test_every_preset_has_a_row():
 def test_the_preset_file_example_lists_every_family():
     (families,) = re.findall(r"^family: flux +# (.+)$", README, re.M)
     assert set(families.split(" | ")) == set(PATCHES)
+
+
+def test_the_preset_file_example_names_each_familys_block_types():
+    """Every family whose blocks are not the one type ``blocks`` is named after its own block types."""
+    (line,) = re.findall(r"^dense_layers: .+# block types: (.+)$", README, re.M)
+    named = {family: types for types, families in re.findall(r"([a-z, ]+?) \(([^)]+)\)", line)
+             for family in re.split(r",\s*", families)}
+    for family, patch in PATCHES.items():
+        if tuple(patch.blocks) != ("blocks",) and family != "wan":
+            assert named.get(family, "").strip(" ;") == ", ".join(patch.blocks), family
