@@ -42,14 +42,14 @@ def config_for(family: str):
         return GNAConfig(family="ltx-video", base_grid=[2, 4, 4], window=[2, 2, 2])
     if family == "qwen-image-2.1":
         return GNAConfig(family="qwen-image-2.1", base_grid=[4, 6], window=[2, 2])
-    if family in ("helios", "chronoedit"):
+    if family in ("helios", "chronoedit", "skyreels-v2"):
         return GNAConfig(family=family, base_grid=[4, 4, 4], window=[2, 2, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
 
 
 def inputs_for(family: str, transformer):
     from gna_diffusers.patches import (chronoedit, flux, flux2, helios, hunyuan_image, hunyuan_video, ltx_video,
-                                       qwen_image, qwen_image21, wan)
+                                       qwen_image, qwen_image21, skyreels_v2, wan)
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
@@ -68,6 +68,10 @@ def inputs_for(family: str, transformer):
         return helios.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2, history=(8, 2, 2))  # 38 tokens
     if family == "chronoedit":
         return chronoedit.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
+    if family == "skyreels-v2":  # diffusion forcing: a noise level per frame, so a modulation per token
+        inputs = skyreels_v2.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
+        return inputs | {"timestep": torch.tensor([[900, 700, 500, 300], [800, 600, 400, 200]]),
+                         "enable_diffusion_forcing": True}
     if family == "ltx-video":  # no text mask: diffusers 0.42's own LTX plan fails with one (cross-attention)
         return ltx_video.transformer_inputs(transformer, (2, 4, 4), text=6, batch=2) | {"encoder_attention_mask": None}
     return wan.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
@@ -76,9 +80,9 @@ def inputs_for(family: str, transformer):
 # diffusers' Helios plan names the output of blocks 0-39 (the released depth): the tiny model needs as many.
 TINY_SHAPES = {"helios": {"num_layers": 40}}
 
-# LTX-Video's plan shards the text too, so its stock cross-attention runs diffusers' native ring attention,
-# which cannot return the LSE on CPU.
-NO_CPU_RING = {"ltx-video"}
+# LTX-Video's plan shards the text too, and SkyReels-V2's processor hands its cross-attention the parallel config,
+# so their stock cross-attention runs diffusers' native ring attention, which cannot return the LSE on CPU.
+NO_CPU_RING = {"ltx-video", "skyreels-v2"}
 
 
 def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
@@ -131,7 +135,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video", "chronoedit",
-                                    "helios", "hunyuan-image"])
+                                    "helios", "hunyuan-image", "skyreels-v2"])
 def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
