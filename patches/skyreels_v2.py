@@ -10,7 +10,7 @@ pipelines, GNA runs.
 
 Layout probe: hidden_states (B, C, F, H, W) with patch (1, 2, 2) -> (F, H / 2, W / 2), from shapes.
 
-Context parallelism: diffusers ships no plan for SkyReels-V2; :func:`parallel_plan` is one.
+Context parallelism: diffusers ships no plan for SkyReels-V2; Wan's (``wan.parallel_plan``, for VACE) fits it.
 """
 
 from __future__ import annotations
@@ -43,25 +43,6 @@ def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLay
     return LAYOUT.probe(module, args, kwargs, prepared)
 
 
-def parallel_plan(transformer: torch.nn.Module, world: int) -> dict:
-    """A context-parallel plan for SkyReels-V2, which diffusers 0.42 lacks (Helios's layout): the RoPE split with
-    the sequence, each block's self-attention, cross-attention and feed-forward given its shard of the tokens and
-    their outputs gathered, so the block's modulation, per token under diffusion forcing, stays on the whole
-    sequence. Works with the stock processors and with GNA's; pass it as
-    ``transformer.enable_parallelism(config=..., cp_plan=parallel_plan(transformer, world))`` (GNA's ``apply`` first
-    does this by itself)."""
-    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-
-    shard = {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)}
-    parts = ("attn1", "attn2", "ffn")
-    return {
-        "rope": {i: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True) for i in (0, 1)},
-        **{f"blocks.*.{part}": shard for part in parts},
-        **{f"blocks.{i}.{part}": ContextParallelOutput(gather_dim=1, expected_dims=3)
-           for i in range(len(transformer.blocks)) for part in parts},
-    }
-
-
 PATCH = ModelPatch(
     family="skyreels-v2",
     transformer_class=SkyReelsV2Transformer3DModel,
@@ -75,7 +56,7 @@ PATCH = ModelPatch(
     video=True,
     adoptable_processors=(SkyReelsV2AttnProcessor,),
     attention="attn1",
-    parallel_plan=parallel_plan,
+    parallel_plan=wan.parallel_plan,  # diffusers 0.42 has none for SkyReels-V2
 )
 
 

@@ -46,6 +46,27 @@ def vace_reference_frames(args: tuple, kwargs: dict):
     return functools.partial(leading_frames_as_context, frames=frames)
 
 
+def parallel_plan(transformer: torch.nn.Module, world: int) -> dict:
+    """A context-parallel plan for the Wan-architecture transformers diffusers 0.42 ships none for (Wan VACE,
+    SkyReels-V2; plain Wan has diffusers' own): the RoPE split with the sequence, and each block's self-attention,
+    cross-attention and feed-forward (the main blocks' and VACE's control blocks') given its shard of the tokens, their
+    outputs gathered (Helios's layout). The rest of a block runs on the whole sequence, so a per-token modulation
+    (SkyReels-V2's diffusion forcing) and VACE's control hints need nothing of their own. Works with the stock
+    processors and with GNA's; pass it as ``transformer.enable_parallelism(config=..., cp_plan=parallel_plan(
+    transformer, world))`` (GNA's ``apply`` first does this by itself)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    shard = {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)}
+    parts = ("attn1", "attn2", "ffn")
+    block_lists = {name: getattr(transformer, name) for name in ("blocks", "vace_blocks") if hasattr(transformer, name)}
+    return {
+        "rope": {i: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True) for i in (0, 1)},
+        **{f"{name}.*.{part}": shard for name in block_lists for part in parts},
+        **{f"{name}.{i}.{part}": ContextParallelOutput(gather_dim=1, expected_dims=3)
+           for name, blocks in block_lists.items() for i in range(len(blocks)) for part in parts},
+    }
+
+
 PATCH = ModelPatch(
     family="wan",
     transformer_class=WanTransformer3DModel,
@@ -62,6 +83,7 @@ PATCH = ModelPatch(
     other_transformer_classes=(WanVACETransformer3DModel,),
     pipeline_transformers=("transformer", "transformer_2"),
     pipeline_observers={"prepare_video_latents": vace_reference_frames},
+    parallel_plan=parallel_plan,  # used where the transformer class has no plan of diffusers' (VACE)
 )
 
 
@@ -76,6 +98,14 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> WanTransformer3DMode
     """A randomly initialised Wan transformer for CPU tests (2 heads x 16, 4 latent channels)."""
     torch.manual_seed(seed)
     return WanTransformer3DModel(**TINY_CONFIG, num_layers=num_layers).eval()
+
+
+def tiny_vace_transformer(seed: int = 0, num_layers: int = 2, vace_in_channels: int = 8) -> WanVACETransformer3DModel:
+    """A randomly initialised Wan VACE transformer for CPU tests: the tiny Wan's shape, a control block beside every
+    block."""
+    torch.manual_seed(seed)
+    return WanVACETransformer3DModel(**TINY_CONFIG, num_layers=num_layers, vace_layers=list(range(num_layers)),
+                                     vace_in_channels=vace_in_channels).eval()
 
 
 def latent_grid(height: int, width: int, frames: int | None = None, vae_spatial: int = 8) -> tuple[int, int, int]:

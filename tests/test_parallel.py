@@ -42,7 +42,8 @@ def config_for(family: str):
         return GNAConfig(family="ltx-video", base_grid=[2, 4, 4], window=[2, 2, 2])
     if family == "qwen-image-2.1":
         return GNAConfig(family="qwen-image-2.1", base_grid=[4, 6], window=[2, 2])
-    if family in ("helios", "chronoedit", "skyreels-v2"):
+    if family in ("helios", "chronoedit", "skyreels-v2", "wan-vace"):
+        family = "wan" if family == "wan-vace" else family
         return GNAConfig(family=family, base_grid=[4, 4, 4], window=[2, 2, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
 
@@ -68,6 +69,9 @@ def inputs_for(family: str, transformer):
         return helios.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2, history=(8, 2, 2))  # 38 tokens
     if family == "chronoedit":
         return chronoedit.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
+    if family == "wan-vace":  # a control video beside the video, through the control blocks
+        control = torch.randn(2, 8, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+        return wan.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2) | {"control_hidden_states": control}
     if family == "skyreels-v2":  # diffusion forcing: a noise level per frame, so a modulation per token
         inputs = skyreels_v2.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
         return inputs | {"timestep": torch.tensor([[900, 700, 500, 300], [800, 600, 400, 200]]),
@@ -79,10 +83,20 @@ def inputs_for(family: str, transformer):
 
 # diffusers' Helios plan names the output of blocks 0-39 (the released depth): the tiny model needs as many.
 TINY_SHAPES = {"helios": {"num_layers": 40}}
+# Cases that are not a family's tiny transformer: (family, builder name in its module).
+VARIANTS = {"wan-vace": ("wan", "tiny_vace_transformer")}
 
-# LTX-Video's plan shards the text too, and SkyReels-V2's processor hands its cross-attention the parallel config,
-# so their stock cross-attention runs diffusers' native ring attention, which cannot return the LSE on CPU.
-NO_CPU_RING = {"ltx-video", "skyreels-v2"}
+
+def tiny_transformer(case: str):
+    from gna_diffusers.patches import FAMILY_MODULES
+
+    family, builder = VARIANTS.get(case, (case, "tiny_transformer"))
+    return getattr(FAMILY_MODULES[family], builder)(**TINY_SHAPES.get(case, {}))
+
+# LTX-Video's plan shards the text too, and the Wan-architecture plan of gna_diffusers (SkyReels-V2, Wan VACE) shards
+# the cross-attention's queries, so their stock cross-attention runs diffusers' native ring attention, which cannot
+# return the LSE on CPU.
+NO_CPU_RING = {"ltx-video", "skyreels-v2", "wan-vace"}
 
 
 def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
@@ -98,10 +112,15 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     from gna_diffusers import apply, remove
     from gna_diffusers.patches import FAMILY_MODULES
 
-    module = FAMILY_MODULES[family]
+    module = FAMILY_MODULES[VARIANTS.get(family, (family,))[0]]
+
+    def own_plan(transformer):  # gna_diffusers' plan, for a transformer class diffusers has none for
+        plan_for = module.PATCH.parallel_plan
+        return plan_for(transformer, world) if plan_for and getattr(transformer, "_cp_plan", None) is None else None
+
     results = {}
     for order in ("apply-first", "parallel-first"):
-        transformer = module.tiny_transformer(**TINY_SHAPES.get(family, {}))
+        transformer = tiny_transformer(family)
         inputs = inputs_for(family, transformer)
         with torch.no_grad():
             if order == "apply-first":
@@ -110,19 +129,19 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
                 results["single"] = transformer(**inputs)[0].clone()
                 transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
             else:  # HunyuanVideo: diffusers has no plan for it; gna_diffusers ships one (apply first adds it)
-                plan = module.parallel_plan(transformer, world) if hasattr(module, "parallel_plan") else None
-                transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world), cp_plan=plan)
+                transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world),
+                                               cp_plan=own_plan(transformer))
                 apply(transformer, config_for(family))
             results[order] = torch.as_tensor(transformer(**inputs)[0]).clone()
         remove(transformer)
-    if hasattr(module, "parallel_plan"):  # gna_diffusers' own plan must be right for the stock model too
-        stock = module.tiny_transformer(**TINY_SHAPES.get(family, {}))
-        stock.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world),
-                                 cp_plan=module.parallel_plan(stock, world))
+    stock = tiny_transformer(family)
+    plan = own_plan(stock)
+    if plan is not None:  # gna_diffusers' own plan must be right for the stock model too
+        stock.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world), cp_plan=plan)
         with torch.no_grad():
             results["stock-parallel"] = torch.as_tensor(stock(**inputs_for(family, stock))[0]).clone()
     if family not in NO_CPU_RING:
-        ring = module.tiny_transformer(**TINY_SHAPES.get(family, {}))  # ring attention: GNA exchanges heads over the ring's ranks instead
+        ring = tiny_transformer(family)  # ring attention: GNA exchanges heads over the ring's ranks instead
         apply(ring, config_for(family))
         ring.enable_parallelism(config=ContextParallelConfig(ring_degree=world))
         with torch.no_grad():
@@ -135,7 +154,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video", "chronoedit",
-                                    "helios", "hunyuan-image", "skyreels-v2"])
+                                    "helios", "hunyuan-image", "skyreels-v2", "wan-vace"])
 def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")

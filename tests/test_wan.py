@@ -133,14 +133,7 @@ def test_image_to_video_transformer_keeps_its_image_branch_stock(monkeypatch):
 
 
 def test_vace_routes_the_main_and_the_control_blocks(monkeypatch):
-    from diffusers import WanVACETransformer3DModel
-
-    torch.manual_seed(0)
-    transformer = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=64, vace_layers=[0, 1],
-        vace_in_channels=8,
-    ).eval()
+    transformer = wan.tiny_vace_transformer()
     inputs = wan.transformer_inputs(transformer, (2, 4, 4), text=6)
     inputs["control_hidden_states"] = torch.randn(1, 8, 2, 8, 8, generator=torch.Generator().manual_seed(2))
     spy = OperatorSpy(monkeypatch)
@@ -169,12 +162,10 @@ def test_vace_pipeline_routes_main_and_control_blocks_every_sparse_step(referenc
     after the warm-up step."""
     import warnings
 
-    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+    from diffusers import WanVACEPipeline
     from PIL import Image
 
-    torch.manual_seed(0)
-    transformer = WanVACETransformer3DModel(**{**wan.TINY_CONFIG, "num_layers": 2, "vace_layers": [0, 1],
-                                               "vace_in_channels": 2 * 4 + 4 * 4}).eval()  # 2 latents + 4x4 mask
+    transformer = wan.tiny_vace_transformer(vace_in_channels=2 * 4 + 4 * 4)  # 2 latents + a 4x4 mask
     pipe = WanVACEPipeline(transformer=transformer, **wan.tiny_parts(0))
     frame = Image.fromarray((torch.arange(32 * 32 * 3) % 251).reshape(32, 32, 3).to(torch.uint8).numpy())
     extra = {"reference_images": [frame]} if references else {}
