@@ -48,10 +48,10 @@ def vace_reference_frames(args: tuple, kwargs: dict):
 
 def parallel_plan(transformer: torch.nn.Module, world: int) -> dict:
     """A context-parallel plan for the Wan-architecture transformers diffusers 0.42 ships none for (Wan VACE,
-    SkyReels-V2; plain Wan has diffusers' own): the RoPE split with the sequence, and each block's self-attention,
+    SkyReels-V2, Wan Animate; plain Wan has diffusers' own): the RoPE split with the sequence, and each block's self-attention,
     cross-attention and feed-forward (the main blocks' and VACE's control blocks') given its shard of the tokens, their
     outputs gathered (Helios's layout). The rest of a block runs on the whole sequence, so a per-token modulation
-    (SkyReels-V2's diffusion forcing) and VACE's control hints need nothing of their own. Works with the stock
+    (SkyReels-V2's diffusion forcing), VACE's control hints and Animate's face adapters need nothing of their own. Works with the stock
     processors and with GNA's; pass it as ``transformer.enable_parallelism(config=..., cp_plan=parallel_plan(
     transformer, world))`` (GNA's ``apply`` first does this by itself)."""
     from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput

@@ -66,6 +66,7 @@ PATCH = ModelPatch(
     video=True,
     adoptable_processors=(WanAnimateAttnProcessor,),
     attention="attn1",
+    parallel_plan=wan.parallel_plan,  # diffusers 0.42 has none for it
 )
 
 CLIP_WIDTH = 16  # the tiny CLIP vision encoder's hidden size

@@ -42,7 +42,7 @@ def config_for(family: str):
         return GNAConfig(family="ltx-video", base_grid=[2, 4, 4], window=[2, 2, 2])
     if family == "qwen-image-2.1":
         return GNAConfig(family="qwen-image-2.1", base_grid=[4, 6], window=[2, 2])
-    if family in ("helios", "chronoedit", "skyreels-v2", "wan-vace"):
+    if family in ("helios", "chronoedit", "skyreels-v2", "wan-vace", "wan-animate"):
         family = "wan" if family == "wan-vace" else family
         return GNAConfig(family=family, base_grid=[4, 4, 4], window=[2, 2, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
@@ -50,7 +50,7 @@ def config_for(family: str):
 
 def inputs_for(family: str, transformer):
     from gna_diffusers.patches import (chronoedit, flux, flux2, helios, hunyuan_image, hunyuan_video, ltx_video,
-                                       qwen_image, qwen_image21, skyreels_v2, wan)
+                                       qwen_image, qwen_image21, skyreels_v2, wan, wan_animate)
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
@@ -69,6 +69,8 @@ def inputs_for(family: str, transformer):
         return helios.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2, history=(8, 2, 2))  # 38 tokens
     if family == "chronoedit":
         return chronoedit.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
+    if family == "wan-animate":
+        return wan_animate.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
     if family == "wan-vace":  # a control video beside the video, through the control blocks
         control = torch.randn(2, 8, 4, 8, 8, generator=torch.Generator().manual_seed(2))
         return wan.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2) | {"control_hidden_states": control}
@@ -88,15 +90,15 @@ VARIANTS = {"wan-vace": ("wan", "tiny_vace_transformer")}
 
 
 def tiny_transformer(case: str):
-    from gna_diffusers.patches import FAMILY_MODULES
+    from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES
 
     family, builder = VARIANTS.get(case, (case, "tiny_transformer"))
-    return getattr(FAMILY_MODULES[family], builder)(**TINY_SHAPES.get(case, {}))
+    return getattr({**FAMILY_MODULES, **SPEED_ONLY_MODULES}[family], builder)(**TINY_SHAPES.get(case, {}))
 
-# LTX-Video's plan shards the text too, and the Wan-architecture plan of gna_diffusers (SkyReels-V2, Wan VACE) shards
+# LTX-Video's plan shards the text too, and gna_diffusers' Wan-architecture plan (SkyReels-V2, VACE, Animate) shards
 # the cross-attention's queries, so their stock cross-attention runs diffusers' native ring attention, which cannot
 # return the LSE on CPU.
-NO_CPU_RING = {"ltx-video", "skyreels-v2", "wan-vace"}
+NO_CPU_RING = {"ltx-video", "skyreels-v2", "wan-vace", "wan-animate"}
 
 
 def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
@@ -110,9 +112,9 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     from diffusers import ContextParallelConfig
 
     from gna_diffusers import apply, remove
-    from gna_diffusers.patches import FAMILY_MODULES
+    from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES
 
-    module = FAMILY_MODULES[VARIANTS.get(family, (family,))[0]]
+    module = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}[VARIANTS.get(family, (family,))[0]]
 
     def own_plan(transformer):  # gna_diffusers' plan, for a transformer class diffusers has none for
         plan_for = module.PATCH.parallel_plan
@@ -154,7 +156,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video", "chronoedit",
-                                    "helios", "hunyuan-image", "skyreels-v2", "wan-vace"])
+                                    "helios", "hunyuan-image", "skyreels-v2", "wan-vace", "wan-animate"])
 def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
