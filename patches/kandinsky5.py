@@ -25,6 +25,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from ._forward import forward_argument
 from ._inputs import seeded_randn
+from ._parallel import sublayer_plan
 
 
 class GNAKandinsky5AttnProcessor(RoutedProcessorMixin, Kandinsky5AttnProcessor):
@@ -54,6 +55,17 @@ def layout_from_prepared(result, transformer) -> TokenLayout | None:
     return _layout(latents, transformer)
 
 
+def parallel_plan(transformer: torch.nn.Module, world: int) -> dict:
+    """A context-parallel plan for Kandinsky 5, which diffusers 0.42 lacks: each visual block's self-attention (its
+    tokens and their RoPE), cross-attention and feed-forward sharded and gathered (:func:`._parallel.sublayer_plan`).
+    Without NABLA (whose 10-second models' sparse attention needs the blocks' fractal token order); works with the
+    stock processors and with GNA's; ``apply`` installs it by itself."""
+    tokens = {"hidden_states": 3}
+    return sublayer_plan(transformer, ("visual_transformer_blocks",), {
+        "self_attention": {"hidden_states": 3, "rotary_emb": 6}, "cross_attention": tokens,
+        "feed_forward": {"x": 3}})
+
+
 PATCH = ModelPatch(
     family="kandinsky5",
     transformer_class=Kandinsky5Transformer3DModel,
@@ -67,6 +79,7 @@ PATCH = ModelPatch(
     video=True,
     adoptable_processors=(Kandinsky5AttnProcessor,),
     attention="self_attention",
+    parallel_plan=parallel_plan,  # diffusers 0.42 has none for Kandinsky 5
 )
 
 TEXT_WIDTH, POOLED_WIDTH = 16, 8  # the tiny Qwen2.5-VL's and CLIP's hidden sizes

@@ -25,6 +25,7 @@ from gna_diffusers.route import RoutedProcessorMixin
 
 from ._inputs import seeded_randn
 from ._latents import VideoLatentLayout, leading_frames_as_context
+from ._parallel import sublayer_plan
 
 
 class GNAWanAttnProcessor(RoutedProcessorMixin, WanAttnProcessor):
@@ -48,22 +49,18 @@ def vace_reference_frames(args: tuple, kwargs: dict):
 
 def parallel_plan(transformer: torch.nn.Module, world: int) -> dict:
     """A context-parallel plan for the Wan-architecture transformers diffusers 0.42 ships none for (Wan VACE,
-    SkyReels-V2, Wan Animate; plain Wan has diffusers' own): the RoPE split with the sequence, and each block's self-attention,
-    cross-attention and feed-forward (the main blocks' and VACE's control blocks') given its shard of the tokens, their
-    outputs gathered (Helios's layout). The rest of a block runs on the whole sequence, so a per-token modulation
-    (SkyReels-V2's diffusion forcing), VACE's control hints and Animate's face adapters need nothing of their own. Works with the stock
-    processors and with GNA's; pass it as ``transformer.enable_parallelism(config=..., cp_plan=parallel_plan(
-    transformer, world))`` (GNA's ``apply`` first does this by itself)."""
-    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+    SkyReels-V2, Wan Animate; plain Wan has diffusers' own): the RoPE split with the sequence, and each block's
+    self-attention, cross-attention and feed-forward (the main blocks' and VACE's control blocks') sharded and
+    gathered (:func:`._parallel.sublayer_plan`), so a per-token modulation (SkyReels-V2's diffusion forcing), VACE's
+    control hints and Animate's face adapters need nothing of their own. Works with the stock processors and with
+    GNA's; pass it as ``transformer.enable_parallelism(config=..., cp_plan=parallel_plan(transformer, world))``
+    (GNA's ``apply`` first does this by itself)."""
+    from diffusers.models._modeling_parallel import ContextParallelInput
 
-    shard = {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)}
-    parts = ("attn1", "attn2", "ffn")
-    block_lists = {name: getattr(transformer, name) for name in ("blocks", "vace_blocks") if hasattr(transformer, name)}
+    tokens = {"hidden_states": 3}
     return {
         "rope": {i: ContextParallelInput(split_dim=1, expected_dims=4, split_output=True) for i in (0, 1)},
-        **{f"{name}.*.{part}": shard for name in block_lists for part in parts},
-        **{f"{name}.{i}.{part}": ContextParallelOutput(gather_dim=1, expected_dims=3)
-           for name, blocks in block_lists.items() for i in range(len(blocks)) for part in parts},
+        **sublayer_plan(transformer, ("blocks", "vace_blocks"), {"attn1": tokens, "attn2": tokens, "ffn": tokens}),
     }
 
 

@@ -42,15 +42,15 @@ def config_for(family: str):
         return GNAConfig(family="ltx-video", base_grid=[2, 4, 4], window=[2, 2, 2])
     if family == "qwen-image-2.1":
         return GNAConfig(family="qwen-image-2.1", base_grid=[4, 6], window=[2, 2])
-    if family in ("helios", "chronoedit", "skyreels-v2", "wan-vace", "wan-animate"):
+    if family in ("helios", "chronoedit", "skyreels-v2", "wan-vace", "wan-animate", "kandinsky5"):
         family = "wan" if family == "wan-vace" else family
         return GNAConfig(family=family, base_grid=[4, 4, 4], window=[2, 2, 2])
     return GNAConfig(family="wan", base_grid=[4, 4, 4], window=[2, 2, 2])
 
 
 def inputs_for(family: str, transformer):
-    from gna_diffusers.patches import (chronoedit, flux, flux2, helios, hunyuan_image, hunyuan_video, ltx_video,
-                                       qwen_image, qwen_image21, skyreels_v2, wan, wan_animate)
+    from gna_diffusers.patches import (chronoedit, flux, flux2, helios, hunyuan_image, hunyuan_video, kandinsky5,
+                                       ltx_video, qwen_image, qwen_image21, skyreels_v2, wan, wan_animate)
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
@@ -69,6 +69,8 @@ def inputs_for(family: str, transformer):
         return helios.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2, history=(8, 2, 2))  # 38 tokens
     if family == "chronoedit":
         return chronoedit.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
+    if family == "kandinsky5":
+        return kandinsky5.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
     if family == "wan-animate":
         return wan_animate.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
     if family == "wan-vace":  # a control video beside the video, through the control blocks
@@ -95,10 +97,10 @@ def tiny_transformer(case: str):
     family, builder = VARIANTS.get(case, (case, "tiny_transformer"))
     return getattr({**FAMILY_MODULES, **SPEED_ONLY_MODULES}[family], builder)(**TINY_SHAPES.get(case, {}))
 
-# LTX-Video's plan shards the text too, and gna_diffusers' Wan-architecture plan (SkyReels-V2, VACE, Animate) shards
-# the cross-attention's queries, so their stock cross-attention runs diffusers' native ring attention, which cannot
-# return the LSE on CPU.
-NO_CPU_RING = {"ltx-video", "skyreels-v2", "wan-vace", "wan-animate"}
+# LTX-Video's plan shards the text too, and gna_diffusers' sublayer plans (Wan VACE, SkyReels-V2, Wan Animate,
+# Kandinsky 5) shard the cross-attention's queries, so their stock cross-attention runs diffusers' native ring
+# attention, which cannot return the LSE on CPU.
+NO_CPU_RING = {"ltx-video", "skyreels-v2", "wan-vace", "wan-animate", "kandinsky5"}
 
 
 def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
@@ -156,7 +158,8 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video", "chronoedit",
-                                    "helios", "hunyuan-image", "skyreels-v2", "wan-vace", "wan-animate"])
+                                    "helios", "hunyuan-image", "skyreels-v2", "wan-vace", "wan-animate",
+                                    "kandinsky5"])
 def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
