@@ -9,6 +9,9 @@ dense.
 
 Layout probe: hidden_states (B, C, H, W) over the 2x2 patch, row-major, last in the sequence: 1024x1024 -> 128x128
 latents -> 64x64 (4,096 image tokens).
+
+OmniGenPipeline needs torchvision, which gna-diffusers does not install: ``apply`` works on a pipeline of yours, and
+the harness times the transformer alone (``--random-weights``).
 """
 
 from __future__ import annotations
@@ -52,14 +55,14 @@ PATCH = ModelPatch(
 HEAD_DIM = 16
 
 
-def tiny_transformer(seed: int = 0, num_layers: int = 2, vocab_size: int = 256) -> OmniGenTransformer2DModel:
+def tiny_transformer(seed: int = 0, num_layers: int = 2) -> OmniGenTransformer2DModel:
     """A randomly initialised OmniGen transformer for CPU tests (2 heads x 16, 2x2 patches, 4 latent channels, a
-    ``vocab_size``-token embedding)."""
+    256-token embedding)."""
     torch.manual_seed(seed)
     factors = [1.0] * (HEAD_DIM // 2)
     return OmniGenTransformer2DModel(
         in_channels=4, patch_size=2, hidden_size=2 * HEAD_DIM, num_attention_heads=2, num_key_value_heads=2,
-        intermediate_size=64, num_layers=num_layers, pad_token_id=0, vocab_size=vocab_size,
+        intermediate_size=64, num_layers=num_layers, pad_token_id=0, vocab_size=256,
         rope_scaling={"short_factor": factors, "long_factor": factors}, pos_embed_max_size=32,
     ).eval()
 
