@@ -932,6 +932,36 @@ def test_layer_skip_guidance_hooks_act_on_gna_layers(order):
     assert max_diff(skipped, expected) <= TOL
 
 
+# family -> its transformer_inputs' extra arguments: calls whose masks, scales or layouts reach the backends unusually
+UNUSUAL_CALLS = {
+    "bria-fibo2": dict(text=64, valid_text=(10, 60), edited=((2, 2),)),  # gist after the image, key mask, edit tokens
+    "lumina-next": dict(text=6),  # its mask expanded over the heads, a proportional softmax scale
+    "omnigen": dict(text=6, valid_text=(4, 6)),  # a (B, 1, S, S) additive mask of the dtype's minimum
+    "auraflow": dict(text=6),  # learned registers before the prompt, joint and single blocks
+}
+
+
+@pytest.mark.parametrize("family", UNUSUAL_CALLS)
+def test_backends_agree_on_unusual_calls(family):
+    """flex and triton (the interpreter on CPU) against the reference backend inside transformers whose attention calls
+    carry what the simpler families' do not."""
+    from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES
+
+    module = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}[family]
+    transformer = module.tiny_transformer()
+    inputs = module.transformer_inputs(transformer, (4, 4), batch=2, **UNUSUAL_CALLS[family])
+    outputs = {}
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        for backend in ("reference", "flex", "triton"):
+            with no_gna_warnings(), enabled(transformer, GNAConfig(family=family, base_grid=[4, 4], window=2,
+                                                                    backend=backend)):
+                outputs[backend] = transformer(**inputs)[0]
+    assert max_diff(outputs["reference"], stock) > 1e-3  # the windows are sparse: GNA ran
+    for backend in ("flex", "triton"):
+        assert max_diff(outputs[backend], outputs["reference"]) <= 1e-4, backend
+
+
 def test_triton_backend_in_a_transformer_matches_the_reference(family):
     """The triton kernel (the interpreter on CPU) inside a transformer: the route writes its grid rows into
     the joint output through out=, with padded text (HunyuanVideo) as extra keys; same as the reference."""
