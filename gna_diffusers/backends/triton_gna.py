@@ -185,7 +185,7 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
         ev.stride(2), 0 if ebias is None else ebias.stride(0),
         heads, *extents, *dilations, ek.shape[1] if has_extra else 0, dim, scale * LOG2E,
         *config.q_tile, *config.kv_tile,
-        HEAD_DIM=max(16, triton.next_power_of_2(dim)),
+        HEAD_DIM=head_lanes(dim),
         HAS_EXTRA=has_extra,
         HAS_EXTRA_BIAS=ebias is not None,
         EXTRA_EVEN=has_extra and ek.shape[1] % prod(config.kv_tile) == 0,
@@ -204,13 +204,17 @@ def launch_warps(q_tile: tuple[int, ...]) -> int:
     return 8 if prod(q_tile) >= 128 else 4
 
 
+def head_lanes(head_dim: int) -> int:
+    """The lanes the kernel gives a head: ``head_dim`` padded to a power of two, at least 16 (``tl.dot``'s minimum)."""
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
 def shared_memory_bytes(config: KernelConfig, head_dim: int, element_size: int) -> int:
     """Shared memory one launch of ``config`` holds: its Q tile, and per pipeline stage a K and a V tile, each token
     ``head_dim`` lanes wide (padded to the kernel's power of two). The sm_90 compiles report these figures
     (benchmarks/compile_sm90.py): 160 / 224 KiB with 128-token tiles at head_dim 128 and 2 / 3 stages; 320 KiB at
     head_dim 256, where a 64-token KV tile needs 192."""
-    lanes = max(16, 1 << (head_dim - 1).bit_length())
-    return element_size * lanes * (prod(config.q_tile) + config.num_stages * 2 * prod(config.kv_tile))
+    return element_size * head_lanes(head_dim) * (prod(config.q_tile) + config.num_stages * 2 * prod(config.kv_tile))
 
 
 def _shared_memory_limit(device: torch.device) -> int | None:
