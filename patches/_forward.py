@@ -30,20 +30,21 @@ def forward_argument(module, args: tuple, kwargs: dict, name: str):
 
 class ReadOncePerTensor(Generic[T]):
     """``read(tensor)`` (a host sync, e.g. a grid read from position ids), computed again only when another tensor
-    comes: pipelines pass the same ids tensor every step, so it syncs once per generation. The last tensor is held
-    weakly, by identity."""
+    comes: pipelines pass the same ids tensor every step, so it syncs once per generation. The last ``keep`` tensors
+    are held weakly, by identity (2 where a pipeline alternates two, as a prompt's mask and its negative's)."""
 
-    def __init__(self, read: Callable[[torch.Tensor], T]):
+    def __init__(self, read: Callable[[torch.Tensor], T], keep: int = 1):
         self.read = read
-        self._last: tuple[weakref.ref, T] | None = None
+        self.keep = keep
+        self._last: list[tuple[weakref.ref, T]] = []
 
     def cached(self, tensor: torch.Tensor) -> T | None:
         """The value read from this very tensor, or None (no read)."""
-        return self._last[1] if self._last is not None and self._last[0]() is tensor else None
+        return next((value for ref, value in self._last if ref() is tensor), None)
 
     def __call__(self, tensor: torch.Tensor) -> T:
         value = self.cached(tensor)
         if value is None:
             value = self.read(tensor)
-            self._last = (weakref.ref(tensor), value)
+            self._last = [*self._last, (weakref.ref(tensor), value)][-self.keep:]
         return value

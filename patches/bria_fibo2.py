@@ -27,7 +27,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from . import flux, flux2
-from ._forward import forward_argument
+from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
 
 
@@ -35,10 +35,15 @@ class GNABriaFibo2AttnProcessor(RoutedProcessorMixin, BriaFibo2AttnProcessor):
     """BriaFibo2AttnProcessor whose self-attention call runs GNA over the image grid; everything else is stock."""
 
 
+# Each sample's prompt length, read from a prompt mask once (the pipeline passes the same mask every step, the prompt's
+# and the negative prompt's in turn): the probe's host sync is not repeated in the denoising loop.
+_text_lengths = ReadOncePerTensor(lambda text_mask: text_mask.sum(dim=1).tolist(), keep=2)
+
+
 def gist_counts(transformer, text_mask: torch.Tensor | None, text_tokens: int, batch: int) -> list[int]:
     """Each sample's gist-token count, as the transformer computes it from its prompt's length."""
     config = transformer.config
-    lengths = text_mask.sum(dim=1).tolist() if text_mask is not None else [text_tokens] * batch
+    lengths = _text_lengths(text_mask) if text_mask is not None else [text_tokens] * batch
     return compute_gist_count(lengths, min_gist=config.min_num_gist_tokens, max_gist=config.max_num_gist_tokens,
                               gist_step=config.gist_step, min_text_len=config.gist_min_text_len,
                               max_text_len=config.gist_max_text_len)

@@ -117,6 +117,9 @@ def test_pipeline_runs_gna_after_the_warm_up(mode, monkeypatch):
               "two-prompts": dict(prompt=["a red cat", "a red cat on a blue mat, seen from above, in the sun"])}[mode]
     stock = generate(pipe, **kwargs)
     spy = OperatorSpy(monkeypatch)
+    reads = []  # the probe's host syncs: one per prompt mask, not one per step
+    read = bria_fibo2._text_lengths.read
+    monkeypatch.setattr(bria_fibo2._text_lengths, "read", lambda mask: reads.append(mask) or read(mask))
     with no_gna_warnings():
         with enabled(pipe, GNAConfig(family="bria-fibo2", window=-1)) as handle:
             assert max_diff(generate(pipe, **kwargs), stock) <= 1e-5
@@ -129,6 +132,8 @@ def test_pipeline_runs_gna_after_the_warm_up(mode, monkeypatch):
     assert len(spy.contexts) == 2 * 2 * 3  # 2 sparse steps x 2 guidance calls x 3 blocks
     edited = 64 if mode == "edit" else 0
     assert {context for _, context in spy.contexts[::3]} == {edited}  # the refiner: the edited image alone
+    # two generations, each passing one prompt mask (its prompts differ in length; the negatives' do not: no mask)
+    assert len(reads) == (2 if mode == "two-prompts" else 0)
 
 
 def test_full_size_and_preset_grid():
