@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 from diffusers import CogView3PlusTransformer2DModel
 from diffusers.models import attention_processor
-from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 
 from gna_diffusers.install import ModelPatch
 
 from . import cogview4, flux
-from .cogvideox import GNACogVideoXAttnProcessor, GNAFusedCogVideoXAttnProcessor
+from .cogvideox import GNACogVideoXAttnProcessor
 from ._latents import ImageLatentLayout
 
 LAYOUT = ImageLatentLayout(lambda transformer: (transformer.config.patch_size,) * 2)
@@ -38,7 +38,6 @@ PATCH = ModelPatch(
     layout_from_prepared=LAYOUT.from_prepared,
     video=False,
     attention="attn1",
-    processor_variants={FusedCogVideoXAttnProcessor2_0: GNAFusedCogVideoXAttnProcessor},
 )
 
 TEXT_WIDTH = 32  # the tiny T5's d_model (FLUX's tiny T5)
