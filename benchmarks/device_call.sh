@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# One call of the GPU work on a lent device (the workplace's device tool: 10 minutes a call, 30 a session).
-# Here first: `bash benchmarks/device_wheels.sh`; then each call carries .whl and runs one part:
-#     run(command="bash benchmarks/device_call.sh kernels", carry=[".whl"])
-# In this order (the bars first; 30 device minutes hold about three parts, each call's start included):
-#   kernels  the kernel benchmark, the bars' shapes first (tuning compiles ~14 configs per shape)
+# One call of the GPU work on a lent device (the workplace's device tool: 10 minutes a call, 15 minutes of device
+# time a session, each machine start included). Here first: `bash benchmarks/device_wheels.sh`; then each call
+# carries .whl and runs one part:
+#     run(command="bash benchmarks/device_call.sh first", carry=[".whl"], timeout_s=600)
+# A 15-minute session holds one full call and a short second one while the machine is still warm (30 s):
+#   first    the issue's bars in one call: the kernel on the two paper shapes with text keys, full-size
+#            FLUX.1-dev 4096x4096 and HunyuanVideo 768x1280x117, then the CUDA-only tests with the time left
+#            (each step under its own limit, inside ~9 minutes: a step that fails or runs long costs its own
+#            share, not the next step's)
+# The other parts, for later sessions (each well inside one call):
+#   kernels  the kernel benchmark, every paper shape (tuning compiles ~14 configs per shape)
 #   models1  suite: FLUX.1-dev 4096x4096, HunyuanVideo 768x1280x117 and 720x1280x129
 #   tests    the CUDA-only tests (tests/test_cuda.py)
 #   models2  suite: Wan 2.1 14B, Wan 2.2 TI2V-5B, Qwen-Image, HunyuanVideo 1.5, Chroma1-HD
@@ -21,14 +27,15 @@
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
-# limit still brings back what it measured (at most 8 files come back: each part writes 3 to 4). Back here:
+# limit still brings back what it measured (at most 8 files come back: `first` writes 8, the others 3 to 4).
+# Back here:
 # copy $OUT's *.json and *.md into benchmarks/results/, then `python benchmarks/gpu_suite.py --update-readme`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | models11 | profile) ;;
-    *) echo "usage: device_call.sh kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|models11|profile (got '$part')" >&2; exit 2 ;;
+    first | kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | models11 | profile) ;;
+    *) echo "usage: device_call.sh first|kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|models11|profile (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -38,26 +45,41 @@ source benchmarks/device_setup.sh 2>&1 | tee "$OUT/setup.log"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv >>"$OUT/setup.log" 2>&1
 status=0
-suite() {  # model cases without the kernel rows (kernels measures those; the README table merges them)
-    timeout 540 python3 benchmarks/gpu_suite.py --models "$1" --no-kernels --no-readme --output "$OUT" 2>&1 |
-        tee "$OUT/$part.log"
-    status=${PIPESTATUS[0]}
+# Seconds since this script started (bash's SECONDS) by which every step has ended: a call's 600, less the copy back.
+deadline=${DEVICE_CALL_SECONDS:-540}
+step() {  # step LOG LIMIT COMMAND...: COMMAND under the smaller of LIMIT and the time left, its output in $OUT/LOG
+    local log=$1 limit=$2 left=$((deadline - SECONDS))
+    shift 2
+    ((limit < left)) || limit=$left
+    if ((limit < 30)); then
+        echo "device_call: no time left for '$*'" | tee -a "$OUT/$log"
+        status=1
+        return
+    fi
+    timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
+    local code=${PIPESTATUS[0]}
+    ((code == 124)) && echo "device_call: '$*' stopped at its ${limit} s limit" | tee -a "$OUT/$log"
+    ((code == 0)) || status=1
+}
+suite() {  # suite NAMES [LIMIT [LOG]]: model cases without the kernel rows (the README table merges kernel_bench's)
+    step "${3:-$part}.log" "${2:-540}" python3 benchmarks/gpu_suite.py --models "$1" --no-kernels --no-readme --output "$OUT"
+}
+cuda_tests() {  # the compiles of every tuning candidate dominate: spread them over the machine's cores
+    step tests.log "$1" python3 -m pytest -q -rs -n 8 tests/test_cuda.py
 }
 case "$part" in
-    kernels)
-        timeout 540 python3 benchmarks/kernel_bench.py --output "$OUT" 2>&1 | tee "$OUT/kernels.log"
-        status=${PIPESTATUS[0]}
+    first)
+        step kernels.log 150 python3 benchmarks/kernel_bench.py --output "$OUT" --cases "flux-4k +text,hunyuan 30x48x80 +text"
+        suite "flux.1-dev,768x1280x117" 270 models
+        cuda_tests 540
         ;;
-    tests)
-        timeout 540 python3 -m pytest -q -rs tests/test_cuda.py 2>&1 | tee "$OUT/tests.log"
-        status=${PIPESTATUS[0]}
-        ;;
+    kernels) step kernels.log 540 python3 benchmarks/kernel_bench.py --output "$OUT" ;;
+    tests) cuda_tests 540 ;;
     profile)  # clocks left alone (METHOD.md); only the two launches inside kernel_bench's profiler range
         for case in "flux-4k +text" "hunyuan 30x48x80 +text"; do
             name=ncu-${case%% *}
-            timeout 270 ncu --clock-control none --profile-from-start off --set full -f -o "$OUT/$name" \
-                python3 benchmarks/kernel_bench.py --profile --cases "$case" 2>&1 | tee -a "$OUT/profile.log"
-            status=$((status | PIPESTATUS[0]))
+            step profile.log 260 ncu --clock-control none --profile-from-start off --set full -f -o "$OUT/$name" \
+                python3 benchmarks/kernel_bench.py --profile --cases "$case"
             ncu --import "$OUT/$name.ncu-rep" --page details >"$OUT/$name.txt" 2>&1
         done
         ;;

@@ -1,5 +1,6 @@
 """The project's performance table on one H100. All cases take longer than one 10-minute device call (an
-estimate: never run yet), so run it in parts (benchmarks/device_call.sh does, on the workplace's lent GPU);
+estimate: never run yet), so run it in parts (benchmarks/device_call.sh does, on the workplace's lent GPU: its
+`first` part, the bars' cases, fits one session's 15 device minutes);
 results are written after every case, and the README table merges the parts measured on the same GPU and
 day, with the kernel rows of a kernel_bench run of that day when the parts skip the kernels:
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -133,7 +134,11 @@ def test_every_device_call_part_runs_its_cases_and_every_case_has_a_part(monkeyp
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     cases = [f"{case.name} {case.model}".lower() for case in load("gpu_suite").MODEL_CASES]
-    parts = re.findall(r'^\s+(models\d+)\) suite "([^"]+)"', (BENCHMARKS / "device_call.sh").read_text(), re.M)
+    parts, part = [], None
+    for line in (BENCHMARKS / "device_call.sh").read_text().splitlines():
+        part = (re.match(r"\s+(\w+)\)", line) or [None, part])[1]
+        parts += [(part, names) for names in re.findall(r'^\s+(?:\w+\) )?suite "([^"]+)"', line)]
+    assert {part for part, _ in parts} >= {"first", "models1", "models11"}, parts
     covered = set()
     for part, names in parts:
         for name in names.split(","):
@@ -141,3 +146,56 @@ def test_every_device_call_part_runs_its_cases_and_every_case_has_a_part(monkeyp
             assert matched, f"{part}: {name!r} matches no model case"
             covered |= matched
     assert covered == set(cases)
+
+
+STUB_PYTHON = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+case "$*" in
+    *kernel_bench*) exit 1 ;;  # a failing step: the next ones still run, the call's status says it failed
+    *) exit 0 ;;
+esac
+"""
+
+
+def run_device_call(tmp_path: Path, part: str, seconds: int) -> tuple[subprocess.CompletedProcess, list[str], Path]:
+    """benchmarks/device_call.sh PART in a copy of the repo with stand-ins for the device's python3 and nvidia-smi
+    (each call's arguments are logged) and one carried wheel; DEVICE_CALL_SECONDS shortens the call's deadline."""
+    import os
+    import shutil
+    import stat
+
+    repo, bin_dir, out = tmp_path / "repo", tmp_path / "bin", tmp_path / "out"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("device_call.sh", "device_setup.sh"):
+        shutil.copy(BENCHMARKS / name, repo / "benchmarks" / name)
+    (repo / ".whl").mkdir()
+    (repo / ".whl" / "diffusers-0.42.1-py3-none-any.whl").write_bytes(b"")
+    bin_dir.mkdir()
+    for name, text in (("python3", STUB_PYTHON), ("nvidia-smi", "#!/usr/bin/env bash\necho stub-gpu\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    calls = tmp_path / "calls.txt"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(out), "CALLS": str(calls),
+           "DEVICE_CALL_SECONDS": str(seconds)}
+    result = subprocess.run(["bash", "benchmarks/device_call.sh", part], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=60)
+    return result, calls.read_text().splitlines() if calls.exists() else [], out
+
+
+def test_device_call_first_runs_the_bars_then_the_tests_and_a_failed_step_stops_none(tmp_path):
+    result, calls, out = run_device_call(tmp_path, "first", 540)
+    steps = [call for call in calls if call.startswith(("benchmarks/", "-m pytest"))]  # not set-up's pip, version
+    assert [call.split()[0 if call.startswith("benchmarks/") else 1] for call in steps] == [
+        "benchmarks/kernel_bench.py", "benchmarks/gpu_suite.py", "pytest"], calls
+    assert '--cases flux-4k +text,hunyuan 30x48x80 +text' in steps[0]
+    assert "--models flux.1-dev,768x1280x117 --no-kernels --no-readme" in steps[1]
+    assert result.returncode == 1  # the kernel step failed
+    assert {path.name for path in out.iterdir()} == {"setup.log", "kernels.log", "models.log", "tests.log"}
+    assert "stub-gpu" in (out / "setup.log").read_text()
+
+
+def test_device_call_skips_steps_past_its_deadline_and_says_so(tmp_path):
+    result, calls, out = run_device_call(tmp_path, "first", 20)
+    assert not [call for call in calls if "benchmarks/" in call or "pytest" in call]
+    assert result.returncode == 1
+    assert "no time left for 'python3 -m pytest" in (out / "tests.log").read_text()
