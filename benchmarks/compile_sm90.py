@@ -25,9 +25,10 @@ def descriptor_type(dtype: str, kv_tile, head_dim: int) -> str:
 
 def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool,
                      has_bias: bool = False, tma: bool = False, num_stages: int = 2, dilated: bool = False,
-                     num_warps: int = 8, extra_even: bool = True):
+                     num_warps: int = 8, extra_even: bool = True, grouped_heads: bool = False):
     """The kernel compiled for sm_90 (a CompiledKernel). ``has_mask``: the extra keys have padding (which
-    reaches the kernel as a -inf bias, like ``has_bias``'s additive mask)."""
+    reaches the kernel as a -inf bias, like ``has_bias``'s additive mask). ``grouped_heads``: grouped-query
+    attention (KV_GROUP a runtime integer; otherwise 1, a constant, as a launch specializes it)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -42,6 +43,7 @@ def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool
         zip(("T0", "T1", "T2"), q_tile), **dict(zip(("K0", "K1", "K2"), kv_tile)), HEAD_DIM=head_dim,
         HAS_EXTRA=has_extra, HAS_EXTRA_BIAS=has_mask or has_bias,
         EXTRA_EVEN=extra_even, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", USE_TMA=tma, DILATED=dilated,
+        **({} if grouped_heads else {"KV_GROUP": 1}),
     )
     signature = {}
     for p in params:

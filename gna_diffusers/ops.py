@@ -13,10 +13,12 @@ def _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias
         if not isinstance(t, torch.Tensor) or t.ndim != 4:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a 4-D tensor (B, N, H, D), got {got}")
-    if not q.shape == k.shape == v.shape:
+    batch, _, heads, dim = q.shape
+    kv_heads = k.shape[2]
+    if k.shape != v.shape or (k.shape[0], k.shape[1], k.shape[3]) != (batch, q.shape[1], dim) or heads % kv_heads:
         raise ValueError(
-            f"q, k, v must have the same shape (B, N, H, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
+            f"q, k, v must have the same shape (B, N, H, D), or k and v fewer heads that divide q's (grouped-query "
+            f"attention); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     if q.shape[1] != spec.num_tokens:
         raise ValueError(
@@ -31,15 +33,14 @@ def _check_tensors(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias
     if extra_k is None and extra_kv_bias is not None:
         raise ValueError("extra_kv_bias was given without extra_k / extra_v")
     if extra_k is not None:
-        batch, _, heads, dim = q.shape
         for name, t in (("extra_k", extra_k), ("extra_v", extra_v)):
             if not isinstance(t, torch.Tensor) or t.ndim != 4 or (t.shape[0], t.shape[2], t.shape[3]) != (
                 batch,
-                heads,
+                kv_heads,
                 dim,
             ):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(f"{name} must have shape (B={batch}, M, H={heads}, D={dim}), got {got}")
+                raise ValueError(f"{name} must have shape (B={batch}, M, H={kv_heads}, D={dim}) (k's heads), got {got}")
             tensors[name] = t
         if extra_k.shape != extra_v.shape:
             raise ValueError(f"extra_k {tuple(extra_k.shape)} and extra_v {tuple(extra_v.shape)} differ in shape")
@@ -92,12 +93,14 @@ def gna_attention(
     """Generalized Neighborhood Attention over a 1-, 2- or 3-D token grid.
 
     Args:
-        q, k, v: ``(B, N, H, D)``, with ``N = prod(grid)`` tokens flattened row-major over ``grid``.
+        q, k, v: ``(B, N, H, D)``, with ``N = prod(grid)`` tokens flattened row-major over ``grid``. k and v may
+            have fewer heads ``H_kv`` dividing ``H`` (grouped-query attention, as SDPA's ``enable_gqa``): query
+            head ``h`` reads key/value head ``h // (H / H_kv)``, with no copies.
         grid: extents of the token grid, e.g. ``(T, H, W)``.
         window, stride, dilation, causal: one value for every dimension or a tuple with one per
             dimension. Semantics in :mod:`gna_diffusers.spec` (shifted border windows, stride groups
             sharing their leader's window, dilation groups, per-dimension causality).
-        extra_k, extra_v: ``(B, M, H, D)`` keys/values every grid query attends to in addition to its
+        extra_k, extra_v: ``(B, M, H_kv, D)`` keys/values every grid query attends to in addition to its
             neighborhood (e.g. text tokens), in the same softmax as the neighborhood keys.
         extra_kv_mask: ``(B, M)`` bool, True for real extra tokens, False for padding.
         extra_kv_bias: ``(B, M)`` float added to every grid query's (scaled) score of each extra key, as an

@@ -86,6 +86,26 @@ def test_kernel_matches_brute_force(case, q_tile, kv_tile, extra, padded, batch,
     torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_kernel_reads_grouped_key_value_heads(kv_heads, tma):
+    """Grouped-query attention: 4 query heads over 1 or 2 key/value heads (grid and text keys), no copies: query
+    head h reads K/V head h // (4 / H_kv), through pointers and through the TMA box's column."""
+    case = dict(grid=(4, 5, 6), window=(2, 3, 4), stride=(1, 3, 2))
+    full = per_axis(case)
+    q, _, _, _ = make_inputs(full, batch=2, heads=4, dim=16, seed=8)
+    _, k, v, extras = make_inputs(full, batch=2, heads=kv_heads, dim=16, extra=20, padded=True, seed=9)
+    spec = GNASpec.create(**case)
+    out, lse = triton_gna._launch(q, k, v, extras["extra_k"], extras["extra_v"], extras["extra_kv_mask"], spec,
+                                  16**-0.5, KernelConfig((2, 2, 4), (1, 4, 4), tma=tma))
+    group = 4 // kv_heads
+    k, v, text_k, text_v = (t.repeat_interleave(group, 2) for t in (k, v, extras["extra_k"], extras["extra_v"]))
+    mask = neighbor_mask(full["grid"], full["window"], full["stride"], full["dilation"], full["causal"])
+    ref_out, ref_lse = attention(q, k, v, mask, text_k, text_v, extras["extra_kv_mask"])
+    torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize("padded", [False, True])
 def test_kernel_adds_the_extra_key_bias(padded):
     """Chroma-style additive masks: a per-extra-key bias (with -inf entries), with or without a bool mask,
@@ -207,12 +227,14 @@ def compile_sm90(**args) -> tuple[int, str]:
         ("fp32", 32, (1, 1, 64), (1, 1, 64), False, False, False, False),
         ("bf16", 128, (2, 8, 8), (2, 8, 8), True, True, False, True),  # the TMA K/V path
         ("bf16", 128, (1, 16, 8), (1, 8, 16), True, False, False, True),
+        ("bf16", 128, (2, 8, 8), (2, 8, 8), True, True, False, "tma, grouped heads"),  # Cosmos 3: 32 / 8 heads
     ],
 )
 def test_kernel_compiles_for_hopper(dtype, head_dim, q_tile, kv_tile, has_extra, has_mask, has_bias, tma):
     """Real code generation (not the interpreter) down to an sm_90 cubin; needs no GPU."""
     shared, _ = compile_sm90(dtype=dtype, head_dim=head_dim, q_tile=q_tile, kv_tile=kv_tile, has_extra=has_extra,
-                             has_mask=has_mask, has_bias=has_bias, tma=tma)
+                             has_mask=has_mask, has_bias=has_bias, tma=bool(tma),
+                             grouped_heads=tma == "tma, grouped heads")
     assert shared <= 227 * 1024  # H100 shared memory per block
 
 

@@ -1,6 +1,7 @@
 """Triton forward kernel for GNA with multi-dimensional tiles and fused extra (text) keys.
 
-One program computes one Q tile (a T0 x T1 x T2 box of grid tokens) for one (batch, head). Every grid
+One program computes one Q tile (a T0 x T1 x T2 box of grid tokens) for one (batch, head); with grouped-query
+attention it reads key/value head h // KV_GROUP (KV_GROUP = 1 otherwise, which triton specializes). Every grid
 is handled as 3-D (1-D and 2-D grids get leading axes of extent 1). Tokens are read and written in the
 caller's (B, N, H, D) layout: a box is gathered by index arithmetic on row-major token indices, so no
 permute pass and no copies are needed. With ``USE_TMA`` a KV box is instead one bulk tensor copy (TMA on
@@ -70,7 +71,7 @@ def gna_fwd_kernel(
     START0, END0, START1, END1, START2, END2,
     sq_b, sq_n, sq_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, so_b, so_n, so_h,
     sl_b, sl_n, sek_b, sek_m, sek_h, sev_b, sev_m, sev_h, sbias_b,
-    H, L0, L1, L2, R0, R1, R2, M, head_dim, qk_scale,
+    H, KV_GROUP, L0, L1, L2, R0, R1, R2, M, head_dim, qk_scale,
     T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr,
     K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
     HEAD_DIM: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_EXTRA_BIAS: tl.constexpr,
@@ -83,6 +84,7 @@ def gna_fwd_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
+    hk = h // KV_GROUP  # the key/value head this query head reads
 
     # ---- Q tile: its tokens, their per-axis key ranges, and the union box of their windows.
     nq1 = tl.cdiv(L1, T1)
@@ -122,8 +124,9 @@ def gna_fwd_kernel(
     m_i = tl.full([BLOCK_Q], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, HEAD_DIM], tl.float32)
-    k_base = K + b * sk_b + h * sk_h
-    v_base = V + b * sv_b + h * sv_h
+    k_base = K + b * sk_b + hk * sk_h
+    v_base = V + b * sv_b + hk * sv_h
+    kv_column = (pid_bh % H) // KV_GROUP * HEAD_DIM  # the head's first lane in a TMA box's (H_kv * D) axis
     # A KV box's tokens relative to its first one: coordinates and row-major token offsets (loop-invariant).
     r0, r1, r2 = _box_coords(0, 0, 0, K0, K1, K2)
     r_tok = (r0 * L1 + r1) * L2 + r2
@@ -134,8 +137,8 @@ def gna_fwd_kernel(
     t1 = kt1
     t2 = kt2
     for _ in range(0, nk0 * nk1 * nk2):
-        if USE_TMA:  # HEAD_DIM == head_dim here (the host checks): the box is [b, t0.., t1.., t2.., h*D]
-            box = [pid_bh // H, t0 * K0, t1 * K1, t2 * K2, (pid_bh % H) * HEAD_DIM]
+        if USE_TMA:  # HEAD_DIM == head_dim here (the host checks): the box is [b, t0.., t1.., t2.., hk*D]
+            box = [pid_bh // H, t0 * K0, t1 * K1, t2 * K2, kv_column]
             k = tl.reshape(K_DESC.load(box), [BLOCK_K, HEAD_DIM])
             v = tl.reshape(V_DESC.load(box), [BLOCK_K, HEAD_DIM])
         else:
@@ -170,8 +173,8 @@ def gna_fwd_kernel(
     # added (padding arrives as a -inf bias), a ragged last block masked.
     if HAS_EXTRA:
         offs_m = tl.arange(0, BLOCK_K)
-        ek_base = EK + b * sek_b + h * sek_h
-        ev_base = EV + b * sev_b + h * sev_h
+        ek_base = EK + b * sek_b + hk * sek_h
+        ev_base = EV + b * sev_b + hk * sev_h
         for start in range(0, M, BLOCK_K):
             idx = start + offs_m
             kv_mask = (idx < M)[:, None] & d_valid[None, :]

@@ -91,6 +91,7 @@ def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, scale, re
             score_mod=score_mod,
             block_mask=_block_mask(spec, num_extra, q.device),
             scale=scale,
+            enable_gqa=kh.shape[1] != qh.shape[1],
             return_aux=flex_module.AuxRequest(lse=True) if return_lse else None,
         )
     if not return_lse:

@@ -21,6 +21,9 @@ def _cached_grid_mask(spec: GNASpec, device: torch.device) -> torch.Tensor:
 
 def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, scale, return_lse):
     batch, n = q.shape[:2]
+    group = q.shape[2] // k.shape[2]
+    if group > 1:  # grouped-query attention, spelled out: query head h reads key/value head h // group
+        k, v, extra_k, extra_v = (t if t is None else t.repeat_interleave(group, 2) for t in (k, v, extra_k, extra_v))
     mask = _cached_grid_mask(spec, q.device).expand(batch, n, n)
     bias = None  # (B, 1, N, N + M) float added to the scores, when there is an extra-key bias
     if extra_k is not None:

@@ -183,7 +183,7 @@ def _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale: floa
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), ek.stride(0), ek.stride(1), ek.stride(2), ev.stride(0), ev.stride(1),
         ev.stride(2), 0 if ebias is None else ebias.stride(0),
-        heads, *extents, *dilations, ek.shape[1] if has_extra else 0, dim, scale * LOG2E,
+        heads, heads // k.shape[2], *extents, *dilations, ek.shape[1] if has_extra else 0, dim, scale * LOG2E,
         *config.q_tile, *config.kv_tile,
         HEAD_DIM=head_lanes(dim),
         HAS_EXTRA=has_extra,
@@ -294,7 +294,7 @@ def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale
                   extra_kv_bias: torch.Tensor | None = None) -> KernelConfig:
     """The kernel configuration used for these inputs (tuned on the first call for this problem key)."""
     key = (
-        spec, tuple(q.shape), q.dtype, q.device,
+        spec, tuple(q.shape), k.shape[2], q.dtype, q.device,
         None if extra_k is None else extra_k.shape[1], extra_kv_mask is not None, extra_kv_bias is not None,
     )
     if key in _TUNED:
