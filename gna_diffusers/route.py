@@ -136,9 +136,10 @@ class GNARoute:
         # cache: reference-image keys without their queries; PRX: image queries, [text, image] keys), or
         # [grid, (context), text] when the text comes after the image (NucleusMoE-Image).
         self.cached_context_keys = cached_context_keys
-        # The grid's queries come in a call of their own, against every key of the layout's stream (which
-        # then holds the whole joint sequence, the grid last); the layer's other calls are context queries
-        # against part of the keys, run as they come (Qwen-Image 2.1's block-causal prefill segments).
+        # The grid's queries come in a call of their own (with the stream's tokens after the grid, if any), against
+        # every key of the layout's stream, which then holds the whole joint sequence; the layer's other calls are
+        # context queries against part of the keys, run as they come (Qwen-Image 2.1's block-causal prefill
+        # segments, Cosmos 3's causal prompt pathway).
         self.grid_queries_alone = grid_queries_alone
         self.backend = backend  # GNA backend of gna_attention
         self.dense_backend = dense_backend  # diffusers backend of the dense paths
@@ -183,7 +184,8 @@ class GNARoute:
         """Whether a call of ``queries`` x ``keys`` tokens is this layer's self-attention over the grid."""
         if self.grid_queries_alone:
             layout = self.layout
-            return layout is not None and queries == prod(layout.grid) and keys == layout.stream_tokens
+            return (layout is not None and keys == layout.stream_tokens
+                    and queries == layout.stream_tokens - layout.grid_offset)
         if not self.cached_context_keys:
             return queries == keys
         context_only = self.layout is not None and queries == self.layout.stream_tokens - prod(self.layout.grid)
@@ -200,6 +202,8 @@ class GNARoute:
         if layout is None:
             return None
         n = prod(layout.grid)
+        if self.grid_queries_alone:  # the queries are the keys' tokens from the grid on
+            return slice(0, n), slice(layout.grid_offset, layout.grid_offset + n)
         at_edge = layout.grid_offset + n == layout.stream_tokens if self.text_first else layout.grid_offset == 0
         if not at_edge or queries < n or keys < queries:
             return None
@@ -216,7 +220,8 @@ class GNARoute:
         # or attention replaced by its values for a guidance pass (the stock call is what gets replaced).
         if pattern is None or not self._routable(query.shape[1], key.shape[1]) or _attention_scores_skipped():
             return dispatch(query, key, value, attn_mask=attn_mask, backend=self.dense_backend, **kwargs)
-        unsupported = [name for name in ("is_causal", "dropout_p", "enable_gqa") if kwargs.get(name)]
+        # enable_gqa is carried: gna_attention reads K/V with fewer heads as SDPA does.
+        unsupported = [name for name in ("is_causal", "dropout_p") if kwargs.get(name)]
         if unsupported:  # a window cannot carry them: stock attention, said once
             why = f"the call asks for {', '.join(f'{name}={kwargs[name]}' for name in unsupported)}"
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
@@ -237,9 +242,9 @@ class GNARoute:
         stream, layout = self.layout.stream_tokens, self.layout
         local_stream = stream // world
         key_mask = attn_mask is None or (attn_mask.ndim == 4 and attn_mask.shape[1:3] == (1, 1))
-        if heads % world or stream % world or local < local_stream or not key_mask:
+        if heads % world or key.shape[2] % world or stream % world or local < local_stream or not key_mask:
             why = (f"its context-parallel layout (ring {config.ring_degree} x ulysses {config.ulysses_degree}, "
-                   f"{heads} heads, {local} local tokens, {layout.describe()}, mask "
+                   f"{heads} heads ({key.shape[2]} for keys), {local} local tokens, {layout.describe()}, mask "
                    f"{None if attn_mask is None else tuple(attn_mask.shape)}) is not supported")
             return self._dense(dispatch, query, key, value, attn_mask, kwargs, why)
         from .parallel import gather_keys, gather_sequence, scatter_sequence
