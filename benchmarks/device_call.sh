@@ -24,6 +24,7 @@
 #   models10 suite: Lumina-Image 2.0, Lumina-Next, ERNIE-Image, GLM-Image (2048x2048), PRX (1024x1024)
 #   models11 suite: NucleusMoE-Image (2048x2048), AuraFlow v0.3 (1536x1536), JoyImage-Edit, Bria Fibo 2.0, OmniGen v1
 #            (1024x1024)
+#   models12 suite: Cosmos 3 Omni (720x1280x189)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -34,8 +35,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    first | kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | models11 | profile) ;;
-    *) echo "usage: device_call.sh first|kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|models11|profile (got '$part')" >&2; exit 2 ;;
+    first | kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | models11 | models12 | profile) ;;
+    *) echo "usage: device_call.sh first|kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|models11|models12|profile (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -86,7 +87,7 @@ case "$part" in
     models1) suite "flux.1-dev,hunyuanvideo 7" ;;
     models2) suite "wan 2.1,ti2v,qwen-image 1328,1.5,chroma" ;;
     models3) suite "z-image,skyreels,flux.3,qwen-image 2.1" ;;
-    models4) suite "ltx-2,ltx-video,cosmos" ;;
+    models4) suite "ltx-2,ltx-video,predict2.5" ;;
     models5) suite "animate,kandinsky" ;;
     models6) suite "cogvideox,mochi,allegro" ;;
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
@@ -94,5 +95,6 @@ case "$part" in
     models9) suite "refiner,pixart,hidream,hunyuandit" ;;
     models10) suite "lumina,ernie,glm,prx" ;;
     models11) suite "nucleus,auraflow,joyimage,fibo 2,omnigen" ;;
+    models12) suite "cosmos 3" ;;
 esac
 exit "$status"

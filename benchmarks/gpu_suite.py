@@ -166,6 +166,9 @@ MODEL_CASES = [
     # JoyImage-Edit at 1024x1024 (diffusers' class defaults, 4.6B; text-to-image: no reference frame).
     ModelCase("JoyImage-Edit 1024x1024", "jdopensource/JoyImage-Edit", "joyimage-1k", 1024, 1024, None, 50, None,
               None),
+    # Cosmos 3 Omni at its pipeline's default size (diffusers' class defaults, 15.2B; the name is the checkpoint
+    # diffusers' docs load, whose config was not checked offline): 48x23x40 video tokens after a 256-token prompt.
+    ModelCase("Cosmos 3 Omni 720x1280x189", "nvidia/Cosmos3-Nano", "cosmos3-720p", 720, 1280, 189, 35, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

@@ -102,8 +102,8 @@ def measure_recall(query: torch.Tensor, key: torch.Tensor, grid: tuple[int, ...]
     """Mean recall of each pattern over the sampled grid queries.
 
     Args:
-        query, key: ``(B, S, H, D)`` and ``(B, S_k, H, D)``, the joint sequence; the grid's queries are
-            ``S[grid_start : grid_start + prod(grid)]`` (row-major), its keys the same span of the keys, or from
+        query, key: ``(B, S, H, D)`` and ``(B, S_k, H_kv, D)`` (H_kv dividing H: grouped-query), the joint
+            sequence; the grid's queries are ``S[grid_start : grid_start + prod(grid)]`` (row-major), its keys the same span of the keys, or from
             ``key_grid_start`` when the keys hold context the queries lack (a KV cache); every other key is context.
         query_index: ``(Q,)`` grid-token indices of the sampled queries.
         key_valid: ``(B, S_k)`` bool, False for padded context keys.
@@ -128,7 +128,7 @@ def measure_recall(query: torch.Tensor, key: torch.Tensor, grid: tuple[int, ...]
     for b in range(batch):
         q = query[b, grid_start + query_index].float()  # (Q, H, D)
         for h in range(heads):  # one head at a time: Q x S scores, never S x S
-            scores = (q[:, h] @ key[b, :, h].float().T) * scale  # (Q, S)
+            scores = (q[:, h] @ key[b, :, h * key.shape[2] // heads].float().T) * scale  # (Q, S)
             if key_valid is not None:
                 scores = scores.masked_fill(~key_valid[b][None, :], float("-inf"))
             probs = scores.softmax(dim=-1)

@@ -103,9 +103,10 @@ class ModelPatch:
     # Block types whose self-attention sequence is the grid alone even when the image stream also carries
     # context tokens (FLUX.3's per-mode image blocks, beside the references' own blocks).
     grid_only_blocks: tuple[str, ...] = ()
-    # Whether the grid's queries come in an attention call of their own, against every key of the layer's
-    # sequence, which the layout's stream then holds whole, the grid last (Qwen-Image 2.1, whose block-causal
-    # prefill runs each context segment as another call): see GNARoute.
+    # Whether the grid's queries (and those of any stream tokens after it) come in an attention call of their own,
+    # against every key of the layer's sequence, which the layout's stream then holds whole (Qwen-Image 2.1, whose
+    # block-causal prefill runs each context segment as another call; Cosmos 3, whose prompt has a causal pathway
+    # of its own): see GNARoute.
     grid_queries_alone: bool = False
     # Whether the stock processor calls F.scaled_dot_product_attention itself, not diffusers' dispatch (CogVideoX,
     # Mochi, Allegro, EasyAnimate): the module's ``F`` is routed, and the GNA processor class sets

@@ -13,7 +13,7 @@ _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "fl
             "motif_video", "cosmos", "helios", "cogvideox", "mochi", "allegro", "anyflow", "easyanimate", "ideogram4", "krea2",
             "ovis_image", "longcat_image", "cogview4", "hunyuan_image", "sd3", "pixart", "hidream", "hunyuan_dit",
             "lumina2", "ernie_image", "bria", "glm_image", "prx", "nucleusmoe_image", "joyimage",
-            "joyimage_plus", "bria_fibo", "cogview3plus", "auraflow", "bria_fibo2", "lumina_next")
+            "joyimage_plus", "bria_fibo", "cogview3plus", "auraflow", "bria_fibo2", "lumina_next", "cosmos3")
 # Families the harness only times with random weights (compare --random-weights, the GPU suite); each
 # module's WEIGHTS_GAP says why (FLUX.3: modular pipelines only; Wan Animate: pose and face videos; OmniGen: its
 # pipeline needs torchvision).

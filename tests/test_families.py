@@ -10,6 +10,7 @@ import torch
 from gna_diffusers import enabled, list_presets, load_config, load_preset
 from gna_diffusers.cli import main
 from gna_diffusers.harness.models import on_meta
+from gna_diffusers.harness.runner import pipeline_output
 from gna_diffusers.patches import FAMILY_MODULES
 
 # Published transformer sizes, in billions of parameters. ChronoEdit-14B has Wan 2.1 I2V 14B's shape, whose
@@ -49,6 +50,8 @@ UNPUBLISHED = {
                         "experts per mixture-of-experts block)",
     "joyimage": "no published size found offline: FULL_CONFIG is diffusers' class defaults (4.6B)",
     "joyimage-plus": "no published size found offline: FULL_CONFIG is diffusers' class defaults (4.6B)",
+    "cosmos3": "no published size of Cosmos 3 found offline: FULL_CONFIG is diffusers' class defaults (15.2B: each "
+               "layer's projections and MLP twice, for the prompt's and the generation's pathways)",
 }
 FAMILY_PRESETS = [(load_preset(name).family, name) for name in list_presets() if load_preset(name).family in FAMILY_MODULES]
 
@@ -60,7 +63,7 @@ def tiny_generate(family: str, pipe, steps: int) -> torch.Tensor:
     output = pipe(prompt="a red cat", num_inference_steps=steps, output_type="pt",
                   generator=torch.Generator().manual_seed(0), **size, **module.tiny_call_kwargs(),
                   **getattr(module, "steps_call_kwargs", lambda steps: {})(steps))
-    return output.frames if module.PATCH.video else output.images
+    return torch.as_tensor(pipeline_output(module, output))
 
 
 def test_every_family_is_described_and_has_presets():
@@ -130,6 +133,12 @@ COMPILABLE = sorted(set(FAMILY_MODULES) - {"hunyuan-video-1.5", "z-image", "qwen
                                            "hidream", "lumina2", "bria-fibo2"})
 
 
+# Cosmos 3's pre-hook reads the prompt's length (und_len, an int the pipeline passes: the grid's offset), so the hook's
+# own frame compiles as the forward does, static for the prompt, then dynamic for the negative's other length, then
+# once sparse: the forward's three graphs (the stock's two and one sparse) and three of the hook.
+HOOK_GRAPHS = {"cosmos3"}
+
+
 def compiled_graphs(family: str, pipe) -> int:
     """Graphs torch.compile(fullgraph=True) makes of the pipeline's transformer over two generations (the
     second compiles nothing new); fails on any graph break."""
@@ -160,7 +169,7 @@ def test_fullgraph_compile_has_no_graph_break_and_one_graph_per_phase(family):
     pipe = FAMILY_MODULES[family].tiny_pipeline()
     apply(pipe, GNAConfig(family=family, window=2, dense_steps=2))
     try:
-        assert stock < compiled_graphs(family, pipe) <= 2 * stock + 1
+        assert stock < compiled_graphs(family, pipe) <= (2 * stock + 1 if family not in HOOK_GRAPHS else 3 * stock)
     finally:
         remove(pipe)
 

@@ -199,6 +199,14 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
     return kwargs
 
 
+def pipeline_output(family, result):
+    """The one sample a harness call generated: ``.frames[0]`` of a video pipeline, ``.images[0]`` of an image one,
+    or what the family's ``pipeline_output(result)`` says (Cosmos 3's unbatched ``.video``)."""
+    if hasattr(family, "pipeline_output"):
+        return family.pipeline_output(result)
+    return result.frames[0] if family.PATCH.video else result.images[0]
+
+
 def _generate(model: Model, settings: Settings, sample: Sample, device: torch.device) -> tuple[np.ndarray, dict]:
     """One pipeline call; returns the output as float32 in [0, 1] ((H, W, C) or (F, H, W, C)) and timings."""
     generator = torch.Generator(device="cpu").manual_seed(sample.seed)
@@ -213,7 +221,7 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
     finally:
         timer.close()
     wall = time.perf_counter() - start
-    output = result.frames[0] if model.family.PATCH.video else result.images[0]
+    output = pipeline_output(model.family, result)
     timings = {
         "wall_s": wall,
         "transformer_s": sum(timer.calls),
