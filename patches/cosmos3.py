@@ -167,7 +167,8 @@ def pipeline_output(result):
 
 def tiny_pipeline(seed: int = 0):
     """An offline Cosmos3OmniPipeline with random weights and no safety checker: a byte-level chat tokenizer, a
-    Wan VAE 4x in space and 2x in time (the real one: 16x, 4x), so 64x64 pixels and 9 frames give a 5x8x8 grid."""
+    Wan VAE 4x in space and 2x in time (the real one: 16x, 4x), so 64x64 pixels and 9 frames give a 5x8x8 grid, and
+    UniPC on flow sigmas in [0, 1] (which diffusers' SeaCache requires of Cosmos 3's scheduler)."""
     from diffusers import AutoencoderKLWan, Cosmos3OmniPipeline, UniPCMultistepScheduler
 
     from ._tiny import byte_level_tokenizer
@@ -178,8 +179,9 @@ def tiny_pipeline(seed: int = 0):
         base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=2, scale_factor_spatial=4,
     ).eval()
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     return Cosmos3OmniPipeline(transformer=tiny_transformer(seed, vocab_size=len(tokenizer)), text_tokenizer=tokenizer,
-                               vae=vae, scheduler=UniPCMultistepScheduler(), enable_safety_checker=False)
+                               vae=vae, scheduler=scheduler, enable_safety_checker=False)
 
 
 def tiny_call_kwargs() -> dict:

@@ -129,3 +129,41 @@ def test_latent_grid_of_the_default_size_and_its_errors():
         cosmos3.latent_grid(721, 1280, 189)
     with pytest.raises(ValueError, match="one sample per transformer call"):
         cosmos3.transformer_inputs(cosmos3.tiny_transformer(), GRID, batch=2)
+
+
+def test_sea_cache_stacks_with_gna():
+    """diffusers' SeaCache (its documented use is Cosmos 3) skips the decoder stack on some steps, per guidance
+    pass: with GNA whole windows the pipeline equals the cached stock one; the steps count from the scheduler, so
+    the step after the dense one, skipped, leaves the last step sparse."""
+    from diffusers import SeaCacheConfig
+
+    pipe = cosmos3.tiny_pipeline()
+    pipe.transformer.enable_cache(SeaCacheConfig(threshold=100.0, residual_order=0, retention_steps=1,
+                                                 cache_end_steps=0, max_consecutive_cached=1))
+    calls = []
+    pipe.transformer.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    stock = generate(pipe)
+    assert len(calls) == 2 * 2  # steps 0 and 2, two guidance passes each: step 1 reuses the stack's residual
+    with enabled(pipe, GNAConfig(family="cosmos3", window=-1)):
+        assert max_diff(generate(pipe), stock) <= 1e-5
+    with enabled(pipe, GNAConfig(family="cosmos3", window=2, dense_steps=1)) as handle:
+        sparse = generate(pipe)
+        assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
+
+
+def test_layers_compile_with_fullgraph_as_diffusers_regional_compilation():
+    """compile_repeated_blocks (diffusers' regional compilation of the decoder layers): GNA runs in the compiled
+    layers as in eager mode, grouped-query K/V and sound context included."""
+    transformer = cosmos3.tiny_transformer(sound=True)
+    inputs = cosmos3.transformer_inputs(transformer, GRID, text=TEXT, sound=5)
+    config = GNAConfig(family="cosmos3", window=2)
+    with enabled(transformer, config):
+        eager = run(transformer, inputs)
+    transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+    try:
+        with enabled(transformer, config):
+            compiled = run(transformer, inputs)
+    finally:
+        torch._dynamo.reset()
+    assert max_diff(compiled[0], eager[0]) <= 1e-6 and max_diff(compiled[1], eager[1]) <= 1e-6

@@ -30,16 +30,19 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def make_inputs(grid, heads, dim, dtype, text=0, batch=1, padded=False, bias=False, seed=0) -> tuple:
-    """Fresh random q, k, v (B, N, H, D) on the GPU and the extra-key arguments (text of ``text`` tokens;
-    ``padded``: batch row b keeps ``text - 5 * (b + 1)`` real tokens; ``bias``: an additive per-key bias)."""
+def make_inputs(grid, heads, dim, dtype, text=0, batch=1, padded=False, bias=False, seed=0, kv_heads=None) -> tuple:
+    """Fresh random q (B, N, H, D), k, v (B, N, H_kv, D) on the GPU (``kv_heads``: grouped-query, default H) and the
+    extra-key arguments (text of ``text`` tokens; ``padded``: batch row b keeps ``text - 5 * (b + 1)`` real tokens;
+    ``bias``: an additive per-key bias)."""
     gen = torch.Generator(device=CUDA).manual_seed(seed)
     n = prod(grid)
-    q, k, v = (torch.randn(batch, n, heads, dim, device=CUDA, dtype=dtype, generator=gen) for _ in range(3))
+    kv_heads = kv_heads or heads
+    q = torch.randn(batch, n, heads, dim, device=CUDA, dtype=dtype, generator=gen)
+    k, v = (torch.randn(batch, n, kv_heads, dim, device=CUDA, dtype=dtype, generator=gen) for _ in range(2))
     extras = {}
     if text:
         extras["extra_k"], extras["extra_v"] = (
-            torch.randn(batch, text, heads, dim, device=CUDA, dtype=dtype, generator=gen) for _ in range(2)
+            torch.randn(batch, text, kv_heads, dim, device=CUDA, dtype=dtype, generator=gen) for _ in range(2)
         )
         if padded:
             lengths = torch.tensor([text - 5 * (b + 1) for b in range(batch)], device=CUDA)
@@ -68,7 +71,21 @@ SMALL_CASES = [  # (pattern, heads, head_dim, text, padded, bias, batch)
 def test_every_tuning_candidate_matches_the_reference(dtype, case, heads, dim, text, padded, bias, batch):
     """Each (tile, warps, stages, K/V load path) configuration the tuner may time, launched directly: one
     that is wrong on hardware (a race, a bad layout, a TMA box) would otherwise surface only when it wins."""
-    q, k, v, extras = make_inputs(case["grid"], heads, dim, dtype, text, batch, padded, bias, seed=1)
+    check_every_candidate(case, dtype, *make_inputs(case["grid"], heads, dim, dtype, text, batch, padded, bias, seed=1))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_heads_in_every_tuning_candidate(kv_heads):
+    """Grouped-query K/V (Cosmos 3: 32 query heads over 8): 4 query heads over 1 or 2 key/value heads, text keys
+    padded, through every configuration the tuner may time, the TMA box's head column included."""
+    case = dict(grid=(5, 16, 16), window=(5, 8, 8), stride=(1, 4, 4))
+    check_every_candidate(case, torch.bfloat16, *make_inputs(case["grid"], 4, 128, torch.bfloat16, text=40,
+                                                             batch=2, padded=True, seed=3, kv_heads=kv_heads))
+
+
+def check_every_candidate(case: dict, dtype, q, k, v, extras) -> None:
+    """Every configuration the tuner may time for these inputs against the reference backend in fp32."""
+    dim = q.shape[-1]
     ref, ref_lse = gna_attention(*upcast(q, k, v, extras)[:3], **case, **upcast(q, k, v, extras)[3],
                                  backend="reference", return_lse=True)
     spec = GNASpec.create(**case)
@@ -191,12 +208,13 @@ def test_memory_is_the_output_alone():
     torch.testing.assert_close(joint[:, 256:], out, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family", ["flux", "hunyuan-video", "wan"])
+@pytest.mark.parametrize("family", ["flux", "hunyuan-video", "wan", "cosmos3"])
 def test_tiny_pipeline_on_the_gpu_matches_stock_and_the_reference(family):
     """bf16 on the GPU through the triton backend: whole-extent windows reproduce the stock pipeline to bf16
     accuracy, and sparse windows give what the reference backend gives. (On these tiny random models the
     sparse-vs-stock change, 0.5-2% on CPU, is too close to bf16 rounding to be checked here; the CPU tests
     check it in fp32.)"""
+    from gna_diffusers.harness.runner import pipeline_output
     from gna_diffusers.patches import FAMILY_MODULES
 
     module = FAMILY_MODULES[family]
@@ -210,7 +228,7 @@ def test_tiny_pipeline_on_the_gpu_matches_stock_and_the_reference(family):
         else:
             with enabled(pipe, config):
                 output = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
-        return (output.frames if module.PATCH.video else output.images).float()
+        return torch.as_tensor(pipeline_output(module, output)).float()
 
     family_name = module.PATCH.family
     assert relative_error(generate(GNAConfig(family=family_name, window=-1, backend="triton")), generate()) < 2e-2
