@@ -97,23 +97,32 @@ def generate(pipe, **kwargs) -> torch.Tensor:
                                 output_type="np", generator=torch.Generator().manual_seed(0), **kwargs).video)
 
 
-def test_pipeline_runs_gna_on_both_guidance_passes_after_the_warm_up(monkeypatch):
-    """Cosmos3OmniPipeline at 64x64x9 (a 5x8x8 grid): the prompt's and the negative prompt's calls (two prompt
-    lengths, so two layouts) both routed; whole windows reproduce the stock pipeline; the video positions are read
-    once per generation and prompt."""
+@pytest.mark.parametrize("mode", ["text-to-world", "image-to-world"])
+def test_pipeline_runs_gna_on_both_guidance_passes_after_the_warm_up(mode, monkeypatch):
+    """Cosmos3OmniPipeline at 64x64x9 (a 5x8x8 grid), from text or from an image (its clean latent frame is the grid's
+    first): the prompt's and the negative prompt's calls (two prompt lengths, so two layouts) both routed; whole
+    windows reproduce the stock pipeline; the video positions are read once per generation and prompt."""
+    from PIL import Image
+
     pipe = cosmos3.tiny_pipeline()
-    stock = generate(pipe)
+    pixels = (torch.arange(64 * 64 * 3) % 251).reshape(64, 64, 3).to(torch.uint8).numpy()
+    kwargs = {"image": Image.fromarray(pixels)} if mode == "image-to-world" else {}
+    noisy = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, call: noisy.append(call["vision_noisy_frame_indexes"][0].tolist()), with_kwargs=True)
+    stock = generate(pipe, **kwargs)
+    assert noisy[0] == ([1, 2, 3, 4] if kwargs else [0, 1, 2, 3, 4])
     reads = []
     monkeypatch.setattr(cosmos3._VIDEO_SPANS, "read", lambda t: reads.append(1) or cosmos3._span(t))
     spy = OperatorSpy(monkeypatch)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*gna.*")
         with enabled(pipe, GNAConfig(family="cosmos3", window=-1)):
-            assert max_diff(generate(pipe), stock) <= 1e-5
+            assert max_diff(generate(pipe, **kwargs), stock) <= 1e-5
         assert len(reads) == 2
         spy.contexts.clear()
         with enabled(pipe, GNAConfig(family="cosmos3", window=2, dense_steps=1)) as handle:
-            sparse = generate(pipe)
+            sparse = generate(pipe, **kwargs)
             assert handle.runtime.step == 3 and handle.runtime.grid == (5, 8, 8)
     assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
     prompts = sorted({context for _, context in spy.contexts})
