@@ -71,10 +71,13 @@ latent_grid = flux.latent_grid  # an 8x VAE and 2x2 patches: 16 pixels per image
 
 
 def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batch: int = 1, device="cpu",
-                       dtype=torch.float32, seed: int = 0, valid_text: tuple[int, ...] | None = None) -> dict:
+                       dtype=torch.float32, seed: int = 0, valid_text: tuple[int, ...] | None = None,
+                       input_image: tuple[int, int] | None = None) -> dict:
     """Keyword inputs of one call on a (rows, cols) grid after ``text`` prompt tokens (the first ``text -
     valid_text[b]`` of sample b padding, as the pipeline left-pads), as the pipeline's collator builds them: token ids,
-    the (B, S, S) mask (causal prompt and time token, the image attending to every valid token) and positions."""
+    the (B, S, S) mask (causal prompt and time token, the image attending to every valid token) and positions.
+    ``input_image``: each sample's prompt holds an input image of (rows, cols) patch tokens after its first valid
+    token (its latents replace those placeholder tokens; its rows attend bidirectionally among themselves)."""
     rows, cols = grid
     config = transformer.config
     p = config.patch_size
@@ -94,9 +97,19 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batc
     input_ids = torch.randint(1, config.vocab_size, (batch, text), generator=generator).to(device)
     for sample, length in enumerate(valid):
         input_ids[sample, :text - length] = config.pad_token_id
+    latents, spans = [], {}
+    if input_image is not None:
+        image_rows, image_cols = input_image
+        for sample, length in enumerate(valid):
+            if length < image_rows * image_cols + 1:
+                raise ValueError(f"sample {sample}'s {length} prompt tokens cannot hold a {input_image} input image")
+            start = text - length + 1
+            spans[sample] = [(start, start + image_rows * image_cols)]
+            mask[sample, start:start + image_rows * image_cols, start:start + image_rows * image_cols] = 1
+            latents.append(randn(1, config.in_channels, image_rows * p, image_cols * p))
     return dict(hidden_states=randn(batch, config.in_channels, rows * p, cols * p),
                 timestep=torch.full((batch,), 0.5, device=device, dtype=dtype), input_ids=input_ids,
-                input_img_latents=[], input_image_sizes={}, attention_mask=mask, position_ids=positions,
+                input_img_latents=latents, input_image_sizes=spans, attention_mask=mask, position_ids=positions,
                 return_dict=False)
 
 

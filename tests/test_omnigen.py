@@ -1,6 +1,6 @@
 """OmniGen (tiny offline transformer, fp32, CPU; its pipeline needs torchvision): GNA for the output image's queries
-in every block's self-attention, against [condition tokens, time token, image]; the condition rows keep the stock
-causal mask. The stock processor calls F.scaled_dot_product_attention itself with a (B, 1, S, S) additive mask."""
+in every block's self-attention, against [condition tokens (input images' patches among them), time token, image];
+the condition rows keep the stock mask. The stock processor calls F.scaled_dot_product_attention itself with a (B, 1, S, S) additive mask."""
 
 import pytest
 import torch
@@ -15,10 +15,15 @@ GRID = (4, 6)
 TEXT = 9
 
 
-@pytest.mark.parametrize("valid", [None, (5, 9)], ids=["unpadded", "left-padded"])
-def test_whole_extent_reproduces_stock_and_removal_is_exact(valid, monkeypatch):
+# (each sample's valid prompt tokens, an input image's patch grid in each prompt)
+CASES = {"unpadded": (None, None), "left-padded": ((5, 9), None), "input image, left-padded": ((5, 9), (1, 3))}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_whole_extent_reproduces_stock_and_removal_is_exact(case, monkeypatch):
+    valid, image = CASES[case]
     transformer = omnigen.tiny_transformer()
-    inputs = omnigen.transformer_inputs(transformer, GRID, text=TEXT, batch=2, valid_text=valid)
+    inputs = omnigen.transformer_inputs(transformer, GRID, text=TEXT, batch=2, valid_text=valid, input_image=image)
     spy = OperatorSpy(monkeypatch)
     with torch.no_grad():
         stock = transformer(**inputs)[0]
@@ -32,12 +37,13 @@ def test_whole_extent_reproduces_stock_and_removal_is_exact(valid, monkeypatch):
     assert spy.contexts == [(GRID, TEXT + 1)] * 4  # the prompt slots and the time token, 2 layers x 2 runs
 
 
-def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
-    """The output image's queries: their window, every valid prompt token and the time token; the prompt's rows:
-    the stock causal mask, untouched."""
+@pytest.mark.parametrize("image", [None, (1, 3)], ids=["text", "input image"])
+def test_sparse_windows_equal_an_independent_masked_attention(image, monkeypatch):
+    """The output image's queries: their window, every valid prompt token (an input image's among them) and the time
+    token; the prompt's rows: the stock mask (causal, an input image bidirectional within itself), untouched."""
     window, stride = (2, 4), (1, 2)
     transformer = omnigen.tiny_transformer()
-    inputs = omnigen.transformer_inputs(transformer, GRID, text=TEXT, batch=2, valid_text=(5, 9))
+    inputs = omnigen.transformer_inputs(transformer, GRID, text=TEXT, batch=2, valid_text=(5, 9), input_image=image)
     allowed = joint_mask(GRID, window, stride, TEXT + 1)
     with torch.no_grad():
         with enabled(transformer, GNAConfig(family="omnigen", base_grid=list(GRID), window=list(window),
@@ -69,3 +75,6 @@ def test_full_size_and_preset_grids():
     billions = sum(p.numel() for p in on_meta(omnigen.PATCH.transformer_class, omnigen.FULL_CONFIG).parameters()) / 1e9
     assert billions == pytest.approx(3.8, rel=0.05)  # OmniGen v1: Phi-3 mini's 3.8B
     assert omnigen.latent_grid(1024, 1024) == tuple(load_preset("omnigen-1k").base_grid)
+    with pytest.raises(ValueError, match=r"sample 0's 5 prompt tokens cannot hold a \(2, 3\) input image"):
+        omnigen.transformer_inputs(omnigen.tiny_transformer(), GRID, text=TEXT, batch=2, valid_text=(5, 9),
+                                   input_image=(2, 3))
