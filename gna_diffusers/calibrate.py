@@ -103,8 +103,9 @@ def measure_recall(query: torch.Tensor, key: torch.Tensor, grid: tuple[int, ...]
 
     Args:
         query, key: ``(B, S, H, D)`` and ``(B, S_k, H_kv, D)`` (H_kv dividing H: grouped-query), the joint
-            sequence; the grid's queries are ``S[grid_start : grid_start + prod(grid)]`` (row-major), its keys the same span of the keys, or from
-            ``key_grid_start`` when the keys hold context the queries lack (a KV cache); every other key is context.
+            sequence; the grid's queries are ``S[grid_start : grid_start + prod(grid)]`` (row-major), its keys the
+            same span of the keys, or from ``key_grid_start`` when the keys hold context the queries lack (a KV
+            cache); every other key is context.
         query_index: ``(Q,)`` grid-token indices of the sampled queries.
         key_valid: ``(B, S_k)`` bool, False for padded context keys.
 

@@ -1,6 +1,7 @@
 """OmniGen (tiny offline transformer, fp32, CPU; its pipeline needs torchvision): GNA for the output image's queries
 in every block's self-attention, against [condition tokens (input images' patches among them), time token, image];
-the condition rows keep the stock mask. The stock processor calls F.scaled_dot_product_attention itself with a (B, 1, S, S) additive mask."""
+the condition rows keep the stock mask. The stock processor calls F.scaled_dot_product_attention itself with a
+(B, 1, S, S) additive mask."""
 
 import pytest
 import torch

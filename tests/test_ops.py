@@ -117,7 +117,8 @@ def test_grouped_query_attention_reads_each_query_heads_key_value_head(backend, 
     _, k, v, extras = make_inputs(case, heads=kv_heads, extra=5, padded=True, seed=5)
     out, lse = gna_attention(q, k, v, **case, **extras, backend=backend, return_lse=True)
     group = 4 // kv_heads
-    repeated = {name: t.repeat_interleave(group, 2) if name in ("extra_k", "extra_v") else t for name, t in extras.items()}
+    repeated = {name: t.repeat_interleave(group, 2) if name in ("extra_k", "extra_v") else t
+                for name, t in extras.items()}
     ref_out, ref_lse = expected(case, q, k.repeat_interleave(group, 2), v.repeat_interleave(group, 2), repeated)
     torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
@@ -162,7 +163,8 @@ def _call(**overrides):
         (dict(stride=(3, 1)), r"stride\[0\]=3 must be between 1 and window\[0\]=2"),
         (dict(window=(2, 2, 2)), r"window has 3 entries but the grid has 2 dimensions"),
         (dict(k=torch.randn(1, 12, 2, 4)), r"q, k, v must have the same shape"),
-        (dict(k=torch.randn(1, 12, 1, 8)), r"or k and v fewer heads that divide q's .* got \(1, 12, 2, 8\), \(1, 12, 1, 8\)"),
+        (dict(k=torch.randn(1, 12, 1, 8)),
+         r"or k and v fewer heads that divide q's .* got \(1, 12, 2, 8\), \(1, 12, 1, 8\)"),
         (dict(q=torch.randn(1, 12, 3, 8), k=torch.randn(1, 12, 2, 8), v=torch.randn(1, 12, 2, 8)),
          r"fewer heads that divide q's"),
         (dict(v=torch.randn(12, 2, 8)), r"v must be a 4-D tensor \(B, N, H, D\)"),

@@ -3,8 +3,8 @@
 A backend computes GNA for already validated inputs. Its signature is ``run(q, k, v, spec, extra_k,
 extra_v, extra_kv_mask, extra_kv_bias, scale, return_lse) -> (out, lse | None)`` with q ``(B, N, H, D)``,
 k, v ``(B, N, H_kv, D)`` (H_kv divides H: grouped-query attention), extra_k / extra_v ``(B, M, H_kv, D)``
-or None, extra_kv_mask ``(B, M)`` bool or None, extra_kv_bias ``(B, M)`` float (added to the scaled scores of the extra keys) or None, out ``(B, N, H, D)``
-in q's dtype and lse ``(B, N, H)`` float32 (natural log).
+or None, extra_kv_mask ``(B, M)`` bool or None, extra_kv_bias ``(B, M)`` float (added to the scaled scores
+of the extra keys) or None, out ``(B, N, H, D)`` in q's dtype and lse ``(B, N, H)`` float32 (natural log).
 """
 
 from __future__ import annotations
