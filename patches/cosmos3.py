@@ -165,11 +165,12 @@ def pipeline_output(result):
     return result.video
 
 
-def tiny_pipeline(seed: int = 0):
+def tiny_pipeline(seed: int = 0, sound: bool = False):
     """An offline Cosmos3OmniPipeline with random weights and no safety checker: a byte-level chat tokenizer, a
     Wan VAE 4x in space and 2x in time (the real one: 16x, 4x), so 64x64 pixels and 9 frames give a 5x8x8 grid, and
-    UniPC on flow sigmas in [0, 1] (which diffusers' SeaCache requires of Cosmos 3's scheduler)."""
-    from diffusers import AutoencoderKLWan, Cosmos3OmniPipeline, UniPCMultistepScheduler
+    UniPC on flow sigmas in [0, 1] (which diffusers' SeaCache requires of Cosmos 3's scheduler). ``sound``: with a
+    sound head and a tiny 800 Hz sound tokenizer (64 samples a latent), for ``enable_sound=True``."""
+    from diffusers import AutoencoderKLWan, Cosmos3AVAEAudioTokenizer, Cosmos3OmniPipeline, UniPCMultistepScheduler
 
     from ._tiny import byte_level_tokenizer
 
@@ -179,9 +180,14 @@ def tiny_pipeline(seed: int = 0):
         base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * 4, latents_std=[1.0] * 4, scale_factor_temporal=2, scale_factor_spatial=4,
     ).eval()
+    sound_tokenizer = Cosmos3AVAEAudioTokenizer(
+        sampling_rate=800, vocoder_input_dim=SOUND_DIM, dec_dim=8, dec_c_mults=(1, 2), dec_strides=(2, 4), enc_dim=8,
+        enc_latent_dim=2 * SOUND_DIM, enc_c_mults=(1,), enc_strides=(8,), enc_num_blocks=1, stereo=False,
+    ).eval() if sound else None
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
-    return Cosmos3OmniPipeline(transformer=tiny_transformer(seed, vocab_size=len(tokenizer)), text_tokenizer=tokenizer,
-                               vae=vae, scheduler=scheduler, enable_safety_checker=False)
+    return Cosmos3OmniPipeline(transformer=tiny_transformer(seed, vocab_size=len(tokenizer), sound=sound),
+                               text_tokenizer=tokenizer, vae=vae, scheduler=scheduler, sound_tokenizer=sound_tokenizer,
+                               enable_safety_checker=False)
 
 
 def tiny_call_kwargs() -> dict:

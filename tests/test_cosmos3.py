@@ -129,6 +129,33 @@ def test_pipeline_runs_gna_on_both_guidance_passes_after_the_warm_up(mode, monke
     assert len(spy.contexts) == 2 * 2 * 2 and len(prompts) == 2  # 2 sparse steps x 2 passes x 2 layers
 
 
+def test_pipeline_with_sound_keeps_the_sound_stock_and_its_tokens_as_context(monkeypatch):
+    """enable_sound=True: the sound's latent tokens follow the video in the generation call; whole windows reproduce
+    the stock video and sound, the sound tokens are context keys of the video's windows (prompt + sound)."""
+    pipe = cosmos3.tiny_pipeline(sound=True)
+
+    def generate_av():
+        output = pipe("a red cat", num_frames=9, height=64, width=64, num_inference_steps=3, output_type="np",
+                      enable_sound=True, generator=torch.Generator().manual_seed(0))
+        return torch.as_tensor(output.video), output.sound
+
+    calls = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, call: calls.append((call["und_len"], call["sound_token_shapes"])), with_kwargs=True)
+    video, sound = generate_av()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="cosmos3", window=-1)):
+            whole_video, whole_sound = generate_av()
+        assert max_diff(whole_video, video) <= 1e-5 and max_diff(whole_sound, sound) <= 1e-5
+        (prompt, [(sound_tokens, _, _)]), _ = calls[:2]
+        assert sound_tokens > 0 and spy.contexts[0] == ((5, 8, 8), prompt + sound_tokens)
+        with enabled(pipe, GNAConfig(family="cosmos3", window=2)):
+            sparse_video, _ = generate_av()
+    assert max_diff(sparse_video, video) > 0
+
+
 def test_latent_grid_of_the_default_size_and_its_errors():
     assert cosmos3.latent_grid(720, 1280, 189) == (48, 23, 40)
     assert cosmos3.latent_grid(704, 1280, 1) == (1, 22, 40)
