@@ -337,3 +337,26 @@ def test_dense_backend_reaches_families_that_call_sdpa_themselves(tmp_path, monk
     else:
         assert main(args) == 0
         assert pinned == [getattr(torch.nn.attention.SDPBackend, kernel)] and calls and not any(calls)
+
+
+@pytest.mark.parametrize("error, message", [
+    (ImportError("`cosmos_guardrail` is not installed. Please install it: `pip install cosmos_guardrail`."),
+     r"cannot load model 'nvidia/Cosmos3-Nano': its pipeline needs a package that is not installed: "
+     r"`cosmos_guardrail` is not installed"),
+    (OSError("nvidia/Cosmos3-Nano is not a local folder and is not a valid model identifier\nmore"),
+     r"cannot load model 'nvidia/Cosmos3-Nano' from the hub \(or the local cache, when offline\): "
+     r"nvidia/Cosmos3-Nano is not a local folder and is not a valid model identifier$"),
+])
+def test_a_pipeline_that_cannot_load_is_one_clear_error(error, message, monkeypatch):
+    """Loading fails before any weight is used: a missing checkpoint, or a package the pipeline's own constructor
+    needs (Cosmos pipelines build their guardrail unless told not to): one message naming the model and the cause."""
+    from diffusers import DiffusionPipeline
+
+    from gna_diffusers.harness.models import HarnessError, load_pipeline
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", fail)
+    with pytest.raises(HarnessError, match=message):
+        load_pipeline("nvidia/Cosmos3-Nano", torch.device("cpu"), torch.float32)

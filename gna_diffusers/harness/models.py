@@ -69,6 +69,9 @@ def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
     try:
         pipeline = DiffusionPipeline.from_pretrained(str(local) if local.is_dir() else name, torch_dtype=dtype,
                                                      local_files_only=offline)
+    except ImportError as error:  # e.g. Cosmos pipelines build their guardrail, a package of its own
+        raise HarnessError(f"cannot load model {name!r}: its pipeline needs a package that is not installed: "
+                           f"{str(error).splitlines()[0]}") from None
     except (OSError, ValueError) as error:
         where = "the local folder" if local.is_dir() else "the hub (or the local cache, when offline)"
         raise HarnessError(f"cannot load model {name!r} from {where}: {str(error).splitlines()[0]}") from None
