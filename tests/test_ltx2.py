@@ -103,6 +103,22 @@ def test_a_video_self_attention_mask_runs_dense_with_a_warning():
     assert torch.equal(out, stock)
 
 
+def test_a_call_with_positions_but_no_sizes_runs_dense_with_a_warning():
+    """LTX-2.5's DFR pipeline calls the transformer per tile with ``video_coords`` alone (no num_frames, height or
+    width): the grid is not known from plain ints, so the call runs stock, with a warning naming why."""
+    transformer = ltx2.tiny_transformer()
+    inputs = ltx2.transformer_inputs(transformer, GRID, text=7)
+    sizes = {name: inputs.pop(name) for name in ("num_frames", "height", "width")}
+    inputs["video_coords"] = transformer.rope.prepare_video_coords(1, **sizes, device=torch.device("cpu"),
+                                                                   fps=inputs["fps"])
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
+            with pytest.warns(UserWarning, match="needs num_frames, height and width"):
+                out = transformer(**inputs)[0]
+    assert torch.equal(out, stock)
+
+
 @pytest.mark.parametrize("preset", ["ltx2-1080p", "ltx2-4k"])
 def test_shipped_presets_run_on_the_tiny_transformer(preset, monkeypatch):
     transformer = ltx2.tiny_transformer()
