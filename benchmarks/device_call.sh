@@ -3,7 +3,9 @@
 # time a session, each machine start included). Here first: `bash benchmarks/device_wheels.sh`; then each call
 # carries .whl and runs one part:
 #     run(command="bash benchmarks/device_call.sh first", carry=[".whl"], timeout_s=600)
-# A 15-minute session holds one full call and a short second one while the machine is still warm (30 s):
+# A 15-minute session holds one full call and a short second one while the machine is still warm (30 s), e.g.
+#     run(command="DEVICE_CALL_SECONDS=150 bash benchmarks/device_call.sh profile", carry=[".whl"], timeout_s=200)
+# (DEVICE_CALL_SECONDS: the seconds by which every step of the call has ended; 540 by default):
 #   first    the bars in one call: the kernel on the two paper shapes with text keys, full-size
 #            FLUX.1-dev 4096x4096 and HunyuanVideo 768x1280x117, then the CUDA-only tests with the time left
 #            (each step under its own limit, inside ~9 minutes: a step that fails or runs long costs its own
