@@ -6,7 +6,8 @@ LTX-2.3's ``perturbed_attn`` blocks use ``LTX2PerturbedAttnProcessor``, routed t
 
 Layout probe: the call's ``num_frames``, ``height`` and ``width`` (latent units; plain ints, so no host
 sync) over the patch sizes give the (frames, rows, cols) grid of the first tokens of ``hidden_states``
-(B, N, C). Conditioning tokens the pipelines append after the grid (keyframes, IC-LoRA reference videos)
+(B, N, C); a call that passes only ``video_coords`` (LTX-2.5's DFR pipeline, whole or per spatial tile) gives it
+through the positions, read once per positions tensor. Conditioning tokens the pipelines append after the grid (keyframes, IC-LoRA reference videos)
 are context. A video self-attention mask (``video_self_attention_mask``, per query and head) is not a
 window: those calls run dense with a warning.
 
@@ -17,6 +18,7 @@ video tokens; 3840x2176 -> 16x68x120 = 130,560.
 from __future__ import annotations
 
 import functools
+import math
 from math import prod
 
 import torch
@@ -28,7 +30,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, token_layout
 
 from . import ltx_video
-from ._forward import forward_argument
+from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
 from ._latents import latent_size_grid
 
@@ -41,11 +43,60 @@ class GNALTX2PerturbedAttnProcessor(RoutedProcessorMixin, LTX2PerturbedAttnProce
     """LTX2PerturbedAttnProcessor (LTX-2.3) whose attention call runs GNA; perturbation and gates stock."""
 
 
+def grid_from_coords(coords: torch.Tensor) -> tuple[int, int, int] | None:
+    """The (frames, rows, cols) box of video patches that ``video_coords`` (B, 3, N, [start, end)) begin with, or
+    None: row-major, each frame a whole (rows, cols) plane at the first frame's spatial positions, starting where the
+    previous frame ends and, after the second, as long as the second (the first is the causal single-pixel frame).
+    The tokens after the box (keyframes, generated slots, references the pipelines append) are context. A keyframe
+    frame appended right where the box ends, as long as its frames, would read as one more frame. One host sync."""
+    start, end = coords[0, :, :, 0].double().cpu(), coords[0, 0, :, 1].double().cpu()
+    tokens = start.shape[1]
+    in_first_frame = start[0] == start[0, 0]
+    plane = int(in_first_frame.logical_not().nonzero()[0]) if not in_first_frame.all() else tokens
+    in_first_row = in_first_frame[:plane] & (start[1, :plane] == start[1, 0])
+    cols = int(in_first_row.logical_not().nonzero()[0]) if not in_first_row.all() else plane
+    if plane % cols:
+        return None
+    rows = plane // cols
+    heights, widths = start[1, :plane], start[2, :plane]
+    row_heights, col_widths = heights.view(rows, cols)[:, 0], widths[:cols]
+    if not (bool((heights.view(rows, cols) == row_heights[:, None]).all())
+            and bool((widths.view(rows, cols) == col_widths).all())
+            and bool((row_heights.diff() > 0).all()) and bool((col_widths.diff() > 0).all())):  # row-major
+        return None
+    frames = 1
+    while (frames + 1) * plane <= tokens:
+        frame = slice(frames * plane, (frames + 1) * plane)
+        first = frame.start
+        uniform = bool((start[0, frame] == start[0, first]).all()) and bool((end[frame] == end[first]).all())
+        # Times are float32 seconds (pixel frames / fps): equal up to rounding.
+        follows = math.isclose(start[0, first], end[first - plane], rel_tol=1e-5, abs_tol=1e-6)
+        same_length = frames < 2 or math.isclose(end[first] - start[0, first], end[plane] - start[0, plane],
+                                                 rel_tol=1e-5, abs_tol=1e-6)
+        same_plane = torch.equal(start[1, frame], heights) and torch.equal(start[2, frame], widths)
+        if not (uniform and follows and same_length and same_plane):
+            break
+        frames += 1
+    return frames, rows, cols
+
+
+# The pipelines pass the same positions tensor every step; LTX-2.5's DFR pipeline one per tile (its spatial epilogue:
+# frame tiles x 2 x 2) and one untiled.
+_COORD_GRIDS = ReadOncePerTensor(grid_from_coords, keep=17)
+
+
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
-    """The (frames, rows, cols) video grid from the call's latent sizes; appended tokens are context."""
+    """The (frames, rows, cols) video grid from the call's latent sizes or, in a call that passes only positions
+    (LTX-2.5's DFR pipeline, whole or per tile), from ``video_coords``; appended tokens are context."""
     grid = latent_size_grid(module, args, kwargs)
     if grid is None:
-        raise LayoutError("LTX-2 needs num_frames, height and width in the transformer call to know the video grid")
+        coords = forward_argument(module, args, kwargs, "video_coords")
+        if coords is None or torch.compiler.is_compiling():
+            raise LayoutError("LTX-2 needs num_frames, height and width in the transformer call (or video_coords, "
+                              "read outside a compiled graph) to know the video grid")
+        grid = _COORD_GRIDS(coords)
+        if grid is None:
+            raise LayoutError("its video_coords do not begin with a row-major box of video patches")
     tokens = forward_argument(module, args, kwargs, "hidden_states").shape[1]
     if tokens < prod(grid):
         raise LayoutError(f"{tokens} video tokens are fewer than the {grid} grid of num_frames, height and width")

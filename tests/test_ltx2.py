@@ -3,6 +3,7 @@ the audio stream and the cross-attentions stay stock; appended conditioning toke
 perturbed blocks; the pipeline's two schedulers count one step; the harness scores the video."""
 
 import warnings
+from math import prod
 
 import pytest
 import torch
@@ -103,18 +104,74 @@ def test_a_video_self_attention_mask_runs_dense_with_a_warning():
     assert torch.equal(out, stock)
 
 
-def test_a_call_with_positions_but_no_sizes_runs_dense_with_a_warning():
-    """LTX-2.5's DFR pipeline calls the transformer per tile with ``video_coords`` alone (no num_frames, height or
-    width): the grid is not known from plain ints, so the call runs stock, with a warning naming why."""
-    transformer = ltx2.tiny_transformer()
-    inputs = ltx2.transformer_inputs(transformer, GRID, text=7)
+def positions_only(transformer, inputs: dict, slot_frame: int = 5) -> tuple[dict, dict]:
+    """The call as LTX-2.5's DFR pipeline makes it, untiled: no sizes, ``video_coords`` for the grid and for one
+    generated keyframe slot appended after it (a whole single-pixel frame at pixel frame ``slot_frame``, as the
+    pipeline places slots inside the canvas); and the sizes it dropped."""
     sizes = {name: inputs.pop(name) for name in ("num_frames", "height", "width")}
-    inputs["video_coords"] = transformer.rope.prepare_video_coords(1, **sizes, device=torch.device("cpu"),
-                                                                   fps=inputs["fps"])
+    coords = transformer.rope.prepare_video_coords(1, **sizes, device=torch.device("cpu"), fps=inputs["fps"])
+    slot = transformer.rope.prepare_video_coords(1, 1, sizes["height"], sizes["width"], torch.device("cpu"),
+                                                 fps=inputs["fps"])
+    slot[:, 0, :, 0], slot[:, 0, :, 1] = slot_frame / inputs["fps"], (slot_frame + 1) / inputs["fps"]
+    extra = torch.randn(1, slot.shape[2], inputs["hidden_states"].shape[2], generator=torch.Generator().manual_seed(6))
+    return inputs | dict(hidden_states=torch.cat([inputs["hidden_states"], extra], dim=1),
+                         video_coords=torch.cat([coords, slot], dim=2)), sizes
+
+
+def test_a_call_with_positions_alone_reads_its_grid_from_them(monkeypatch):
+    """No num_frames / height / width, only video_coords (LTX-2.5's DFR pipeline): the grid is the box of patches the
+    positions begin with, the appended slot is context, and the output is the one the same call gets with sizes."""
+    transformer = ltx2.tiny_transformer()
+    inputs, sizes = positions_only(transformer, ltx2.transformer_inputs(transformer, GRID, text=7))
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="ltx2", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
+            sparse = transformer(**inputs)[0]
+            assert torch.equal(transformer(**inputs, **sizes)[0], sparse)
+    assert max_diff(sparse, stock) > 1e-3
+    assert spy.contexts == [(GRID, GRID[1] * GRID[2])] * 2 * 3  # the slot's frame of tokens is context
+
+
+def test_dfr_spatial_tiles_each_run_gna_over_their_own_box(monkeypatch):
+    """The DFR pipeline's spatial epilogue (diffusers' own tile plan) calls the transformer per tile with the tile's
+    tokens, then the slot tokens overlapping it, and positions rebased on the tile: each call's grid is its tile's
+    box, and its output the one the same call gets with the tile's sizes."""
+    from diffusers.pipelines.ltx2.dfr_layout import epilogue_tiles, video_tile_plan
+
+    transformer = ltx2.tiny_transformer()
+    inputs, sizes = positions_only(transformer, ltx2.transformer_inputs(transformer, (3, 8, 12), text=7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the plan says it clamps its overlap on a grid this small
+        tiles = epilogue_tiles((3, 8, 12), frame_tiles=1, frame_seams=())
+    plan = video_tile_plan(tiles, inputs["video_coords"], 3, 8, 12)
+    assert len(plan) == 4
+    spy = OperatorSpy(monkeypatch)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
+            for tile, token_plan in zip(tiles, plan):
+                call = inputs | dict(hidden_states=inputs["hidden_states"][:, token_plan.keep],
+                                     video_coords=token_plan.coords)
+                box = tuple(part.stop - part.start for part in (tile.frames, tile.heights, tile.widths))
+                spy.contexts.clear()
+                out = transformer(**call)[0]
+                assert spy.contexts == [(box, len(token_plan.keep) - prod(box))] * 2
+                tile_sizes = dict(num_frames=box[0], height=box[1], width=box[2])
+                assert torch.equal(transformer(**call, **tile_sizes)[0], out)
+
+
+def test_positions_that_begin_with_no_box_run_dense_with_a_warning():
+    transformer = ltx2.tiny_transformer()
+    inputs, _ = positions_only(transformer, ltx2.transformer_inputs(transformer, GRID, text=7))
+    inputs["video_coords"] = inputs["video_coords"].flip(2)  # the slot first, the grid's last frame reversed
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="ltx2", window=2)):
-            with pytest.warns(UserWarning, match="needs num_frames, height and width"):
+            with pytest.warns(UserWarning, match="video_coords do not begin with a row-major box"):
                 out = transformer(**inputs)[0]
     assert torch.equal(out, stock)
 
