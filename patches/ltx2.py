@@ -119,23 +119,26 @@ PATCH = ModelPatch(
 )
 
 
-def tiny_transformer(seed: int = 0, num_layers: int = 2, perturbed_attn: bool = False) -> LTX2VideoTransformer3DModel:
-    """A randomly initialised LTX-2 transformer for CPU tests (video 2 heads x 16, audio 2 heads x 8)."""
+def tiny_transformer(seed: int = 0, num_layers: int = 2, perturbed_attn: bool = False, keyframes: bool = False
+                     ) -> LTX2VideoTransformer3DModel:
+    """A randomly initialised LTX-2 transformer for CPU tests (video 2 heads x 16, audio 2 heads x 8); ``keyframes``:
+    with LTX-2.5's learned keyframe marker, which the DFR pipeline requires."""
     torch.manual_seed(seed)
     return LTX2VideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
         audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=8,
         audio_cross_attention_dim=16, num_layers=num_layers, caption_channels=16, rope_double_precision=False,
-        perturbed_attn=perturbed_attn,
+        perturbed_attn=perturbed_attn, use_keyframes_abs_pos_embedding=keyframes,
     ).eval()
 
 
-
-def tiny_pipeline(seed: int = 0):
+def tiny_pipeline(seed: int = 0, dfr: bool = False):
     """An offline LTX2Pipeline with random weights: a 2-layer Gemma 3 (width 16) behind a byte-level
     tokenizer, the text connectors, video and audio VAEs that compress 2x, a vocoder. 32x32 pixels x 5
-    frames -> a 3x16x16 token grid, with its audio."""
+    frames -> a 3x16x16 token grid, with its audio. ``dfr``: the same parts in LTX-2.5's LTX2DFRPipeline, around a
+    transformer with the keyframe marker."""
     from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline
+    from diffusers.pipelines.ltx2.pipeline_ltx2_dfr import LTX2DFRPipeline
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
@@ -175,9 +178,10 @@ def tiny_pipeline(seed: int = 0):
         in_channels=2 * 8, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
         resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], output_sampling_rate=16000,
     ).eval()
-    return LTX2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae,
-                        text_encoder=text_encoder, tokenizer=tokenizer, connectors=connectors,
-                        transformer=tiny_transformer(seed), vocoder=vocoder)
+    return (LTX2DFRPipeline if dfr else LTX2Pipeline)(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=text_encoder,
+        tokenizer=tokenizer, connectors=connectors, transformer=tiny_transformer(seed, keyframes=dfr), vocoder=vocoder)
+
 
 latent_grid = functools.partial(ltx_video.latent_grid, model="LTX-2")  # LTX-Video's VAE ratios and 1x1x1 patches
 

@@ -164,6 +164,37 @@ def test_dfr_spatial_tiles_each_run_gna_over_their_own_box(monkeypatch):
                 assert torch.equal(transformer(**call, **tile_sizes)[0], out)
 
 
+@pytest.mark.parametrize("tiled", [False, True], ids=["whole canvas", "spatial tiles"])
+def test_dfr_pipeline_runs_gna_on_its_canvas_or_tiles(tiled, monkeypatch):
+    """LTX-2.5's LTX2DFRPipeline (a distilled pass: its own sigmas, no guidance call) at 32x32, 17 frames: a 9x16x16
+    canvas with two generated keyframe slots (a frame of tokens each, context); with ``video_tiles``, diffusers' 2x2
+    spatial epilogue tiles (9x14x14 each). Whole windows reproduce the stock latents; sparse windows change them."""
+    from diffusers.pipelines.ltx2.dfr_layout import epilogue_tiles
+
+    pipe = ltx2.tiny_pipeline(dfr=True)
+    kwargs = {}
+    if tiled:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the plan clamps its overlap on a canvas this small, and says so
+            kwargs["video_tiles"] = epilogue_tiles((9, 16, 16), frame_tiles=1, frame_seams=())
+
+    def generate():
+        return pipe("a red cat", height=32, width=32, num_frames=17, sigmas=[1.0, 0.6, 0.3], output_type="latent",
+                    generator=torch.Generator().manual_seed(0), **kwargs).frames
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="ltx2", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        with enabled(pipe, GNAConfig(family="ltx2", window=2)):
+            assert max_diff(generate(), stock) > 1e-3
+    grids = {grid for grid, _ in spy.contexts}
+    assert grids == ({(9, 14, 14)} if tiled else {(9, 16, 16)})
+    assert max(context for _, context in spy.contexts) == 2 * 16 * 16  # the two slots' tokens
+
+
 def test_positions_that_begin_with_no_box_run_dense_with_a_warning():
     transformer = ltx2.tiny_transformer()
     inputs, _ = positions_only(transformer, ltx2.transformer_inputs(transformer, GRID, text=7))
