@@ -91,19 +91,6 @@ def test_pipeline_counts_each_step_once_over_its_video_and_audio_schedulers(monk
     assert spy.contexts == [((3, 16, 16), 0)] * (2 * 2 * per_step * 2)
 
 
-def test_a_video_self_attention_mask_runs_dense_with_a_warning():
-    transformer = ltx2.tiny_transformer()
-    inputs = ltx2.transformer_inputs(transformer, GRID, text=7)
-    tokens = inputs["hidden_states"].shape[1]
-    inputs["video_self_attention_mask"] = torch.ones(1, tokens, tokens).tril()  # per query: no window
-    with torch.no_grad():
-        stock = transformer(**inputs)[0]
-        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
-            with pytest.warns(UserWarning, match="runs dense"):
-                out = transformer(**inputs)[0]
-    assert torch.equal(out, stock)
-
-
 def positions_only(transformer, inputs: dict, slot_frame: int = 5) -> tuple[dict, dict]:
     """The call as LTX-2.5's DFR pipeline makes it, untiled: no sizes, ``video_coords`` for the grid and for one
     generated keyframe slot appended after it (a whole single-pixel frame at pixel frame ``slot_frame``, as the
@@ -195,14 +182,27 @@ def test_dfr_pipeline_runs_gna_on_its_canvas_or_tiles(tiled, monkeypatch):
     assert max(context for _, context in spy.contexts) == 2 * 16 * 16  # the two slots' tokens
 
 
-def test_positions_that_begin_with_no_box_run_dense_with_a_warning():
+def per_query_mask(transformer, inputs: dict) -> dict:
+    tokens = inputs["hidden_states"].shape[1]
+    return inputs | {"video_self_attention_mask": torch.ones(1, tokens, tokens).tril()}  # per query: no window
+
+
+def positions_without_a_box(transformer, inputs: dict) -> dict:
+    inputs, _ = positions_only(transformer, inputs)
+    return inputs | {"video_coords": inputs["video_coords"].flip(2)}  # the slot first, the frames reversed
+
+
+@pytest.mark.parametrize("change, message", [
+    (per_query_mask, "runs dense"),
+    (positions_without_a_box, "video_coords do not begin with a row-major box"),
+], ids=["video self-attention mask", "positions without a box"])
+def test_calls_gna_cannot_place_run_dense_with_a_warning(change, message):
     transformer = ltx2.tiny_transformer()
-    inputs, _ = positions_only(transformer, ltx2.transformer_inputs(transformer, GRID, text=7))
-    inputs["video_coords"] = inputs["video_coords"].flip(2)  # the slot first, the grid's last frame reversed
+    inputs = change(transformer, ltx2.transformer_inputs(transformer, GRID, text=7))
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="ltx2", window=2)):
-            with pytest.warns(UserWarning, match="video_coords do not begin with a row-major box"):
+            with pytest.warns(UserWarning, match=message):
                 out = transformer(**inputs)[0]
     assert torch.equal(out, stock)
 
