@@ -183,6 +183,22 @@ def tiny_pipeline(seed: int = 0, dfr: bool = False):
         tokenizer=tokenizer, connectors=connectors, transformer=tiny_transformer(seed, keyframes=dfr), vocoder=vocoder)
 
 
+def tiny_temporal_refine_pipeline(dfr_pipeline):
+    """LTX-2.5's LTX2DFRTemporalRefinePipeline around the parts of ``tiny_pipeline(dfr=True)``, with a tiny temporal
+    latent upsampler (random weights; it doubles the latent frames, as the real one)."""
+    from diffusers import LTXEulerAncestralRFScheduler
+    from diffusers.pipelines.ltx2 import LTX2LatentUpsamplerModel
+    from diffusers.pipelines.ltx2.pipeline_ltx2_dfr_temporal_refine import LTX2DFRTemporalRefinePipeline
+
+    torch.manual_seed(0)
+    upsampler = LTX2LatentUpsamplerModel(in_channels=4, mid_channels=32, num_blocks_per_stage=1, spatial_upsample=False,
+                                         temporal_upsample=True, use_rational_resampler=False).eval()
+    parts = ("vae", "audio_vae", "text_encoder", "tokenizer", "connectors", "transformer", "vocoder")
+    return LTX2DFRTemporalRefinePipeline(scheduler=LTXEulerAncestralRFScheduler(eta=0.5),
+                                         temporal_latent_upsampler=upsampler,
+                                         **{name: dfr_pipeline.components[name] for name in parts})
+
+
 latent_grid = functools.partial(ltx_video.latent_grid, model="LTX-2")  # LTX-Video's VAE ratios and 1x1x1 patches
 
 

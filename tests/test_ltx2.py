@@ -151,6 +151,20 @@ def test_dfr_spatial_tiles_each_run_gna_over_their_own_box(monkeypatch):
                 assert torch.equal(transformer(**call, **tile_sizes)[0], out)
 
 
+def whole_then_sparse(pipe, generate, monkeypatch) -> list[tuple]:
+    """``generate()`` stock, with whole windows (it must reproduce the stock latents) and with sparse ones (it must
+    change them), with no GNA notice; the (grid, context keys) of every routed call."""
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="ltx2", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        with enabled(pipe, GNAConfig(family="ltx2", window=2)):
+            assert max_diff(generate(), stock) > 1e-3
+    return spy.contexts
+
+
 @pytest.mark.parametrize("tiled", [False, True], ids=["whole canvas", "spatial tiles"])
 def test_dfr_pipeline_runs_gna_on_its_canvas_or_tiles(tiled, monkeypatch):
     """LTX-2.5's LTX2DFRPipeline (a distilled pass: its own sigmas, no guidance call) at 32x32, 17 frames: a 9x16x16
@@ -169,17 +183,27 @@ def test_dfr_pipeline_runs_gna_on_its_canvas_or_tiles(tiled, monkeypatch):
         return pipe("a red cat", height=32, width=32, num_frames=17, sigmas=[1.0, 0.6, 0.3], output_type="latent",
                     generator=torch.Generator().manual_seed(0), **kwargs).frames
 
-    stock = generate()
-    spy = OperatorSpy(monkeypatch)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        with enabled(pipe, GNAConfig(family="ltx2", window=-1)):
-            assert max_diff(generate(), stock) <= 1e-5
-        with enabled(pipe, GNAConfig(family="ltx2", window=2)):
-            assert max_diff(generate(), stock) > 1e-3
-    grids = {grid for grid, _ in spy.contexts}
-    assert grids == ({(9, 14, 14)} if tiled else {(9, 16, 16)})
-    assert max(context for _, context in spy.contexts) == 2 * 16 * 16  # the two slots' tokens
+    contexts = whole_then_sparse(pipe, generate, monkeypatch)
+    assert {grid for grid, _ in contexts} == ({(9, 14, 14)} if tiled else {(9, 16, 16)})
+    assert max(context for _, context in contexts) == 2 * 16 * 16  # the two slots' tokens
+
+
+def test_dfr_temporal_refine_round_runs_gna_on_each_window(monkeypatch):
+    """LTX2DFRTemporalRefinePipeline after a DFR pass (its latents, keyframe slots and audio): the round doubles the
+    latent frames and denoises temporal windows, each call passing positions only (grids 9x16x16 and 17x16x16 here,
+    the keyframes context). Whole windows reproduce its latents; sparse windows change them."""
+    pipe = ltx2.tiny_pipeline(dfr=True)
+    first = pipe("a red cat", height=32, width=32, num_frames=17, sigmas=[1.0, 0.6, 0.3], output_type="latent",
+                 generator=torch.Generator().manual_seed(0))
+    refine = ltx2.tiny_temporal_refine_pipeline(pipe)
+
+    def generate():
+        return refine(latents=first.frames, keyframes_latents=first.keyframes, audio_latents=first.audio,
+                      keyframe_positions=first.keyframe_positions, prompt="a red cat", height=32, width=32,
+                      num_frames=17, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+
+    contexts = whole_then_sparse(refine, generate, monkeypatch)
+    assert {grid for grid, _ in contexts} == {(9, 16, 16), (17, 16, 16)}
 
 
 def per_query_mask(transformer, inputs: dict) -> dict:
