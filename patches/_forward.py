@@ -28,6 +28,9 @@ def forward_argument(module, args: tuple, kwargs: dict, name: str):
     return value
 
 
+_NOT_READ = object()
+
+
 class ReadOncePerTensor(Generic[T]):
     """``read(tensor)`` (a host sync, e.g. a grid read from position ids), computed again only when another tensor
     comes: pipelines pass the same ids tensor every step, so it syncs once per generation. The last ``keep`` tensors
@@ -38,13 +41,17 @@ class ReadOncePerTensor(Generic[T]):
         self.keep = keep
         self._last: list[tuple[weakref.ref, T]] = []
 
+    def _lookup(self, tensor: torch.Tensor):
+        return next((value for ref, value in self._last if ref() is tensor), _NOT_READ)
+
     def cached(self, tensor: torch.Tensor) -> T | None:
         """The value read from this very tensor, or None (no read)."""
-        return next((value for ref, value in self._last if ref() is tensor), None)
+        value = self._lookup(tensor)
+        return None if value is _NOT_READ else value
 
     def __call__(self, tensor: torch.Tensor) -> T:
-        value = self.cached(tensor)
-        if value is None:
+        value = self._lookup(tensor)  # a read that gave None (a layout not placed) is not repeated either
+        if value is _NOT_READ:
             value = self.read(tensor)
             self._last = [*self._last, (weakref.ref(tensor), value)][-self.keep:]
         return value
