@@ -17,6 +17,20 @@ from ._forward import forward_argument
 PatchSizes = Callable[[torch.nn.Module], tuple[int, ...]]  # transformer -> its patch per grid axis
 
 
+def row_major_plane(row_pos: torch.Tensor, col_pos: torch.Tensor) -> tuple[int, int] | None:
+    """(rows, cols) when N tokens' row and column positions (N,) lay them out as one row-major plane: the row position
+    constant along a row and increasing down, the column positions the same in every row and increasing along it
+    (positions are compared, not counted from 0, so any offset or scale works); else None. Syncs with the host (FLUX's
+    image ids, LTX-2's patch coordinates)."""
+    cols = int((row_pos == row_pos[0]).cumprod(0).sum())
+    rows = row_pos.shape[0] // cols
+    if rows * cols != row_pos.shape[0]:
+        return None
+    h, w = row_pos.reshape(rows, cols), col_pos.reshape(rows, cols)
+    row_major = (h == h[:, :1]).all() & (w == w[:1]).all() & (h[1:, 0] > h[:-1, 0]).all() & (w[0, 1:] > w[0, :-1]).all()
+    return (rows, cols) if bool(row_major) else None
+
+
 class LatentLayout:
     """``layout_probe`` and ``layout_from_prepared`` of a family whose image stream is the token grid alone, the
     latents over the patch sizes; subclasses say which latent axes form the grid (``grid``) and which latent ranks

@@ -22,6 +22,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
+from ._latents import row_major_plane
 
 
 class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
@@ -34,14 +35,10 @@ def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
     the same in every row and increasing along it: rows and columns are counted, so any scale of the
     position ids works, e.g. FLUX.3's 0.5); the rest are context. Syncs with the host."""
     leading = int((ids[:, 0] == ids[0, 0]).cumprod(0).sum())
-    row_id, col_id = ids[:leading, 1], ids[:leading, 2]
-    cols = int((row_id == row_id[0]).cumprod(0).sum())
-    rows = leading // cols
+    plane = row_major_plane(ids[:leading, 1], ids[:leading, 2])
     # One token is no grid (random ids, as diffusers' own model tests pass, give a run of one).
-    if rows * cols == leading and (leading > 1 or ids.shape[0] == 1):
-        h, w = row_id.reshape(rows, cols), col_id.reshape(rows, cols)
-        if bool((h == h[:, :1]).all() & (w == w[:1]).all() & (h[1:, 0] > h[:-1, 0]).all() & (w[0, 1:] > w[0, :-1]).all()):
-            return token_layout((rows, cols), ids.shape[0])
+    if plane is not None and (leading > 1 or ids.shape[0] == 1):
+        return token_layout(plane, ids.shape[0])
     raise LayoutError(
         f"the first {leading} image tokens (img_ids with id[0] = {ids[0, 0].item():g}) are not one row-major grid"
     )

@@ -7,9 +7,9 @@ LTX-2.3's ``perturbed_attn`` blocks use ``LTX2PerturbedAttnProcessor``, routed t
 Layout probe: the call's ``num_frames``, ``height`` and ``width`` (latent units; plain ints, so no host
 sync) over the patch sizes give the (frames, rows, cols) grid of the first tokens of ``hidden_states``
 (B, N, C); a call that passes only ``video_coords`` (LTX-2.5's DFR pipeline, whole or per spatial tile) gives it
-through the positions, read once per positions tensor. Conditioning tokens the pipelines append after the grid (keyframes, IC-LoRA reference videos)
-are context. A video self-attention mask (``video_self_attention_mask``, per query and head) is not a
-window: those calls run dense with a warning.
+through the positions, read once per positions tensor. Conditioning tokens the pipelines append after the grid
+(keyframes, IC-LoRA reference videos) are context. A video self-attention mask (``video_self_attention_mask``, per
+query and head) is not a window: those calls run dense with a warning.
 
 The VAE compresses 8x in time and 32x in space, patch 1x1x1: 1920x1088, 121 frames -> 16x34x60 = 32,640
 video tokens; 3840x2176 -> 16x68x120 = 130,560.
@@ -32,7 +32,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 from . import ltx_video
 from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
-from ._latents import latent_size_grid
+from ._latents import latent_size_grid, row_major_plane
 
 
 class GNALTX2AttnProcessor(RoutedProcessorMixin, LTX2AudioVideoAttnProcessor):
@@ -51,18 +51,10 @@ def grid_from_coords(coords: torch.Tensor) -> tuple[int, int, int] | None:
     frame appended right where the box ends, as long as its frames, would read as one more frame. One host sync."""
     start, end = coords[0, :, :, 0].double().cpu(), coords[0, 0, :, 1].double().cpu()
     tokens = start.shape[1]
-    in_first_frame = start[0] == start[0, 0]
-    plane = int(in_first_frame.logical_not().nonzero()[0]) if not in_first_frame.all() else tokens
-    in_first_row = in_first_frame[:plane] & (start[1, :plane] == start[1, 0])
-    cols = int(in_first_row.logical_not().nonzero()[0]) if not in_first_row.all() else plane
-    if plane % cols:
-        return None
-    rows = plane // cols
+    plane = int((start[0] == start[0, 0]).cumprod(0).sum())  # the first frame's tokens
     heights, widths = start[1, :plane], start[2, :plane]
-    row_heights, col_widths = heights.view(rows, cols)[:, 0], widths[:cols]
-    if not (bool((heights.view(rows, cols) == row_heights[:, None]).all())
-            and bool((widths.view(rows, cols) == col_widths).all())
-            and bool((row_heights.diff() > 0).all()) and bool((col_widths.diff() > 0).all())):  # row-major
+    sizes = row_major_plane(heights, widths)
+    if sizes is None:
         return None
     frames = 1
     while (frames + 1) * plane <= tokens:
@@ -77,7 +69,7 @@ def grid_from_coords(coords: torch.Tensor) -> tuple[int, int, int] | None:
         if not (uniform and follows and same_length and same_plane):
             break
         frames += 1
-    return frames, rows, cols
+    return frames, *sizes
 
 
 # The pipelines pass the same positions tensor every step; LTX-2.5's DFR pipeline one per tile (its spatial epilogue:
