@@ -440,6 +440,26 @@ def test_layerwise_casting_keeps_gna_exact_and_sparse():
             assert max_diff(transformer(**inputs)[0], stock) > 1e-3
 
 
+def test_torchao_quantized_transformer_keeps_gna_exact_and_sparse(tmp_path):
+    """A transformer loaded through diffusers' torchao quantizer (int8 weights: every projection becomes a torchao
+    tensor subclass): GNA sits between the projections, so it is exact with whole windows and sparse with small
+    ones. (Compiled per block as well, it passed once by hand but takes a minute on a CPU: not run here.)"""
+    from diffusers import TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    flux.tiny_transformer().save_pretrained(tmp_path)
+    transformer = flux.FluxTransformer2DModel.from_pretrained(
+        tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())).eval()
+    assert type(transformer.single_transformer_blocks[0].attn.to_q.weight).__module__.startswith("torchao")
+    inputs = flux.transformer_inputs(transformer, (4, 4), text=5)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="flux", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= TOL
+        with enabled(transformer, GNAConfig(family="flux", window=2)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+
+
 def test_cpu_offload_hooks_keep_the_layout_probe_and_step_count(pipe, family):
     stock = generate(pipe, family)
     handle = apply(pipe, whole(family, dense_steps=1))
