@@ -440,20 +440,42 @@ def test_layerwise_casting_keeps_gna_exact_and_sparse():
             assert max_diff(transformer(**inputs)[0], stock) > 1e-3
 
 
-def test_torchao_quantized_transformer_keeps_gna_exact_and_sparse(tmp_path):
-    """A transformer loaded through diffusers' torchao quantizer (int8 weights: every projection becomes a torchao
-    tensor subclass): GNA sits between the projections, so it is exact with whole windows and sparse with small
-    ones. (Compiled per block as well, it passed once by hand but takes a minute on a CPU: not run here.)"""
-    from diffusers import TorchAoConfig
-    from torchao.quantization import Int8WeightOnlyConfig
+def write_gguf(model: torch.nn.Module, path) -> None:
+    """``model``'s state dict as a GGUF file under diffusers' own key names: 2-D weights whose rows split into
+    Q8_0 blocks (32 values, one scale each) quantized, the rest float32."""
+    import gguf
 
-    flux.tiny_transformer().save_pretrained(tmp_path)
-    transformer = flux.FluxTransformer2DModel.from_pretrained(
-        tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig())).eval()
-    assert type(transformer.single_transformer_blocks[0].attn.to_q.weight).__module__.startswith("torchao")
+    writer = gguf.GGUFWriter(str(path), "flux")
+    for name, tensor in model.state_dict().items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[1] % 32 == 0:
+            blocks = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_quantized_transformer_keeps_gna_exact_and_sparse(tmp_path):
+    """A FLUX transformer loaded from a Q8_0 GGUF file (``from_single_file`` with diffusers' GGUF quantizer, the
+    way FLUX GGUF checkpoints are run: every projection becomes a ``GGUFLinear`` that dequantizes its weight per
+    call). GNA sits between the projections, so it is exact with whole windows and sparse with small ones."""
+    from diffusers import GGUFQuantizationConfig
+
+    stock_model = flux.tiny_transformer()
+    stock_model.save_pretrained(tmp_path)  # the config from_single_file reads
+    write_gguf(stock_model, tmp_path / "transformer-Q8_0.gguf")
+    transformer = flux.FluxTransformer2DModel.from_single_file(
+        str(tmp_path / "transformer-Q8_0.gguf"), config=str(tmp_path),
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32)).eval()
+    assert type(transformer.single_transformer_blocks[0].attn.to_q).__name__ == "GGUFLinear"
     inputs = flux.transformer_inputs(transformer, (4, 4), text=5)
     with torch.no_grad():
         stock = transformer(**inputs)[0]
+        assert 0 < max_diff(stock, stock_model(**inputs)[0]) < 0.05  # quantized weights, the same model
         with enabled(transformer, GNAConfig(family="flux", window=-1)):
             assert max_diff(transformer(**inputs)[0], stock) <= TOL
         with enabled(transformer, GNAConfig(family="flux", window=2)):
