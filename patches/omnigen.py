@@ -10,8 +10,8 @@ dense.
 Layout probe: hidden_states (B, C, H, W) over the 2x2 patch, row-major, last in the sequence: 1024x1024 -> 128x128
 latents -> 64x64 (4,096 image tokens).
 
-OmniGenPipeline needs torchvision, which gna-diffusers does not install: ``apply`` works on a pipeline of yours, and
-the harness times the transformer alone (``--random-weights``).
+OmniGenPipeline needs torchvision, which gna-diffusers does not install: ``apply`` works on a pipeline of yours (its
+test runs where torchvision is installed), and the harness times the transformer alone (``--random-weights``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,18 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> OmniGenTransformer2D
 
 
 latent_grid = flux.latent_grid  # an 8x VAE and 2x2 patches: 16 pixels per image token
+
+
+def tiny_pipeline(seed: int = 0):
+    """An offline OmniGenPipeline with random weights: 64x64 pixels -> 8x8 latents (an 8x VAE, as the pipeline's
+    input-image patching assumes) -> a 4x4 grid of 2x2 patches. A per-character Llama tokenizer (OmniGen's is
+    Phi-3's). diffusers builds the pipeline's image processor from torchvision: without it this raises."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, OmniGenPipeline
+
+    from .hunyuan_video import tiny_llama_tokenizer
+
+    return OmniGenPipeline(transformer=tiny_transformer(seed), scheduler=FlowMatchEulerDiscreteScheduler(),
+                           vae=flux.tiny_vae(latent_channels=4, blocks=4), tokenizer=tiny_llama_tokenizer())
 
 
 def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batch: int = 1, device="cpu",

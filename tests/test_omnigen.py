@@ -62,6 +62,43 @@ def test_sparse_windows_equal_an_independent_masked_attention(image, monkeypatch
     assert max_diff(routed, expected) <= 1e-5
 
 
+@pytest.mark.parametrize("edit", [False, True], ids=["text-to-image", "editing"])
+def test_pipeline_runs_gna_after_the_warm_up(edit, monkeypatch):
+    """OmniGenPipeline on a 4x4 grid, guidance in one batch (text-to-image: prompt and negative prompt; editing:
+    also the image-only prompt, whose input image's patches are condition tokens): whole windows reproduce it, a
+    sparse preset routes the steps after the dense one."""
+    pytest.importorskip("torchvision", reason="diffusers builds OmniGenPipeline's image processor from torchvision")
+    from PIL import Image
+
+    pipe = omnigen.tiny_pipeline()
+    prompt, images = "a red cat", None
+    if edit:  # a 32x48 input image: 2x3 patch tokens in the prompt
+        prompt = "<img><|image_1|></img> make it blue"
+        images = [Image.fromarray(torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8).numpy())]
+
+    def generate():
+        torch.manual_seed(0)  # the pipeline samples the input image's latents without the generator
+        return pipe(prompt, input_images=images, height=64, width=64, num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    batches = []
+    pipe.transformer.register_forward_pre_hook(lambda _, args, kwargs: batches.append(len(kwargs["hidden_states"])),
+                                               with_kwargs=True)
+    stock = generate()
+    assert set(batches) == {3 if edit else 2}
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="omnigen", window=-1)) as handle:
+            assert max_diff(generate(), stock) <= 1e-5
+            assert handle.runtime.grid == (4, 4)
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="omnigen", window=2, dense_steps=1)) as handle:
+            sparse = generate()
+            assert handle.runtime.step == 3
+    assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3
+    assert len(spy.windows) == 2 * 2  # 2 sparse steps x 2 layers, the guidance branches in one batch
+
+
 def test_compare_refuses_real_weights_and_names_the_way_in():
     from gna_diffusers.harness.models import HarnessError, load_pipeline
 
