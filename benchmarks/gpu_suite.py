@@ -169,6 +169,9 @@ MODEL_CASES = [
     # Cosmos 3 Omni at its pipeline's default size (diffusers' class defaults, 15.2B; the name is the checkpoint
     # diffusers' docs load, whose config was not checked offline): 48x23x40 video tokens after a 256-token prompt.
     ModelCase("Cosmos 3 Omni 720x1280x189", "nvidia/Cosmos3-Nano", "cosmos3-720p", 720, 1280, 189, 35, None, None),
+    # MiniMax-H3 (33.1B: 61.7 GiB of bf16 weights, which leave an H100 about 17 GiB) at its modular pipeline's
+    # defaults: 37x24x42 video tokens after a 256-token prompt and 414 audio rows.
+    ModelCase("MiniMax-H3 768x1344x124", "MiniMaxAI/MiniMax-H3", "minimax-h3-768p", 768, 1344, 124, 50, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.
