@@ -634,9 +634,24 @@ def _unwrap_compiled(module):
     return module
 
 
+def _other_transformer(pipeline) -> torch.nn.Module | None:
+    """A pipeline's transformer loaded under another of its family's names alone (MiniMax-H3's omni-reference
+    workflow loads only ``transformer_ref``), else None."""
+    from gna_diffusers.patches import PATCHES
+
+    for patch in PATCHES.values():
+        for name in patch.pipeline_transformers[1:]:
+            model = getattr(pipeline, name, None)
+            if isinstance(model, torch.nn.Module) and patch.handles(_unwrap_compiled(model)):
+                return model
+    return None
+
+
 def _find_parts(target) -> tuple[torch.nn.Module, object | None]:
     """(transformer, scheduler) of a pipeline, or (transformer, None) for a bare transformer."""
     transformer = getattr(target, "transformer", None)
+    if transformer is None and not isinstance(target, torch.nn.Module):
+        transformer = _other_transformer(target)
     if isinstance(transformer, torch.nn.Module):
         return _unwrap_compiled(transformer), getattr(target, "scheduler", None)
     if isinstance(target, torch.nn.Module):
@@ -706,7 +721,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     if transformer is not getattr(target, "transformer", transformer):
         logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
     block_counts = {name: len(blocks) for name, blocks in patch.block_lists(transformer).items()}
-    transformers = [transformer] + (_more_transformers(target, patch, block_counts) if scheduler is not None else [])
+    more = _more_transformers(target, patch, block_counts, transformer) if scheduler is not None else []
+    transformers = [transformer, *more]
     patterns = layer_patterns(config, block_counts)
     # Raises for a fractional warm-up without a scheduler to count steps.
     runtime = _Runtime(config, patterns, scheduler is None, transformer, patch)
@@ -808,14 +824,15 @@ def _register_with_diffusers_hooks(gna_class: type) -> None:
             return
 
 
-def _more_transformers(pipeline, patch: ModelPatch, counts: dict[str, int]) -> list[torch.nn.Module]:
-    """A pipeline's other transformers of the family (e.g. Wan 2.2's low-noise expert), checked to have
-    the first one's block ``counts``, since one preset's layer selection serves them all; and its ControlNets
+def _more_transformers(pipeline, patch: ModelPatch, counts: dict[str, int], first: torch.nn.Module
+                       ) -> list[torch.nn.Module]:
+    """A pipeline's transformers of the family besides ``first`` (e.g. Wan 2.2's low-noise expert), checked to
+    have the first one's block ``counts``, since one preset's layer selection serves them all; and its ControlNets
     of the family with at most those counts (the others stay dense: see apply)."""
     more = []
     for name in patch.pipeline_transformers[1:]:
         model = getattr(pipeline, name, None)
-        if model is None:
+        if model is None or _unwrap_compiled(model) is first:
             continue
         model = _unwrap_compiled(model)
         other = {block: len(blocks) for block, blocks in patch.block_lists(model).items()}

@@ -16,7 +16,8 @@ rows (stereo, 207 latents a channel).
 
 diffusers ships it as modular pipelines only (``MiniMaxH3ModularPipeline``), which ``apply`` takes like any
 pipeline (its ``transformer`` and ``scheduler``; the audio scheduler steps in the same round). The omni-reference
-workflow (``ref2va``) loads its transformer as ``transformer_ref``: apply GNA to the other workflows.
+workflow (``ref2va``) runs its own partition, ``transformer_ref``, over [text, reference blocks (images, videos,
+audio), target audio, target video]: patched too (alone when it is the only one loaded); the references are context.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ PATCH = ModelPatch(
     text_first=True,  # the stream is the whole sequence, the grid at its end
     layout_probe=layout_probe,
     video=True,
+    pipeline_transformers=("transformer", "transformer_ref"),  # the omni-reference workflow's partition
 )
 
 # The modular pipeline's video and audio latent channels without a VAE loaded (the released VAEs').

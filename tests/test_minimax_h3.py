@@ -124,6 +124,45 @@ def test_modular_pipeline_counts_its_steps_and_runs_gna(monkeypatch):
         assert torch.isfinite(generate()).all()
 
 
+def test_omni_reference_workflow_patches_its_own_transformer(monkeypatch):
+    """The ref2va core denoise blocks load only ``transformer_ref`` and pack [text, an image reference, a video
+    reference with its soundtrack, target audio, target video]: the references are context of the video's windows;
+    apply and remove find the transformer under that name."""
+    import numpy as np
+    from diffusers import MiniMaxH3Scheduler
+    from diffusers.modular_pipelines.minimax_h3 import MiniMaxH3ImageReference, MiniMaxH3VideoReference
+    from diffusers.modular_pipelines.minimax_h3.modular_blocks_minimax_h3 import MiniMaxH3Ref2VACoreDenoiseStep
+
+    pipe = MiniMaxH3Ref2VACoreDenoiseStep().init_pipeline()
+    pipe.update_components(transformer_ref=minimax_h3.tiny_transformer(), scheduler=MiniMaxH3Scheduler(shift=12.0),
+                           audio_scheduler=MiniMaxH3Scheduler(shift=3.0))
+    assert getattr(pipe, "transformer", None) is None
+    gen = torch.Generator().manual_seed(1)
+    references = [MiniMaxH3ImageReference(image=np.zeros((64, 64, 3), dtype="uint8")),
+                  MiniMaxH3VideoReference(frames=np.zeros((5, 64, 64, 3), dtype="uint8"), audio=torch.zeros(2, 100))]
+    inputs = dict(prompt_embeds=torch.randn(1, TEXT, 16, generator=gen),
+                  text_token_tags=torch.ones(TEXT, dtype=torch.long), normalized_references=references,
+                  condition_latents=[torch.randn(1, 24, 1, 4, 6, generator=gen),
+                                     torch.randn(1, 24, 2, 8, 6, generator=gen)],
+                  audio_condition_latents=[torch.randn(2 * 3, 32, generator=gen)], height=128, width=96, num_frames=124,
+                  num_inference_steps=3, output="latents")
+
+    def generate():
+        return pipe(**inputs, generator=torch.Generator().manual_seed(0))
+
+    stock = generate()
+    with enabled(pipe, GNAConfig(family="minimax-h3", window=-1)) as handle:
+        assert max_diff(generate(), stock) <= 1e-5
+        assert handle.transformers == [pipe.transformer_ref] and handle.runtime.layout.grid == (37, 4, 3)
+    spy = OperatorSpy(monkeypatch)
+    with enabled(pipe, GNAConfig(family="minimax-h3", window=3, dense_steps=1)):
+        sparse = generate()
+    assert torch.equal(generate(), stock)  # removed
+    # 1 sparse call x 2 layers; context: 7 text rows, the image's 2x3 and the video's 2x4x3 patches, the video's 6
+    # audio rows and the target's 414 (stereo, 207 latents a channel)
+    assert spy.contexts == [((37, 4, 3), 7 + 6 + 24 + 6 + 414)] * 2 and max_diff(sparse, stock) > 1e-3
+
+
 def test_regional_compilation_runs_gna_like_eager():
     transformer = minimax_h3.tiny_transformer()
     inputs = minimax_h3.transformer_inputs(transformer, GRID, text=TEXT)
