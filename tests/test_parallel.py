@@ -1,6 +1,6 @@
 """GNA under diffusers' context parallelism, on CPU with gloo processes: each family's tiny transformer
 sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, HunyuanImage 2.1, LTX-Video, ChronoEdit,
-Helios with its history), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
+Helios with its history, MiniMax-H3's packed sequence), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
 enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are
 sharded too; HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks, and
 so does diffusers' tensor parallelism (heads sharded) on the families with a ``_tp_plan``.
@@ -42,6 +42,8 @@ def config_for(family: str):
         return GNAConfig(family="ltx-video", base_grid=[2, 4, 4], window=[2, 2, 2])
     if family == "qwen-image-2.1":
         return GNAConfig(family="qwen-image-2.1", base_grid=[4, 6], window=[2, 2])
+    if family == "minimax-h3":
+        return GNAConfig(family="minimax-h3", base_grid=[5, 3, 4], window=[2, 2, 2])
     if family in ("helios", "chronoedit", "skyreels-v2", "wan-vace", "wan-animate", "kandinsky5"):
         family = "wan" if family == "wan-vace" else family
         return GNAConfig(family=family, base_grid=[4, 4, 4], window=[2, 2, 2])
@@ -50,7 +52,7 @@ def config_for(family: str):
 
 def inputs_for(family: str, transformer):
     from gna_diffusers.patches import (chronoedit, flux, flux2, helios, hunyuan_image, hunyuan_video, kandinsky5,
-                                       ltx_video, qwen_image, qwen_image21, skyreels_v2, wan, wan_animate)
+                                       ltx_video, minimax_h3, qwen_image, qwen_image21, skyreels_v2, wan, wan_animate)
 
     if family == "flux":
         return flux.transformer_inputs(transformer, (8, 8), text=6, batch=2)
@@ -69,6 +71,8 @@ def inputs_for(family: str, transformer):
         return helios.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2, history=(8, 2, 2))  # 38 tokens
     if family == "chronoedit":
         return chronoedit.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
+    if family == "minimax-h3":  # one packed sequence split at the first block: 8 text + 16 audio + 60 video rows
+        return minimax_h3.transformer_inputs(transformer, (5, 3, 4), text=8, batch=2)
     if family == "kandinsky5":
         return kandinsky5.transformer_inputs(transformer, (4, 4, 4), text=6, batch=2)
     if family == "wan-animate":
@@ -99,8 +103,9 @@ def tiny_transformer(case: str):
 
 # LTX-Video's plan shards the text too, and gna_diffusers' sublayer plans (Wan VACE, SkyReels-V2, Wan Animate,
 # Kandinsky 5) shard the cross-attention's queries, so their stock cross-attention runs diffusers' native ring
-# attention, which cannot return the LSE on CPU.
-NO_CPU_RING = {"ltx-video", "skyreels-v2", "wan-vace", "wan-animate", "kandinsky5"}
+# attention, which cannot return the LSE on CPU; so does MiniMax-H3's token refiner (its stock self-attention over
+# the text, before diffusers' plan splits the sequence).
+NO_CPU_RING = {"ltx-video", "skyreels-v2", "wan-vace", "wan-animate", "kandinsky5", "minimax-h3"}
 
 
 def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
@@ -159,7 +164,7 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
 
 @pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video", "chronoedit",
                                     "helios", "hunyuan-image", "skyreels-v2", "wan-vace", "wan-animate",
-                                    "kandinsky5"])
+                                    "kandinsky5", "minimax-h3"])
 def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
     mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
     results = torch.load(tmp_path / f"{family}.pt")
