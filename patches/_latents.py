@@ -17,12 +17,17 @@ from ._forward import forward_argument
 PatchSizes = Callable[[torch.nn.Module], tuple[int, ...]]  # transformer -> its patch per grid axis
 
 
+def leading_run(flags: torch.Tensor) -> int:
+    """How many of a boolean vector's first entries are all True (one host sync)."""
+    return int(flags.cumprod(0).sum())
+
+
 def row_major_plane(row_pos: torch.Tensor, col_pos: torch.Tensor) -> tuple[int, int] | None:
     """(rows, cols) when N tokens' row and column positions (N,) lay them out as one row-major plane: the row position
     constant along a row and increasing down, the column positions the same in every row and increasing along it
     (positions are compared, not counted from 0, so any offset or scale works); else None. Syncs with the host (FLUX's
     image ids, LTX-2's patch coordinates)."""
-    cols = int((row_pos == row_pos[0]).cumprod(0).sum())
+    cols = leading_run(row_pos == row_pos[0])
     rows = row_pos.shape[0] // cols
     if rows * cols != row_pos.shape[0]:
         return None

@@ -22,7 +22,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
-from ._latents import row_major_plane
+from ._latents import leading_run, row_major_plane
 
 
 class GNAFluxAttnProcessor(RoutedProcessorMixin, FluxAttnProcessor):
@@ -34,7 +34,7 @@ def layout_from_ids(ids: torch.Tensor) -> TokenLayout:
     the first token's id[0], one row-major grid (row id constant along a row and increasing down, column id
     the same in every row and increasing along it: rows and columns are counted, so any scale of the
     position ids works, e.g. FLUX.3's 0.5); the rest are context. Syncs with the host."""
-    leading = int((ids[:, 0] == ids[0, 0]).cumprod(0).sum())
+    leading = leading_run(ids[:, 0] == ids[0, 0])
     plane = row_major_plane(ids[:leading, 1], ids[:leading, 2])
     # One token is no grid (random ids, as diffusers' own model tests pass, give a run of one).
     if plane is not None and (leading > 1 or ids.shape[0] == 1):

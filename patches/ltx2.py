@@ -32,7 +32,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 from . import ltx_video
 from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
-from ._latents import latent_size_grid, row_major_plane
+from ._latents import latent_size_grid, leading_run, row_major_plane
 
 
 class GNALTX2AttnProcessor(RoutedProcessorMixin, LTX2AudioVideoAttnProcessor):
@@ -51,7 +51,7 @@ def grid_from_coords(coords: torch.Tensor) -> tuple[int, int, int] | None:
     frame appended right where the box ends, as long as its frames, would read as one more frame. One host sync."""
     start, end = coords[0, :, :, 0].double().cpu(), coords[0, 0, :, 1].double().cpu()
     tokens = start.shape[1]
-    plane = int((start[0] == start[0, 0]).cumprod(0).sum())  # the first frame's tokens
+    plane = leading_run(start[0] == start[0, 0])  # the first frame's tokens
     heights, widths = start[1, :plane], start[2, :plane]
     sizes = row_major_plane(heights, widths)
     if sizes is None:

@@ -34,7 +34,7 @@ from gna_diffusers.route import LayoutError, RoutedProcessorMixin, TokenLayout, 
 
 from ._forward import ReadOncePerTensor, forward_argument
 from ._inputs import seeded_randn
-from ._latents import row_major_plane
+from ._latents import leading_run, row_major_plane
 
 
 class GNAMiniMaxH3AttnProcessor(RoutedProcessorMixin, MiniMaxH3AttnProcessor):
@@ -42,23 +42,18 @@ class GNAMiniMaxH3AttnProcessor(RoutedProcessorMixin, MiniMaxH3AttnProcessor):
     stock."""
 
 
-def trailing_run(flags: torch.Tensor) -> int:
-    """How many of the last entries of a boolean vector are all True (one host sync)."""
-    return int(flags.flip(0).to(torch.int64).cumprod(0).sum())
-
-
 def _video_tail(video_indices: torch.Tensor) -> int:
     """How many video rows end the sequence consecutively (the target video, after any condition rows)."""
     count = video_indices.numel()
     last = video_indices[-1] + 1
-    return trailing_run(video_indices == last - count + torch.arange(count, device=video_indices.device))
+    return leading_run((video_indices == last - count + torch.arange(count, device=video_indices.device)).flip(0))
 
 
 def _target_grid(position_ids: torch.Tensor) -> tuple[int, int, int] | None:
     """(T, H, W) of the frames that end the sequence: each a row-major plane at the last frame's (h, w)
     coordinates and one time, the times increasing frame to frame; None when the last rows form no plane."""
     time, rows, cols = position_ids.unbind(-1)
-    per_frame = trailing_run(time == time[-1])
+    per_frame = leading_run((time == time[-1]).flip(0))
     plane = None if per_frame < 2 else row_major_plane(rows[-per_frame:], cols[-per_frame:])
     if plane is None:
         return None
@@ -68,7 +63,7 @@ def _target_grid(position_ids: torch.Tensor) -> tuple[int, int, int] | None:
     one_time = (block[..., 0] == block[:, :1, 0]).all(1)
     times = block[:, 0, 0]
     earlier = torch.cat([times[:-1] < times[1:], times.new_ones(1, dtype=torch.bool)])
-    return trailing_run(same_plane & one_time & earlier), *plane
+    return leading_run((same_plane & one_time & earlier).flip(0)), *plane
 
 
 _GRIDS = ReadOncePerTensor(_target_grid)
