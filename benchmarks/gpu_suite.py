@@ -23,7 +23,9 @@ day, with the kernel rows of a kernel_bench run of that day when the parts skip 
    peak memory, and the end-to-end estimate for the preset's schedule (dense warm-up steps + sparse
    steps, transformer time), next to the GNA paper's B200 figures.
 3. Writes benchmarks/results/<gpu>-<date>[-<models>].json and .md, and regenerates the README's performance
-   section from the newest results, merged with the other parts of the same GPU and day.
+   section from the newest results, merged with the other parts of the same GPU and day. A model case that fails
+   (out of memory, say) is recorded with its error and listed under the table until a part measures it; the
+   part's other cases still run, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -263,6 +265,8 @@ def render_markdown(results: dict) -> str:
         tabulate(model_rows, headers=["model", "tokens", "preset", "dense ms/step", "gna ms/step", "per step",
                                       "dense steps", "end to end", "GNA paper (B200)", "peak GiB dense / gna"],
                  tablefmt="github"),
+        *([""] + [f"Not measured: {f['case']} ({f['error']})." for f in results["failures"]]
+          if results.get("failures") else []),
     ])
 
 
@@ -283,11 +287,11 @@ def merged_results(results_path: Path, folder: Path = RESULTS) -> dict:
     """The results of ``results_path`` plus the model cases and kernel rows of every other suite file in
     ``folder`` from the same GPU and day (the suite run in parts), and the suite's kernel cases from
     kernel_bench files of that GPU and day (a part run with --no-kernels then needs no second kernel run);
-    a later file's case replaces an earlier one."""
+    a later file's case replaces an earlier one; a failed case stays listed until some part measures it."""
     base = json.loads(results_path.read_text())
     device, date = base["environment"]["device"], base["environment"]["date"]
     suite_kernels = {case.name for case in KERNEL_CASES + kernel_bench.TINY_CASES}
-    models, kernels = {}, {}
+    models, kernels, failures = {}, {}, {}
     parts = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime)
     for path in [p for p in parts if p.resolve() != results_path.resolve()] + [results_path]:
         try:
@@ -304,9 +308,10 @@ def merged_results(results_path: Path, folder: Path = RESULTS) -> dict:
             continue
         models.update((row["case"], row) for row in data["models"])
         kernels.update((row["case"], row) for row in data["kernel"]["rows"])
+        failures.update((failure["case"], failure) for failure in data.get("failures", []))
     merged = len(models) > len(base["models"]) or len(kernels) > len(base["kernel"]["rows"])
     return {**base, "models": list(models.values()), "kernel": {**base["kernel"], "rows": list(kernels.values())},
-            "merged": merged}
+            "failures": [failure for case, failure in failures.items() if case not in models], "merged": merged}
 
 
 def update_readme(readme: Path = README, results_path: Path | None = None, folder: Path = RESULTS) -> Path:
@@ -371,12 +376,20 @@ def main(argv=None) -> int:
             case, device, dtype, heads, head_dim, warmup=1 if args.tiny else 10, reps=1 if args.tiny else 30))
         json_path = write()
     for case in cases:
-        results["models"].append(run_model(case, device, args.tiny))
+        try:
+            results["models"].append(run_model(case, device, args.tiny))
+        except Exception as error:  # e.g. out of memory: recorded, and the part's other cases still run
+            first_line = (str(error).splitlines() or [""])[0]
+            why = f"{type(error).__name__}: {first_line}"
+            results.setdefault("failures", []).append({"case": case.name, "error": why})
+            print(f"{case.name}: failed: {why}", flush=True)
+        if device.type == "cuda":  # a failed case's memory (the error and its frames are gone by now)
+            torch.cuda.empty_cache()
         json_path = write()
     print(f"wrote {json_path} and .md")
     if not args.tiny and not args.no_readme:
         print(f"updated {update_readme(README, json_path)}")
-    return 0
+    return 1 if results.get("failures") else 0
 
 
 if __name__ == "__main__":
