@@ -6,7 +6,7 @@ from diffusers import FluxPipeline
 
 import gna_diffusers
 
-pipe = FluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev", torch_dtype=torch.bfloat16).to("cuda")
+pipe = FluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev", dtype=torch.bfloat16).to("cuda")
 handle = gna_diffusers.apply(pipe, "flux-4k")  # window 80x80, stride 16x16, first 9 of 28 steps dense
 print(handle.describe())
 image = pipe(

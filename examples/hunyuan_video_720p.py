@@ -7,7 +7,7 @@ from diffusers.utils import export_to_video
 
 import gna_diffusers
 
-pipe = HunyuanVideoPipeline.from_pretrained("hunyuanvideo-community/HunyuanVideo", torch_dtype=torch.bfloat16)
+pipe = HunyuanVideoPipeline.from_pretrained("hunyuanvideo-community/HunyuanVideo", dtype=torch.bfloat16)
 pipe.vae.enable_tiling()
 pipe.to("cuda")
 with gna_diffusers.enabled(pipe, "hunyuan-video-720p") as handle:

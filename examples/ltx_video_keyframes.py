@@ -10,7 +10,7 @@ from diffusers.utils import export_to_video, load_image
 
 import gna_diffusers
 
-pipe = LTXConditionPipeline.from_pretrained("Lightricks/LTX-Video-0.9.7-dev", torch_dtype=torch.bfloat16)
+pipe = LTXConditionPipeline.from_pretrained("Lightricks/LTX-Video-0.9.7-dev", dtype=torch.bfloat16)
 pipe.enable_model_cpu_offload()
 first, last = load_image("first.png"), load_image("last.png")  # your keyframes
 conditions = [LTXVideoCondition(image=first, frame_index=0), LTXVideoCondition(image=last, frame_index=160)]

@@ -7,7 +7,7 @@ from diffusers.utils import export_to_video
 
 import gna_diffusers
 
-pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.2-T2V-A14B-Diffusers", torch_dtype=torch.bfloat16)
+pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.2-T2V-A14B-Diffusers", dtype=torch.bfloat16)
 pipe.enable_model_cpu_offload()
 with gna_diffusers.enabled(pipe, "wan-720p") as handle:
     print(handle.describe())

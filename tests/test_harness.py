@@ -288,6 +288,21 @@ def test_compare_runs_a_controlnet_pipeline_from_a_local_folder(tmp_path, capsys
     assert "FluxPipeline takes no control image" in capsys.readouterr().err
 
 
+def test_a_pipeline_folder_loads_without_deprecated_arguments(tmp_path):
+    """diffusers 0.42 deprecates from_pretrained's ``torch_dtype`` for ``dtype``: loading a model warns nothing of
+    it (the examples and the README load the same way)."""
+    import warnings
+
+    from gna_diffusers.harness.models import load_pipeline
+    from gna_diffusers.patches import flux
+
+    flux.tiny_pipeline().save_pretrained(tmp_path / "FLUX.1-tiny")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*torch_dtype.*")
+        model = load_pipeline(str(tmp_path / "FLUX.1-tiny"), torch.device("cpu"), torch.bfloat16)
+    assert model.family.PATCH.family == "flux" and model.transformer.dtype == torch.bfloat16
+
+
 @pytest.mark.slow
 def test_compare_gives_an_image_conditioned_pipeline_its_input_image(tmp_path, capsys):
     """An image-to-video pipeline (here a saved tiny CogVideoXImageToVideoPipeline) takes its input image from

@@ -67,7 +67,7 @@ def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
             raise _speed_only(family, name)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
-        pipeline = DiffusionPipeline.from_pretrained(str(local) if local.is_dir() else name, torch_dtype=dtype,
+        pipeline = DiffusionPipeline.from_pretrained(str(local) if local.is_dir() else name, dtype=dtype,
                                                      local_files_only=offline)
     except ImportError as error:  # e.g. Cosmos pipelines build their guardrail, a package of its own
         raise HarnessError(f"cannot load model {name!r}: its pipeline needs a package that is not installed: "
