@@ -42,11 +42,12 @@ class GNAMiniMaxH3AttnProcessor(RoutedProcessorMixin, MiniMaxH3AttnProcessor):
     stock."""
 
 
-def _video_tail(video_indices: torch.Tensor) -> int:
-    """How many video rows end the sequence consecutively (the target video, after any condition rows)."""
+def _video_tail(video_indices: torch.Tensor) -> tuple[int, int]:
+    """(end, count) of the last video rows that are consecutive (the target video, after any condition rows): the
+    sequence position after the last video row, and how many rows run up to it."""
     count = video_indices.numel()
-    last = video_indices[-1] + 1
-    return leading_run((video_indices == last - count + torch.arange(count, device=video_indices.device)).flip(0))
+    end = int(video_indices[-1]) + 1
+    return end, leading_run((video_indices == end - count + torch.arange(count, device=video_indices.device)).flip(0))
 
 
 def _target_grid(position_ids: torch.Tensor) -> tuple[int, int, int] | None:
@@ -81,7 +82,8 @@ def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLay
                           "position_ids; compile its blocks instead (transformer.compile_repeated_blocks(...))")
     grid = _GRIDS(positions)
     total = positions.shape[0]
-    if grid is None or prod(grid) > _TAILS(video_indices):
+    end, video_rows = _TAILS(video_indices)
+    if grid is None or end != total or prod(grid) > video_rows:
         raise LayoutError(f"the last rows of the {total}-row sequence are not video frames on one row-major plane")
     return token_layout(grid, total, total - prod(grid))
 

@@ -67,16 +67,17 @@ def test_sparse_windows_equal_an_independent_masked_attention(backend, monkeypat
 
 
 def test_a_sequence_that_does_not_end_in_video_frames_runs_dense_with_one_warning(monkeypatch):
-    """Positions whose last rows form no row-major plane, or video rows that do not end the sequence: stock
-    attention and a warning naming why; the positions are read once per tensor even then."""
+    """Positions whose last rows form no row-major plane, or video rows that are not consecutive up to the
+    sequence's end: stock attention and a warning naming why; the positions are read once per tensor even then."""
     transformer = minimax_h3.tiny_transformer()
     inputs = minimax_h3.transformer_inputs(transformer, GRID, text=TEXT)
     positions = inputs["position_ids"].clone()
     positions[-4:] = positions[-4:].flip(0)  # the last frame's last row, reversed
-    unplaced = {"position_ids": positions, "video_indices": inputs["video_indices"].flip(0)}
+    unplaced = [("position_ids", positions), ("video_indices", inputs["video_indices"].flip(0)),
+                ("video_indices", inputs["video_indices"] - 1)]  # the last row is no video row
     reads = []
     monkeypatch.setattr(minimax_h3._GRIDS, "read", lambda t: reads.append(1) or minimax_h3._target_grid(t))
-    for name, value in unplaced.items():
+    for name, value in unplaced:
         changed = {**inputs, name: value}
         stock = run(transformer, changed)[0]
         with enabled(transformer, GNAConfig(family="minimax-h3", window=2)):
