@@ -191,6 +191,18 @@ def test_tuning_times_the_widest_kv_box_and_the_warps_each_q_tile_needs(monkeypa
     assert {c.num_stages for c in configs} == {2, 3}
 
 
+def test_bfloat16_under_the_interpreter_is_refused_not_miscomputed():
+    """The interpreter's tl.dot multiplies bfloat16 bit patterns (results ~1e9): refused with the reason, and "auto"
+    picks another backend for the same call."""
+    q = torch.randn(1, 24, 2, 16, dtype=torch.bfloat16)
+    pattern = dict(grid=(4, 6), window=(2, 3))
+    with pytest.raises(ValueError, match=r"backend 'triton' cannot run this call: bfloat16 under the Triton "
+                                         r"interpreter.*triton-lang/triton#11584"):
+        gna_attention(q, q, q, backend="triton", **pattern)
+    auto = gna_attention(q, q, q, backend="auto", **pattern)
+    assert torch.allclose(auto.float(), gna_attention(q, q, q, backend="reference", **pattern).float(), atol=2e-2)
+
+
 def test_gradients_are_refused_with_a_clear_error():
     q = torch.randn(1, 16, 1, 16, requires_grad=True)
     with pytest.raises(ValueError, match="backend 'triton' cannot run this call: forward only"):

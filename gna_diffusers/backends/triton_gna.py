@@ -399,6 +399,9 @@ def _unsupported(q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> str | None
         return "forward only (inference): use backend='flex' when gradients are needed"
     if q.dtype not in SUPPORTED_DTYPES:
         return f"dtype {q.dtype} is not supported (float16, bfloat16, float32)"
+    if q.dtype == torch.bfloat16 and q.device.type != "cuda":  # interpreting: a wrong result, not an error
+        return ("bfloat16 under the Triton interpreter, whose tl.dot multiplies bfloat16 bit patterns "
+                "(triton-lang/triton#11584): use float16 or float32 there, or another backend")
     if not MIN_HEAD_DIM <= q.shape[-1] <= MAX_HEAD_DIM:
         return f"head_dim {q.shape[-1]} is outside {MIN_HEAD_DIM}..{MAX_HEAD_DIM}"
     return None
