@@ -124,12 +124,26 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, perturbed_attn: bool = 
     ).eval()
 
 
+def tiny_video_vae():
+    """LTX-2's video VAE, tiny: 4 latent channels, 2x in space and in time (the real one: 128 channels, 32x, 8x)."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    vae = AutoencoderKLLTX2Video(
+        latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1,),
+        decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
+        decoder_inject_noise=(False, False), downsample_type=("spatial",), upsample_residual=(False,),
+        upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
+    ).eval()
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    return vae
+
+
 def tiny_pipeline(seed: int = 0, dfr: bool = False):
     """An offline LTX2Pipeline with random weights: a 2-layer Gemma 3 (width 16) behind a byte-level
     tokenizer, the text connectors, video and audio VAEs that compress 2x, a vocoder. 32x32 pixels x 5
     frames -> a 3x16x16 token grid, with its audio. ``dfr``: the same parts in LTX-2.5's LTX2DFRPipeline, around a
     transformer with the keyframe marker."""
-    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline
+    from diffusers import AutoencoderKLLTX2Audio, FlowMatchEulerDiscreteScheduler, LTX2Pipeline
     from diffusers.pipelines.ltx2.pipeline_ltx2_dfr import LTX2DFRPipeline
     from diffusers.pipelines.ltx2 import LTX2TextConnectors
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
@@ -154,13 +168,7 @@ def tiny_pipeline(seed: int = 0, dfr: bool = False):
         rope_double_precision=False, causal_temporal_positioning=False, rope_type="split",
         **{f"{stream}_connector_{key}": value for stream in ("video", "audio") for key, value in connector.items()},
     )
-    vae = AutoencoderKLLTX2Video(
-        latent_channels=4, block_out_channels=(8,), decoder_block_out_channels=(8,), layers_per_block=(1,),
-        decoder_layers_per_block=(1, 1), spatio_temporal_scaling=(True,), decoder_spatio_temporal_scaling=(True,),
-        decoder_inject_noise=(False, False), downsample_type=("spatial",), upsample_residual=(False,),
-        upsample_factor=(1,), timestep_conditioning=False, patch_size=1, patch_size_t=1,
-    ).eval()
-    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    vae = tiny_video_vae()
     audio_vae = AutoencoderKLLTX2Audio(
         base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
         resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", mid_block_add_attention=False,
