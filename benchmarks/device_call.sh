@@ -26,7 +26,7 @@
 #   models10 suite: Lumina-Image 2.0, Lumina-Next, ERNIE-Image, GLM-Image (2048x2048), PRX (1024x1024)
 #   models11 suite: NucleusMoE-Image (2048x2048), AuraFlow v0.3 (1536x1536), JoyImage-Edit, Bria Fibo 2.0, OmniGen v1
 #            (1024x1024)
-#   models12 suite: Cosmos 3 Omni (720x1280x189), MiniMax-H3 (768x1344x124)
+#   models12 suite: Cosmos 3 Omni (720x1280x189), MiniMax-H3 (768x1344x124), SANA-WM (704x1280x161)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -97,6 +97,6 @@ case "$part" in
     models9) suite "refiner,pixart,hidream,hunyuandit" ;;
     models10) suite "lumina,ernie,glm,prx" ;;
     models11) suite "nucleus,auraflow,joyimage,fibo 2,omnigen" ;;
-    models12) suite "cosmos 3,minimax" ;;
+    models12) suite "cosmos 3,minimax,sana-wm" ;;
 esac
 exit "$status"

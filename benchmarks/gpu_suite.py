@@ -174,6 +174,10 @@ MODEL_CASES = [
     # MiniMax-H3 (33.1B: 61.7 GiB of bf16 weights, which leave an H100 about 17 GiB) at its modular pipeline's
     # defaults: 37x24x42 video tokens after a 256-token prompt and 414 audio rows.
     ModelCase("MiniMax-H3 768x1344x124", "MiniMaxAI/MiniMax-H3", "minimax-h3-768p", 768, 1344, 124, 50, None, None),
+    # SANA-WM (diffusers' class defaults, 2.66B with its camera branch) at its pipeline's default size: 21x22x40 video
+    # tokens; GNA in its 5 softmax blocks (a main and a camera call each), the 15 linear blocks as they are.
+    ModelCase("SANA-WM 704x1280x161", "Efficient-Large-Model/SANA-WM_bidirectional", "sana-wm-720p", 704, 1280, 161,
+              60, None, None),
     # Kandinsky 6 is left out: diffusers' class defaults (its audio stream as wide as the video's) make 48B,
     # 96 GB of bf16 weights. On an H200: `gna-diffusers compare --random-weights --model
     # kandinskylab/Kandinsky-6.0-Pro-distill-5s-Diffusers --height 480 --width 864 --frames 121`.

@@ -119,6 +119,13 @@ class ModelPatch:
     # route (SD3.5's ``attn2``, over the image tokens alone, sharing ``attn``'s processor in stock); a block may lack
     # them (None).
     extra_attention: tuple[str, ...] = ()
+    # The attributes of an attention module holding its processors: diffusers' ``processor``, or, for a layer with no
+    # processor, the parameter-free modules that call attention in their own forward (Sana-WM's softmax layers:
+    # ``attn`` and ``cam_attn``, two calls over the same grid): each gets GNA's subclass in its place, one route.
+    processor_slots: tuple[str, ...] = ("processor",)
+    # Processors of layers with nothing GNA makes sparse (Sana-WM's linear-attention blocks, whose slots hold their
+    # delta-rule modules): those layers get no route and no notice.
+    dense_processors: tuple[type, ...] = ()
     # Modules, besides ``dispatch_module``, whose dispatch the stock processors of some block types call (Bria FIBO's
     # single blocks: Bria 3's processor, from transformer_bria).
     more_dispatch_modules: tuple[ModuleType, ...] = ()
@@ -158,6 +165,12 @@ class ModelPatch:
 
         extra = [module for module in map(resolve, self.extra_attention) if module is not None]
         return [resolve(self.attention), *extra]
+
+    def attention_slots(self, block: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+        """(attention module, attribute holding a processor) of each attention call of a block's sparse layer; none
+        for a layer of ``dense_processors``."""
+        return [(module, slot) for module in self.attention_modules(block) for slot in self.processor_slots
+                if not isinstance(getattr(module, slot, None), self.dense_processors)]
 
     def processor_for(self, block_type: str, current: object) -> type:
         """The GNA processor class for a block type whose attention now has processor ``current``."""
@@ -390,7 +403,7 @@ class _EnableParallelism:
         sites = [site for site in self.handle._sites if site.transformer is self.transformer]
         routed = []
         for site in sites:
-            processor = site.attn.processor
+            processor = site.processor
             if isinstance(processor, RoutedProcessorMixin) and processor.route is site.route:
                 processor.route = None
                 routed.append((processor, site.route))
@@ -414,9 +427,18 @@ class _Site:
     # Other models whose forward runs this very module (Z-Image's ControlNet shares the transformer's noise
     # refiner): their calls set its layout too.
     sharers: list = field(default_factory=list)
+    slot: str = "processor"  # the attribute of ``attn`` holding the processor (ModelPatch.processor_slots)
 
     def called_by(self, module: torch.nn.Module) -> bool:
         return self.transformer is module or any(module is sharer for sharer in self.sharers)
+
+    @property
+    def processor(self):
+        """The processor the layer has now (a loader or the user may have replaced GNA's)."""
+        return getattr(self.attn, self.slot, None)
+
+    def set_processor(self, processor) -> None:
+        _set_processor(self.attn, processor, self.slot)
 
 
 class GNAHandle:
@@ -521,7 +543,7 @@ class GNAHandle:
         for site in self._sites:
             if not site.called_by(transformer):
                 continue
-            processor, route = site.attn.processor, site.route
+            processor, route = site.processor, site.route
             if isinstance(processor, RoutedProcessorMixin):
                 if processor.route is not route:
                     processor.route = route  # rebuilt with no arguments by a loader, e.g. type(processor)()
@@ -536,7 +558,7 @@ class GNAHandle:
                 # Put on since (SD3's IP-Adapter processors, which call F.scaled_dot_product_attention and hold
                 # weights; a stock one set again): GNA's in its place, sharing its weights; remove() puts it back.
                 site.installed, site.original = _gna_processor(gna_class, processor, route), processor
-                _set_processor(site.attn, site.installed)
+                site.set_processor(site.installed)
                 adopted.append(route.layer)
             else:
                 foreign.append((route.layer, type(processor).__name__))
@@ -591,11 +613,11 @@ class GNAHandle:
         if not self.active:
             return
         for site in self._sites:
-            processor, route = site.attn.processor, site.route
+            processor, route = site.processor, site.route
             if processor is site.installed and processor is not site.original:
                 if "_parallel_config" in vars(processor):  # parallelism enabled since: the original takes it over
                     site.original._parallel_config = processor._parallel_config
-                _set_processor(site.attn, site.original)
+                site.set_processor(site.original)
             elif isinstance(processor, RoutedProcessorMixin) and processor.route is route:
                 processor.route = None
                 processor._attention_backend = route.dense_backend
@@ -617,13 +639,14 @@ class GNAHandle:
         self.active = False
 
 
-def _set_processor(attn: torch.nn.Module, processor) -> None:
-    """Install ``processor`` on an attention module; one without diffusers' ``set_processor`` (Mochi's
-    MochiAttention) holds it as a plain attribute."""
-    if hasattr(attn, "set_processor"):
+def _set_processor(attn: torch.nn.Module, processor, slot: str = "processor") -> None:
+    """Install ``processor`` on an attention module, in its attribute ``slot``; a module without diffusers'
+    ``set_processor`` (Mochi's MochiAttention), or another slot, holds it as a plain attribute (a submodule, when the
+    processor is one)."""
+    if slot == "processor" and hasattr(attn, "set_processor"):
         attn.set_processor(processor)
     else:
-        attn.processor = processor
+        setattr(attn, slot, processor)
 
 
 def _unwrap_compiled(module):
@@ -741,20 +764,23 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
             for index, block in enumerate(blocks):
                 if patterns[(name, index)].dense:
                     continue  # dense layers keep their stock processor
-                attention = patch.attention_modules(block)
+                attention = patch.attention_slots(block)
+                if not attention:
+                    continue  # nothing to make sparse (Sana-WM's linear-attention blocks)
+                first_module, first_slot = attention[0]
                 route = GNARoute((name, index), patch.text_first, config.backend,
-                                 getattr(attention[0].processor, "_attention_backend", None),
+                                 getattr(getattr(first_module, first_slot), "_attention_backend", None),
                                  patch.cached_context_keys, grid_only=name in patch.grid_only_blocks,
                                  grid_queries_alone=patch.grid_queries_alone)
-                for attn in attention:  # the block's self-attention, then its extra ones: one route
-                    original = attn.processor
+                for attn, slot in attention:  # the block's self-attention, then its extra ones: one route
+                    original = getattr(attn, slot)
                     gna_class = patch.processor_for(name, original)
                     if type(original) in gna_class.__mro__:  # exactly the stock processor the GNA class extends
                         processor = _gna_processor(gna_class, original, route)
-                        _set_processor(attn, processor)
+                        _set_processor(attn, processor, slot)
                     else:  # e.g. FLUX's IP-Adapter processor: adopted or left as it is, below
                         processor = original
-                    handle._sites.append(_Site(model, attn, route, processor, original))
+                    handle._sites.append(_Site(model, attn, route, processor, original, slot=slot))
         handle._attach_routes(model)
         handle._hooks.append(model.register_forward_pre_hook(handle._before_forward, with_kwargs=True))
         model.enable_parallelism = _EnableParallelism(handle, model)

@@ -16,8 +16,8 @@ _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "fl
             "joyimage_plus", "bria_fibo", "cogview3plus", "auraflow", "bria_fibo2", "lumina_next", "cosmos3")
 # Families the harness only times with random weights (compare --random-weights, the GPU suite); each
 # module's WEIGHTS_GAP says why (FLUX.3 and MiniMax-H3: modular pipelines only; Wan Animate: pose and face videos;
-# OmniGen: its pipeline needs torchvision).
-_SPEED_ONLY = ("flux3", "wan_animate", "omnigen", "minimax_h3")
+# OmniGen: its pipeline needs torchvision; Sana-WM: a first frame and a camera path).
+_SPEED_ONLY = ("flux3", "wan_animate", "omnigen", "minimax_h3", "sana_wm")
 
 UNAVAILABLE: dict[str, str] = {}  # module name -> why it could not be imported
 
