@@ -1,6 +1,7 @@
 """Small helpers the family tests share."""
 
 import contextlib
+import json
 import warnings
 
 import torch
@@ -17,3 +18,15 @@ def no_gna_warnings():
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*gna.*")
         yield
+
+
+def random_weights_report(module, model: str, size: list[str], tmp_path, monkeypatch) -> dict:
+    """The report of ``compare --random-weights --model <model>`` at ``size`` (its CLI arguments), the family
+    ``module``'s full-size config swapped for its tiny transformer's and its text for 8 tokens."""
+    from gna_diffusers.cli import main
+
+    monkeypatch.setattr(module, "FULL_CONFIG", dict(module.tiny_transformer().config))
+    monkeypatch.setattr(module, "TEXT_TOKENS", 8)
+    assert main(["compare", "--random-weights", "--model", model, *size, "--repeats", "1",
+                 "--output", str(tmp_path)]) == 0
+    return json.loads((tmp_path / "report.json").read_text())

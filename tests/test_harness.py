@@ -139,13 +139,12 @@ def test_reports_name_a_preset_whose_name_has_a_dot_in_full(tmp_path):
 def test_random_weights_mode_times_flux3_which_the_harness_cannot_build_a_pipeline_for(tmp_path, monkeypatch):
     """FLUX.3 (modular pipelines only) is timed with --random-weights; its full-size config is swapped for
     the tiny one here. Its name does not match FLUX.1's pattern."""
+    from helpers import random_weights_report
+
     from gna_diffusers.patches import flux3
 
-    monkeypatch.setattr(flux3, "FULL_CONFIG", dict(flux3.tiny_transformer().config))
-    monkeypatch.setattr(flux3, "TEXT_TOKENS", 8)
-    assert main(["compare", "--random-weights", "--model", "some-org/FLUX.3-test", "--height", "128", "--width", "128",
-                 "--repeats", "1", "--output", str(tmp_path)]) == 0
-    report = read(tmp_path / "report.json")
+    report = random_weights_report(flux3, "some-org/FLUX.3-test", ["--height", "128", "--width", "128"], tmp_path,
+                                   monkeypatch)
     assert report["model"]["family"] == "flux3" and report["grid"] == [8, 8] and report["text_tokens"] == 8
     (row,) = report["presets"]
     assert row["preset"] == "flux3-2k" and row["gna_step_ms"] > 0

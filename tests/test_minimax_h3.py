@@ -8,7 +8,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_minimax_h3
-from helpers import max_diff
+from helpers import max_diff, random_weights_report
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -198,17 +198,11 @@ def test_full_size_and_preset_grid():
 
 
 def test_compare_times_it_with_random_weights_and_refuses_real_ones(tmp_path, monkeypatch, capsys):
-    """The harness times the transformer alone at the preset's size (the full-size config swapped for the tiny one
-    here); with weights it names the way in."""
-    import json
-
+    """The harness times the transformer alone at the preset's size; with weights it names the way in."""
     from gna_diffusers.cli import main
 
-    monkeypatch.setattr(minimax_h3, "FULL_CONFIG", dict(minimax_h3.tiny_transformer().config))
-    monkeypatch.setattr(minimax_h3, "TEXT_TOKENS", 8)
-    assert main(["compare", "--random-weights", "--model", "MiniMaxAI/MiniMax-H3", "--height", "128", "--width",
-                 "96", "--frames", "124", "--repeats", "1", "--output", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = random_weights_report(minimax_h3, "MiniMaxAI/MiniMax-H3", ["--height", "128", "--width", "96",
+                                                                      "--frames", "124"], tmp_path, monkeypatch)
     assert report["model"]["family"] == "minimax-h3" and report["grid"] == [37, 4, 3]
     (row,) = report["presets"]
     assert row["preset"] == "minimax-h3-768p" and row["gna_step_ms"] > 0

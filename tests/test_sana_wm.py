@@ -13,7 +13,7 @@ from diffusers.models.transformers.transformer_sana_wm import (
     SanaWMSoftmaxAttention,
     SanaWMSoftmaxCamAttention,
 )
-from helpers import max_diff, no_gna_warnings
+from helpers import max_diff, no_gna_warnings, random_weights_report
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -146,15 +146,8 @@ def test_full_size_and_preset_grid():
 
 
 def test_compare_times_it_with_random_weights(tmp_path, monkeypatch):
-    import json
-
-    from gna_diffusers.cli import main
-
-    monkeypatch.setattr(sana_wm, "FULL_CONFIG", dict(sana_wm.tiny_transformer().config))
-    monkeypatch.setattr(sana_wm, "TEXT_TOKENS", 8)
-    assert main(["compare", "--random-weights", "--model", "Efficient-Large-Model/SANA-WM_bidirectional", "--height",
-                 "128", "--width", "192", "--frames", "17", "--repeats", "1", "--output", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = random_weights_report(sana_wm, "Efficient-Large-Model/SANA-WM_bidirectional", [
+        "--height", "128", "--width", "192", "--frames", "17"], tmp_path, monkeypatch)
     assert report["model"]["family"] == "sana-wm" and report["grid"] == [3, 4, 6]
     (row,) = report["presets"]
     assert row["preset"] == "sana-wm-720p" and row["gna_step_ms"] > 0
