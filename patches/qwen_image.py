@@ -4,7 +4,9 @@ mask (B, 1, 1, S) built inside the processor; RoPE inside the processor.
 
 Layout: the ``img_shapes`` keyword lists, per sample, the (frames, rows, cols) token shapes of the image
 stream: the first is the generated image (the grid), the rest are reference images that Qwen-Image-Edit
-appends (context). Plain Python ints: no host sync, nothing for torch.compile to break on. A Qwen-Image
+appends (context). Qwen-Image-Layered (its calls pass ``additional_t_cond``) generates several layers of one
+image, one plane each, then appends its condition image: the layers form a 3-D (layers, rows, cols) grid, the
+condition image is context. Plain Python ints: no host sync, nothing for torch.compile to break on. A Qwen-Image
 ControlNet (QwenImageControlNetModel, alone or multi) runs the same blocks beside the transformer: patched too.
 """
 
@@ -37,8 +39,14 @@ def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLay
     per_sample = [sample if isinstance(sample, list) else [sample] for sample in shapes]
     if any(sample != per_sample[0] for sample in per_sample):
         raise LayoutError(f"the samples of the batch have different image shapes {shapes}")
-    frames, rows, cols = per_sample[0][0]
+    first = per_sample[0][0]
+    frames, rows, cols = first
     grid = (rows, cols) if frames == 1 else (frames, rows, cols)
+    if forward_argument(module, args, kwargs, "additional_t_cond") is not None:
+        # Qwen-Image-Layered: the generated layers, one (1, rows, cols) plane each, layer-major, then the condition
+        # image: the layers are one 3-D grid, so a token's window spans its neighbourhood in every layer.
+        layers = next((i for i, shape in enumerate(per_sample[0][:-1]) if shape != first), len(per_sample[0]) - 1)
+        grid = (max(layers, 1), rows, cols)
     return token_layout(grid, sum(prod(shape) for shape in per_sample[0]))
 
 

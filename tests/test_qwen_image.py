@@ -1,11 +1,14 @@
 """Qwen-Image and Qwen-Image-Edit (tiny offline models, fp32, CPU): the grid comes from img_shapes, padded
 text is masked, and Edit's reference-image tokens are context keys of every grid query."""
 
+import pytest
 import torch
-from helpers import max_diff
+from brute_force import joint_mask, masked_self_attention
+from diffusers.models.transformers import transformer_qwenimage
+from helpers import max_diff, no_gna_warnings
 
 import gna_diffusers
-from gna_diffusers import GNAConfig, enabled
+from gna_diffusers import GNAConfig, enabled, load_preset
 from gna_diffusers.patches import qwen_image
 
 GRID = (8, 8)  # the tiny pipeline's token grid at 64x64 pixels
@@ -46,6 +49,58 @@ def test_edit_references_and_padded_text_are_context_with_the_right_validity(mon
     expected = torch.ones(2, 22, dtype=torch.bool)
     expected[0, 3:7] = False  # only the first prompt's padding; reference tokens are always valid
     assert torch.equal(mask, expected)
+
+
+def layered_call(layers: int, plane=(4, 6), text: int = 5) -> tuple[torch.nn.Module, dict]:
+    """A Qwen-Image-Layered transformer (layer-wise 3-D RoPE, the RGB flag as an extra timestep condition) and one
+    call as its pipeline makes it: ``layers`` generated planes of ``plane`` tokens, then the condition image's."""
+    torch.manual_seed(0)
+    transformer = type(qwen_image.tiny_transformer()).from_config(
+        {**qwen_image.tiny_transformer().config, "use_layer3d_rope": True, "use_additional_t_cond": True}).eval()
+    inputs = qwen_image.transformer_inputs(transformer, plane, text=text, batch=2, references=(plane,) * layers)
+    inputs["img_shapes"] = [[(1, *plane)] * (layers + 1)] * 2  # `layers` generated planes and the condition image
+    return transformer, inputs | {"additional_t_cond": torch.zeros(2, dtype=torch.long)}
+
+
+@pytest.mark.parametrize("layers", [3, 1])
+def test_layered_planes_form_one_3d_grid_and_the_condition_image_is_context(layers, monkeypatch):
+    """Qwen-Image-Layered: a token's window covers its neighbourhood in every generated layer; the condition image
+    (as large as a layer: told apart by the call's ``additional_t_cond``) and the prompt are context."""
+    transformer, inputs = layered_call(layers)
+    spy = ContextSpy(monkeypatch)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with no_gna_warnings(), enabled(transformer, GNAConfig(family="qwen-image", window=-1)) as handle:
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            assert handle.runtime.layout.grid == (layers, 4, 6)
+        window, stride = (-1, 2, 4), (1, 2, 2)
+        with enabled(transformer, GNAConfig(family="qwen-image", base_grid=[layers, 4, 6], window=list(window),
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+    assert [(grid, extra) for grid, extra, _ in spy.calls[:1]] == [((layers, 4, 6), 5 + 24)]
+    masked_self_attention(transformer_qwenimage,
+                          joint_mask((layers, 4, 6), (layers, 2, 4), stride, 5, 24), monkeypatch)
+    with torch.no_grad():
+        assert max_diff(routed, transformer(**inputs)[0]) <= 1e-5
+    preset = load_preset("qwen-image-layered-640").model_copy(update={"dense_steps": 0})  # a bare transformer
+    with enabled(transformer, preset), torch.no_grad():  # the 5-layer preset on this call's layers
+        assert torch.isfinite(transformer(**inputs)[0]).all()
+
+
+def test_an_edit_reference_as_large_as_the_image_stays_context():
+    """Without ``additional_t_cond`` (Qwen-Image-Edit) a reference image of the generated image's size is context,
+    not a second layer."""
+    transformer = qwen_image.tiny_transformer()
+    inputs = qwen_image.transformer_inputs(transformer, (4, 6), text=5, batch=2, references=((4, 6),))
+    with enabled(transformer, GNAConfig(family="qwen-image", window=2)) as handle, torch.no_grad():
+        transformer(**inputs)
+        assert handle.runtime.layout.grid == (4, 6) and handle.runtime.layout.stream_tokens == 48
+
+
+@pytest.mark.parametrize("preset, size", [("qwen-image-layered-640", 640), ("qwen-image-layered-1k", 1024)])
+def test_layered_presets_match_their_buckets(preset, size):
+    """A square image in the pipeline's 640 / 1024 bucket, its default 4 layers (5 planes)."""
+    assert tuple(load_preset(preset).base_grid) == (5, *qwen_image.latent_grid(size, size))
 
 
 def test_whole_extent_windows_reproduce_the_stock_pipeline_and_remove_restores_it():
