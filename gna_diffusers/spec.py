@@ -23,9 +23,9 @@ only key is the query's own position.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from math import prod
 from numbers import Integral
 
@@ -131,7 +131,22 @@ class GNASpec:
         )
 
 
-@lru_cache(maxsize=256)
+def eager_cache(maxsize: int):
+    """``functools.lru_cache`` for eager calls; under torch.compile the call runs uncached and is traced into the
+    graph (dynamo traces through a cache anyway, and warns that it did)."""
+    def decorate(function):
+        cached = functools.lru_cache(maxsize=maxsize)(function)
+
+        @functools.wraps(function)
+        def call(*args):
+            return function(*args) if torch.compiler.is_compiling() else cached(*args)
+
+        return call
+
+    return decorate
+
+
+@eager_cache(maxsize=256)
 def _axis_bounds_cpu(extent: int, window: int, stride: int, dilation: int, causal: bool):
     i = torch.arange(extent)
     group = i % dilation

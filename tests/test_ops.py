@@ -197,6 +197,22 @@ def test_available_backends_lists_auto_first():
     assert names[0] == "auto" and {"reference", "flex"} <= set(names)
 
 
+def test_reference_backend_compiles_without_tracing_through_its_caches():
+    """Under torch.compile the reference backend's grid mask is built in the graph, not fetched from its eager
+    cache: dynamo has no lru_cache to trace through and warn about, and the output is eager's."""
+    import warnings
+
+    q = torch.randn(1, 24, 2, 16)
+
+    def attend(q):
+        return gna_attention(q, q, q, (4, 6), (2, 3), backend="reference")
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*lru_cache.*")
+        compiled = torch.compile(attend, fullgraph=True, backend="eager")(q)
+    assert torch.equal(compiled, attend(q))
+
+
 def test_reference_refuses_grids_too_large_to_materialize():
     q = torch.zeros(1, 130 * 130, 1, 8)
     with pytest.raises(ValueError, match="backend 'reference' cannot run this call: materializes an N x N mask"):

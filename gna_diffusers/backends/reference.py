@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 
-from ..spec import GNASpec, grid_mask
+from ..spec import GNASpec, eager_cache, grid_mask
 from . import Backend
 
 # An N x N bool mask plus an N x (N + M) score matrix per head: keep it to test-sized problems.
 MAX_TOKENS = 16384
 
 
-@lru_cache(maxsize=32)
+@eager_cache(maxsize=32)
 def _cached_grid_mask(spec: GNASpec, device: torch.device) -> torch.Tensor:
     return grid_mask(spec, device)
 
