@@ -767,9 +767,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                 attention = patch.attention_slots(block)
                 if not attention:
                     continue  # nothing to make sparse (Sana-WM's linear-attention blocks)
-                first_module, first_slot = attention[0]
                 route = GNARoute((name, index), patch.text_first, config.backend,
-                                 getattr(getattr(first_module, first_slot), "_attention_backend", None),
+                                 getattr(getattr(*attention[0]), "_attention_backend", None),
                                  patch.cached_context_keys, grid_only=name in patch.grid_only_blocks,
                                  grid_queries_alone=patch.grid_queries_alone)
                 for attn, slot in attention:  # the block's self-attention, then its extra ones: one route

@@ -28,6 +28,7 @@ from diffusers.models.transformers.transformer_sana_wm import (
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
 
+from . import lumina2
 from ._inputs import seeded_randn
 from ._latents import VideoLatentLayout
 
@@ -63,7 +64,7 @@ PATCH = ModelPatch(
     dense_processors=(SanaWMBidirectionalGDNAttention, SanaWMBidirectionalGDNCamAttention),
 )
 
-CAPTION_WIDTH = 16  # the tiny model's text features
+CAPTION_WIDTH = lumina2.TEXT_WIDTH  # the tiny pipeline's text encoder is Lumina 2's tiny Gemma 2
 
 
 def tiny_transformer(seed: int = 0, num_layers: int = 2, in_channels: int = 8, vae_time_stride: int = 8
@@ -83,7 +84,6 @@ def tiny_pipeline(seed: int = 0):
     tiny video VAE (2x in space and time), so 32x32 pixels x 5 frames give a 3x16x16 grid."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SanaWMPipeline
 
-    from . import lumina2
     from .ltx2 import tiny_video_vae
 
     tokenizer = lumina2.tiny_tokenizer(add_bos_token=True)
