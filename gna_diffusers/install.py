@@ -9,8 +9,10 @@ resolves and validates every layer's pattern for a new grid (so a pattern that c
 the first call, not after the dense warm-up), and hands each route the pattern of this call (or None:
 dense). Denoising steps are counted by the pipeline schedulers' ``set_timesteps`` (a new generation)
 and ``step`` (one step done), so classifier-free guidance with several transformer calls per step counts
-once; several pipelines sharing one transformer each count through their own scheduler. A bare
-transformer counts forward calls instead (``handle.reset_steps()`` starts a new generation).
+once; several pipelines sharing one transformer each count through their own scheduler. A modular pipeline
+whose denoising loop steps without a scheduler (Echo's DMD loop walks its own sigmas) is counted by that loop: its
+``progress_bar`` total starts a generation and each ``loop_step`` ends a step. A bare transformer counts forward
+calls instead (``handle.reset_steps()`` starts a new generation).
 
 Everything the installation holds is plain objects (no closures), so ``copy.deepcopy`` of a patched
 pipeline or transformer gives an independently patched copy.
@@ -250,7 +252,9 @@ class _Runtime:
             # long-video chunk); LTX-2's audio copy is set right after the video scheduler.
             if not follower or self.step > 0:
                 self.new_generation(len(owner.timesteps))
-        elif name == "step":
+        elif name == "progress_bar":  # a scheduler-free denoising loop starts: its bar's length is the step count
+            self.new_generation(_bar_length(*call))
+        elif name in ("step", "loop_step"):
             # One denoising step per round of transformer calls, however many schedulers step after it.
             # A follower's count of steps (diffusion forcing's matrix of steps) can outrun the schedule.
             if self.called_since_step:
@@ -370,6 +374,34 @@ def _unobserve(owner, names: tuple[str, ...]) -> None:
 
 
 _SCHEDULER_METHODS = ("set_timesteps", "step")
+_LOOP_METHODS = ("progress_bar", "loop_step")  # of a modular denoising loop that has no scheduler
+
+
+def _counted_methods(counter) -> tuple[str, ...]:
+    """The methods of a step counter (a scheduler or a modular denoising loop) that report to the runtime."""
+    return _LOOP_METHODS if _is_denoising_loop(counter) else _SCHEDULER_METHODS
+
+
+def _is_denoising_loop(blocks) -> bool:
+    from diffusers.modular_pipelines import LoopSequentialPipelineBlocks
+
+    return isinstance(blocks, LoopSequentialPipelineBlocks)
+
+
+def _denoising_loops(blocks) -> list:
+    """The loop blocks (LoopSequentialPipelineBlocks) among a modular pipeline's blocks, in order; [] for none."""
+    if _is_denoising_loop(blocks):
+        return [blocks]
+    return [loop for sub in getattr(blocks, "sub_blocks", {}).values() for loop in _denoising_loops(sub)]
+
+
+def _bar_length(args: tuple, kwargs: dict) -> int | None:
+    """The length of the bar a loop's ``progress_bar(iterable=None, total=None)`` call makes (None: unknown)."""
+    bound = dict(zip(("iterable", "total"), args)) | kwargs
+    if bound.get("total") is not None:
+        return int(bound["total"])
+    iterable = bound.get("iterable")
+    return len(iterable) if hasattr(iterable, "__len__") else None
 
 
 def _context_config(config):
@@ -453,7 +485,7 @@ class GNAHandle:
         self.patch = patch
         self.config = config
         self.runtime = runtime
-        self.schedulers: list = []  # schedulers whose steps are counted
+        self.counters: list = []  # schedulers (or scheduler-free modular denoising loops) whose steps are counted
         self.pipelines: list = []  # pipelines attached (their prepare_latents gives the layout)
         self._sites: list[_Site] = []  # one per sparse attention layer of every transformer
         self._hooks: list = []
@@ -509,13 +541,14 @@ class GNAHandle:
         """Start a new generation (bare transformers only; pipelines reset at set_timesteps)."""
         self.runtime.new_generation(None)
 
-    def attach_pipeline(self, pipeline, scheduler) -> None:
-        """Count ``scheduler``'s denoising steps and take the layout from ``pipeline.prepare_latents``
-        (also for another pipeline sharing this transformer, e.g. one made with ``from_pipe``); follow its
-        ControlNets that share routed layers."""
-        if not any(s is scheduler for s in self.schedulers):
-            _observe(scheduler, _SCHEDULER_METHODS, self.runtime, anchor=pipeline)
-            self.schedulers.append(scheduler)
+    def attach_pipeline(self, pipeline, counters: list) -> None:
+        """Count the denoising steps of ``counters`` (the pipeline's scheduler, or its scheduler-free denoising
+        loops) and take the layout from ``pipeline.prepare_latents`` (also for another pipeline sharing this
+        transformer, e.g. one made with ``from_pipe``); follow its ControlNets that share routed layers."""
+        for counter in counters:
+            if not any(c is counter for c in self.counters):
+                _observe(counter, _counted_methods(counter), self.runtime, anchor=pipeline)
+                self.counters.append(counter)
         method = self.patch.layout_method
         if self.patch.layout_from_prepared is not None and callable(getattr(pipeline, method, None)):
             observers = tuple(name for name in self.patch.pipeline_observers if callable(getattr(pipeline, name, None)))
@@ -628,8 +661,8 @@ class GNAHandle:
         for transformer in self.transformers:
             if isinstance(vars(transformer).get("enable_parallelism"), _EnableParallelism):
                 del transformer.enable_parallelism
-        for scheduler in self.schedulers:
-            _unobserve(scheduler, _SCHEDULER_METHODS)
+        for counter in self.counters:
+            _unobserve(counter, _counted_methods(counter))
         for pipeline in self.pipelines:
             _unobserve(pipeline, (self.patch.layout_method, *self.patch.pipeline_observers))
         for module in self.patch.routed_modules:
@@ -670,15 +703,18 @@ def _other_transformer(pipeline) -> torch.nn.Module | None:
     return None
 
 
-def _find_parts(target) -> tuple[torch.nn.Module, object | None]:
-    """(transformer, scheduler) of a pipeline, or (transformer, None) for a bare transformer."""
+def _find_parts(target) -> tuple[torch.nn.Module, list]:
+    """(transformer, step counters) of a pipeline: its scheduler or, in a modular pipeline without one, its
+    denoising loops; (transformer, []) for a bare transformer."""
     transformer = getattr(target, "transformer", None)
     if transformer is None and not isinstance(target, torch.nn.Module):
         transformer = _other_transformer(target)
     if isinstance(transformer, torch.nn.Module):
-        return _unwrap_compiled(transformer), getattr(target, "scheduler", None)
+        scheduler = getattr(target, "scheduler", None)
+        return _unwrap_compiled(transformer), [scheduler] if scheduler is not None else _denoising_loops(
+            getattr(target, "_blocks", None))
     if isinstance(target, torch.nn.Module):
-        return _unwrap_compiled(target), None
+        return _unwrap_compiled(target), []
     if hasattr(target, "transformer") and transformer is None:
         raise UnsupportedModelError(
             f"{type(target).__name__} has no transformer loaded yet; load it first (a modular pipeline: "
@@ -709,7 +745,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
 
     Args:
         target: a diffusers pipeline (its ``.transformer`` is patched, with the family's other
-            transformers such as Wan 2.2's ``transformer_2``, and its scheduler counts steps) or a
+            transformers such as Wan 2.2's ``transformer_2``, and its scheduler, or a modular pipeline's
+            scheduler-free denoising loop, counts steps) or a
             transformer module. A transformer wrapped by ``torch.compile`` is patched inside its wrapper
             (the compiled graph is rebuilt at the next call). A pipeline whose transformer already runs
             this preset (shared with another pipeline) gets its scheduler counted too.
@@ -720,7 +757,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         a :class:`GNAHandle`. Everything is validated before anything is installed: on an error the
         model is left untouched.
     """
-    transformer, scheduler = _find_parts(target)
+    transformer, counters = _find_parts(target)
     patch = model_family(transformer)
     config = resolve_preset(preset)
     if backend is not None:
@@ -734,23 +771,23 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         raise ConfigError(f"backend {config.backend!r} is unknown; available: {', '.join(available_backends())}")
     existing = getattr(transformer, "_gna_handle", None)
     if existing is not None:
-        if existing.config != config or scheduler is None or any(p is target for p in existing.pipelines):
+        if existing.config != config or not counters or any(p is target for p in existing.pipelines):
             raise RuntimeError(
                 "GNA is already applied to this transformer; call gna_diffusers.remove() first (a pipeline "
                 "sharing the transformer may apply the same preset, to have its steps counted)"
             )
-        existing.attach_pipeline(target, scheduler)
+        existing.attach_pipeline(target, counters)
         return existing
     if transformer is not getattr(target, "transformer", transformer):
         logger.info("gna: patching the module inside torch.compile's wrapper; it recompiles at the next call")
     block_counts = {name: len(blocks) for name, blocks in patch.block_lists(transformer).items()}
-    more = _more_transformers(target, patch, block_counts, transformer) if scheduler is not None else []
+    more = _more_transformers(target, patch, block_counts, transformer) if counters else []
     transformers = [transformer, *more]
     patterns = layer_patterns(config, block_counts)
     # Raises for a fractional warm-up without a scheduler to count steps.
-    runtime = _Runtime(config, patterns, scheduler is None, transformer, patch)
+    runtime = _Runtime(config, patterns, not counters, transformer, patch)
 
-    if scheduler is not None:  # said before anything is installed (a warnings filter may raise)
+    if counters:  # said before anything is installed (a warnings filter may raise)
         left_dense = _unpatched_attention(target, patch, transformers)
         if left_dense:
             warnings.warn(f"gna: {', '.join(left_dense)} hold {patch.family} attention layers GNA does not route, "
@@ -784,8 +821,8 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
         handle._hooks.append(model.register_forward_pre_hook(handle._before_forward, with_kwargs=True))
         model.enable_parallelism = _EnableParallelism(handle, model)
         model._gna_handle = handle
-    if scheduler is not None:
-        handle.attach_pipeline(target, scheduler)
+    if counters:
+        handle.attach_pipeline(target, counters)
     return handle
 
 

@@ -32,26 +32,27 @@ _NOT_READ = object()
 
 
 class ReadOncePerTensor(Generic[T]):
-    """``read(tensor)`` (a host sync, e.g. a grid read from position ids), computed again only when another tensor
-    comes: pipelines pass the same ids tensor every step, so it syncs once per generation. The last ``keep`` tensors
-    are held weakly, by identity (2 where a pipeline alternates two, as a prompt's mask and its negative's)."""
+    """``read(tensor, *args)`` (a host sync, e.g. a grid read from position ids), computed again only when another
+    tensor (or other hashable ``args``) comes: pipelines pass the same ids tensor every step, so it syncs once per
+    generation. The last ``keep`` reads are held, their tensors weakly, by identity (2 where a pipeline alternates
+    two, as a prompt's mask and its negative's)."""
 
-    def __init__(self, read: Callable[[torch.Tensor], T], keep: int = 1):
+    def __init__(self, read: Callable[..., T], keep: int = 1):
         self.read = read
         self.keep = keep
-        self._last: list[tuple[weakref.ref, T]] = []
+        self._last: list[tuple[weakref.ref, tuple, T]] = []
 
-    def _lookup(self, tensor: torch.Tensor):
-        return next((value for ref, value in self._last if ref() is tensor), _NOT_READ)
+    def _lookup(self, tensor: torch.Tensor, args: tuple):
+        return next((value for ref, key, value in self._last if ref() is tensor and key == args), _NOT_READ)
 
-    def cached(self, tensor: torch.Tensor) -> T | None:
-        """The value read from this very tensor, or None (no read)."""
-        value = self._lookup(tensor)
+    def cached(self, tensor: torch.Tensor, *args) -> T | None:
+        """The value read from this very tensor (and ``args``), or None (no read)."""
+        value = self._lookup(tensor, args)
         return None if value is _NOT_READ else value
 
-    def __call__(self, tensor: torch.Tensor) -> T:
-        value = self._lookup(tensor)  # a read that gave None (a layout not placed) is not repeated either
+    def __call__(self, tensor: torch.Tensor, *args) -> T:
+        value = self._lookup(tensor, args)  # a read that gave None (a layout not placed) is not repeated either
         if value is _NOT_READ:
-            value = self.read(tensor)
-            self._last = [*self._last, (weakref.ref(tensor), value)][-self.keep:]
+            value = self.read(tensor, *args)
+            self._last = [*self._last, (weakref.ref(tensor), args, value)][-self.keep:]
         return value

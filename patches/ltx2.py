@@ -8,8 +8,10 @@ Layout probe: the call's ``num_frames``, ``height`` and ``width`` (latent units;
 sync) over the patch sizes give the (frames, rows, cols) grid of the first tokens of ``hidden_states``
 (B, N, C); a call that passes only ``video_coords`` (LTX-2.5's DFR pipeline, whole or per spatial tile) gives it
 through the positions, read once per positions tensor. Conditioning tokens the pipelines append after the grid
-(keyframes, IC-LoRA reference videos) are context. A video self-attention mask (``video_self_attention_mask``, per
-query and head) is not a window: those calls run dense with a warning.
+(keyframes, IC-LoRA reference videos) are context, and so are those Echo's modular pipeline puts before it (its
+image-memory slots): where a call has more tokens than its sizes' grid, the positions say which end the grid is at.
+A video self-attention mask (``video_self_attention_mask``, per query and head) is not a window: those calls run
+dense with a warning.
 
 The VAE compresses 8x in time and 32x in space, patch 1x1x1: 1920x1088, 121 frames -> 16x34x60 = 32,640
 video tokens; 3840x2176 -> 16x68x120 = 130,560.
@@ -77,22 +79,50 @@ def grid_from_coords(coords: torch.Tensor) -> tuple[int, int, int] | None:
 _COORD_GRIDS = ReadOncePerTensor(grid_from_coords, keep=17)
 
 
+def grid_offset(coords: torch.Tensor, grid: tuple[int, int, int]) -> int | None:
+    """Where the call's ``grid`` (from its sizes) lies among the N tokens of ``video_coords``: 0 when the positions
+    begin with its box (the keyframes and reference videos the pipelines append come after it), N - |grid| when they
+    end with it (Echo's image-memory slots come before it), None when neither. Where both ends fit (a one-frame grid
+    and an appended keyframe or a memory image of its size), the end whose first position is earlier in time holds
+    the grid, the start on a tie. Host syncs: read once per positions tensor and grid (_GRID_OFFSETS)."""
+    tail = coords.shape[2] - prod(grid)
+    head_fits = grid_from_coords(coords[:, :, :prod(grid)]) == grid
+    tail_fits = grid_from_coords(coords[:, :, tail:]) == grid
+    if head_fits and tail_fits:
+        return 0 if bool(coords[0, 0, 0, 0] <= coords[0, 0, tail, 0]) else tail
+    return 0 if head_fits else tail if tail_fits else None
+
+
+_GRID_OFFSETS = ReadOncePerTensor(grid_offset, keep=17)
+
+
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
     """The (frames, rows, cols) video grid from the call's latent sizes or, in a call that passes only positions
-    (LTX-2.5's DFR pipeline, whole or per tile), from ``video_coords``; appended tokens are context."""
+    (LTX-2.5's DFR pipeline, whole or per tile), from ``video_coords``; the other tokens are context."""
     grid = latent_size_grid(module, args, kwargs)
+    coords = forward_argument(module, args, kwargs, "video_coords")
+    tokens = forward_argument(module, args, kwargs, "hidden_states").shape[1]
+    readable = coords is not None and not torch.compiler.is_compiling()
     if grid is None:
-        coords = forward_argument(module, args, kwargs, "video_coords")
-        if coords is None or torch.compiler.is_compiling():
+        if not readable:
             raise LayoutError("LTX-2 needs num_frames, height and width in the transformer call (or video_coords, "
                               "read outside a compiled graph) to know the video grid")
         grid = _COORD_GRIDS(coords)
         if grid is None:
             raise LayoutError("its video_coords do not begin with a row-major box of video patches")
-    tokens = forward_argument(module, args, kwargs, "hidden_states").shape[1]
     if tokens < prod(grid):
         raise LayoutError(f"{tokens} video tokens are fewer than the {grid} grid of num_frames, height and width")
-    return token_layout(grid, tokens)
+    if tokens == prod(grid) or coords is None:
+        return token_layout(grid, tokens)
+    if not readable:
+        raise LayoutError(f"which end of its {tokens} video tokens the {grid} grid is at (the rest are conditioning "
+                          f"tokens) is read from video_coords, which a compiled graph cannot do: compile the blocks "
+                          f"(compile_repeated_blocks) instead of the whole transformer")
+    offset = _GRID_OFFSETS(coords, grid)
+    if offset is None:
+        raise LayoutError(f"its video_coords neither begin nor end with the {grid} grid of num_frames, height and "
+                          f"width")
+    return token_layout(grid, tokens, offset)
 
 
 PATCH = ModelPatch(
@@ -111,14 +141,15 @@ PATCH = ModelPatch(
 )
 
 
-def tiny_transformer(seed: int = 0, num_layers: int = 2, perturbed_attn: bool = False, keyframes: bool = False
-                     ) -> LTX2VideoTransformer3DModel:
+def tiny_transformer(seed: int = 0, num_layers: int = 2, perturbed_attn: bool = False, keyframes: bool = False,
+                     audio_channels: int = 4) -> LTX2VideoTransformer3DModel:
     """A randomly initialised LTX-2 transformer for CPU tests (video 2 heads x 16, audio 2 heads x 8); ``keyframes``:
-    with LTX-2.5's learned keyframe marker, which the DFR pipeline requires."""
+    with LTX-2.5's learned keyframe marker, which the DFR pipeline requires; ``audio_channels`` per audio token (Echo
+    packs an audio latent's mel bins into its tokens: 16 of them without an audio VAE)."""
     torch.manual_seed(seed)
     return LTX2VideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
-        audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=8,
+        audio_in_channels=audio_channels, audio_out_channels=audio_channels, audio_num_attention_heads=2, audio_attention_head_dim=8,
         audio_cross_attention_dim=16, num_layers=num_layers, caption_channels=16, rope_double_precision=False,
         perturbed_attn=perturbed_attn, use_keyframes_abs_pos_embedding=keyframes,
     ).eval()

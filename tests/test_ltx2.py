@@ -7,6 +7,8 @@ from math import prod
 
 import pytest
 import torch
+from brute_force import joint_mask, masked_self_attention
+from diffusers.models.transformers import transformer_ltx2
 from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnProcessor
 from helpers import max_diff
 from test_apply import OperatorSpy
@@ -15,6 +17,8 @@ from gna_diffusers import GNAConfig, enabled, load_preset
 from gna_diffusers.cli import main
 from gna_diffusers.harness.models import on_meta
 from gna_diffusers.patches import ltx2
+from gna_diffusers.patches._inputs import seeded_randn
+from gna_diffusers.route import LayoutError
 
 GRID = (3, 4, 6)
 
@@ -51,6 +55,117 @@ def test_whole_extent_reproduces_stock_and_only_the_video_self_attention_is_rout
             assert max_diff(transformer(**inputs)[0], stock) > 1e-3
         assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
     assert spy.contexts == [(GRID, keyframes)] * 2  # the grid, with the keyframe tokens as context
+
+
+def with_memory(transformer, inputs: dict, slots: int) -> dict:
+    """The inputs with ``slots`` image-memory slots put before the grid, as Echo's modular pipeline puts them: a frame
+    of the grid's plane each, with the positions diffusers' Echo blocks give them (centred 500 s on, 50 s apart)."""
+    from diffusers.modular_pipelines.echo.before_denoise import _video_memory_coords
+
+    batch, cpu = inputs["hidden_states"].shape[0], torch.device("cpu")
+    sizes = {name: inputs[name] for name in ("num_frames", "height", "width")}
+    coords = transformer.rope.prepare_video_coords(batch, **sizes, device=cpu, fps=inputs["fps"])
+    memory = _video_memory_coords(transformer, slots, sizes["height"], sizes["width"], inputs["fps"], 500.0, 50.0, cpu)
+    tokens = torch.randn(batch, memory.shape[2], inputs["hidden_states"].shape[2],
+                         generator=torch.Generator().manual_seed(7))
+    return inputs | dict(hidden_states=torch.cat([tokens, inputs["hidden_states"]], dim=1),
+                         video_coords=torch.cat([memory.expand(batch, -1, -1, -1), coords], dim=2))
+
+
+@pytest.mark.parametrize("grid", [GRID, (1, 4, 6)], ids=["video", "one frame"])
+def test_memory_tokens_before_the_grid_are_context(grid, monkeypatch):
+    """Echo's image-memory slots come before the video's tokens (a one-frame video's plane is as large as a slot, and
+    earlier in time): the grid is where the positions end with it; the slots are context of every window, which an
+    independent masked attention checks."""
+    transformer = ltx2.tiny_transformer()
+    inputs = with_memory(transformer, ltx2.transformer_inputs(transformer, grid, text=7), slots=2)
+    memory = 2 * grid[1] * grid[2]
+    window, stride = (grid[0], 2, 3), (1, 2, 3)  # every frame: the one-frame grid allows no other
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="ltx2", window=-1)) as handle:
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            assert (handle.runtime.layout.grid, handle.runtime.layout.grid_offset) == (grid, memory)
+        with enabled(transformer, GNAConfig(family="ltx2", base_grid=list(grid), window=[-1, *window[1:]],
+                                            stride=list(stride))):
+            routed = transformer(**inputs)[0]
+        masked_self_attention(transformer_ltx2, joint_mask(grid, window, stride, memory), monkeypatch)
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= 1e-5 and max_diff(routed, stock) > 1e-3
+
+
+def test_a_one_frame_grid_with_an_appended_keyframe_of_its_size_keeps_the_grid_first():
+    """A keyframe appended at the first frame's positions fits either end of a one-frame grid's positions: as early
+    in time as the grid, it is taken as the appended one."""
+    transformer = ltx2.tiny_transformer()
+    inputs = with_keyframes(transformer, ltx2.transformer_inputs(transformer, (1, 4, 6), text=7), keyframes=24)
+    with torch.no_grad(), enabled(transformer, GNAConfig(family="ltx2", window=2)) as handle:
+        transformer(**inputs)
+        assert (handle.runtime.layout.grid, handle.runtime.layout.grid_offset) == ((1, 4, 6), 0)
+
+
+def test_conditioning_tokens_gna_cannot_place_run_dense_and_compiled_calls_do_not_read_positions(monkeypatch):
+    """Positions that neither begin nor end with the sizes' grid: stock attention and a warning. Under torch.compile
+    the positions are not read, so a call with conditioning tokens is not placed (compile the blocks instead)."""
+    transformer = ltx2.tiny_transformer()
+    inputs = with_memory(transformer, ltx2.transformer_inputs(transformer, GRID, text=7), slots=1)
+    scrambled = inputs | {"video_coords": inputs["video_coords"].roll(5, dims=2)}
+    with torch.no_grad():
+        stock = transformer(**scrambled)[0]
+        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
+            with pytest.warns(UserWarning, match=r"neither begin nor end with the \(3, 4, 6\) grid"):
+                assert torch.equal(transformer(**scrambled)[0], stock)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with pytest.raises(LayoutError, match=r"read from video_coords, which a compiled graph cannot do: compile the "
+                                          r"blocks"):
+        ltx2.layout_probe(transformer, (), inputs, None)
+
+
+def echo_pipeline():
+    """Echo's denoise blocks (diffusers' modular pipeline: no scheduler, a DMD loop over its own 8 sigmas) with the
+    tiny transformer, and a call of it on prompt embeddings at 128 x 192 pixels and 17 frames (a 3 x 4 x 6 grid)
+    with two memory images before it."""
+    from diffusers.modular_pipelines.echo.modular_blocks_echo import EchoDenoiseStep
+
+    pipe = EchoDenoiseStep().init_pipeline()
+    pipe.update_components(transformer=ltx2.tiny_transformer(audio_channels=16))
+    pipe.set_progress_bar_config(disable=True)
+    randn = seeded_randn(1, "cpu", torch.float32)
+    embeds = dict(connector_prompt_embeds=randn(1, 7, 16), connector_audio_prompt_embeds=randn(1, 7, 16),
+                  connector_attention_mask=torch.ones(1, 7, dtype=torch.long))
+    memory = [randn(1, 4, 1, 4, 6) for _ in range(2)]
+
+    def generate():
+        return pipe(**embeds, memory_video_latents=memory, height=128, width=192, num_frames=17,
+                    generator=torch.Generator().manual_seed(0), output="latents")
+
+    return pipe, generate
+
+
+def test_echo_modular_pipeline_counts_its_loop_steps_and_windows_the_video_after_its_memory(monkeypatch):
+    """Echo's loop has no scheduler: its progress bar's length (8 sigmas) starts a generation, each loop step ends a
+    step, so a fractional warm-up works and restarts with every call; the memory images are context."""
+    pipe, generate = echo_pipeline()
+    loop = pipe._blocks.sub_blocks["denoise_loop"]
+    stock = generate()
+    with enabled(pipe, GNAConfig(family="ltx2", window=-1)):
+        assert max_diff(generate(), stock) <= 1e-5
+    spy = OperatorSpy(monkeypatch)
+    per_call = []
+    pipe.transformer.register_forward_hook(lambda *_: per_call.append(len(spy.windows)))
+    with enabled(pipe, GNAConfig(family="ltx2", window=2, dense_steps=0.3)) as handle:
+        for generation in range(2):
+            sparse = generate()
+            # round(0.3 x 8) = 2 dense steps, then 2 layers a call
+            assert per_call[8 * generation:] == [12 * generation + n for n in (0, 0, 2, 4, 6, 8, 10, 12)]
+            assert (handle.runtime.step, handle.runtime.total_steps) == (8, 8)
+            assert handle.runtime.layout.grid_offset == 2 * 4 * 6  # after the memory images
+    assert max_diff(sparse, stock) > 1e-3
+    assert set(spy.contexts) == {(GRID, 2 * 4 * 6)}
+    assert "loop_step" not in vars(loop) and "progress_bar" not in vars(loop)  # removed: the class's methods again
+    with enabled(pipe, "ltx2-1080p"):
+        assert torch.isfinite(generate()).all()
 
 
 def test_perturbed_attention_blocks_of_ltx_2_3_get_the_perturbed_gna_processor(monkeypatch):
