@@ -145,4 +145,43 @@ def tiny_call_kwargs() -> dict:
     return dict(num_frames=9, max_sequence_length=64)
 
 
+def tiny_anima_denoise(seed: int = 0):
+    """Anima's core denoise blocks (diffusers' modular pipeline: a Cosmos-Predict2 transformer on one-frame latents,
+    its text conditioner mapping Qwen features and T5 ids, classifier-free guidance) with random weights: the tiny
+    Cosmos transformer (4 channels, no padding-mask channel) and a one-layer conditioner of width 32."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.guiders import ClassifierFreeGuidance
+    from diffusers.models.condition_embedders.condition_embedder_anima import AnimaTextConditioner
+    from diffusers.modular_pipelines.anima.modular_blocks_anima import AnimaCoreDenoiseStep
+
+    torch.manual_seed(seed)
+    transformer = CosmosTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2,
+        text_embed_dim=32, adaln_lora_dim=4, max_size=(8, 32, 32), patch_size=(1, 2, 2), rope_scale=(1.0, 4.0, 4.0),
+        concat_padding_mask=False,
+    ).eval()
+    conditioner = AnimaTextConditioner(source_dim=32, target_dim=32, model_dim=32, num_layers=1, num_attention_heads=2,
+                                       target_vocab_size=100, min_sequence_length=8).eval()
+    pipe = AnimaCoreDenoiseStep().init_pipeline()
+    pipe.update_components(transformer=transformer, text_conditioner=conditioner,
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                           guider=ClassifierFreeGuidance(guidance_scale=4.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def anima_prompt_inputs(seed: int = 1, tokens: int = 6) -> dict:
+    """Anima's encoded prompt and negative prompt, as its text encoder step gives them: Qwen features (width 32 for
+    the tiny conditioner) and T5 token ids, with their masks."""
+    generator = torch.Generator().manual_seed(seed)
+    ones = torch.ones(1, tokens, dtype=torch.long)
+    inputs = {}
+    for prefix in ("", "negative_"):
+        inputs |= {f"{prefix}qwen_prompt_embeds": torch.randn(1, tokens, 32, generator=generator),
+                   f"{prefix}qwen_attention_mask": ones,
+                   f"{prefix}t5_input_ids": torch.randint(0, 100, (1, tokens), generator=generator),
+                   f"{prefix}t5_attention_mask": ones}
+    return inputs
+
+
 TINY_NAME = "tiny-cosmos"

@@ -73,6 +73,34 @@ def test_predict_pipeline_runs_gna_after_the_warm_up(monkeypatch):
     assert spy.contexts == [((5, 4, 4), 0)] * (2 * 2 * 2)  # 2 sparse steps x 2 guidance calls x 2 layers
 
 
+def test_anima_modular_pipeline_runs_gna_on_its_one_frame_grid(monkeypatch):
+    """Anima's core denoise blocks at 64x96 pixels: a 1x4x6 grid, its scheduler counting 4 steps of 2 guidance calls.
+    Whole windows reproduce the latents; a sparse pattern routes each layer after the dense warm-up; the shipped
+    anima-1k preset runs."""
+    pipe = cosmos.tiny_anima_denoise()
+    prompts = cosmos.anima_prompt_inputs()
+
+    def generate():
+        return pipe(**prompts, height=64, width=96, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                    output="latents")
+
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gna.*")
+        with enabled(pipe, GNAConfig(family="cosmos", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-5
+        spy.contexts.clear()
+        with enabled(pipe, GNAConfig(family="cosmos", window=2, dense_steps=0.25)) as handle:
+            sparse = generate()
+            assert (handle.runtime.step, handle.runtime.total_steps) == (4, 4)
+        with enabled(pipe, "anima-1k"):
+            assert torch.isfinite(generate()).all()
+    assert max_diff(sparse, stock) > 1e-3
+    # each: 3 sparse steps (anima-1k's warm-up is round(0.32 x 4) = 1 step too) x 2 guidance calls x 2 layers
+    assert spy.contexts == [((1, 4, 6), 0)] * (2 * 3 * 2 * 2)
+
+
 def test_full_size_shapes_by_name_and_preset_grid():
     from gna_diffusers.harness.models import on_meta
 
