@@ -13,11 +13,13 @@ _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "fl
             "motif_video", "cosmos", "helios", "cogvideox", "mochi", "allegro", "anyflow", "easyanimate", "ideogram4", "krea2",
             "ovis_image", "longcat_image", "cogview4", "hunyuan_image", "sd3", "pixart", "hidream", "hunyuan_dit",
             "lumina2", "ernie_image", "bria", "glm_image", "prx", "nucleusmoe_image", "joyimage",
-            "joyimage_plus", "bria_fibo", "cogview3plus", "auraflow", "bria_fibo2", "lumina_next", "cosmos3")
-# Families the harness only times with random weights (compare --random-weights, the GPU suite); each
-# module's WEIGHTS_GAP says why (FLUX.3 and MiniMax-H3: modular pipelines only; Wan Animate: pose and face videos;
-# OmniGen: its pipeline needs torchvision; Sana-WM: a first frame and a camera path).
-_SPEED_ONLY = ("flux3", "wan_animate", "omnigen", "minimax_h3", "sana_wm")
+            "joyimage_plus", "bria_fibo", "cogview3plus", "auraflow", "bria_fibo2", "lumina_next", "cosmos3", "omnigen")
+# Families without a tiny pipeline: the harness times them with random weights (compare --random-weights, the GPU
+# suite) and runs their real weights unless the module's WEIGHTS_GAP says why not (Wan Animate: pose and face
+# videos; Sana-WM: a first frame and a camera path). FLUX.3 and MiniMax-H3 load as modular pipelines. A family of
+# _HARNESS whose WEIGHTS_GAP is set in this environment joins them (OmniGen without torchvision, which its pipeline
+# needs).
+_SPEED_ONLY = ("flux3", "wan_animate", "minimax_h3", "sana_wm")
 
 UNAVAILABLE: dict[str, str] = {}  # module name -> why it could not be imported
 
@@ -34,7 +36,9 @@ def _load(names: tuple[str, ...]) -> dict:
     return modules
 
 
-FAMILY_MODULES = _load(_HARNESS)
-SPEED_ONLY_MODULES = _load(_SPEED_ONLY)
+_MODULES = _load(_HARNESS + _SPEED_ONLY)
+FAMILY_MODULES = {family: module for family, module in _MODULES.items()
+                  if module.__name__.rpartition(".")[2] in _HARNESS and not getattr(module, "WEIGHTS_GAP", None)}
+SPEED_ONLY_MODULES = {family: module for family, module in _MODULES.items() if family not in FAMILY_MODULES}
 # Every family apply() supports with this diffusers.
 PATCHES = {family: module.PATCH for family, module in (*FAMILY_MODULES.items(), *SPEED_ONLY_MODULES.items())}

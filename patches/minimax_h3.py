@@ -168,5 +168,5 @@ DEFAULT_PRESET = "minimax-h3-768p"
 DEFAULT_STEPS = 50  # the modular pipeline's default num_inference_steps
 TEXT_TOKENS = 256  # the Qwen3-VL prompt
 NAME_PATTERN = r"minimax[-_]?h3"  # hub names of this family, for --random-weights
-# Why compare and sweep do not run it with weights (they time it with --random-weights).
-WEIGHTS_GAP = "ships as modular pipelines, which compare does not build yet"
+# compare and sweep load its real weights as a modular pipeline (ModularPipeline.from_pretrained); it has no tiny one.
+WEIGHTS_GAP = None

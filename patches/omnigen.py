@@ -10,8 +10,9 @@ dense.
 Layout probe: hidden_states (B, C, H, W) over the 2x2 patch, row-major, last in the sequence: 1024x1024 -> 128x128
 latents -> 64x64 (4,096 image tokens).
 
-OmniGenPipeline needs torchvision, which gna-diffusers does not install: ``apply`` works on a pipeline of yours (its
-test runs where torchvision is installed), and the harness times the transformer alone (``--random-weights``).
+OmniGenPipeline needs torchvision, which gna-diffusers does not install: ``apply`` works on a pipeline of yours, and
+where torchvision is installed the harness runs OmniGen end to end like any family; without it, it times the
+transformer alone (``--random-weights``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from diffusers import OmniGenTransformer2DModel
 from diffusers.models.transformers import transformer_omnigen
 from diffusers.models.transformers.transformer_omnigen import OmniGenAttnProcessor2_0
+from diffusers.utils import is_torchvision_available
 
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.route import RoutedProcessorMixin
@@ -134,5 +136,14 @@ TEXT_TOKENS = 64  # a short instruction
 NAME_PATTERN = r"omnigen"  # hub names of this family, for --random-weights
 
 
-# The transformer is tested alone, with the mask the pipeline's collator builds.
-WEIGHTS_GAP = "needs torchvision for its pipeline's image processing, which gna-diffusers does not install"
+# Without torchvision the harness times the transformer alone (its tests use the mask the pipeline's collator builds).
+WEIGHTS_GAP = None if is_torchvision_available() else (
+    "needs torchvision for its pipeline's image processing, which gna-diffusers does not install")
+
+
+def tiny_call_kwargs() -> dict:
+    return {}
+
+
+TINY_SIZE = {"height": 64, "width": 64}  # a 4x4 grid (the tiny VAE compresses 8x, as the pipeline's patching assumes)
+TINY_NAME = "tiny-omnigen"

@@ -151,12 +151,12 @@ def test_random_weights_mode_times_flux3_which_the_harness_cannot_build_a_pipeli
     assert {layer["blocks"] for layer in row["layers"]} == {"image", "single"}
 
 
-def test_a_flux3_folder_is_refused_with_the_way_to_time_it(capsys, tmp_path):
+def test_a_folder_with_no_pipeline_index_is_refused_naming_both(capsys, tmp_path):
     folder = tmp_path / "FLUX.3-dev"
-    folder.mkdir()  # no model_index.json: a modular pipeline's folder, as far as compare can tell
+    folder.mkdir()
     assert main(["compare", "--model", str(folder), "--output", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "flux3 ships as modular pipelines, which compare does not build yet: time its transformer with --random-weights" in err
+    assert ("the folder holds neither model_index.json (a pipeline) nor modular_model_index.json (a modular "
+            "pipeline)") in capsys.readouterr().err
 
 
 def test_full_size_transformers_are_built_on_meta_then_materialized():

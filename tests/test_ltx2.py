@@ -13,7 +13,7 @@ from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnPro
 from helpers import max_diff
 from test_apply import OperatorSpy
 
-from gna_diffusers import GNAConfig, enabled, load_preset
+from gna_diffusers import GNAConfig, enabled, load_config, load_preset
 from gna_diffusers.cli import main
 from gna_diffusers.harness.models import on_meta
 from gna_diffusers.patches import ltx2
@@ -166,6 +166,31 @@ def test_echo_modular_pipeline_counts_its_loop_steps_and_windows_the_video_after
     assert "loop_step" not in vars(loop) and "progress_bar" not in vars(loop)  # removed: the class's methods again
     with enabled(pipe, "ltx2-1080p"):
         assert torch.isfinite(generate()).all()
+
+
+def test_compare_loads_a_saved_echo_modular_pipeline_and_scores_it(tmp_path):
+    """A modular pipeline's folder (modular_model_index.json, no model_index.json): compare loads it with
+    ModularPipeline.from_pretrained, calls it with the inputs its blocks take (Echo's loop walks its own 8 sigmas) and
+    scores the preset's video against dense; calibrate runs it too."""
+    import json
+
+    from diffusers.modular_pipelines.echo.modular_blocks_echo import EchoBlocks
+
+    tiny = ltx2.tiny_pipeline()
+    pipe = EchoBlocks().init_pipeline()
+    pipe.update_components(**{name: tiny.components[name] for name in pipe.component_names if name in tiny.components})
+    pipe.save_pretrained(str(tmp_path / "echo"), overwrite_modular_index=True)  # (diffusers splits a str)
+    size = ["--height", "32", "--width", "32", "--frames", "9", "--prompt", "a red cat"]
+    assert main(["compare", "--model", str(tmp_path / "echo"), "--output", str(tmp_path / "out"), "--no-warmup",
+                 *size]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["family"] == "ltx2" and report["preset"]["name"] == "ltx2-1080p"
+    (sample,) = report["samples"]
+    assert len(sample["dense"]["transformer_call_s"]) == len(sample["gna"]["transformer_call_s"]) == 8
+    assert 20 < report["summary"]["psnr"] < float("inf")  # the sparse steps changed the video, a little
+    preset = tmp_path / "calibrated.yaml"
+    assert main(["calibrate", "--model", str(tmp_path / "echo"), "--output", str(preset), *size[:6]]) == 0
+    assert load_config(preset).family == "ltx2"
 
 
 def test_perturbed_attention_blocks_of_ltx_2_3_get_the_perturbed_gna_processor(monkeypatch):

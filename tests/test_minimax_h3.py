@@ -197,8 +197,10 @@ def test_full_size_and_preset_grid():
         minimax_h3.latent_grid(768, 1344, 121)
 
 
-def test_compare_times_it_with_random_weights_and_refuses_real_ones(tmp_path, monkeypatch, capsys):
-    """The harness times the transformer alone at the preset's size; with weights it names the way in."""
+def test_compare_times_it_with_random_weights_and_loads_real_ones_as_a_modular_pipeline(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """The harness times the transformer alone at the preset's size; with weights it loads the hub repo as a modular
+    pipeline (offline and not cached here: the error says so)."""
     from gna_diffusers.cli import main
 
     report = random_weights_report(minimax_h3, "MiniMaxAI/MiniMax-H3", ["--height", "128", "--width", "96",
@@ -207,4 +209,5 @@ def test_compare_times_it_with_random_weights_and_refuses_real_ones(tmp_path, mo
     (row,) = report["presets"]
     assert row["preset"] == "minimax-h3-768p" and row["gna_step_ms"] > 0
     assert main(["compare", "--model", "MiniMaxAI/MiniMax-H3", "--output", str(tmp_path / "weights")]) == 2
-    assert "minimax-h3 ships as modular pipelines, which compare does not build yet" in capsys.readouterr().err
+    assert "cannot load model 'MiniMaxAI/MiniMax-H3' from the hub (or the local cache, when offline)" in (
+        capsys.readouterr().err)

@@ -5,12 +5,13 @@ the condition rows keep the stock mask. The stock processor calls F.scaled_dot_p
 
 import pytest
 import torch
+from diffusers.utils import is_torchvision_available
 from brute_force import joint_mask
 from helpers import max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
-from gna_diffusers.patches import SPEED_ONLY_MODULES, omnigen
+from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES, omnigen
 
 GRID = (4, 6)
 TEXT = 9
@@ -99,9 +100,14 @@ def test_pipeline_runs_gna_after_the_warm_up(edit, monkeypatch):
     assert len(spy.windows) == 2 * 2  # 2 sparse steps x 2 layers, the guidance branches in one batch
 
 
-def test_compare_refuses_real_weights_and_names_the_way_in():
+def test_the_harness_runs_it_end_to_end_only_with_torchvision():
+    """With torchvision OmniGen is a family like the others (test_families runs its tiny model through compare);
+    without it, compare refuses its real weights before loading them and names the ways in."""
     from gna_diffusers.harness.models import HarnessError, load_pipeline
 
+    if is_torchvision_available():
+        assert "omnigen" in FAMILY_MODULES and omnigen.WEIGHTS_GAP is None
+        return
     assert "omnigen" in SPEED_ONLY_MODULES
     with pytest.raises(HarnessError, match=r"omnigen needs torchvision .*--random-weights, or call gna_diffusers\.apply"):
         load_pipeline("Shitao/OmniGen-v1-diffusers", torch.device("cpu"), torch.float32)

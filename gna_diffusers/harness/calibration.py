@@ -13,7 +13,7 @@ from gna_diffusers.config import parse_config
 from gna_diffusers.files import atomic_write_text
 
 from .models import load_pipeline
-from .runner import Settings, _apply_tiny_defaults, _call_kwargs, _check_device, _read_images
+from .runner import Settings, _apply_tiny_defaults, _call_kwargs, _check_device, _read_images, run_pipeline
 
 
 def _header(calibration: Calibration, settings: Settings, video: bool, seconds: float, budget: float | None) -> str:
@@ -104,8 +104,7 @@ def run_calibration(settings: Settings, target_recall: float, queries: int, pres
     def generate() -> None:
         for prompt in settings.prompts:
             for seed in settings.seeds:
-                model.pipeline(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
-                               **kwargs)
+                run_pipeline(model, prompt, torch.Generator("cpu").manual_seed(seed), "latent", **kwargs)
 
     start = time.perf_counter()
     calibration = calibrate(model.pipeline, generate, steps, target_recall=target_recall, budget=budget,

@@ -3,6 +3,7 @@ speed only) a full-size transformer built from its config with random weights.""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -46,7 +47,9 @@ class Model:
 
 
 def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
-    """A tiny built-in pipeline, a local pipeline folder, or a hub id (from the local cache when offline)."""
+    """A tiny built-in pipeline, a local pipeline folder, or a hub id (from the local cache when offline): a
+    DiffusionPipeline, or a modular pipeline (``modular_model_index.json``: FLUX.3, MiniMax-H3, Anima, Echo) with its
+    components loaded."""
     if name in TINY_MODELS:
         family = TINY_MODELS[name]
         pipeline = family.tiny_pipeline()
@@ -63,12 +66,23 @@ def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
             f"pipeline folder, and not a hub id of the form owner/name"
         )
     for family, module in SPEED_ONLY_MODULES.items():  # refused before gigabytes of weights are loaded
-        if re.search(module.NAME_PATTERN, Path(name).name, re.IGNORECASE):
+        if getattr(module, "WEIGHTS_GAP", None) and re.search(module.NAME_PATTERN, Path(name).name, re.IGNORECASE):
             raise _speed_only(family, name)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    source = str(local) if local.is_dir() else name
+    if local.is_dir() and not any((local / index).exists() for index in ("model_index.json", MODULAR_INDEX)):
+        raise HarnessError(f"model {name!r}: the folder holds neither model_index.json (a pipeline) nor "
+                           f"{MODULAR_INDEX} (a modular pipeline); give a pipeline folder saved with save_pretrained")
     try:
-        pipeline = DiffusionPipeline.from_pretrained(str(local) if local.is_dir() else name, dtype=dtype,
-                                                     local_files_only=offline)
+        if local.is_dir() and not (local / "model_index.json").exists():
+            pipeline = _modular_pipeline(source, dtype, offline)
+        else:
+            try:
+                pipeline = DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=offline)
+            except OSError as error:  # no model_index.json: a hub repo may hold a modular pipeline alone
+                if local.is_dir() or "model_index.json" not in str(error):
+                    raise
+                pipeline = _modular_pipeline(source, dtype, offline)
     except ImportError as error:  # e.g. Cosmos pipelines build their guardrail, a package of its own
         raise HarnessError(f"cannot load model {name!r}: its pipeline needs a package that is not installed: "
                            f"{str(error).splitlines()[0]}") from None
@@ -80,10 +94,41 @@ def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
         patch = model_family(pipeline)
     except TypeError as error:
         raise HarnessError(str(error)) from None
-    if patch.family not in FAMILY_MODULES:
+    family = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}[patch.family]
+    if getattr(family, "WEIGHTS_GAP", None):
         raise _speed_only(patch.family, name)
     pipeline.to(device)
-    return Model(name, FAMILY_MODULES[patch.family], pipeline, transformer, "pretrained")
+    return Model(name, family, pipeline, transformer, "pretrained")
+
+
+MODULAR_INDEX = "modular_model_index.json"  # what a modular pipeline's folder or repo holds instead of model_index.json
+
+
+def _modular_pipeline(source: str, dtype: torch.dtype, offline: bool):
+    """A modular pipeline (diffusers' ModularPipeline.from_pretrained) with every component loaded in ``dtype``."""
+    from diffusers import ModularPipeline
+
+    pipeline = ModularPipeline.from_pretrained(source, local_files_only=offline)
+    pipeline.load_components(dtype=dtype, local_files_only=offline)
+    return pipeline
+
+
+def is_modular(pipeline) -> bool:
+    """Whether ``pipeline`` is one of diffusers' modular pipelines (called with its blocks' inputs and an ``output``
+    name rather than a __call__ signature)."""
+    from diffusers import ModularPipeline
+
+    return isinstance(pipeline, ModularPipeline)
+
+
+def pipeline_inputs(pipeline) -> dict[str, bool]:
+    """The inputs a pipeline's call takes, each with whether it is required: a DiffusionPipeline's ``__call__``
+    parameters, or a modular pipeline's block inputs."""
+    if is_modular(pipeline):
+        return {param.name: bool(param.required) for param in pipeline._blocks.inputs if param.name}
+    return {name: param.default is inspect.Parameter.empty
+            for name, param in inspect.signature(pipeline.__call__).parameters.items()
+            if param.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
 
 
 def _speed_only(family: str, name: str) -> HarnessError:

@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -41,7 +40,7 @@ from gna_diffusers.files import atomic_write_json
 from gna_diffusers.presets import resolve_preset
 
 from . import media, metrics
-from .models import TINY_MODELS, HarnessError, Model, load_pipeline, random_transformer
+from .models import TINY_MODELS, HarnessError, Model, is_modular, load_pipeline, pipeline_inputs, random_transformer
 from .report import entry_markdown, summary_markdown, write_markdown
 
 SCHEMA_VERSION = 1
@@ -169,7 +168,7 @@ def _load_image(path: str):
 def _call_kwargs(model: Model, settings: Settings) -> dict:
     kwargs = model.family.tiny_call_kwargs() if model.tiny else {}
     pipeline = type(model.pipeline).__name__
-    parameters = inspect.signature(model.pipeline.__call__).parameters
+    parameters = pipeline_inputs(model.pipeline)  # name -> required
     takes_control = "control_image" in parameters
     if settings.control_image is not None:
         if not takes_control:
@@ -184,8 +183,7 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
                                f"pipeline does)")
         kwargs["image"] = _load_image(settings.image)
     elif "image" in parameters and "image" not in kwargs and (
-            parameters["image"].default is inspect.Parameter.empty
-            or pipeline in getattr(model.family, "IMAGE_PIPELINES", ())):
+            parameters["image"] or pipeline in getattr(model.family, "IMAGE_PIPELINES", ())):
         raise HarnessError(f"model {settings.model!r} is an image-conditioned pipeline ({pipeline}): give its input "
                            f"image with --image PATH")
     for name in ("height", "width", "steps"):
@@ -197,6 +195,19 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
     if model.family.PATCH.video and settings.frames is not None:
         kwargs["num_frames"] = settings.frames
     return kwargs
+
+
+def run_pipeline(model: Model, prompt: str, generator: torch.Generator, output_type: str, **kwargs):
+    """One call of the model's pipeline: a DiffusionPipeline's output object, or a modular pipeline's batch of
+    ``videos`` / ``images`` (``latents`` for output_type "latent"). A modular pipeline is given only the inputs its
+    blocks take: what it does not take is left out (Echo's loop walks its own sigmas, not a step count)."""
+    if not is_modular(model.pipeline):
+        return model.pipeline(prompt=prompt, generator=generator, output_type=output_type, **kwargs)
+    accepted = pipeline_inputs(model.pipeline)
+    kwargs = {name: value for name, value in dict(kwargs, prompt=prompt, generator=generator).items() if name in accepted}
+    if output_type == "latent":
+        return model.pipeline(**kwargs, output="latents")
+    return model.pipeline(**kwargs, output_type=output_type, output="videos" if model.family.PATCH.video else "images")
 
 
 def pipeline_output(family, result):
@@ -216,12 +227,12 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
     _sync(device)
     start = time.perf_counter()
     try:
-        result = model.pipeline(prompt=sample.prompt, generator=generator, output_type="np", **_call_kwargs(model, settings))
+        result = run_pipeline(model, sample.prompt, generator, "np", **_call_kwargs(model, settings))
         _sync(device)
     finally:
         timer.close()
     wall = time.perf_counter() - start
-    output = pipeline_output(model.family, result)
+    output = result[0] if is_modular(model.pipeline) else pipeline_output(model.family, result)
     timings = {
         "wall_s": wall,
         "transformer_s": sum(timer.calls),
