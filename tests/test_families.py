@@ -221,12 +221,16 @@ def test_first_block_cache_stacks_with_gna_where_diffusers_supports_the_family(f
         assert handle.runtime.step == 4
 
 
-# diffusers' modular pipeline blocks per family (FLUX.2 klein's text block wants more Qwen3 layers than the
-# tiny text encoder has: it fails without GNA too).
+# diffusers' modular pipeline blocks per family (FLUX.2's and Krea 2's text blocks want more text encoder layers
+# than the tiny ones have: they fail without GNA too).
 MODULAR_BLOCKS = {"flux": "FluxAutoBlocks", "wan": "WanBlocks", "ltx-video": "LTXAutoBlocks",
                   "qwen-image": "QwenImageAutoBlocks", "z-image": "ZImageAutoBlocks",
                   "hunyuan-video-1.5": "HunyuanVideo15AutoBlocks", "ltx2": "LTX2AutoBlocks",
-                  "qwen-image-2.1": "QwenImage21AutoBlocks"}
+                  "qwen-image-2.1": "QwenImage21AutoBlocks", "ernie-image": "ErnieImageAutoBlocks",
+                  "sd3": "StableDiffusion3AutoBlocks", "helios": "HeliosAutoBlocks", "cosmos3": "Cosmos3OmniBlocks",
+                  "ideogram4": "Ideogram4AutoBlocks"}
+# Inputs a family's modular blocks need at 3 steps (Ideogram 4's default guidance schedule has 48 entries).
+MODULAR_INPUTS = {"ideogram4": {"guidance_schedule": [7.0] * 3}}
 
 
 @pytest.mark.slow
@@ -242,7 +246,10 @@ def test_modular_pipelines_count_their_steps_and_run_gna(family, monkeypatch):
     module = FAMILY_MODULES[family]
     pipe = getattr(diffusers.modular_pipelines, MODULAR_BLOCKS[family])().init_pipeline()
     pipe.update_components(**{k: v for k, v in module.tiny_pipeline().components.items() if v is not None})
+    if hasattr(pipe, "disable_safety_checker"):
+        pipe.disable_safety_checker()  # Cosmos 3's blocks refuse to run without a checker or this opt-out
     kwargs = {k: v for k, v in module.tiny_call_kwargs().items() if k in ("num_frames", "max_sequence_length")}
+    kwargs |= MODULAR_INPUTS.get(family, {})
     size = {"height": 32, "width": 32, **getattr(module, "TINY_SIZE", {})}
 
     def run():
