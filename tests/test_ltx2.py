@@ -164,7 +164,7 @@ def test_echo_modular_pipeline_counts_its_loop_steps_and_windows_the_video_after
     assert max_diff(sparse, stock) > 1e-3
     assert set(spy.contexts) == {(GRID, 2 * 4 * 6)}
     assert "loop_step" not in vars(loop) and "progress_bar" not in vars(loop)  # removed: the class's methods again
-    with enabled(pipe, "ltx2-1080p"):
+    with enabled(pipe, "ltx2-echo-512p"):
         assert torch.isfinite(generate()).all()
 
 
@@ -371,7 +371,7 @@ def test_calls_gna_cannot_place_run_dense_with_a_warning(change, message):
     assert torch.equal(out, stock)
 
 
-@pytest.mark.parametrize("preset", ["ltx2-1080p", "ltx2-4k"])
+@pytest.mark.parametrize("preset", ["ltx2-1080p", "ltx2-4k", "ltx2-echo-512p"])
 def test_shipped_presets_run_on_the_tiny_transformer(preset, monkeypatch):
     transformer = ltx2.tiny_transformer()
     spy = OperatorSpy(monkeypatch)
