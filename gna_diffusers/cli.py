@@ -129,7 +129,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_families(args: argparse.Namespace) -> int:
-    from gna_diffusers.patches import FAMILY_MODULES, PATCHES
+    from gna_diffusers.patches import FAMILY_MODULES, PATCHES, SPEED_ONLY_MODULES
 
     by_family: dict[str, list[str]] = {}
     for name in list_presets():
@@ -139,12 +139,13 @@ def _cmd_families(args: argparse.Namespace) -> int:
             continue  # its family is not importable with this diffusers
     rows = [
         [family, patch.transformer_class.__name__ + "".join(f", {c.__name__}" for c in patch.other_transformer_classes),
-         ", ".join(patch.blocks), FAMILY_MODULES[family].TINY_NAME if family in FAMILY_MODULES else "(--random-weights only)",
+         ", ".join(patch.blocks), FAMILY_MODULES[family].TINY_NAME if family in FAMILY_MODULES else "none",
+         "no: --random-weights" if getattr(SPEED_ONLY_MODULES.get(family), "WEIGHTS_GAP", None) else "yes",
          ", ".join(by_family.get(family, []))]
         for family, patch in PATCHES.items()
     ]
-    print(tabulate(rows, headers=["family", "transformer (diffusers)", "block types", "tiny model", "presets"],
-                   tablefmt="github"))
+    print(tabulate(rows, headers=["family", "transformer (diffusers)", "block types", "tiny model",
+                                  "compare with weights", "presets"], tablefmt="github"))
     return 0
 
 

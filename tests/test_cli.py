@@ -35,4 +35,7 @@ def test_families_lists_every_supported_family_with_its_presets(capsys):
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == set(PATCHES)
     assert "HunyuanVideoFramepackTransformer3DModel" in rows["hunyuan-video"] and "z-image-2k" in rows["z-image"]
-    assert "tiny-skyreels-v2" in rows["skyreels-v2"] and "(--random-weights only)" in rows["flux3"]
+    assert "tiny-skyreels-v2" in rows["skyreels-v2"]
+    cells = {family: [cell.strip() for cell in row.split("|")[4:6]] for family, row in rows.items()}
+    assert cells["flux3"] == ["none", "yes"] and cells["sana-wm"] == ["none", "no: --random-weights"]
+    assert cells["flux"] == ["tiny-flux", "yes"]
