@@ -132,11 +132,13 @@ def test_calibrate_runs_on_the_tiny_model(family, tmp_path):
 # reads its image-slot mask to the host (RoPE, prefill segments); Mochi's processor finds each sample's valid
 # prompt tokens with torch.nonzero; HunyuanImage 2.1 reorders its prompt tokens by boolean indexing (valid ones
 # first), a data-dependent shape; HiDream's mixture-of-experts loops over its tokens-per-expert counts; Lumina 2
-# reads its caption lengths to the host (.tolist()); Bria Fibo 2.0's RoPE enters a `with device` block, as Z-Image's.
+# reads its caption lengths to the host (.tolist()); Bria Fibo 2.0's RoPE enters a `with device` block, as Z-Image's;
+# OmniGen's RoPE branches on the largest position id (a family here only where torchvision is installed).
 # Z-Image, Qwen-Image 2.1 and Bria Fibo 2.0 are compiled per block instead (tests/test_z_image.py,
-# tests/test_qwen_image21.py, tests/test_bria_fibo2.py), HunyuanImage too (tests/test_hunyuan_image.py).
+# tests/test_qwen_image21.py, tests/test_bria_fibo2.py), HunyuanImage and OmniGen too (tests/test_hunyuan_image.py,
+# tests/test_omnigen.py).
 COMPILABLE = sorted(set(FAMILY_MODULES) - {"hunyuan-video-1.5", "z-image", "qwen-image-2.1", "mochi", "hunyuan-image",
-                                           "hidream", "lumina2", "bria-fibo2"})
+                                           "hidream", "lumina2", "bria-fibo2", "omnigen"})
 
 
 # Cosmos 3's pre-hook reads the prompt's length (und_len, an int the pipeline passes: the grid's offset), so the hook's

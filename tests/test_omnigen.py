@@ -100,6 +100,21 @@ def test_pipeline_runs_gna_after_the_warm_up(edit, monkeypatch):
     assert len(spy.windows) == 2 * 2  # 2 sparse steps x 2 layers, the guidance branches in one batch
 
 
+def test_layers_compiled_one_by_one_run_gna_like_eager():
+    """The stock transformer does not compile whole with fullgraph=True (its RoPE branches on the largest position
+    id) and names no repeated blocks: each layer compiled on its own runs GNA as eager does."""
+    transformer = omnigen.tiny_transformer()
+    inputs = omnigen.transformer_inputs(transformer, GRID, text=TEXT, batch=2, valid_text=(5, 9), input_image=(1, 3))
+    with torch.no_grad():
+        with enabled(transformer, GNAConfig(family="omnigen", window=2)):
+            eager = transformer(**inputs)[0]
+        for layer in transformer.layers:
+            layer.compile(fullgraph=True, backend="eager")
+        with enabled(transformer, GNAConfig(family="omnigen", window=2)):
+            compiled = transformer(**inputs)[0]
+    assert max_diff(compiled, eager) <= 1e-6
+
+
 def test_the_harness_runs_it_end_to_end_only_with_torchvision():
     """With torchvision OmniGen is a family like the others (test_families runs its tiny model through compare);
     without it, compare refuses its real weights before loading them and names the ways in."""
