@@ -168,5 +168,6 @@ DEFAULT_PRESET = "minimax-h3-768p"
 DEFAULT_STEPS = 50  # the modular pipeline's default num_inference_steps
 TEXT_TOKENS = 256  # the Qwen3-VL prompt
 NAME_PATTERN = r"minimax[-_]?h3"  # hub names of this family, for --random-weights
+UNSCORED = "the stereo audio track MiniMax-H3 also generates"  # what compare does not score
 # compare and sweep load its real weights as a modular pipeline (ModularPipeline.from_pretrained); it has no tiny one.
 WEIGHTS_GAP = None
