@@ -151,6 +151,26 @@ def test_random_weights_mode_times_flux3_which_the_harness_cannot_build_a_pipeli
     assert {layer["blocks"] for layer in row["layers"]} == {"image", "single"}
 
 
+def test_compare_loads_a_saved_modular_image_pipeline(tmp_path):
+    """A folder saved from a modular pipeline (FLUX's AutoBlocks on the tiny components: modular_model_index.json
+    only) is loaded as one and scored on its images (Echo's video case: tests/test_ltx2.py)."""
+    import diffusers.modular_pipelines
+
+    from gna_diffusers.patches import flux
+
+    pipe = diffusers.modular_pipelines.FluxAutoBlocks().init_pipeline()
+    tiny = flux.tiny_pipeline().components
+    pipe.update_components(**{name: tiny[name] for name in pipe.component_names if tiny.get(name) is not None})
+    pipe.save_pretrained(str(tmp_path / "flux"), overwrite_modular_index=True)
+    assert not (tmp_path / "flux" / "model_index.json").exists()
+    assert main(["compare", "--model", str(tmp_path / "flux"), "--output", str(tmp_path / "out"), "--no-warmup",
+                 "--height", "64", "--width", "64", "--steps", "4", "--prompt", "a red cat"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["family"] == "flux" and report["model"]["weights"] == "pretrained"
+    assert len(report["samples"][0]["gna"]["transformer_call_s"]) == 4
+    assert 20 < report["summary"]["psnr"] < float("inf") and report["summary"]["ssim"] > 0.5
+
+
 def test_a_folder_with_no_pipeline_index_is_refused_naming_both(capsys, tmp_path):
     folder = tmp_path / "FLUX.3-dev"
     folder.mkdir()
