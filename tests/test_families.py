@@ -237,20 +237,40 @@ MODULAR_INPUTS = {"ideogram4": {"guidance_schedule": [7.0] * 3}}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(MODULAR_BLOCKS))
+def layouts_seen(pipe, family: str, generate) -> set:
+    """The (grid, stream tokens, grid offset) of every transformer call ``generate()`` makes under a sparse pattern."""
+    from gna_diffusers import GNAConfig
+
+    seen = set()
+    with enabled(pipe, GNAConfig(family=family, window=2, dense_steps=0)) as handle:
+        hook = pipe.transformer.register_forward_hook(lambda *_: seen.add(handle.runtime.layout))
+        try:
+            generate()
+        finally:
+            hook.remove()
+    return {(layout.grid, layout.stream_tokens, layout.grid_offset) for layout in seen if layout is not None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(MODULAR_BLOCKS))
 def test_modular_pipelines_count_their_steps_and_run_gna(family, monkeypatch):
     """The family's modular pipeline (diffusers' AutoBlocks with the tiny pipeline's components), from prompt to
-    latents: whole windows reproduce it, and a sparse preset runs GNA after the warm-up step, with no notice."""
+    latents: whole windows reproduce it, a sparse preset runs GNA after the warm-up step, with no notice, and each
+    call's layout (grid, and where it lies among the tokens) is the one the family's pipeline gives the same request
+    (whole windows alone would not notice a grid placed over the wrong tokens)."""
     import diffusers.modular_pipelines
     from test_apply import OperatorSpy
 
     from gna_diffusers import GNAConfig
+    from gna_diffusers.harness.models import pipeline_inputs
 
     module = FAMILY_MODULES[family]
+    classic = module.tiny_pipeline()
     pipe = getattr(diffusers.modular_pipelines, MODULAR_BLOCKS[family])().init_pipeline()
-    pipe.update_components(**{k: v for k, v in module.tiny_pipeline().components.items() if v is not None})
+    pipe.update_components(**{k: v for k, v in classic.components.items() if v is not None})
     if hasattr(pipe, "disable_safety_checker"):
         pipe.disable_safety_checker()  # Cosmos 3's blocks refuse to run without a checker or this opt-out
-    kwargs = {k: v for k, v in module.tiny_call_kwargs().items() if k in ("num_frames", "max_sequence_length")}
+    kwargs = {k: v for k, v in module.tiny_call_kwargs().items() if k in pipeline_inputs(pipe)}
     kwargs |= MODULAR_INPUTS.get(family, {})
     size = {"height": 32, "width": 32, **getattr(module, "TINY_SIZE", {})}
 
@@ -269,3 +289,4 @@ def test_modular_pipelines_count_their_steps_and_run_gna(family, monkeypatch):
             run()
             assert handle.runtime.step == 3 and handle.runtime.grid is not None
     assert spy.windows
+    assert layouts_seen(pipe, family, run) == layouts_seen(classic, family, lambda: tiny_generate(family, classic, steps=3))
