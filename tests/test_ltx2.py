@@ -95,6 +95,19 @@ def test_memory_tokens_before_the_grid_are_context(grid, monkeypatch):
     assert max_diff(routed, expected) <= 1e-5 and max_diff(routed, stock) > 1e-3
 
 
+def test_the_grid_offset_is_read_once_per_positions_tensor(monkeypatch):
+    """Reading the positions is a host sync: the same tensor again (a pipeline's next step) reuses the read."""
+    transformer = ltx2.tiny_transformer()
+    inputs = with_memory(transformer, ltx2.transformer_inputs(transformer, GRID, text=7), slots=1)
+    reads = []
+    monkeypatch.setattr(ltx2._GRID_OFFSETS, "read", lambda coords, grid: reads.append(grid) or ltx2.grid_offset(coords,
+                                                                                                             grid))
+    with torch.no_grad(), enabled(transformer, GNAConfig(family="ltx2", window=2)):
+        for coords in (inputs["video_coords"], inputs["video_coords"], inputs["video_coords"].clone()):
+            transformer(**(inputs | {"video_coords": coords}))
+    assert reads == [GRID, GRID]
+
+
 def test_a_one_frame_grid_with_an_appended_keyframe_of_its_size_keeps_the_grid_first():
     """A keyframe appended at the first frame's positions fits either end of a one-frame grid's positions: as early
     in time as the grid, it is taken as the appended one."""
