@@ -538,7 +538,7 @@ class GNAHandle:
             site.route.observer = observer
 
     def reset_steps(self) -> None:
-        """Start a new generation (bare transformers only; pipelines reset at set_timesteps)."""
+        """Start a new generation (bare transformers only; a pipeline's scheduler or denoising loop starts its own)."""
         self.runtime.new_generation(None)
 
     def attach_pipeline(self, pipeline, counters: list) -> None:
@@ -784,7 +784,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
     more = _more_transformers(target, patch, block_counts, transformer) if counters else []
     transformers = [transformer, *more]
     patterns = layer_patterns(config, block_counts)
-    # Raises for a fractional warm-up without a scheduler to count steps.
+    # Raises for a fractional warm-up with nothing to count steps (a bare transformer).
     runtime = _Runtime(config, patterns, not counters, transformer, patch)
 
     if counters:  # said before anything is installed (a warnings filter may raise)

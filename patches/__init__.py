@@ -36,9 +36,10 @@ def _load(names: tuple[str, ...]) -> dict:
     return modules
 
 
-_MODULES = _load(_HARNESS + _SPEED_ONLY)
-FAMILY_MODULES = {family: module for family, module in _MODULES.items()
-                  if module.__name__.rpartition(".")[2] in _HARNESS and not getattr(module, "WEIGHTS_GAP", None)}
-SPEED_ONLY_MODULES = {family: module for family, module in _MODULES.items() if family not in FAMILY_MODULES}
-# Every family apply() supports with this diffusers.
-PATCHES = {family: module.PATCH for family, module in (*FAMILY_MODULES.items(), *SPEED_ONLY_MODULES.items())}
+_harness = _load(_HARNESS)
+FAMILY_MODULES = {family: module for family, module in _harness.items() if not getattr(module, "WEIGHTS_GAP", None)}
+SPEED_ONLY_MODULES = {**{family: module for family, module in _harness.items() if family not in FAMILY_MODULES},
+                      **_load(_SPEED_ONLY)}
+# Every family apply() supports with this diffusers: its patches/ module, and its patch.
+MODULES = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}
+PATCHES = {family: module.PATCH for family, module in MODULES.items()}

@@ -987,9 +987,9 @@ UNUSUAL_CALLS = {
 def test_backends_agree_on_unusual_calls(family):
     """flex and triton (the interpreter on CPU) against the reference backend inside transformers whose attention calls
     carry what the simpler families' do not."""
-    from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES
+    from gna_diffusers.patches import MODULES
 
-    module = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}[family]
+    module = MODULES[family]
     transformer = module.tiny_transformer()
     inputs = module.transformer_inputs(transformer, (4, 4), batch=2, **UNUSUAL_CALLS[family])
     outputs = {}

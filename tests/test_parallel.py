@@ -96,10 +96,10 @@ VARIANTS = {"wan-vace": ("wan", "tiny_vace_transformer")}
 
 
 def tiny_transformer(case: str):
-    from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES
+    from gna_diffusers.patches import MODULES
 
     family, builder = VARIANTS.get(case, (case, "tiny_transformer"))
-    return getattr({**FAMILY_MODULES, **SPEED_ONLY_MODULES}[family], builder)(**TINY_SHAPES.get(case, {}))
+    return getattr(MODULES[family], builder)(**TINY_SHAPES.get(case, {}))
 
 # LTX-Video's plan shards the text too, and gna_diffusers' sublayer plans (Wan VACE, SkyReels-V2, Wan Animate,
 # Kandinsky 5) shard the cross-attention's queries, so their stock cross-attention runs diffusers' native ring
@@ -119,9 +119,9 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
     from diffusers import ContextParallelConfig
 
     from gna_diffusers import apply, remove
-    from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES
+    from gna_diffusers.patches import MODULES
 
-    module = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}[VARIANTS.get(family, (family,))[0]]
+    module = MODULES[VARIANTS.get(family, (family,))[0]]
 
     def own_plan(transformer):  # gna_diffusers' plan, for a transformer class diffusers has none for
         plan_for = module.PATCH.parallel_plan

@@ -14,7 +14,7 @@ from types import ModuleType
 import torch
 
 from gna_diffusers import model_family
-from gna_diffusers.patches import FAMILY_MODULES, SPEED_ONLY_MODULES
+from gna_diffusers.patches import FAMILY_MODULES, MODULES, SPEED_ONLY_MODULES
 
 TINY_MODELS = {module.TINY_NAME: module for module in FAMILY_MODULES.values()}
 
@@ -94,7 +94,7 @@ def load_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> Model:
         patch = model_family(pipeline)
     except TypeError as error:
         raise HarnessError(str(error)) from None
-    family = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}[patch.family]
+    family = MODULES[patch.family]
     if getattr(family, "WEIGHTS_GAP", None):
         raise _speed_only(patch.family, name)
     pipeline.to(device)
@@ -156,12 +156,11 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
 def family_named(name: str) -> ModuleType:
     """The family module whose ``NAME_PATTERN`` the model's own name matches: the part after the owner of a hub id
     (``hunyuanvideo-community/HunyuanImage-2.1-Diffusers`` is HunyuanImage, not HunyuanVideo) or a folder's name."""
-    families = {**FAMILY_MODULES, **SPEED_ONLY_MODULES}
     own_name = Path(name).name
-    matches = [module for module in families.values() if re.search(module.NAME_PATTERN, own_name, re.IGNORECASE)]
+    matches = [module for module in MODULES.values() if re.search(module.NAME_PATTERN, own_name, re.IGNORECASE)]
     if len(matches) != 1:
         raise HarnessError(
-            f"--random-weights needs a model name that names one family ({', '.join(families)}), e.g. "
+            f"--random-weights needs a model name that names one family ({', '.join(MODULES)}), e.g. "
             f"black-forest-labs/FLUX.1-dev, hunyuanvideo-community/HunyuanVideo, Wan-AI/Wan2.1-T2V-14B-Diffusers, "
             f"Qwen/Qwen-Image, hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v or Lightricks/LTX-2; "
             f"got {name!r}"
