@@ -84,7 +84,9 @@ def grid_offset(coords: torch.Tensor, grid: tuple[int, int, int]) -> int | None:
     begin with its box (the keyframes and reference videos the pipelines append come after it), N - |grid| when they
     end with it (Echo's image-memory slots come before it), None when neither. Where both ends fit (a one-frame grid
     and an appended keyframe or a memory image of its size), the end whose first position is earlier in time holds
-    the grid, the start on a tie. Host syncs: read once per positions tensor and grid (_GRID_OFFSETS)."""
+    the grid, the start on a tie. One host sync (the first sample's positions, copied once), once per positions tensor
+    and grid (_GRID_OFFSETS)."""
+    coords = coords[:1].double().cpu()
     tail = coords.shape[2] - prod(grid)
     head_fits = grid_from_coords(coords[:, :, :prod(grid)]) == grid
     tail_fits = grid_from_coords(coords[:, :, tail:]) == grid
