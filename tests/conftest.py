@@ -3,6 +3,7 @@ import random
 
 import pytest
 import torch
+from helpers import undo_leftover_routes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Triton reads this when a kernel is decorated, i.e. when gna_diffusers is first imported: set it here,
@@ -39,13 +40,8 @@ def rng() -> random.Random:
 def no_installation_outlives_its_test():
     """Every test removes what it applied: a leftover dispatch wrapper would hide the next test's bugs."""
     yield
-    from gna_diffusers import route
-
-    leftover = dict(route._ROUTED)
-    for module in leftover:  # clean up first, so one failure does not cascade
-        module.dispatch_attention_fn = module.dispatch_attention_fn.original
-    route._ROUTED.clear()
-    assert not leftover, f"GNA left applied on {[m.__name__ for m in leftover]}"
+    leftover = undo_leftover_routes()  # clean up first, so one failure does not cascade
+    assert not leftover, f"GNA left applied on {leftover}"
 
 
 @pytest.fixture(params=["flux", "hunyuan-video"])

@@ -7,6 +7,17 @@ import warnings
 import torch
 
 
+def undo_leftover_routes() -> list[str]:
+    """Restore every module attribute GNA still routes (an installation not removed) and name them."""
+    from gna_diffusers import route
+
+    leftover = list(route._ROUTED)
+    for module, attribute in leftover:
+        setattr(module, attribute, getattr(module, attribute).original)
+    route._ROUTED.clear()
+    return [f"{module.__name__}.{attribute}" for module, attribute in leftover]
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest absolute difference between two tensors of one shape."""
     return (a - b).abs().max().item()

@@ -3,12 +3,16 @@ sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, HunyuanImage 
 Helios with its history, MiniMax-H3's packed sequence), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
 enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are
 sharded too; HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks, and
-so does diffusers' tensor parallelism (heads sharded) on the families with a ``_tp_plan``.
+so does diffusers' tensor parallelism (heads sharded) on the families with a ``_tp_plan``. The 2-rank cases share
+one group of ranks per test process (``GlooRanks``).
 
 What this cannot cover: NCCL, GPU timing and overlap."""
 
+import io
 import os
+import queue
 import socket
+import traceback
 
 import pytest
 import torch
@@ -23,6 +27,109 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def join_gloo_group(rank: int, world: int, port: int) -> None:
+    """Join the CPU process group and point diffusers, which finds its device through the accelerator API, at it."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.accelerator.device_count = lambda: world
+    torch._C._get_accelerator = lambda: torch.device("cpu")
+
+
+def rank_loop(rank: int, world: int, port: int, jobs, results) -> None:
+    """One rank of a :class:`GlooRanks` group: runs each job ``(function, args)`` as ``function(rank, world, *args)``
+    until it gets None; puts ``(rank, rank 0's result saved with torch.save, error traceback)`` for each."""
+    import torch.distributed as dist
+    from helpers import undo_leftover_routes
+
+    join_gloo_group(rank, world, port)
+    while (job := jobs.get()) is not None:
+        function, args = job
+        try:
+            result = function(rank, world, *args)
+            if leftover := undo_leftover_routes():  # each job starts from stock modules, as each test (conftest)
+                raise AssertionError(f"GNA left applied on {leftover}")
+            dist.barrier()  # no rank starts the next job while another still exchanges this one's tensors
+            payload = None
+            if rank == 0:
+                buffer = io.BytesIO()
+                torch.save(result, buffer)
+                payload = buffer.getvalue()
+            results.put((rank, payload, None))
+        except BaseException:
+            results.put((rank, None, traceback.format_exc()))
+            return  # the group is broken (a rank may wait in a collective): the parent ends every rank
+    dist.barrier()  # no rank tears its connections down while another still uses them
+    dist.destroy_process_group()
+
+
+class GlooRanks:
+    """``world`` spawned CPU ranks in one gloo process group, shared by the jobs of a test module: starting ranks
+    (each imports torch and diffusers' models) costs about 10 s on two cores, more than most jobs. A job that fails
+    or hangs on any rank ends the group (a rank left inside a collective would wait forever); the next job starts a
+    new one."""
+
+    def __init__(self, world: int, timeout_s: float = 600.0):
+        self.world, self.timeout_s = world, timeout_s
+        self.processes: list = []
+
+    def _start(self) -> None:
+        context = mp.get_context("spawn")
+        self.jobs = [context.Queue() for _ in range(self.world)]
+        self.results = context.Queue()
+        port = free_port()
+        self.processes = [context.Process(target=rank_loop, args=(rank, self.world, port, self.jobs[rank], self.results),
+                                          daemon=True) for rank in range(self.world)]
+        for process in self.processes:
+            process.start()
+
+    def run(self, function, *args):
+        """``function(rank, world, *args)`` on every rank (a module-level function); returns rank 0's result."""
+        if not self.processes:
+            self._start()
+        for jobs in self.jobs:
+            jobs.put((function, args))
+        payloads: dict[int, bytes | None] = {}
+        waited = 0.0
+        try:
+            while len(payloads) < self.world:
+                try:
+                    rank, payload, error = self.results.get(timeout=5.0)
+                except queue.Empty:
+                    waited += 5.0
+                    dead = [rank for rank, process in enumerate(self.processes) if not process.is_alive()]
+                    if dead or waited >= self.timeout_s:
+                        raise RuntimeError(f"{function.__name__}{args}: rank(s) {dead} exited" if dead else
+                                           f"{function.__name__}{args}: no result after {self.timeout_s:.0f} s") from None
+                    continue
+                if error is not None:
+                    raise RuntimeError(f"{function.__name__}{args} failed on rank {rank}:\n{error}")
+                payloads[rank] = payload
+        except BaseException:
+            self.close(graceful=False)
+            raise
+        return torch.load(io.BytesIO(payloads[0]))
+
+    def close(self, graceful: bool = True) -> None:
+        if graceful:
+            for jobs in self.jobs:
+                jobs.put(None)
+        for process in self.processes:
+            process.join(timeout=30 if graceful else 0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.processes = []
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    ranks = GlooRanks(2)
+    yield ranks
+    ranks.close()
 
 
 def config_for(family: str):
@@ -108,14 +215,9 @@ def tiny_transformer(case: str):
 NO_CPU_RING = {"ltx-video", "skyreels-v2", "wan-vace", "wan-animate", "kandinsky5", "minimax-h3"}
 
 
-def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    # diffusers finds its device through the accelerator API: point it at the CPU (gloo).
-    torch.accelerator.device_count = lambda: world
-    torch._C._get_accelerator = lambda: torch.device("cpu")
+def context_parallel_job(rank: int, world: int, family: str) -> dict:
+    """The family's tiny transformer: stock, single-process GNA, and GNA under Ulysses (apply first, parallelism
+    first) and ring attention over the ``world`` ranks."""
     from diffusers import ContextParallelConfig
 
     from gna_diffusers import apply, remove
@@ -156,18 +258,14 @@ def worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
         with torch.no_grad():
             results["ring"] = torch.as_tensor(ring(**inputs_for(family, ring))[0]).clone()
         remove(ring)
-    if rank == 0:
-        torch.save(results, os.path.join(folder, f"{family}.pt"))
-    dist.barrier()  # no rank tears its connections down while another still uses them
-    dist.destroy_process_group()
+    return results
 
 
 @pytest.mark.parametrize("family", ["flux", "wan", "qwen-image", "hunyuan-video", "flux2", "ltx-video", "chronoedit",
                                     "helios", "hunyuan-image", "skyreels-v2", "wan-vace", "wan-animate",
                                     "kandinsky5", "minimax-h3"])
-def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, tmp_path):
-    mp.spawn(worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
-    results = torch.load(tmp_path / f"{family}.pt")
+def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, two_ranks):
+    results = two_ranks.run(context_parallel_job, family)
     assert (results["single"] - results["stock"]).abs().max() > 1e-3  # the windows are sparse: GNA ran
     for order in ("apply-first", "parallel-first", "ring"):
         if order in results:
@@ -181,10 +279,7 @@ def unified_worker(rank: int, world: int, port: int, folder: str) -> None:
     """ring 2 x Ulysses 2 on 4 ranks (diffusers' unified mode), FLUX with 4 heads so each rank gets one."""
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.accelerator.device_count = lambda: world
-    torch._C._get_accelerator = lambda: torch.device("cpu")
+    join_gloo_group(rank, world, port)
     from diffusers import ContextParallelConfig
 
     from gna_diffusers import apply
@@ -214,23 +309,18 @@ def test_unified_ring_and_ulysses_on_4_ranks_equals_single_process_gna(tmp_path)
     torch.testing.assert_close(results["unified"], results["single"], atol=1e-5, rtol=1e-5)
 
 
-def tensor_parallel_worker(rank: int, world: int, port: int, family: str, folder: str) -> None:
+def tensor_parallel_job(rank: int, world: int, family: str) -> dict:
     """diffusers' tensor parallelism (``TensorParallelConfig``: the attention heads and MLPs sharded) under GNA."""
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.accelerator.device_count = lambda: world
-    torch._C._get_accelerator = lambda: torch.device("cpu")
     import diffusers.hooks.tensor_parallel as tensor_parallel
     from diffusers import TensorParallelConfig
 
-    from gna_diffusers import apply
+    from gna_diffusers import apply, remove
     from gna_diffusers.patches import FAMILY_MODULES
 
     # diffusers refuses a CPU mesh for tensor parallelism (it targets accelerators); its DTensor sharding runs
     # on gloo all the same, which is what this test needs.
-    tensor_parallel._SUPPORTED_TP_DEVICES = (*tensor_parallel._SUPPORTED_TP_DEVICES, "cpu")
+    if "cpu" not in tensor_parallel._SUPPORTED_TP_DEVICES:
+        tensor_parallel._SUPPORTED_TP_DEVICES = (*tensor_parallel._SUPPORTED_TP_DEVICES, "cpu")
     results = {}
     for order in ("apply-first", "parallel-first"):
         transformer = FAMILY_MODULES[family].tiny_transformer()
@@ -245,16 +335,13 @@ def tensor_parallel_worker(rank: int, world: int, port: int, family: str, folder
                 transformer.enable_parallelism(config=TensorParallelConfig(tp_degree=world))
                 apply(transformer, config_for(family))
             results[order] = torch.as_tensor(transformer(**inputs)[0]).clone()
-    if rank == 0:
-        torch.save(results, os.path.join(folder, f"{family}-tp.pt"))
-    dist.barrier()
-    dist.destroy_process_group()
+        remove(transformer)
+    return results
 
 
 @pytest.mark.parametrize("family", ["flux", "flux2", "qwen-image", "qwen-image-2.1"])
-def test_tensor_parallel_degree_2_equals_single_process_gna(family, tmp_path):
-    mp.spawn(tensor_parallel_worker, args=(2, free_port(), family, str(tmp_path)), nprocs=2)
-    results = torch.load(tmp_path / f"{family}-tp.pt")
+def test_tensor_parallel_degree_2_equals_single_process_gna(family, two_ranks):
+    results = two_ranks.run(tensor_parallel_job, family)
     assert (results["single"] - results["stock"]).abs().max() > 1e-3  # the windows are sparse: GNA ran
     for order in ("apply-first", "parallel-first"):
         torch.testing.assert_close(results[order], results["single"], atol=1e-5, rtol=1e-5)
