@@ -184,7 +184,8 @@ def test_echo_modular_pipeline_counts_its_loop_steps_and_windows_the_video_after
 def test_compare_loads_a_saved_echo_modular_pipeline_and_scores_it(tmp_path):
     """A modular pipeline's folder (modular_model_index.json, no model_index.json): compare loads it with
     ModularPipeline.from_pretrained, calls it with the inputs its blocks take (Echo's loop walks its own 8 sigmas) and
-    scores the preset's video against dense; calibrate runs it too."""
+    scores the preset's video against dense (a step count it does not take is ignored with a warning); calibrate
+    runs it too."""
     import json
 
     from diffusers.modular_pipelines.echo.modular_blocks_echo import EchoBlocks
@@ -194,8 +195,9 @@ def test_compare_loads_a_saved_echo_modular_pipeline_and_scores_it(tmp_path):
     pipe.update_components(**{name: tiny.components[name] for name in pipe.component_names if name in tiny.components})
     pipe.save_pretrained(str(tmp_path / "echo"), overwrite_modular_index=True)  # (diffusers splits a str)
     size = ["--height", "32", "--width", "32", "--frames", "9", "--prompt", "a red cat"]
-    assert main(["compare", "--model", str(tmp_path / "echo"), "--output", str(tmp_path / "out"), "--no-warmup",
-                 *size]) == 0
+    with pytest.warns(UserWarning, match="EchoModularPipeline takes no num_inference_steps: --steps is ignored"):
+        assert main(["compare", "--model", str(tmp_path / "echo"), "--output", str(tmp_path / "out"), "--no-warmup",
+                     "--steps", "4", *size]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["model"]["family"] == "ltx2" and report["preset"]["name"] == "ltx2-1080p"
     (sample,) = report["samples"]

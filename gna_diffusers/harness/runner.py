@@ -186,14 +186,17 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
             parameters["image"] or pipeline in getattr(model.family, "IMAGE_PIPELINES", ())):
         raise HarnessError(f"model {settings.model!r} is an image-conditioned pipeline ({pipeline}): give its input "
                            f"image with --image PATH")
-    for name in ("height", "width", "steps"):
-        value = getattr(settings, name)
-        if value is not None:
-            kwargs["num_inference_steps" if name == "steps" else name] = value
+    requested = {"height": settings.height, "width": settings.width, "num_inference_steps": settings.steps,
+                 "num_frames": settings.frames if model.family.PATCH.video else None}
+    for name, value in requested.items():
+        if value is None:
+            continue
+        if is_modular(model.pipeline) and name not in parameters:  # e.g. Echo: its loop walks its own sigmas
+            flag = "--steps" if name == "num_inference_steps" else f"--{name.removeprefix('num_')}"
+            warnings.warn(f"gna-diffusers: {pipeline} takes no {name}: {flag} is ignored", stacklevel=2)
+        kwargs[name] = value
     # A family whose pipeline ties other arguments to the step count (Ideogram 4's guidance schedule) says them.
     kwargs.update(getattr(model.family, "steps_call_kwargs", lambda steps: {})(settings.steps))
-    if model.family.PATCH.video and settings.frames is not None:
-        kwargs["num_frames"] = settings.frames
     return kwargs
 
 
