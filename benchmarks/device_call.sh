@@ -87,10 +87,10 @@ case "$part" in
         done
         ;;
     models1) suite "flux.1-dev,hunyuanvideo 7" ;;
-    models2) suite "wan 2.1,ti2v,qwen-image 1328,1.5,chroma" ;;
+    models2) suite "wan 2.1,ti2v,qwen-image 1328,hunyuanvideo 1.5,chroma" ;;
     models3) suite "z-image,skyreels,flux.3,qwen-image 2.1" ;;
     models4) suite "ltx-2,ltx-video,predict2.5" ;;
-    models5) suite "animate,kandinsky" ;;
+    models5) suite "2.2 animate,kandinsky" ;;
     models6) suite "cogvideox,mochi,allegro" ;;
     models7) suite "easyanimate,ideogram,krea,ovis" ;;
     models8) suite "cogview4,cogview3,hunyuanimage 2.1 2048,sd3.5" ;;

@@ -164,7 +164,8 @@ def test_every_suite_case_names_one_family_its_preset_is_for(monkeypatch):
 def test_every_device_call_part_runs_its_cases_and_every_case_has_a_part(monkeypatch):
     """Each ``suite "..."`` part of benchmarks/device_call.sh names parts of case names that each pick a case (as
     gpu_suite's --models matches them), and every model case is in some part: a lent device's minutes are not spent
-    on a part that stops at its argument check, nor is a case never run."""
+    on a part that stops at its argument check, nor is a case never run, nor run by two ``models`` parts (``first``
+    repeats ``models1``'s bars on purpose)."""
     import re
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
@@ -174,12 +175,14 @@ def test_every_device_call_part_runs_its_cases_and_every_case_has_a_part(monkeyp
         part = (re.match(r"\s+(\w+)\)", line) or [None, part])[1]
         parts += [(part, names) for names in re.findall(r'^\s+(?:\w+\) )?suite "([^"]+)"', line)]
     assert {part for part, _ in parts} >= {"first", "models1", "models11"}, parts
-    covered = set()
+    covered, owner = set(), {}
     for part, names in parts:
         for name in names.split(","):
             matched = {case for case in cases if name.strip().lower() in case}
             assert matched, f"{part}: {name!r} matches no model case"
             covered |= matched
+            for case in matched if part.startswith("models") else ():
+                assert owner.setdefault(case, part) == part, f"{case!r} runs in {owner[case]} and in {part}"
     assert covered == set(cases)
 
 
