@@ -27,6 +27,7 @@
 #   models11 suite: NucleusMoE-Image (2048x2048), AuraFlow v0.3 (1536x1536), JoyImage-Edit, Bria Fibo 2.0, OmniGen v1
 #            (1024x1024)
 #   models12 suite: Cosmos 3 Omni (720x1280x189), MiniMax-H3 (768x1344x124), SANA-WM (704x1280x161)
+#   models13 suite: Wan Animate 2 (800x640, an 81-frame segment; its blocks compiled, as its flex attention needs)
 #   profile  Nsight Compute (full set, with per-instruction stall sampling) of the tuned triton kernel and
 #            dense cuDNN on the two paper shapes: ncu-<case>.ncu-rep (open with ncu-ui) and a text summary
 # Every step writes its logs and results straight into $OUT, after every case, so a call cut off at its
@@ -37,8 +38,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-}
 case "$part" in
-    first | kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | models11 | models12 | profile) ;;
-    *) echo "usage: device_call.sh first|kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|models11|models12|profile (got '$part')" >&2; exit 2 ;;
+    first | kernels | models1 | tests | models2 | models3 | models4 | models5 | models6 | models7 | models8 | models9 | models10 | models11 | models12 | models13 | profile) ;;
+    *) echo "usage: device_call.sh first|kernels|models1|tests|models2|models3|models4|models5|models6|models7|models8|models9|models10|models11|models12|models13|profile (got '$part')" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"
@@ -98,5 +99,6 @@ case "$part" in
     models10) suite "lumina,ernie,glm,prx" ;;
     models11) suite "nucleus,auraflow,joyimage,fibo 2,omnigen" ;;
     models12) suite "cosmos 3,minimax,sana-wm" ;;
+    models13) suite "animate 2" ;;
 esac
 exit "$status"

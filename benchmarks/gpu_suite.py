@@ -92,6 +92,9 @@ MODEL_CASES = [
     # Wan 2.2 Animate 14B: one 77-frame segment (its reference frame is context).
     ModelCase("Wan 2.2 Animate 14B 720x1280x77", "Wan-AI/Wan2.2-Animate-14B-Diffusers", "wan-animate-720p", 720,
               1280, 77, 20, None, None),
+    # Wan Animate 2 (no hub id known offline: the name picks the family; diffusers' class defaults, Wan 14B's shape):
+    # one 81-frame segment at the modular pipeline's default 800x640, its generation pass; blocks compiled (flex).
+    ModelCase("Wan Animate 2 14B 800x640x81", "Wan-Animate-2", "wan-animate2-800x640", 800, 640, 81, 40, None, None),
     ModelCase("Kandinsky 5 Pro 19B 768x1280x121", "kandinskylab/Kandinsky-5.0-T2V-Pro-sft-5s-Diffusers",
               "kandinsky5-768p", 768, 1280, 121, 50, None, None),
     # Qwen-Image 2.1 at 4 MP (the shape is diffusers' class defaults): the grid's queries against the prompt.

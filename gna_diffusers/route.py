@@ -127,6 +127,8 @@ class GNARoute:
     else, so a compiled block sees per-call constants (the pattern's values), not the step or the layer.
     """
 
+    named_backend = None  # in flight (route_unnamed_calls), it takes the calls that name this backend: none
+
     def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None,
                  cached_context_keys: bool = False, grid_only: bool = False, grid_queries_alone: bool = False):
         self.layer = layer
@@ -407,7 +409,8 @@ class _RouteInFlight:
 
 class _RoutedDispatch(_RouteInFlight):
     """Replaces a family module's ``dispatch_attention_fn``: calls carrying a route go to it, and so do the
-    grid-query calls naming no backend while ``unnamed_route`` is set (see :func:`route_unnamed_calls`)."""
+    grid-query calls naming no backend while ``unnamed_route`` is set (see :func:`route_unnamed_calls`), or naming
+    the backend that route's ``named_backend`` gives (Wan Animate 2's packed flex call: patches/wan_animate2.py)."""
 
     def __init__(self, original: Callable):
         super().__init__()
@@ -418,8 +421,9 @@ class _RoutedDispatch(_RouteInFlight):
         if isinstance(backend, GNARoute):
             return backend(self.original, query, key, value, attn_mask, kwargs)
         route = self.unnamed_route
-        if backend is None and route is not None and route._routable(query.shape[1], key.shape[1]):
-            return route(self._default_backend, query, key, value, attn_mask, kwargs)
+        if route is not None and backend == route.named_backend and route._routable(query.shape[1], key.shape[1]):
+            dispatch = self._default_backend if backend is None else functools.partial(self.original, backend=backend)
+            return route(dispatch, query, key, value, attn_mask, kwargs)
         return self.original(query, key, value, attn_mask, *args, backend=backend, **kwargs)
 
     def _default_backend(self, *args, backend=None, **kwargs):

@@ -19,7 +19,7 @@ _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "fl
 # videos; Sana-WM: a first frame and a camera path). FLUX.3 and MiniMax-H3 load as modular pipelines. A family of
 # _HARNESS whose WEIGHTS_GAP is set in this environment joins them (OmniGen without torchvision, which its pipeline
 # needs).
-_SPEED_ONLY = ("flux3", "wan_animate", "minimax_h3", "sana_wm")
+_SPEED_ONLY = ("flux3", "wan_animate", "minimax_h3", "sana_wm", "wan_animate2")
 
 UNAVAILABLE: dict[str, str] = {}  # module name -> why it could not be imported
 

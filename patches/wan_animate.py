@@ -116,7 +116,7 @@ FULL_CONFIG = dict(
 DEFAULT_PRESET = "wan-animate-720p"
 DEFAULT_STEPS = 20  # WanAnimatePipeline's default num_inference_steps
 TEXT_TOKENS = 512  # UMT5, as Wan
-NAME_PATTERN = r"wan.*animate"  # hub names of this family, for --random-weights
+NAME_PATTERN = r"wan.*animate(?!.?2)"  # hub names of this family (not Wan Animate 2's), for --random-weights
 # Why compare and sweep do not run it with weights (they time it with --random-weights).
 WEIGHTS_GAP = "pipelines animate a character image along pose and face videos, which compare does not take"
 

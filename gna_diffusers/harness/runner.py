@@ -556,6 +556,9 @@ def random_weights_sweep(settings: Settings, presets, device: torch.device, *, s
     """Speed only: transformer steps of a random-weight model at the requested size, dense vs each preset."""
     model = random_transformer(settings.model, device, settings.torch_dtype)
     _parallelize(model)
+    if device.type == "cuda" and getattr(model.family, "COMPILED_TO_RUN", None):
+        # Stock attention that fits only compiled (Wan Animate 2's flex BlockMask): both modes timed compiled, per block.
+        model.transformer.compile_repeated_blocks()
     entries = _resolve_presets(presets, model, single)
     with _dense_backend(model, settings):
         return _random_weights_entries(settings, model, entries, device, single)

@@ -1,0 +1,208 @@
+"""Wan Animate 2 (WanAnimate2Transformer3DModel, 14B; diffusers ships it as a modular pipeline only): character
+animation along a driving video, one segment at a time. Per segment the transformer runs twice kinds of pass:
+
+- the reference pass (``kv_cache_mode="extract"``), once: dense self-attention over the driving segment's tokens,
+  whose keys and values each layer stores in a KV cache. A context pass, no denoising step: it runs stock.
+- the generation passes (``kv_cache_mode="cached"``), each denoising step: the (F + 1, H, W) generation grid (the
+  character image's latent frame, then the segment's F frames) attends to every generation token, and each frame
+  f >= 1 also to the reference tokens of driving frame f - 1. Stock packs both into 128-aligned buffers and runs
+  flex attention with a BlockMask (which needs torch.compile at video sizes).
+
+GNA's subclass takes that packed call (an in-flight route that claims calls naming the flex backend): the
+generation queries attend to their window over the generation grid (one GNA call, with its log-sum-exp) and,
+frames f >= 1, to all of driving frame f - 1's tokens (a second GNA call over the F frames with a window of one
+frame and the whole of H x W); the two softmaxes are merged by their log-sum-exps, which equals one softmax over
+the union of both key sets. Where a segment does not fill the packed buffers (a resolution that is not a multiple
+of 16, or reference latents of another size), the call runs stock with a warning.
+
+Layout probe, from shapes (no host sync): hidden_states, a list of one (C, F + 1, 2H, 2W) latent; patch (1, 2, 2).
+800x640 pixels (the pipeline's default area), 81-frame segments -> Wan's VAE (8x, 4x in time) -> 21 latent frames
+plus the character's -> 22x50x40 generation tokens (44,000), and 21x50x40 reference tokens (42,000).
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import torch
+from diffusers import WanAnimate2Transformer3DModel
+from diffusers.models.attention_dispatch import AttentionBackendName
+from diffusers.models.transformers import transformer_wan_animate_2
+from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2AttnProcessor, WanAnimate2KVCache
+
+from gna_diffusers.install import ModelPatch
+from gna_diffusers.ops import gna_attention
+from gna_diffusers.route import GNARoute, LayoutError, RoutedProcessorMixin, TokenLayout, route_unnamed_calls, token_layout
+
+from ._forward import forward_argument
+from ._inputs import seeded_randn
+
+
+def _packed_length(tokens: int) -> int:
+    """A segment of ``tokens`` tokens in stock's packed buffer: padded to the BlockMask's 128-token blocks."""
+    return -(-tokens // 128) * 128
+
+
+class PackedReferenceAttention:
+    """The generation pass's packed flex call as GNA: in flight during a GNA processor's call (the dispatch stand-in
+    hands it the calls naming the flex backend whose sizes are this segment's packed buffers)."""
+
+    named_backend = AttentionBackendName.FLEX
+
+    def __init__(self, route: GNARoute, frames: int):
+        grid = route.layout.grid
+        self.route, self.grid, self.frame_tokens = route, grid, grid[1] * grid[2]
+        self.queries = _packed_length(prod(grid))  # the generation buffer: F + 1 frames
+        self.keys = self.queries + _packed_length(frames * self.frame_tokens)  # and the F reference frames after it
+
+    def _routable(self, queries: int, keys: int) -> bool:
+        return queries == self.queries and keys == self.keys
+
+    def __call__(self, dispatch, query, key, value, attn_mask, kwargs) -> torch.Tensor:
+        """(B, packed, H, D) output rows of the generation tokens (the padding's rows, which stock drops, are 0)."""
+        if getattr(kwargs.get("parallel_config"), "context_parallel_config", None) is not None:
+            self.route.warn_once("runs dense: Wan Animate 2's packed reference attention under context parallelism")
+            return dispatch(query, key, value, attn_mask=attn_mask, **kwargs)
+        pattern, grid, hw = self.route.pattern, self.grid, self.frame_tokens
+        n = prod(grid)
+        q, k, v = query[:, :n], key[:, :n], value[:, :n]
+        out, lse = gna_attention(q, k, v, grid, pattern.window, pattern.stride, pattern.dilation,
+                                 scale=kwargs.get("scale"), backend=self.route.backend, return_lse=True)
+        # Frames 1..F attend to driving frames 0..F-1, one frame to one frame: a window of one frame, all of H x W.
+        references = slice(self.queries, self.queries + n - hw)
+        frames = (grid[0] - 1, grid[1], grid[2])
+        out_ref, lse_ref = gna_attention(q[:, hw:], key[:, references], value[:, references], frames,
+                                         (1, grid[1], grid[2]), scale=kwargs.get("scale"), backend=self.route.backend,
+                                         return_lse=True)
+        # One softmax over both key sets: each part weighted by its share exp(lse_part - lse_union) of the total.
+        union = torch.logaddexp(lse[:, hw:], lse_ref)
+        merged = (out[:, hw:] * torch.exp(lse[:, hw:] - union)[..., None]
+                  + out_ref * torch.exp(lse_ref - union)[..., None])
+        packed = query.new_zeros(query.shape)
+        packed[:, :hw] = out[:, :hw]
+        packed[:, hw:n] = merged.to(query.dtype)
+        return packed
+
+
+class GNAWanAnimate2AttnProcessor(RoutedProcessorMixin, WanAnimate2AttnProcessor):
+    """WanAnimate2AttnProcessor whose generation pass attends with GNA (:class:`PackedReferenceAttention`); its
+    reference pass, and the dense steps, run as stock."""
+
+    def __call__(self, attn, hidden_states, *args, **kwargs):
+        route = self.route
+        if route is None or route.pattern is None or kwargs.get("kv_cache_mode") != "cached":
+            return super().__call__(attn, hidden_states, *args, **kwargs)
+        frames, problem = _fills_the_packed_buffers(route.layout.grid, hidden_states, kwargs)
+        if problem is not None:
+            route.warn_once(f"runs dense: {problem}")
+            return super().__call__(attn, hidden_states, *args, **kwargs)
+        return route_unnamed_calls(transformer_wan_animate_2, PackedReferenceAttention(route, frames),
+                                   super().__call__, attn, hidden_states, *args, **kwargs)
+
+
+def _fills_the_packed_buffers(grid: tuple[int, int, int], hidden_states: torch.Tensor, kwargs: dict
+                              ) -> tuple[int, str | None]:
+    """The reference frames of a generation call, and why its segment does not fill stock's packed buffers (None
+    when it does): stock attends to the buffers' unfilled slots as zero keys, which GNA does not reproduce."""
+    frames = kwargs.get("origin_latent_frames")
+    frame_tokens = kwargs.get("origin_latent_hw")
+    reference_tokens = kwargs["kv_cache"].get()[0].shape[1]
+    if (frames, frame_tokens) != (grid[0] - 1, grid[1] * grid[2]):
+        return frames, (f"the segment's grid {grid} does not fill the packed buffer of {frames} + 1 frames of "
+                        f"{frame_tokens} tokens")
+    if hidden_states.shape[1] != prod(grid) or reference_tokens != frames * frame_tokens:
+        return frames, (f"{hidden_states.shape[1]} generation tokens and {reference_tokens} reference tokens are not "
+                        f"the grid {grid}'s {prod(grid)} and {frames} frames of {frame_tokens}")
+    return frames, None
+
+
+def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout | None:
+    """The generation grid (F + 1, H, W) of a generation pass; None for the reference pass (context: no step)."""
+    if forward_argument(module, args, kwargs, "kv_cache_mode") == "extract":
+        return None
+    latents = forward_argument(module, args, kwargs, "hidden_states")
+    if not isinstance(latents, (list, tuple)) or len(latents) != 1 or latents[0].ndim != 4:
+        raise LayoutError("Wan Animate 2 calls hold one (C, F, H, W) latent per call")
+    p_t, p_h, p_w = module.config.patch_size
+    _, frames, height, width = latents[0].shape
+    grid = (frames // p_t, height // p_h, width // p_w)
+    if grid[0] < 2:
+        raise LayoutError(f"{grid[0]} latent frame(s) hold the character's frame and no segment to generate")
+    return token_layout(grid, prod(grid))
+
+
+PATCH = ModelPatch(
+    family="wan-animate2",
+    transformer_class=WanAnimate2Transformer3DModel,
+    processor_class=GNAWanAnimate2AttnProcessor,
+    stock_processor_class=WanAnimate2AttnProcessor,
+    dispatch_module=transformer_wan_animate_2,
+    blocks={"blocks": "blocks"},
+    text_first=False,  # no text in the self-attention sequence
+    layout_probe=layout_probe,
+    video=True,
+    attention="self_attn",
+)
+
+TINY_TEXT_WIDTH = 16
+
+
+def tiny_transformer(seed: int = 0, num_layers: int = 2) -> WanAnimate2Transformer3DModel:
+    """A randomly initialised Wan Animate 2 transformer for CPU tests: 2 heads x 16, 4 latent channels and 8
+    condition channels in 1x2x2 patches, no CLIP image branch."""
+    torch.manual_seed(seed)
+    return WanAnimate2Transformer3DModel(
+        text_len=8, in_dim=12, dim=32, ffn_dim=32, freq_dim=16, text_dim=TINY_TEXT_WIDTH, out_dim=4, num_heads=2,
+        num_layers=num_layers, use_img_emb=False,
+    ).eval()
+
+
+def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:
+    """The generation grid of ``frames``-frame segments at height x width: Wan's VAE (8x, 4x in time after the first
+    frame) and 2x2 patches, plus the character image's latent frame in front."""
+    if height % 16 or width % 16:
+        raise ValueError(f"height and width must be divisible by 16 (Wan's VAE and 2x2 patches), got {height}x{width}")
+    frames = 81 if frames is None else frames
+    if (frames - 1) % 4:
+        raise ValueError(f"Wan Animate 2 segments hold 4k+1 frames (its VAE compresses time 4x), got {frames}")
+    return (frames - 1) // 4 + 2, height // 16, width // 16
+
+
+def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512, batch: int = 1, device="cpu",
+                       dtype=torch.float32, seed: int = 0) -> dict:
+    """Keyword inputs of one generation pass over the (F + 1, H, W) ``grid``, as the modular pipeline makes them,
+    with the KV cache every layer's reference pass would fill (random keys and values of the F driving frames)."""
+    if batch != 1:
+        raise ValueError(f"Wan Animate 2 takes one sample per transformer call; got batch {batch}")
+    config = transformer.config
+    frames, rows, cols = grid
+    heads, head_dim = config.num_heads, config.dim // config.num_heads
+    randn = seeded_randn(seed, device, dtype)
+    cache = WanAnimate2KVCache(config.num_layers)
+    for layer in range(config.num_layers):
+        cache.get(layer).store(randn(1, (frames - 1) * rows * cols, heads, head_dim),
+                               randn(1, (frames - 1) * rows * cols, heads, head_dim))
+    latent_size = (frames, 2 * rows, 2 * cols)
+    inputs = dict(
+        hidden_states=[randn(config.out_dim, *latent_size)], timestep=torch.tensor([500.0], device=device),
+        encoder_hidden_states=[randn(text, config.text_dim)],
+        condition_latents=[randn(config.in_dim - config.out_dim, *latent_size)],
+        kv_cache=cache, kv_cache_mode="cached", seq_len=prod(grid),
+        reference_grid_sizes=torch.tensor([[frames - 1, rows, cols]]), origin_len=(frames - 2) * 4 + 1,
+        origin_area=[16 * rows, 16 * cols], return_dict=False,
+    )
+    if config.use_img_emb:
+        inputs["encoder_hidden_states_image"] = randn(1, 257, 1280)  # CLIP ViT-H's 257 tokens
+    return inputs
+
+
+# diffusers' class defaults (Wan 14B's shape: 40 layers, 40 heads x 128, width 5120, CLIP image branch); the
+# published checkpoint's config was not read offline.
+FULL_CONFIG: dict = {}
+DEFAULT_PRESET = "wan-animate2-800x640"
+DEFAULT_STEPS = 40  # the modular pipeline's default num_inference_steps
+TEXT_TOKENS = 512  # UMT5, padded to text_len
+NAME_PATTERN = r"wan.*animate.?2"  # hub names of this family, for --random-weights
+WEIGHTS_GAP = "pipeline (modular) animates a character image along a driving video, which compare does not take"
+# Why `compare --random-weights` compiles its blocks on a GPU (as diffusers tells its users to) before timing both.
+COMPILED_TO_RUN = "stock's generation attention is flex with a BlockMask, which uncompiled materializes every score"
