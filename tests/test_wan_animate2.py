@@ -1,6 +1,7 @@
-"""Wan Animate 2 (tiny offline transformer, fp32, CPU): GNA takes the generation pass's packed flex call (windows
-over the generation grid, each frame's driving-frame references in the same softmax), the reference pass and the
-dense steps run stock, a segment that does not fill the packed buffers runs stock with a warning."""
+"""Wan Animate 2 (tiny offline transformer and modular denoise blocks, fp32, CPU): GNA takes the generation pass's
+packed flex call (windows over the generation grid, each frame's driving-frame references in the same softmax), the
+reference pass and the dense steps run stock, a segment that does not fill the packed buffers runs stock with a
+warning, each segment has its own warm-up."""
 
 import re
 import warnings
@@ -165,3 +166,54 @@ def test_regional_compilation_runs_gna_like_eager(model):
         for block in transformer.blocks:  # the module-scoped model stays eager for the other tests
             block._compiled_call_impl = None
         torch._dynamo.reset()
+
+
+def tiny_denoise_pipeline():
+    """diffusers' Wan Animate 2 core denoise blocks (segments: a driving-video slice encoded, the reference pass, the
+    guided denoising loop) on tiny components: a Wan VAE 8x in space and 4x in time, as the blocks' packed sizes
+    assume (the tiny transformer's 2x2 patches make 16 pixels a token)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+    from diffusers.modular_pipelines.wan_animate_2.modular_blocks_wan_animate_2 import WanAnimate2CoreDenoiseStep
+
+    pipe = WanAnimate2CoreDenoiseStep().init_pipeline()
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    pipe.update_components(transformer=wan_animate2.tiny_transformer(), vae=vae,
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+    return pipe
+
+
+def denoise_inputs(size: int = 64, steps: int = 3) -> dict:
+    """Two 5-frame segments (9 driving frames, one carried over) at size x size pixels: 3x4x4 generation grids."""
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    return dict(segment_frame_length=5, prev_segment_conditioning_frames=1, effective_segment=4, num_segments=2,
+                reference_image_latents=randn(8, 1, size // 8, size // 8), driving_video_pixels=randn(1, 3, 9, size, size),
+                condition_clip_context=randn(1, 257, 1280), prompt_ref_embeds=randn(1, 5, wan_animate2.TINY_TEXT_WIDTH),
+                height=size, width=size, prompt_embeds=randn(1, 5, wan_animate2.TINY_TEXT_WIDTH),
+                negative_prompt_embeds=randn(1, 5, wan_animate2.TINY_TEXT_WIDTH), num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(1))
+
+
+def test_modular_denoise_runs_gna_in_every_segment_after_its_own_warm_up(monkeypatch):
+    """apply() on diffusers' modular pipeline counts its scheduler's steps: each segment sets its schedule again, so
+    each has its dense first step; every generation pass after it (the prompt and the negative) runs GNA on both
+    layers, the reference passes never. Whole windows reproduce the stock segments."""
+    pipe = tiny_denoise_pipeline()
+    stock = pipe(**denoise_inputs()).get("segment_frames")
+    spy = OperatorSpy(monkeypatch)
+    monkeypatch.setattr(wan_animate2, "gna_attention", gna_diffusers.route.gna_attention)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="wan-animate2", window=-1, dense_steps=1)):
+            whole = pipe(**denoise_inputs()).get("segment_frames")
+        assert all(max_diff(a, b) <= 1e-4 for a, b in zip(whole, stock, strict=True))
+        spy.windows.clear()
+        with enabled(pipe, GNAConfig(family="wan-animate2", window=2, dense_steps=1)):
+            sparse = pipe(**denoise_inputs()).get("segment_frames")
+    assert max(max_diff(a, b) for a, b in zip(sparse, stock, strict=True)) > 1e-3
+    # 2 segments x 2 sparse steps x 2 guidance passes x 2 layers, each a grid call and a driving-frame call
+    assert spy.windows == [(2, 2, 2), (1, 4, 4)] * (2 * 2 * 2 * 2)
