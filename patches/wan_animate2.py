@@ -63,24 +63,29 @@ class PackedReferenceAttention:
         if getattr(kwargs.get("parallel_config"), "context_parallel_config", None) is not None:
             self.route.warn_once("runs dense: Wan Animate 2's packed reference attention under context parallelism")
             return dispatch(query, key, value, attn_mask=attn_mask, **kwargs)
-        pattern, grid, hw = self.route.pattern, self.grid, self.frame_tokens
-        n = prod(grid)
+        pattern, grid, hw, backend = self.route.pattern, self.grid, self.frame_tokens, self.route.backend
+        n, scale = prod(grid), kwargs.get("scale")
         q, k, v = query[:, :n], key[:, :n], value[:, :n]
-        out, lse = gna_attention(q, k, v, grid, pattern.window, pattern.stride, pattern.dilation,
-                                 scale=kwargs.get("scale"), backend=self.route.backend, return_lse=True)
+        # Eager inference writes into the output buffer and merges in place (no grid-sized float32 temporaries);
+        # autograd and compiled graphs take the out-of-place ops.
+        training = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+        in_place = not training and not torch.compiler.is_compiling()
+        packed = query.new_zeros(query.shape) if in_place else None
+        out, lse = gna_attention(q, k, v, grid, pattern.window, pattern.stride, pattern.dilation, scale=scale,
+                                 backend=backend, return_lse=True, out=None if packed is None else packed[:, :n])
         # Frames 1..F attend to driving frames 0..F-1, one frame to one frame: a window of one frame, all of H x W.
         references = slice(self.queries, self.queries + n - hw)
-        frames = (grid[0] - 1, grid[1], grid[2])
-        out_ref, lse_ref = gna_attention(q[:, hw:], key[:, references], value[:, references], frames,
-                                         (1, grid[1], grid[2]), scale=kwargs.get("scale"), backend=self.route.backend,
-                                         return_lse=True)
+        out_ref, lse_ref = gna_attention(q[:, hw:], key[:, references], value[:, references], (grid[0] - 1, *grid[1:]),
+                                         (1, *grid[1:]), scale=scale, backend=backend, return_lse=True)
         # One softmax over both key sets: each part weighted by its share exp(lse_part - lse_union) of the total.
         union = torch.logaddexp(lse[:, hw:], lse_ref)
-        merged = (out[:, hw:] * torch.exp(lse[:, hw:] - union)[..., None]
-                  + out_ref * torch.exp(lse_ref - union)[..., None])
-        packed = query.new_zeros(query.shape)
-        packed[:, :hw] = out[:, :hw]
-        packed[:, hw:n] = merged.to(query.dtype)
+        own, driving = torch.exp(lse[:, hw:] - union)[..., None], torch.exp(lse_ref - union)[..., None]
+        if packed is None:
+            return torch.cat([out[:, :hw], out[:, hw:] * own + out_ref * driving, query.new_zeros(
+                query.shape[0], query.shape[1] - n, *query.shape[2:])], dim=1).to(query.dtype)
+        rows = packed[:, hw:n]
+        rows.mul_(own)
+        rows.addcmul_(out_ref, driving)
         return packed
 
 

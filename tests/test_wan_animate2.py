@@ -217,3 +217,16 @@ def test_modular_denoise_runs_gna_in_every_segment_after_its_own_warm_up(monkeyp
     assert max(max_diff(a, b) for a, b in zip(sparse, stock, strict=True)) > 1e-3
     # 2 segments x 2 sparse steps x 2 guidance passes x 2 layers, each a grid call and a driving-frame call
     assert spy.windows == [(2, 2, 2), (1, 4, 4)] * (2 * 2 * 2 * 2)
+
+
+def test_a_training_pass_gives_the_inference_output_and_gradients(model):
+    """Inference merges the two softmaxes in place in the output buffer; autograd takes the out-of-place ops."""
+    transformer, inputs = model
+    with enabled(transformer, GNAConfig(family="wan-animate2", window=2)):
+        inference = run(transformer, inputs)
+        trained = transformer(**inputs)[0][0]  # the parameters require grad: a graph is built
+        trained.square().sum().backward()
+        weight = transformer.blocks[0].self_attn.to_q.weight
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
+        transformer.zero_grad(set_to_none=True)
+    assert max_diff(trained.detach(), inference) <= 1e-6
