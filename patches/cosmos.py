@@ -107,6 +107,7 @@ def full_size(model_name: str):
 
 
 DEFAULT_PRESET = "cosmos-720p"
+PIPELINE_PRESETS = {"AnimaModularPipeline": "anima-1k"}  # compare's default for Anima's images
 DEFAULT_STEPS = 35  # Cosmos2VideoToWorldPipeline's default num_inference_steps
 TEXT_TOKENS = 512  # the pipelines' max_sequence_length (cross-attention only)
 NAME_PATTERN = r"cosmos(?![-_.]?3)"  # hub names of this family (not Cosmos 3), for --random-weights

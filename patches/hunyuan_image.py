@@ -117,6 +117,7 @@ def full_size(model_name: str):
 
 
 DEFAULT_PRESET = "hunyuan-image-2k"
+PIPELINE_PRESETS = {"HunyuanImageRefinerPipeline": "hunyuan-image-refiner-2k"}  # compare's default for the refiner
 DEFAULT_STEPS = 50  # the pipeline's default num_inference_steps
 TEXT_TOKENS = 1000  # the Qwen2.5-VL prompt, padded to 1000 (transformer_inputs adds the base model's 128 ByT5 tokens)
 

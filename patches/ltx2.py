@@ -266,6 +266,7 @@ def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 1024
 # blocks, Gemma 3 text features of width 3840); for timing with random weights.
 FULL_CONFIG: dict = {}
 DEFAULT_PRESET = "ltx2-1080p"
+PIPELINE_PRESETS = {"EchoModularPipeline": "ltx2-echo-512p"}  # compare's default for Echo's long videos
 DEFAULT_STEPS = 30  # LTX2Pipeline's default num_inference_steps
 TEXT_TOKENS = 1024  # the pipeline's max_sequence_length (Gemma 3): cross-attention only, not in attn1
 NAME_PATTERN = r"ltx-?2"  # hub names of this family, for --random-weights

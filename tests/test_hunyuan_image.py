@@ -114,6 +114,25 @@ def test_compare_asks_the_refiner_for_its_input_image():
         _call_kwargs(model, Settings(model="a-refiner"))
 
 
+def test_compare_defaults_to_the_refiner_preset_for_the_refiner_and_anima_for_anima():
+    """A family's default preset is for its main pipeline; compare picks the one the family names for the loaded
+    pipeline's class (sweep still takes every preset of the family)."""
+    from gna_diffusers.harness.models import Model
+    from gna_diffusers.harness.runner import _resolve_presets
+    from gna_diffusers.patches import cosmos
+
+    refiner = tiny_refiner_pipeline()
+    model = Model("a-refiner", hunyuan_image, refiner, refiner.transformer, "pretrained")
+    assert [name for name, _ in _resolve_presets(None, model, single=True)] == ["hunyuan-image-refiner-2k"]
+    assert "hunyuan-image-2k" in [name for name, _ in _resolve_presets(None, model, single=False)]
+    base = hunyuan_image.tiny_pipeline()
+    model = Model("a-base", hunyuan_image, base, base.transformer, "pretrained")
+    assert [name for name, _ in _resolve_presets(None, model, single=True)] == ["hunyuan-image-2k"]
+    anima = cosmos.tiny_anima_denoise()
+    model = Model("an-anima", cosmos, anima, anima.transformer, "pretrained")
+    assert [name for name, _ in _resolve_presets(None, model, single=True)] == ["anima-1k"]
+
+
 def test_a_latent_video_of_several_frames_runs_dense_with_a_warning():
     transformer = hunyuan_image.tiny_transformer(refiner=True)
     inputs = hunyuan_image.transformer_inputs(transformer, GRID, text=TEXT)

@@ -184,7 +184,7 @@ def test_echo_modular_pipeline_counts_its_loop_steps_and_windows_the_video_after
 def test_compare_loads_a_saved_echo_modular_pipeline_and_scores_it(tmp_path):
     """A modular pipeline's folder (modular_model_index.json, no model_index.json): compare loads it with
     ModularPipeline.from_pretrained, calls it with the inputs its blocks take (Echo's loop walks its own 8 sigmas) and
-    scores the preset's video against dense (a step count it does not take is ignored with a warning); calibrate
+    scores Echo's preset's video against dense (a step count it does not take is ignored with a warning); calibrate
     runs it too."""
     import json
 
@@ -199,7 +199,7 @@ def test_compare_loads_a_saved_echo_modular_pipeline_and_scores_it(tmp_path):
         assert main(["compare", "--model", str(tmp_path / "echo"), "--output", str(tmp_path / "out"), "--no-warmup",
                      "--steps", "4", *size]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["model"]["family"] == "ltx2" and report["preset"]["name"] == "ltx2-1080p"
+    assert report["model"]["family"] == "ltx2" and report["preset"]["name"] == "ltx2-echo-512p"
     (sample,) = report["samples"]
     assert len(sample["dense"]["transformer_call_s"]) == len(sample["gna"]["transformer_call_s"]) == 8
     assert 20 < report["summary"]["psnr"] < float("inf")  # the sparse steps changed the video, a little

@@ -389,11 +389,13 @@ def _check_device(name: str) -> torch.device:
 
 def _resolve_presets(presets, model: Model, single: bool) -> list[tuple[str, GNAConfig]]:
     """Validate every preset before anything runs: a typo fails fast, not after an hour of dense runs.
-    No presets: compare uses the family's default preset, sweep every shipped preset of the family plus
-    dense-check."""
+    No presets: compare uses the family's default preset (or the one the family names for the loaded pipeline's
+    class: Echo's, Anima's, a refiner's), sweep every shipped preset of the family plus dense-check."""
     if not presets:
         family = model.family.PATCH.family
-        presets = [model.family.DEFAULT_PRESET] if single else [
+        pipeline = type(model.pipeline).__name__
+        default = getattr(model.family, "PIPELINE_PRESETS", {}).get(pipeline, model.family.DEFAULT_PRESET)
+        presets = [default] if single else [
             name for name in gna_diffusers.list_presets() if gna_diffusers.load_preset(name).family in (family, "any")
         ]
     resolved = []
