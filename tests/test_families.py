@@ -235,8 +235,6 @@ MODULAR_BLOCKS = {"flux": "FluxAutoBlocks", "wan": "WanBlocks", "ltx-video": "LT
 MODULAR_INPUTS = {"ideogram4": {"guidance_schedule": [7.0] * 3}}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(MODULAR_BLOCKS))
 def layouts_seen(pipe, family: str, generate) -> set:
     """The (grid, stream tokens, grid offset) of every transformer call ``generate()`` makes under a sparse pattern."""
     from gna_diffusers import GNAConfig
