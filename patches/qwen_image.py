@@ -104,6 +104,10 @@ FULL_CONFIG = dict(
     joint_attention_dim=3584, axes_dims_rope=(16, 56, 56),
 )
 DEFAULT_PRESET = "qwen-image"
+PIPELINE_PRESETS = {"QwenImageLayeredPipeline": "qwen-image-layered-640"}  # compare's default for Layered
+# Pipelines whose input image compare asks for although their signature defaults it to None.
+IMAGE_PIPELINES = ("QwenImageLayeredPipeline",)
+RGBA_PIPELINES = ("QwenImageLayeredPipeline",)  # its input image keeps its alpha (the layers it generates are RGBA)
 DEFAULT_STEPS = 50  # QwenImagePipeline's default num_inference_steps
 TEXT_TOKENS = 256  # prompts vary in length (the pipeline trims padding); a long prompt
 
@@ -147,8 +151,38 @@ def tiny_pipeline(seed: int = 0):
                              tokenizer=tokenizer, transformer=tiny_transformer(seed))
 
 
+def tiny_layered_pipeline(seed: int = 0):
+    """An offline QwenImageLayeredPipeline: a VAE 32x down in space with 8 latent channels (the pipeline sizes its
+    images for 640 or 1024 pixels and reads a latent as wide as the RGBA input as latents already), so a square image
+    gives 640x640 layers of 10x10 tokens; the transformer with layer-wise 3-D RoPE and the RGB-flag condition. No
+    Qwen2.5-VL processor: it only captions an image given no prompt."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageLayeredPipeline
+
+    tokenizer, text_encoder = tiny_text_parts(seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=8, dim_mult=[1] * 6, num_res_blocks=1, temperal_downsample=[False] * 5,
+                                 latents_mean=[0.0] * 8, latents_std=[1.0] * 8, input_channels=4).eval()
+    config = dict(tiny_transformer(seed).config, use_layer3d_rope=True, use_additional_t_cond=True, in_channels=32,
+                  out_channels=8)
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel.from_config(config).eval()
+    return QwenImageLayeredPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                                    tokenizer=tokenizer, processor=None, transformer=transformer)
+
+
 def tiny_call_kwargs() -> dict:
     return dict(max_sequence_length=64)
+
+
+def pipeline_output(result):
+    """The one sample of a call: an image (H, W, C), or Qwen-Image-Layered's RGBA layers (L, H, W, 4) as L RGB frames,
+    each composited over white (compare scores and shows them as a video's frames)."""
+    image = result.images[0]
+    if image.ndim != 4:
+        return image
+    layers = torch.as_tensor(image)
+    rgb, alpha = layers[..., :3], layers[..., 3:]
+    return (rgb * alpha + (1 - alpha)).numpy()
 
 
 TINY_NAME = "tiny-qwen-image"

@@ -87,6 +87,65 @@ def test_layered_planes_form_one_3d_grid_and_the_condition_image_is_context(laye
         assert torch.isfinite(transformer(**inputs)[0]).all()
 
 
+def rgba_image(size: int = 64):
+    from PIL import Image
+
+    pixels = ((torch.arange(size * size * 4) * 7) % 251).reshape(size, size, 4).to(torch.uint8).numpy()
+    return Image.fromarray(pixels, mode="RGBA")
+
+
+def test_layered_pipeline_runs_gna_over_its_generated_planes_after_the_warm_up(monkeypatch):
+    """QwenImageLayeredPipeline with 2 layers: it generates 3 planes (the combined image, then the layers), 10x10
+    tokens each at its 640 bucket, one 3-D grid; the input image's plane and the prompt are context. Whole windows
+    reproduce it; the 640 preset (5 planes at 40x40) runs GNA on the steps after its warm-up."""
+    pipe = qwen_image.tiny_layered_pipeline()
+
+    def generate() -> torch.Tensor:
+        return pipe(image=rgba_image(), prompt="a red cat", layers=2, num_inference_steps=4, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **qwen_image.tiny_call_kwargs()).images[0]
+
+    stock = generate()
+    spy = ContextSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="qwen-image", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-4
+        spy.calls.clear()
+        with enabled(pipe, "qwen-image-layered-640"):
+            sparse = generate()
+    assert stock.shape == (2, 4, 640, 640) and max_diff(sparse, stock) > 1e-3
+    # round(0.32 x 4) = 1 dense step, then 3 steps x 2 layers; context: the prompt's 64 tokens (its templated text cut
+    # at max_sequence_length) and the input image's 100
+    assert [(grid, extra) for grid, extra, _ in spy.calls] == [((3, 10, 10), 64 + 100)] * 6
+
+
+def test_compare_scores_the_layered_pipeline_layers_as_frames(tmp_path, monkeypatch):
+    """compare on a Qwen-Image-Layered pipeline (the tiny one, given to the harness as a loaded model: it has no
+    processor to save): asks for its RGBA --image, keeps the alpha, defaults to the layered preset and scores the
+    layers, composited over white, as frames."""
+    import json
+
+    import gna_diffusers.harness.runner as runner
+    from gna_diffusers.cli import main
+    from gna_diffusers.harness.models import Model
+
+    pipe = qwen_image.tiny_layered_pipeline()
+    monkeypatch.setattr(runner, "load_pipeline",
+                        lambda name, device, dtype: Model(name, qwen_image, pipe, pipe.transformer, "pretrained"))
+    images = []
+    real_load = runner._load_image
+    monkeypatch.setattr(runner, "_load_image", lambda path, mode: images.append(real_load(path, mode).mode) or
+                        real_load(path, mode))
+    rgba_image().save(tmp_path / "input.png")
+    args = ["compare", "--model", "Qwen/Qwen-Image-Layered", "--output", str(tmp_path / "out"), "--no-warmup",
+            "--steps", "4", "--prompt", "a red cat", "--device", "cpu"]
+    assert main(args) == 2  # no --image: refused, with the reason
+    assert main([*args, "--image", str(tmp_path / "input.png")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["preset"]["name"] == "qwen-image-layered-640" and set(images) == {"RGBA"}
+    assert "strip" in report["samples"][0]["files"] and 20 < report["summary"]["psnr"]
+    assert len(report["samples"][0]["metrics"]["per_frame_psnr"]) == 4  # the default 4 layers
+
+
 def test_an_edit_reference_as_large_as_the_image_stays_context():
     """Without ``additional_t_cond`` (Qwen-Image-Edit) a reference image of the generated image's size is context,
     not a second layer."""

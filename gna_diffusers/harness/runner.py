@@ -158,11 +158,11 @@ def _read_images(settings: Settings) -> Settings:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_image(path: str):
+def _load_image(path: str, mode: str = "RGB"):
     from PIL import Image
 
     with Image.open(Path(path).expanduser()) as image:
-        return image.convert("RGB")
+        return image.convert(mode)
 
 
 def _call_kwargs(model: Model, settings: Settings) -> dict:
@@ -181,7 +181,9 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
         if "image" not in parameters:
             raise HarnessError(f"--image: {pipeline} takes no input image (an image-to-video, editing or refining "
                                f"pipeline does)")
-        kwargs["image"] = _load_image(settings.image)
+        # RGB unless the family says the pipeline decomposes an image with its alpha (Qwen-Image-Layered: RGBA).
+        kwargs["image"] = _load_image(settings.image, "RGBA" if pipeline in getattr(model.family, "RGBA_PIPELINES", ())
+                                      else "RGB")
     elif "image" in parameters and "image" not in kwargs and (
             parameters["image"] or pipeline in getattr(model.family, "IMAGE_PIPELINES", ())):
         raise HarnessError(f"model {settings.model!r} is an image-conditioned pipeline ({pipeline}): give its input "
@@ -325,7 +327,8 @@ def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, dev
             layers = handle.resolved_layers()
         finally:
             handle.remove()
-        measure = metrics.video_metrics if model.family.PATCH.video else metrics.image_metrics
+        video = dense.ndim == 4  # frames: a video, or an image family's several outputs (Qwen-Image-Layered's layers)
+        measure = metrics.video_metrics if video else metrics.image_metrics
         quality = measure(dense, sparse, lpips)
         if not model.has_quality:
             quality["note"] = "random weights: the numbers check the machinery, not image quality"
@@ -334,7 +337,7 @@ def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, dev
             quality["note"] = CONSTANT_OUTPUT + (f" ({limit})" if limit else "")
             warnings.warn(f"gna-diffusers compare: {sample.id}: {quality['note']}", stacklevel=2)
         files = {}
-        if model.family.PATCH.video:
+        if video:
             files["strip"] = media.write_png(folder / f"{sample.id}.png", media.frame_strip(dense, sparse)).name
             no_mp4 = media.mp4_unavailable()
             if no_mp4 is None:
