@@ -1,5 +1,5 @@
 """Wan Animate 2 (WanAnimate2Transformer3DModel, 14B; diffusers ships it as a modular pipeline only): character
-animation along a driving video, one segment at a time. Per segment the transformer runs twice kinds of pass:
+animation along a driving video, one segment at a time. Per segment the transformer makes two kinds of pass:
 
 - the reference pass (``kv_cache_mode="extract"``), once: dense self-attention over the driving segment's tokens,
   whose keys and values each layer stores in a KV cache. A context pass, no denoising step: it runs stock.
@@ -34,6 +34,7 @@ from gna_diffusers.install import ModelPatch
 from gna_diffusers.ops import gna_attention
 from gna_diffusers.route import GNARoute, LayoutError, RoutedProcessorMixin, TokenLayout, route_unnamed_calls, token_layout
 
+from . import wan
 from ._forward import forward_argument
 from ._inputs import seeded_randn
 
@@ -49,11 +50,11 @@ class PackedReferenceAttention:
 
     named_backend = AttentionBackendName.FLEX
 
-    def __init__(self, route: GNARoute, frames: int):
+    def __init__(self, route: GNARoute):
         grid = route.layout.grid
         self.route, self.grid, self.frame_tokens = route, grid, grid[1] * grid[2]
         self.queries = _packed_length(prod(grid))  # the generation buffer: F + 1 frames
-        self.keys = self.queries + _packed_length(frames * self.frame_tokens)  # and the F reference frames after it
+        self.keys = self.queries + _packed_length(prod(grid) - self.frame_tokens)  # and the F driving frames after it
 
     def _routable(self, queries: int, keys: int) -> bool:
         return queries == self.queries and keys == self.keys
@@ -97,28 +98,26 @@ class GNAWanAnimate2AttnProcessor(RoutedProcessorMixin, WanAnimate2AttnProcessor
         route = self.route
         if route is None or route.pattern is None or kwargs.get("kv_cache_mode") != "cached":
             return super().__call__(attn, hidden_states, *args, **kwargs)
-        frames, problem = _fills_the_packed_buffers(route.layout.grid, hidden_states, kwargs)
+        problem = _packed_buffer_problem(route.layout.grid, hidden_states, kwargs)
         if problem is not None:
             route.warn_once(f"runs dense: {problem}")
             return super().__call__(attn, hidden_states, *args, **kwargs)
-        return route_unnamed_calls(transformer_wan_animate_2, PackedReferenceAttention(route, frames),
-                                   super().__call__, attn, hidden_states, *args, **kwargs)
+        return route_unnamed_calls(transformer_wan_animate_2, PackedReferenceAttention(route), super().__call__, attn,
+                                   hidden_states, *args, **kwargs)
 
 
-def _fills_the_packed_buffers(grid: tuple[int, int, int], hidden_states: torch.Tensor, kwargs: dict
-                              ) -> tuple[int, str | None]:
-    """The reference frames of a generation call, and why its segment does not fill stock's packed buffers (None
-    when it does): stock attends to the buffers' unfilled slots as zero keys, which GNA does not reproduce."""
+def _packed_buffer_problem(grid: tuple[int, int, int], hidden_states: torch.Tensor, kwargs: dict) -> str | None:
+    """Why a generation call's segment does not fill stock's packed buffers, or None: stock attends to the buffers'
+    unfilled slots as zero keys, which GNA does not reproduce."""
     frames = kwargs.get("origin_latent_frames")
     frame_tokens = kwargs.get("origin_latent_hw")
     reference_tokens = kwargs["kv_cache"].get()[0].shape[1]
     if (frames, frame_tokens) != (grid[0] - 1, grid[1] * grid[2]):
-        return frames, (f"the segment's grid {grid} does not fill the packed buffer of {frames} + 1 frames of "
-                        f"{frame_tokens} tokens")
+        return f"the segment's grid {grid} does not fill the packed buffer of {frames} + 1 frames of {frame_tokens} tokens"
     if hidden_states.shape[1] != prod(grid) or reference_tokens != frames * frame_tokens:
-        return frames, (f"{hidden_states.shape[1]} generation tokens and {reference_tokens} reference tokens are not "
-                        f"the grid {grid}'s {prod(grid)} and {frames} frames of {frame_tokens}")
-    return frames, None
+        return (f"{hidden_states.shape[1]} generation tokens and {reference_tokens} reference tokens are not the grid "
+                f"{grid}'s {prod(grid)} and {frames} frames of {frame_tokens}")
+    return None
 
 
 def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout | None:
@@ -163,14 +162,10 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2) -> WanAnimate2Transform
 
 
 def latent_grid(height: int, width: int, frames: int | None = None) -> tuple[int, int, int]:
-    """The generation grid of ``frames``-frame segments at height x width: Wan's VAE (8x, 4x in time after the first
-    frame) and 2x2 patches, plus the character image's latent frame in front."""
-    if height % 16 or width % 16:
-        raise ValueError(f"height and width must be divisible by 16 (Wan's VAE and 2x2 patches), got {height}x{width}")
-    frames = 81 if frames is None else frames
-    if (frames - 1) % 4:
-        raise ValueError(f"Wan Animate 2 segments hold 4k+1 frames (its VAE compresses time 4x), got {frames}")
-    return (frames - 1) // 4 + 2, height // 16, width // 16
+    """The generation grid of ``frames``-frame segments (81, the pipeline's default, when None): Wan's, plus the
+    character image's latent frame in front."""
+    segment, rows, cols = wan.latent_grid(height, width, 81 if frames is None else frames)
+    return segment + 1, rows, cols
 
 
 def transformer_inputs(transformer, grid: tuple[int, int, int], text: int = 512, batch: int = 1, device="cpu",
