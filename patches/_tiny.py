@@ -80,26 +80,52 @@ def randomize_modulation(model: torch.nn.Module, std: float = 0.2, part: str = "
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def qwen3_vl_parts(seed: int, num_hidden_layers: int = 2):
-    """A Qwen3-VL processor (images only) and a Qwen3-VL of ``num_hidden_layers`` 16-wide text layers whose merged
-    vision tokens cover 32 pixels (Qwen-Image 2.1's pipeline takes them as one slot of 2x2 latent tokens)."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+def _image_only_processor(processor_class: type, patch_size: int, max_pixels: int):
+    """A Qwen-VL processor of ``processor_class`` without its video processor (which needs torchvision: the pipelines
+    pass images), over a byte-level tokenizer with the vision placeholders; and their token ids, for the model's
+    config."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
-        """Qwen3VLProcessor without its video processor, which needs torchvision; the pipeline passes images."""
-
+    class ImageOnlyProcessor(processor_class):
         @classmethod
         def get_attributes(cls):
             return ["image_processor", "tokenizer"]
 
     tokenizer = byte_level_tokenizer(VISION_TOKENS)
-    image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=32 * 32, max_pixels=256 * 256)
-    processor = ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                          chat_template=tokenizer.chat_template)
+    image_processor = Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=(2 * patch_size) ** 2, max_pixels=max_pixels)
+    processor = ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                                   chat_template=tokenizer.chat_template)
     ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
                    tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))))
+    return processor, ids
+
+
+def qwen25_vl_parts(seed: int):
+    """A Qwen2-VL processor (images only, at most 112x112 pixels) and a 2-layer, 16-wide Qwen2.5-VL: Qwen-Image-Edit's
+    prompt encoder, which reads the input image too."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor
+
+    processor, ids = _image_only_processor(Qwen2VLProcessor, patch_size=14, max_pixels=112 * 112)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(processor.tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=16,
+                           fullatt_block_indexes=[0], patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        vocab_size=len(processor.tokenizer), hidden_size=16, **ids,
+    )
+    torch.manual_seed(seed)
+    return processor, Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def qwen3_vl_parts(seed: int, num_hidden_layers: int = 2):
+    """A Qwen3-VL processor (images only) and a Qwen3-VL of ``num_hidden_layers`` 16-wide text layers whose merged
+    vision tokens cover 32 pixels (Qwen-Image 2.1's pipeline takes them as one slot of 2x2 latent tokens)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    processor, ids = _image_only_processor(Qwen3VLProcessor, patch_size=16, max_pixels=256 * 256)
+    tokenizer = processor.tokenizer
     config = Qwen3VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16,
                          num_hidden_layers=num_hidden_layers,

@@ -151,6 +151,22 @@ def tiny_pipeline(seed: int = 0):
                              tokenizer=tokenizer, transformer=tiny_transformer(seed))
 
 
+def tiny_edit_pipeline(seed: int = 0):
+    """An offline QwenImageEditPipeline: a 2-layer Qwen2.5-VL that reads the input image with the prompt, and a VAE 32x
+    down in space (the pipeline sizes its output and reference for 1024x1024 pixels), so 1024x1024 images of 16x16
+    tokens, the reference image's 16x16 after them."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline
+
+    from ._tiny import qwen25_vl_parts
+
+    processor, text_encoder = qwen25_vl_parts(seed)
+    torch.manual_seed(seed)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1] * 6, num_res_blocks=1, temperal_downsample=[False] * 5,
+                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    return QwenImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                                 tokenizer=processor.tokenizer, processor=processor, transformer=tiny_transformer(seed))
+
+
 def tiny_layered_pipeline(seed: int = 0):
     """An offline QwenImageLayeredPipeline: a VAE 32x down in space with 8 latent channels (the pipeline sizes its
     images for 640 or 1024 pixels and reads a latent as wide as the RGBA input as latents already), so a square image

@@ -146,6 +146,38 @@ def test_compare_scores_the_layered_pipeline_layers_as_frames(tmp_path, monkeypa
     assert len(report["samples"][0]["metrics"]["per_frame_psnr"]) == 4  # the default 4 layers
 
 
+def test_edit_pipeline_runs_gna_with_its_reference_image_as_context(monkeypatch):
+    """QwenImageEditPipeline with true CFG (two calls a step, one step): the generated image's 16x16 grid; the
+    reference image's 256 tokens and the prompt (which its Qwen2.5-VL read with the image) are context. Whole windows
+    reproduce it; a sparse pattern runs after the dense warm-up step."""
+    from PIL import Image
+
+    pipe = qwen_image.tiny_edit_pipeline()
+    image = Image.fromarray(((torch.arange(64 * 64 * 3) * 5) % 251).reshape(64, 64, 3).to(torch.uint8).numpy())
+
+    def generate() -> torch.Tensor:
+        return pipe(image=image, prompt="make it red", negative_prompt=" ", num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **qwen_image.tiny_call_kwargs()).images
+
+    stock = generate()
+    spy = ContextSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="qwen-image", window=-1)):
+            assert max_diff(generate(), stock) <= 1e-4
+        spy.calls.clear()
+        texts = []  # the prompt's and the negative prompt's token counts, per transformer call
+        hook = pipe.transformer.register_forward_pre_hook(
+            lambda module, args, kwargs: texts.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
+        with enabled(pipe, GNAConfig(family="qwen-image", window=4, dense_steps=1)):
+            sparse = generate()
+        hook.remove()
+    assert max_diff(sparse, stock) > 1e-3 and len(set(texts)) == 2
+    # after the dense step (its 2 calls): 2 steps x 2 calls, each on 2 layers; context: the call's text, then the
+    # reference image's 256 tokens
+    assert [(grid, extra) for grid, extra, _ in spy.calls] == [((16, 16), text + 256) for text in texts[2:]
+                                                               for _layer in range(2)]
+
+
 def test_an_edit_reference_as_large_as_the_image_stays_context():
     """Without ``additional_t_cond`` (Qwen-Image-Edit) a reference image of the generated image's size is context,
     not a second layer."""
