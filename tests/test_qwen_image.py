@@ -146,18 +146,25 @@ def test_compare_scores_the_layered_pipeline_layers_as_frames(tmp_path, monkeypa
     assert len(report["samples"][0]["metrics"]["per_frame_psnr"]) == 4  # the default 4 layers
 
 
-def test_edit_pipeline_runs_gna_with_its_reference_image_as_context(monkeypatch):
-    """QwenImageEditPipeline with true CFG (two calls a step, one step): the generated image's 16x16 grid; the
-    reference image's 256 tokens and the prompt (which its Qwen2.5-VL read with the image) are context. Whole windows
-    reproduce it; a sparse pattern runs after the dense warm-up step."""
+@pytest.mark.parametrize("plus", [False, True], ids=["edit", "edit-plus"])
+def test_edit_pipelines_run_gna_with_their_reference_images_as_context(plus, monkeypatch):
+    """QwenImageEditPipeline (one input image) and QwenImageEditPlusPipeline (Edit 2509 / 2511: here two) with true
+    CFG (two calls a step, one step): the generated image's 16x16 grid; each reference image's 256 tokens and the
+    prompt (which its Qwen2.5-VL read with the images) are context. Whole windows reproduce it; a sparse pattern runs
+    after the dense warm-up step."""
+    from diffusers import QwenImageEditPlusPipeline
     from PIL import Image
 
     pipe = qwen_image.tiny_edit_pipeline()
-    image = Image.fromarray(((torch.arange(64 * 64 * 3) * 5) % 251).reshape(64, 64, 3).to(torch.uint8).numpy())
+    pipe = QwenImageEditPlusPipeline(**pipe.components) if plus else pipe
+    images = [Image.fromarray(((torch.arange(64 * 64 * 3) * step) % 251).reshape(64, 64, 3).to(torch.uint8).numpy())
+              for step in ((5, 7) if plus else (5,))]
+    references = 256 * len(images)
 
     def generate() -> torch.Tensor:
-        return pipe(image=image, prompt="make it red", negative_prompt=" ", num_inference_steps=3, output_type="pt",
-                    generator=torch.Generator().manual_seed(0), **qwen_image.tiny_call_kwargs()).images
+        return pipe(image=images if plus else images[0], prompt="make it red", negative_prompt=" ",
+                    num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0),
+                    **qwen_image.tiny_call_kwargs()).images
 
     stock = generate()
     spy = ContextSpy(monkeypatch)
@@ -173,8 +180,8 @@ def test_edit_pipeline_runs_gna_with_its_reference_image_as_context(monkeypatch)
         hook.remove()
     assert max_diff(sparse, stock) > 1e-3 and len(set(texts)) == 2
     # after the dense step (its 2 calls): 2 steps x 2 calls, each on 2 layers; context: the call's text, then the
-    # reference image's 256 tokens
-    assert [(grid, extra) for grid, extra, _ in spy.calls] == [((16, 16), text + 256) for text in texts[2:]
+    # reference images' tokens
+    assert [(grid, extra) for grid, extra, _ in spy.calls] == [((16, 16), text + references) for text in texts[2:]
                                                                for _layer in range(2)]
 
 
