@@ -87,11 +87,12 @@ def test_layered_planes_form_one_3d_grid_and_the_condition_image_is_context(laye
         assert torch.isfinite(transformer(**inputs)[0]).all()
 
 
-def rgba_image(size: int = 64):
+def pattern_image(mode: str = "RGBA", step: int = 7, size: int = 64):
+    """A deterministic size x size image in ``mode`` (RGB or RGBA)."""
     from PIL import Image
 
-    pixels = ((torch.arange(size * size * 4) * 7) % 251).reshape(size, size, 4).to(torch.uint8).numpy()
-    return Image.fromarray(pixels, mode="RGBA")
+    pixels = ((torch.arange(size * size * len(mode)) * step) % 251).reshape(size, size, len(mode)).to(torch.uint8)
+    return Image.fromarray(pixels.numpy())  # 3 or 4 channels: RGB or RGBA
 
 
 def test_layered_pipeline_runs_gna_over_its_generated_planes_after_the_warm_up(monkeypatch):
@@ -101,7 +102,7 @@ def test_layered_pipeline_runs_gna_over_its_generated_planes_after_the_warm_up(m
     pipe = qwen_image.tiny_layered_pipeline()
 
     def generate() -> torch.Tensor:
-        return pipe(image=rgba_image(), prompt="a red cat", layers=2, num_inference_steps=4, output_type="pt",
+        return pipe(image=pattern_image(), prompt="a red cat", layers=2, num_inference_steps=4, output_type="pt",
                     generator=torch.Generator().manual_seed(0), **qwen_image.tiny_call_kwargs()).images[0]
 
     stock = generate()
@@ -135,7 +136,7 @@ def test_compare_scores_the_layered_pipeline_layers_as_frames(tmp_path, monkeypa
     real_load = runner._load_image
     monkeypatch.setattr(runner, "_load_image", lambda path, mode: images.append(real_load(path, mode).mode) or
                         real_load(path, mode))
-    rgba_image().save(tmp_path / "input.png")
+    pattern_image().save(tmp_path / "input.png")
     args = ["compare", "--model", "Qwen/Qwen-Image-Layered", "--output", str(tmp_path / "out"), "--no-warmup",
             "--steps", "4", "--prompt", "a red cat", "--device", "cpu"]
     assert main(args) == 2  # no --image: refused, with the reason
@@ -153,12 +154,10 @@ def test_edit_pipelines_run_gna_with_their_reference_images_as_context(plus, mon
     prompt (which its Qwen2.5-VL read with the images) are context. Whole windows reproduce it; a sparse pattern runs
     after the dense warm-up step."""
     from diffusers import QwenImageEditPlusPipeline
-    from PIL import Image
 
     pipe = qwen_image.tiny_edit_pipeline()
     pipe = QwenImageEditPlusPipeline(**pipe.components) if plus else pipe
-    images = [Image.fromarray(((torch.arange(64 * 64 * 3) * step) % 251).reshape(64, 64, 3).to(torch.uint8).numpy())
-              for step in ((5, 7) if plus else (5,))]
+    images = [pattern_image("RGB", step) for step in ((5, 7) if plus else (5,))]
     references = 256 * len(images)
 
     def generate() -> torch.Tensor:
