@@ -314,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the model dense and with a GNA preset on the same prompts, seeds and steps; write "
         "report.json, report.md and side-by-side pictures. Without --model: the built-in tiny FLUX (CPU).",
     )
-    compare.add_argument("--preset", help="preset name or YAML file (default: the family's main preset, or its preset for the "
-                         "loaded pipeline: Echo's, Anima's, HunyuanImage's refiner's)")
+    compare.add_argument("--preset", help="preset name or YAML file (default: the family's main preset, or its "
+                         "preset for the loaded pipeline: Echo's, Anima's, HunyuanImage's refiner's)")
     _add_harness_flags(compare)
 
     sweep = commands.add_parser(

@@ -127,7 +127,7 @@ class GNARoute:
     else, so a compiled block sees per-call constants (the pattern's values), not the step or the layer.
     """
 
-    named_backend = None  # in flight (route_unnamed_calls), it takes the calls that name this backend: none
+    named_backend = None  # in flight (route_unnamed_calls), a route takes the calls naming this backend: none named
 
     def __init__(self, layer: tuple[str, int], text_first: bool, backend: str, dense_backend=None,
                  cached_context_keys: bool = False, grid_only: bool = False, grid_queries_alone: bool = False):

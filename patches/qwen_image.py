@@ -161,8 +161,8 @@ def tiny_edit_pipeline(seed: int = 0):
 
     processor, text_encoder = qwen25_vl_parts(seed)
     torch.manual_seed(seed)
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1] * 6, num_res_blocks=1, temperal_downsample=[False] * 5,
-                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1] * 6, num_res_blocks=1,
+                                 temperal_downsample=[False] * 5, latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
     return QwenImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                                  tokenizer=processor.tokenizer, processor=processor, transformer=tiny_transformer(seed))
 
@@ -176,8 +176,9 @@ def tiny_layered_pipeline(seed: int = 0):
 
     tokenizer, text_encoder = tiny_text_parts(seed)
     torch.manual_seed(seed)
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=8, dim_mult=[1] * 6, num_res_blocks=1, temperal_downsample=[False] * 5,
-                                 latents_mean=[0.0] * 8, latents_std=[1.0] * 8, input_channels=4).eval()
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=8, dim_mult=[1] * 6, num_res_blocks=1,
+                                 temperal_downsample=[False] * 5, latents_mean=[0.0] * 8, latents_std=[1.0] * 8,
+                                 input_channels=4).eval()
     config = dict(tiny_transformer(seed).config, use_layer3d_rope=True, use_additional_t_cond=True, in_channels=32,
                   out_channels=8)
     torch.manual_seed(seed)

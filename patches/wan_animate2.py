@@ -32,7 +32,8 @@ from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2A
 
 from gna_diffusers.install import ModelPatch
 from gna_diffusers.ops import gna_attention
-from gna_diffusers.route import GNARoute, LayoutError, RoutedProcessorMixin, TokenLayout, route_unnamed_calls, token_layout
+from gna_diffusers.route import (GNARoute, LayoutError, RoutedProcessorMixin, TokenLayout, route_unnamed_calls,
+                                 token_layout)
 
 from . import wan
 from ._forward import forward_argument
@@ -113,7 +114,8 @@ def _packed_buffer_problem(grid: tuple[int, int, int], hidden_states: torch.Tens
     frame_tokens = kwargs.get("origin_latent_hw")
     reference_tokens = kwargs["kv_cache"].get()[0].shape[1]
     if (frames, frame_tokens) != (grid[0] - 1, grid[1] * grid[2]):
-        return f"the segment's grid {grid} does not fill the packed buffer of {frames} + 1 frames of {frame_tokens} tokens"
+        return (f"the segment's grid {grid} does not fill the packed buffer of {frames} + 1 frames of {frame_tokens} "
+                f"tokens")
     if hidden_states.shape[1] != prod(grid) or reference_tokens != frames * frame_tokens:
         return (f"{hidden_states.shape[1]} generation tokens and {reference_tokens} reference tokens are not the grid "
                 f"{grid}'s {prod(grid)} and {frames} frames of {frame_tokens}")

@@ -81,8 +81,9 @@ class GlooRanks:
         self.jobs = [context.Queue() for _ in range(self.world)]
         self.results = context.Queue()
         port = free_port()
-        self.processes = [context.Process(target=rank_loop, args=(rank, self.world, port, self.jobs[rank], self.results),
-                                          daemon=True) for rank in range(self.world)]
+        self.processes = [
+            context.Process(target=rank_loop, args=(rank, self.world, port, self.jobs[rank], self.results), daemon=True)
+            for rank in range(self.world)]
         for process in self.processes:
             process.start()
 
@@ -102,8 +103,8 @@ class GlooRanks:
                     waited += 5.0
                     dead = [rank for rank, process in enumerate(self.processes) if not process.is_alive()]
                     if dead or waited >= self.timeout_s:
-                        raise RuntimeError(f"{function.__name__}{args}: rank(s) {dead} exited" if dead else
-                                           f"{function.__name__}{args}: no result after {self.timeout_s:.0f} s") from None
+                        why = f"rank(s) {dead} exited" if dead else f"no result after {self.timeout_s:.0f} s"
+                        raise RuntimeError(f"{function.__name__}{args}: {why}") from None
                     continue
                 if error is not None:
                     raise RuntimeError(f"{function.__name__}{args} failed on rank {rank}:\n{error}")

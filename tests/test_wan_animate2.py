@@ -178,7 +178,8 @@ def tiny_denoise_pipeline():
     pipe = WanAnimate2CoreDenoiseStep().init_pipeline()
     torch.manual_seed(0)
     vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                           latents_std=[1.0] * 4).eval()
     pipe.update_components(transformer=wan_animate2.tiny_transformer(), vae=vae,
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
     return pipe
@@ -192,7 +193,8 @@ def denoise_inputs(size: int = 64, steps: int = 3) -> dict:
         return torch.randn(*shape, generator=generator)
 
     return dict(segment_frame_length=5, prev_segment_conditioning_frames=1, effective_segment=4, num_segments=2,
-                reference_image_latents=randn(8, 1, size // 8, size // 8), driving_video_pixels=randn(1, 3, 9, size, size),
+                reference_image_latents=randn(8, 1, size // 8, size // 8),
+                driving_video_pixels=randn(1, 3, 9, size, size),
                 condition_clip_context=randn(1, 257, 1280), prompt_ref_embeds=randn(1, 5, wan_animate2.TINY_TEXT_WIDTH),
                 height=size, width=size, prompt_embeds=randn(1, 5, wan_animate2.TINY_TEXT_WIDTH),
                 negative_prompt_embeds=randn(1, 5, wan_animate2.TINY_TEXT_WIDTH), num_inference_steps=steps,

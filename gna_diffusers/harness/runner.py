@@ -562,7 +562,7 @@ def random_weights_sweep(settings: Settings, presets, device: torch.device, *, s
     model = random_transformer(settings.model, device, settings.torch_dtype)
     _parallelize(model)
     if device.type == "cuda" and getattr(model.family, "COMPILED_TO_RUN", None):
-        # Stock attention that fits only compiled (Wan Animate 2's flex BlockMask): both modes timed compiled, per block.
+        # Stock attention that fits only compiled (Wan Animate 2's flex BlockMask): both modes timed, blocks compiled.
         model.transformer.compile_repeated_blocks()
     entries = _resolve_presets(presets, model, single)
     with _dense_backend(model, settings):
