@@ -52,18 +52,25 @@ def image_metrics(dense: np.ndarray, sparse: np.ndarray, lpips=None) -> dict:
     return {"psnr": psnr(dense, sparse), "ssim": ssim(dense, sparse), "lpips": _lpips(lpips, dense, sparse)}
 
 
-def video_metrics(dense: np.ndarray, sparse: np.ndarray, lpips=None) -> dict:
-    """Per-frame metrics averaged, plus the temporal PSNR; ``dense`` / ``sparse`` are (F, H, W, C)."""
+def frames_metrics(dense: np.ndarray, sparse: np.ndarray, lpips=None) -> dict:
+    """Per-frame metrics averaged, and each frame's PSNR; ``dense`` / ``sparse`` are (F, H, W, C): a video's frames,
+    or the layers an image pipeline decomposes one image into (Qwen-Image-Layered)."""
     frames = [image_metrics(d, s, lpips) for d, s in zip(dense, sparse)]
-    temporal = psnr(np.diff(dense, axis=0), np.diff(sparse, axis=0), data_range=2.0) if len(dense) > 1 else None
     lpips_values = [f["lpips"] for f in frames]
     return {
         "psnr": float(np.mean([f["psnr"] for f in frames])),
         "ssim": float(np.mean([f["ssim"] for f in frames])),
         "lpips": float(np.mean(lpips_values)) if not isinstance(lpips_values[0], str) else lpips_values[0],
-        "temporal_psnr": temporal,
         "per_frame_psnr": [f["psnr"] for f in frames],
     }
+
+
+def video_metrics(dense: np.ndarray, sparse: np.ndarray, lpips=None) -> dict:
+    """:func:`frames_metrics` plus the temporal PSNR (of the frame-to-frame differences); (F, H, W, C)."""
+    temporal = psnr(np.diff(dense, axis=0), np.diff(sparse, axis=0), data_range=2.0) if len(dense) > 1 else None
+    metrics = frames_metrics(dense, sparse, lpips)
+    return {**{k: metrics[k] for k in ("psnr", "ssim", "lpips")}, "temporal_psnr": temporal,
+            "per_frame_psnr": metrics["per_frame_psnr"]}
 
 
 def _lpips(scorer, dense, sparse):

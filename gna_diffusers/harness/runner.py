@@ -327,8 +327,9 @@ def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, dev
             layers = handle.resolved_layers()
         finally:
             handle.remove()
-        video = dense.ndim == 4  # frames: a video, or an image family's several outputs (Qwen-Image-Layered's layers)
-        measure = metrics.video_metrics if video else metrics.image_metrics
+        # Frames: a video's, or the layers of an image family's pipeline (Qwen-Image-Layered), which have no time axis.
+        frames, video = dense.ndim == 4, model.family.PATCH.video
+        measure = metrics.video_metrics if video else metrics.frames_metrics if frames else metrics.image_metrics
         quality = measure(dense, sparse, lpips)
         if not model.has_quality:
             quality["note"] = "random weights: the numbers check the machinery, not image quality"
@@ -337,16 +338,17 @@ def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, dev
             quality["note"] = CONSTANT_OUTPUT + (f" ({limit})" if limit else "")
             warnings.warn(f"gna-diffusers compare: {sample.id}: {quality['note']}", stacklevel=2)
         files = {}
-        if video:
+        if frames:
             files["strip"] = media.write_png(folder / f"{sample.id}.png", media.frame_strip(dense, sparse)).name
+        else:
+            files["side_by_side"] = media.write_png(folder / f"{sample.id}.png", media.side_by_side(dense, sparse)).name
+        if video:
             no_mp4 = media.mp4_unavailable()
             if no_mp4 is None:
                 files["dense_video"] = media.write_mp4(folder / f"{sample.id}-dense.mp4", media.to_uint8(dense)).name
                 files["sparse_video"] = media.write_mp4(folder / f"{sample.id}-gna.mp4", media.to_uint8(sparse)).name
             else:  # the comparison still stands: metrics and the frame strip need no encoder
                 warnings.warn(f"gna-diffusers compare: {no_mp4}; the frame strip PNG shows the videos", stacklevel=2)
-        else:
-            files["side_by_side"] = media.write_png(folder / f"{sample.id}.png", media.side_by_side(dense, sparse)).name
         rows.append({"sample": sample.id, "prompt": sample.prompt, "seed": sample.seed, "dense": dense_timings,
                      "gna": sparse_timings, "speedup": _speedup(dense_timings, sparse_timings), "metrics": quality,
                      "files": files})
