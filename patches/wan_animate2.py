@@ -68,11 +68,13 @@ class PackedReferenceAttention:
         pattern, grid, hw, backend = self.route.pattern, self.grid, self.frame_tokens, self.route.backend
         n, scale = prod(grid), kwargs.get("scale")
         q, k, v = query[:, :n], key[:, :n], value[:, :n]
-        # Eager inference writes into the output buffer and merges in place (no grid-sized float32 temporaries);
-        # autograd and compiled graphs take the out-of-place ops.
+        # Eager inference writes into the output buffer and merges in place (no grid-sized float32 temporaries; only
+        # the padding rows are zeroed); autograd and compiled graphs take the out-of-place ops.
         training = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
         in_place = not training and not torch.compiler.is_compiling()
-        packed = query.new_zeros(query.shape) if in_place else None
+        packed = query.new_empty(query.shape) if in_place else None
+        if packed is not None:
+            packed[:, n:].zero_()
         out, lse = gna_attention(q, k, v, grid, pattern.window, pattern.stride, pattern.dilation, scale=scale,
                                  backend=backend, return_lse=True, out=None if packed is None else packed[:, :n])
         # Frames 1..F attend to driving frames 0..F-1, one frame to one frame: a window of one frame, all of H x W.
