@@ -115,6 +115,8 @@ class GlooRanks:
         return torch.load(io.BytesIO(payloads[0]))
 
     def close(self, graceful: bool = True) -> None:
+        if not self.processes:  # never started, or already ended
+            return
         if graceful:
             for jobs in self.jobs:
                 jobs.put(None)
