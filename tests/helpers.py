@@ -18,6 +18,16 @@ def undo_leftover_routes() -> list[str]:
     return [f"{module.__name__}.{attribute}" for module, attribute in leftover]
 
 
+def assert_whole_windows_reproduce(pipe, family: str, generate, stock: torch.Tensor, tolerance: float = 1e-5,
+                                   **config) -> None:
+    """Under whole-extent windows (``window: -1``, and any other ``config`` fields) ``generate()`` gives ``stock``
+    within ``tolerance``, and GNA says nothing (the layout was understood)."""
+    from gna_diffusers import GNAConfig, enabled
+
+    with no_gna_warnings(), enabled(pipe, GNAConfig(family=family, window=-1, **config)):
+        assert max_diff(generate(), stock) <= tolerance
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest absolute difference between two tensors of one shape."""
     return (a - b).abs().max().item()

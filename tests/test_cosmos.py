@@ -7,7 +7,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_cosmos
-from helpers import max_diff
+from helpers import assert_whole_windows_reproduce, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -61,11 +61,9 @@ def test_predict_pipeline_runs_gna_after_the_warm_up(monkeypatch):
 
     stock = generate()
     spy = OperatorSpy(monkeypatch)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        with enabled(pipe, GNAConfig(family="cosmos", window=-1)):
-            assert max_diff(generate(), stock) <= 1e-5
-        spy.contexts.clear()
+    assert_whole_windows_reproduce(pipe, "cosmos", generate, stock)
+    spy.contexts.clear()
+    with no_gna_warnings():
         with enabled(pipe, GNAConfig(family="cosmos", window=2, dense_steps=1)) as handle:
             sparse = generate()
             assert handle.runtime.step == 3
@@ -86,11 +84,9 @@ def test_anima_modular_pipeline_runs_gna_on_its_one_frame_grid(monkeypatch):
 
     stock = generate()
     spy = OperatorSpy(monkeypatch)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*gna.*")
-        with enabled(pipe, GNAConfig(family="cosmos", window=-1)):
-            assert max_diff(generate(), stock) <= 1e-5
-        spy.contexts.clear()
+    assert_whole_windows_reproduce(pipe, "cosmos", generate, stock)
+    spy.contexts.clear()
+    with no_gna_warnings():
         with enabled(pipe, GNAConfig(family="cosmos", window=2, dense_steps=0.25)) as handle:
             sparse = generate()
             assert (handle.runtime.step, handle.runtime.total_steps) == (4, 4)

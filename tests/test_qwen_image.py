@@ -5,7 +5,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_qwenimage
-from helpers import max_diff, no_gna_warnings
+from helpers import assert_whole_windows_reproduce, max_diff, no_gna_warnings
 
 import gna_diffusers
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -107,10 +107,9 @@ def test_layered_pipeline_runs_gna_over_its_generated_planes_after_the_warm_up(m
 
     stock = generate()
     spy = ContextSpy(monkeypatch)
+    assert_whole_windows_reproduce(pipe, "qwen-image", generate, stock, tolerance=1e-4)
+    spy.calls.clear()
     with no_gna_warnings():
-        with enabled(pipe, GNAConfig(family="qwen-image", window=-1)):
-            assert max_diff(generate(), stock) <= 1e-4
-        spy.calls.clear()
         with enabled(pipe, "qwen-image-layered-640"):
             sparse = generate()
     assert stock.shape == (2, 4, 640, 640) and max_diff(sparse, stock) > 1e-3
@@ -168,10 +167,9 @@ def test_edit_pipelines_run_gna_with_their_reference_images_as_context(plus, mon
 
     stock = generate()
     spy = ContextSpy(monkeypatch)
+    assert_whole_windows_reproduce(pipe, "qwen-image", generate, stock, tolerance=1e-4)
+    spy.calls.clear()
     with no_gna_warnings():
-        with enabled(pipe, GNAConfig(family="qwen-image", window=-1)):
-            assert max_diff(generate(), stock) <= 1e-4
-        spy.calls.clear()
         texts = []  # the prompt's and the negative prompt's token counts, per transformer call
         hook = pipe.transformer.register_forward_pre_hook(
             lambda module, args, kwargs: texts.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)

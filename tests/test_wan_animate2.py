@@ -11,7 +11,7 @@ import torch
 from brute_force import neighbor_mask
 from diffusers.models.transformers import transformer_wan_animate_2
 from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
-from helpers import max_diff, no_gna_warnings
+from helpers import assert_whole_windows_reproduce, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 import gna_diffusers.route
@@ -206,17 +206,18 @@ def test_modular_denoise_runs_gna_in_every_segment_after_its_own_warm_up(monkeyp
     each has its dense first step; every generation pass after it (the prompt and the negative) runs GNA on both
     layers, the reference passes never. Whole windows reproduce the stock segments."""
     pipe = tiny_denoise_pipeline()
-    stock = pipe(**denoise_inputs()).get("segment_frames")
+
+    def generate() -> torch.Tensor:  # every segment's frames, flattened one after the other
+        return torch.cat([segment.flatten() for segment in pipe(**denoise_inputs()).get("segment_frames")])
+
+    stock = generate()
     spy = OperatorSpy(monkeypatch)
     monkeypatch.setattr(wan_animate2, "gna_attention", gna_diffusers.route.gna_attention)
-    with no_gna_warnings():
-        with enabled(pipe, GNAConfig(family="wan-animate2", window=-1, dense_steps=1)):
-            whole = pipe(**denoise_inputs()).get("segment_frames")
-        assert all(max_diff(a, b) <= 1e-4 for a, b in zip(whole, stock, strict=True))
-        spy.windows.clear()
-        with enabled(pipe, GNAConfig(family="wan-animate2", window=2, dense_steps=1)):
-            sparse = pipe(**denoise_inputs()).get("segment_frames")
-    assert max(max_diff(a, b) for a, b in zip(sparse, stock, strict=True)) > 1e-3
+    assert_whole_windows_reproduce(pipe, "wan-animate2", generate, stock, tolerance=1e-4, dense_steps=1)
+    spy.windows.clear()
+    with no_gna_warnings(), enabled(pipe, GNAConfig(family="wan-animate2", window=2, dense_steps=1)):
+        sparse = generate()
+    assert max_diff(sparse, stock) > 1e-3
     # 2 segments x 2 sparse steps x 2 guidance passes x 2 layers, each a grid call and a driving-frame call
     assert spy.windows == [(2, 2, 2), (1, 4, 4)] * (2 * 2 * 2 * 2)
 
