@@ -398,7 +398,7 @@ def _resolve_presets(presets, model: Model, single: bool) -> list[tuple[str, GNA
     class: Echo's, Anima's, a refiner's), sweep every shipped preset of the family plus dense-check."""
     if not presets:
         family = model.family.PATCH.family
-        pipeline = type(model.pipeline).__name__
+        pipeline = type(model.pipeline).__name__ if model.pipeline is not None else None  # None: random weights
         default = getattr(model.family, "PIPELINE_PRESETS", {}).get(pipeline, model.family.DEFAULT_PRESET)
         presets = [default] if single else [
             name for name in gna_diffusers.list_presets() if gna_diffusers.load_preset(name).family in (family, "any")
