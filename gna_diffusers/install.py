@@ -65,7 +65,9 @@ class ModelPatch:
     stock_processor_class: type
     # The module whose dispatch_attention_fn the stock processor calls (or, with ``calls_sdpa``, whose ``F``).
     dispatch_module: ModuleType
-    blocks: dict[str, str]  # block type in presets -> attribute (dotted path) of the transformer holding those blocks
+    # Block type in presets -> attribute (dotted path) of the transformer holding those blocks; or several, of which
+    # each model has one (Cosmos 2.5 Transfer's ControlNet holds the family's blocks as ``control_blocks``).
+    blocks: dict[str, str | tuple[str, ...]]
     text_first: bool  # where text shares the sequence: [text, image stream] (True) or [image stream, text]
     # Token layout from the transformer's forward inputs; raises LayoutError; None for a call of context tokens
     # alone (GLM-Image's condition images filling its KV cache), which runs stock and is no denoising step.
@@ -151,13 +153,15 @@ class ModelPatch:
 
     def block_lists(self, transformer: torch.nn.Module) -> dict[str, list]:
         """The transformer's blocks per block type (empty for a block list its class lacks)."""
-        def resolve(path: str):
-            holder = transformer
-            for attr in path.split("."):
-                holder = getattr(holder, attr, None)
-            return holder if holder is not None else ()
+        def resolve(paths: str | tuple[str, ...]):
+            for path in (paths,) if isinstance(paths, str) else paths:
+                holder = functools.reduce(lambda holder, name: getattr(holder, name, None), path.split("."),
+                                          transformer)
+                if holder is not None:
+                    return holder
+            return ()
 
-        return {name: list(resolve(path)) for name, path in self.blocks.items()}
+        return {name: list(resolve(paths)) for name, paths in self.blocks.items()}
 
     def attention_modules(self, block: torch.nn.Module) -> list[torch.nn.Module]:
         """A block's self-attention module (``attention`` may be a dotted path: Kandinsky 6's fused blocks), then

@@ -1,27 +1,31 @@
 """NVIDIA Cosmos world models on CosmosTransformer3DModel: Cosmos 1.0 Text2World / Video2World, Cosmos 2 Text2Image
-/ Video2World, Cosmos 2.5 Predict (and Transfer, whose ControlNet stays dense). Each block's ``attn1`` is
-self-attention over the video tokens alone; ``attn2`` (text, and 2.5's image context) keeps its stock processor.
+/ Video2World, Cosmos 2.5 Predict and Transfer. Each block's ``attn1`` is self-attention over the video tokens alone;
+``attn2`` (text, and 2.5's image context) keeps its stock processor. Transfer's ControlNet (CosmosControlNetModel)
+runs blocks of the same class (``control_blocks``) over the control video's tokens, on the same grid: they are
+patched with the transformer, control block i taking block i's pattern.
 The stock processor calls attention without naming a backend (diffusers' default always), so GNA's subclass hands
 that call to its route.
 Conditioning frames are part of the grid (a condition-mask channel marks them), so they are not context.
 
-Layout probe: hidden_states (B, C, T, H, W) over the patch size (1, 2, 2) -> (T, H / 2, W / 2), from shapes: Wan's.
+Layout probe: hidden_states (B, C, T, H, W) (the ControlNet's ``controls_latents``) over the patch size (1, 2, 2)
+-> (T, H / 2, W / 2), from shapes: Wan's.
 Cosmos 2 / 2.5 use the Wan VAE (4x in time, 8x in space): 704x1280, 93 frames -> 24x44x80 = 84,480 video tokens.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import CosmosTransformer3DModel
+from diffusers import CosmosControlNetModel, CosmosTransformer3DModel
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.transformers import transformer_cosmos
 from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
 
 from gna_diffusers.install import ModelPatch
-from gna_diffusers.route import RoutedProcessorMixin
+from gna_diffusers.route import RoutedProcessorMixin, TokenLayout
 
 from . import wan
+from ._forward import forward_argument
 from ._inputs import seeded_randn
 
 
@@ -31,19 +35,28 @@ class GNACosmosAttnProcessor(RoutedProcessorMixin, CosmosAttnProcessor2_0):
     routes_unnamed_calls_of = transformer_cosmos  # the stock processor names no attention backend
 
 
+def layout_probe(module, args, kwargs, prepared: TokenLayout | None) -> TokenLayout:
+    """(T, H, W) / patch_size from the shape of the transformer's latents or of the ControlNet's control latents (the
+    generated latents' shape: the pipeline encodes the control video at the output's size)."""
+    if isinstance(module, CosmosControlNetModel):
+        return wan.LAYOUT.probe(module, (forward_argument(module, args, kwargs, "controls_latents"),), {}, prepared)
+    return wan.LAYOUT.probe(module, args, kwargs, prepared)
+
+
 PATCH = ModelPatch(
     family="cosmos",
     transformer_class=CosmosTransformer3DModel,
     processor_class=GNACosmosAttnProcessor,
     stock_processor_class=CosmosAttnProcessor2_0,
     dispatch_module=transformer_cosmos,
-    blocks={"blocks": "transformer_blocks"},
+    blocks={"blocks": ("transformer_blocks", "control_blocks")},  # the transformer's, Transfer's ControlNet's
     text_first=False,  # no text in the self-attention sequence
-    layout_probe=wan.LAYOUT.probe,  # (T, H, W) / patch_size from the latents' shape
+    layout_probe=layout_probe,
     layout_from_prepared=wan.LAYOUT.from_prepared,
     video=True,
     adoptable_processors=(CosmosAttnProcessor2_0,),
     attention="attn1",
+    other_transformer_classes=(CosmosControlNetModel,),
 )
 
 TEXT_WIDTH = 16  # the tiny Qwen2.5-VL's hidden size (Kandinsky 5's tiny text parts)
@@ -144,6 +157,24 @@ def tiny_pipeline(seed: int = 0):
 
 def tiny_call_kwargs() -> dict:
     return dict(num_frames=9, max_sequence_length=64)
+
+
+def tiny_transfer_pipeline(seed: int = 0, control_blocks: int = 2):
+    """:func:`tiny_pipeline`'s parts as a Cosmos2_5_TransferPipeline, with a ControlNet of ``control_blocks`` blocks
+    shaped as the tiny transformer's (each adds its residual to every transformer block: controlnet_block_every_n
+    1). Its forward resizes a padding mask with torchvision."""
+    from diffusers import Cosmos2_5_TransferPipeline
+
+    parts = tiny_pipeline(seed).components
+    parts["transformer"].register_to_config(controlnet_block_every_n=1)
+    torch.manual_seed(seed + 1)
+    controlnet = CosmosControlNetModel(
+        n_controlnet_blocks=control_blocks, in_channels=9, latent_channels=6, model_channels=32, num_attention_heads=2,
+        attention_head_dim=16, mlp_ratio=2, text_embed_dim=32, adaln_lora_dim=4, max_size=(8, 32, 32),
+        rope_scale=(2.0, 1.0, 1.0), extra_pos_embed_type="learnable", use_crossattn_projection=True,
+        crossattn_proj_in_channels=2 * TEXT_WIDTH, encoder_hidden_states_channels=32,
+    ).eval()
+    return Cosmos2_5_TransferPipeline(controlnet=controlnet, **parts)
 
 
 def tiny_anima_denoise(seed: int = 0):

@@ -111,19 +111,51 @@ def test_full_size_shapes_by_name_and_preset_grid():
     assert cosmos.latent_grid(704, 1280, 93) == tuple(load_preset("cosmos-720p").base_grid)
 
 
-def test_transfer_pipelines_controlnet_is_named_as_dense():
-    """Cosmos 2.5 Transfer's ControlNet runs Cosmos blocks of its own (``control_blocks``) over the control video:
-    GNA leaves it dense, and apply says so once, naming it."""
-    from diffusers import Cosmos2_5_TransferPipeline, CosmosControlNetModel
+@pytest.fixture
+def resize_without_torchvision(monkeypatch):
+    """CosmosControlNetModel's forward resizes its padding mask with torchvision's nearest resize, which the test
+    environment lacks: torch's nearest interpolation stands in (the same values)."""
+    from types import SimpleNamespace
 
-    from gna_diffusers import apply, remove
+    from diffusers.models.controlnets import controlnet_cosmos
 
-    controlnet = CosmosControlNetModel(n_controlnet_blocks=1, in_channels=9, latent_channels=6, model_channels=32,
-                                       num_attention_heads=2, attention_head_dim=16, mlp_ratio=2, text_embed_dim=32,
-                                       adaln_lora_dim=4, max_size=(8, 32, 32))
-    pipe = Cosmos2_5_TransferPipeline(controlnet=controlnet, **cosmos.tiny_pipeline().components)
-    with pytest.warns(UserWarning, match=r"pipeline.controlnet \(CosmosControlNetModel\) hold cosmos attention layers "
-                                         r"GNA does not route, which stay dense"):
-        apply(pipe, GNAConfig(family="cosmos", window=2))
-    assert type(pipe.transformer.transformer_blocks[0].attn1.processor) is cosmos.GNACosmosAttnProcessor
-    remove(pipe)
+    def resize(mask, size, interpolation):
+        return torch.nn.functional.interpolate(mask, size=size, mode=interpolation)
+
+    functional = SimpleNamespace(resize=resize)
+    stand_in = SimpleNamespace(functional=functional, InterpolationMode=SimpleNamespace(NEAREST="nearest"))
+    monkeypatch.setattr(controlnet_cosmos, "transforms", stand_in, raising=False)
+
+
+def test_transfer_pipeline_runs_gna_in_its_controlnet_blocks_too(monkeypatch, resize_without_torchvision):
+    """Cosmos2_5_TransferPipeline: each guidance call runs the ControlNet's blocks over the control video, then the
+    transformer's, on one 5x4x4 grid; 17 frames in chunks of 9 (one frame shared) make two chunks, each with its own
+    scheduler run. Whole windows reproduce it; sparse windows equal the stock pipeline with every self-attention
+    masked independently (ControlNet's and transformer's); a preset's dense layer 0 is dense in both."""
+    window, stride = (2, 2, 4), (1, 2, 2)
+    pipe = cosmos.tiny_transfer_pipeline()
+    controls = torch.rand(17, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+    def generate():
+        return pipe(controls=[controls], prompt="a red cat", height=32, width=32, num_inference_steps=2,
+                    num_frames_per_chunk=9, output_type="pt", generator=torch.Generator().manual_seed(0),
+                    max_sequence_length=64).frames
+
+    stock = generate()
+    assert stock.shape[1] == 17
+    spy = OperatorSpy(monkeypatch)
+    assert_whole_windows_reproduce(pipe, "cosmos", generate, stock)
+    assert len(spy.contexts) == 2 * 2 * 2 * 4  # chunks x steps x guidance calls x (2 control + 2 transformer blocks)
+    spy.contexts.clear()
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="cosmos", base_grid=[5, 4, 4], window=list(window), stride=list(stride))):
+            sparse = generate()
+            assert {type(block.attn1.processor) for block in pipe.controlnet.control_blocks} == {
+                cosmos.GNACosmosAttnProcessor}
+        with enabled(pipe, GNAConfig(family="cosmos", window=2, dense_layers=[{"blocks": "blocks", "layers": [0]}])):
+            generate()
+    assert spy.contexts[-2 * 2 * 2 * 2:] == [((5, 4, 4), 0)] * (2 * 2 * 2 * 2)  # layer 1 of both, only
+    assert len(spy.contexts) == 2 * 2 * 2 * 4 + 2 * 2 * 2 * 2
+    assert max_diff(sparse, stock) > 1e-3
+    masked_self_attention(transformer_cosmos, joint_mask((5, 4, 4), window, stride, 0), monkeypatch)
+    assert max_diff(sparse, generate()) <= 1e-5
