@@ -65,9 +65,7 @@ class ModelPatch:
     stock_processor_class: type
     # The module whose dispatch_attention_fn the stock processor calls (or, with ``calls_sdpa``, whose ``F``).
     dispatch_module: ModuleType
-    # Block type in presets -> attribute (dotted path) of the transformer holding those blocks; or several, of which
-    # each model has one (Cosmos 2.5 Transfer's ControlNet holds the family's blocks as ``control_blocks``).
-    blocks: dict[str, str | tuple[str, ...]]
+    blocks: dict[str, str]  # block type in presets -> attribute (dotted path) of the transformer holding those blocks
     text_first: bool  # where text shares the sequence: [text, image stream] (True) or [image stream, text]
     # Token layout from the transformer's forward inputs; raises LayoutError; None for a call of context tokens
     # alone (GLM-Image's condition images filling its KV cache), which runs stock and is no denoising step.
@@ -94,6 +92,9 @@ class ModelPatch:
     # at most the transformer's blocks (the preset's layer rules apply by index); a block list a class lacks
     # has no layers there.
     other_transformer_classes: tuple[type, ...] = ()
+    # ``blocks`` of those classes that hold the family's blocks under other names (Cosmos 2.5 Transfer's ControlNet:
+    # ``control_blocks``); a block type missing from a class's map has no layers there.
+    other_class_blocks: dict[type, dict[str, str]] = field(default_factory=dict)
     # Pipeline attributes holding transformers of this family (Wan 2.2 A14B: two experts, one scheduler).
     pipeline_transformers: tuple[str, ...] = ("transformer",)
     # Pipeline methods whose call tells what the prepared latents do not (WanVACEPipeline.prepare_video_latents:
@@ -153,15 +154,14 @@ class ModelPatch:
 
     def block_lists(self, transformer: torch.nn.Module) -> dict[str, list]:
         """The transformer's blocks per block type (empty for a block list its class lacks)."""
-        def resolve(paths: str | tuple[str, ...]):
-            for path in (paths,) if isinstance(paths, str) else paths:
-                holder = functools.reduce(lambda holder, name: getattr(holder, name, None), path.split("."),
-                                          transformer)
-                if holder is not None:
-                    return holder
-            return ()
+        paths = next((blocks for cls, blocks in self.other_class_blocks.items() if isinstance(transformer, cls)),
+                     self.blocks)
 
-        return {name: list(resolve(paths)) for name, paths in self.blocks.items()}
+        def resolve(path: str):
+            holder = functools.reduce(lambda holder, name: getattr(holder, name, None), path.split("."), transformer)
+            return holder if holder is not None else ()
+
+        return {name: list(resolve(paths[name])) if name in paths else [] for name in self.blocks}
 
     def attention_modules(self, block: torch.nn.Module) -> list[torch.nn.Module]:
         """A block's self-attention module (``attention`` may be a dotted path: Kandinsky 6's fused blocks), then
@@ -562,16 +562,15 @@ class GNAHandle:
         self._follow_shared_layers(pipeline)
 
     def _follow_shared_layers(self, pipeline) -> None:
-        """Hook the pipeline's ControlNets that run some of the routed attention modules themselves (Z-Image's
-        shares the transformer's noise refiner), so each of their calls sets those layers' grid."""
+        """Hook the pipeline's ControlNets that run some of the routed attention modules of another model themselves
+        (Z-Image's runs the transformer's noise refiner), so each of their calls sets those layers' grid."""
         for _, component in _controlnets(pipeline):
-            if any(component is t for t in self.transformers) or any(site.called_by(component) for site in self._sites):
-                continue  # patched itself, or followed already (a pipeline sharing it was attached before)
             inside = {id(module) for module in component.modules()}
-            shared = [site for site in self._sites if id(site.attn) in inside]
-            if shared:
-                for site in shared:
-                    site.sharers.append(component)
+            # A site called by the component already: its own, or followed when a pipeline sharing it was attached.
+            shared = [site for site in self._sites if id(site.attn) in inside and not site.called_by(component)]
+            for site in shared:
+                site.sharers.append(component)
+            if shared and not any(component is t for t in self.transformers):  # a patched one is hooked already
                 self._hooks.append(component.register_forward_pre_hook(self._before_forward, with_kwargs=True))
 
     def _attach_routes(self, transformer: torch.nn.Module) -> None:
@@ -855,7 +854,8 @@ def _unpatched_attention(pipeline, patch: ModelPatch, transformers: list) -> lis
     for name, component in _controlnets(pipeline):
         if any(component is t for t in transformers):
             continue
-        if any(isinstance(getattr(module, "processor", None), patch.stock_processor_class) and id(module) not in own
+        stock = (patch.stock_processor_class, *patch.processor_variants)
+        if any(isinstance(getattr(module, "processor", None), stock) and id(module) not in own
                for module in component.modules()):
             found.append(f"pipeline.{name} ({type(component).__name__})")
     return found

@@ -49,7 +49,7 @@ PATCH = ModelPatch(
     processor_class=GNACosmosAttnProcessor,
     stock_processor_class=CosmosAttnProcessor2_0,
     dispatch_module=transformer_cosmos,
-    blocks={"blocks": ("transformer_blocks", "control_blocks")},  # the transformer's, Transfer's ControlNet's
+    blocks={"blocks": "transformer_blocks"},
     text_first=False,  # no text in the self-attention sequence
     layout_probe=layout_probe,
     layout_from_prepared=wan.LAYOUT.from_prepared,
@@ -57,6 +57,7 @@ PATCH = ModelPatch(
     adoptable_processors=(CosmosAttnProcessor2_0,),
     attention="attn1",
     other_transformer_classes=(CosmosControlNetModel,),
+    other_class_blocks={CosmosControlNetModel: {"blocks": "control_blocks"}},
 )
 
 TEXT_WIDTH = 16  # the tiny Qwen2.5-VL's hidden size (Kandinsky 5's tiny text parts)

@@ -7,6 +7,13 @@ per sample) and builds padded sequences itself. Every block's ``attention`` uses
   guidance: the captions differ);
 - ``context_refiner`` (the caption alone) keeps the stock processor.
 
+ZImageControlNetModel (ZImageControlNetPipeline, Z-Image-Turbo-Fun-Controlnet-Union) runs the transformer's own
+noise refiner and context refiner (shared modules), then blocks of its own over the control image's tokens, patched
+with the transformer: ``control_noise_refiner`` (block type ``refiner``: the image tokens alone) and
+``control_layers`` (block type ``main``: [grid, pad, caption]; where it has no control noise refiner, Union 2.1's
+control layers first run over the image tokens alone too). Control layer k takes main layer k's pattern. Its blocks
+carry diffusers' copy of the processor, which calls the ControlNet module's own dispatch.
+
 The image's tokens are padded to a multiple of 32 with a learnt pad token that every token attends to:
 those are context keys, like the caption. Layout probe: the grid is each latent's (H / p, W / p) (F / pf
 in front when F > 1), from shapes (no sync); every sample of a call must share it, else the call runs
@@ -18,7 +25,8 @@ from __future__ import annotations
 from math import prod
 
 import torch
-from diffusers import ZImageTransformer2DModel
+from diffusers import ZImageControlNetModel, ZImageTransformer2DModel
+from diffusers.models.controlnets import controlnet_z_image
 from diffusers.models.transformers import transformer_z_image
 from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF, ZSingleStreamAttnProcessor
 
@@ -32,6 +40,10 @@ from ._inputs import seeded_randn
 
 class GNAZSingleStreamAttnProcessor(RoutedProcessorMixin, ZSingleStreamAttnProcessor):
     """ZSingleStreamAttnProcessor whose attention call runs GNA over the image grid; everything else stock."""
+
+
+class GNAControlZSingleStreamAttnProcessor(RoutedProcessorMixin, controlnet_z_image.ZSingleStreamAttnProcessor):
+    """The same, for the ControlNet's blocks (diffusers' copy of the processor, in the ControlNet's module)."""
 
 
 def grid_of(latent: torch.Tensor, patch: int, frame_patch: int) -> tuple[int, ...]:
@@ -66,8 +78,12 @@ PATCH = ModelPatch(
     text_first=False,  # [image stream, caption]
     layout_probe=layout_probe,
     video=False,
-    adoptable_processors=(ZSingleStreamAttnProcessor,),
+    adoptable_processors=(ZSingleStreamAttnProcessor, controlnet_z_image.ZSingleStreamAttnProcessor),
     attention="attention",
+    processor_variants={controlnet_z_image.ZSingleStreamAttnProcessor: GNAControlZSingleStreamAttnProcessor},
+    more_dispatch_modules=(controlnet_z_image,),
+    other_transformer_classes=(ZImageControlNetModel,),
+    other_class_blocks={ZImageControlNetModel: {"refiner": "control_noise_refiner", "main": "control_layers"}},
 )
 
 

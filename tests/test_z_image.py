@@ -4,6 +4,7 @@ learnt pad token (context keys), captions after the image, a key mask when the s
 import pytest
 import torch
 from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
+from helpers import assert_whole_windows_reproduce, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled
@@ -88,7 +89,7 @@ def test_controlnet_sharing_the_noise_refiner_gets_each_calls_own_grid(monkeypat
     """ZImageControlNetPipeline: the ControlNet runs the transformer's own noise-refiner layers (shared modules,
     routed by GNA) before the transformer in each step. Their grid must come from the ControlNet's call, not
     from the transformer's previous one: a second generation on the transposed grid (the same token count)
-    routes every call on its own grid. The ControlNet's control blocks stay dense; no notice says otherwise."""
+    routes every call on its own grid (the ControlNet's own blocks too)."""
     import warnings
 
     from diffusers import ZImageControlNetModel, ZImageControlNetPipeline
@@ -110,3 +111,58 @@ def test_controlnet_sharing_the_noise_refiner_gets_each_calls_own_grid(monkeypat
                      generator=torch.Generator().manual_seed(0), **z_image.tiny_call_kwargs())
                 grids.append({grid for grid, _ in spy.contexts})
     assert grids == [{(16, 8)}, {(8, 16)}]
+
+
+@pytest.mark.parametrize("refiner", [None, "control_layers", "control_noise_refiner"])
+def test_controlnets_own_blocks_run_gna_like_an_independent_masked_attention(monkeypatch, refiner):
+    """ZImageControlNetPipeline with each of the ControlNet's refiner kinds (none of its own: its noise refiner
+    blocks; its control layers run over the image alone first, as Union 2.1's; control noise-refiner blocks): the
+    ControlNet's blocks carry diffusers' copy of the processor, calling the ControlNet module's own dispatch. Whole
+    windows reproduce the pipeline; sparse windows equal the stock pipeline with every self-attention over the 8x8
+    grid (the transformer's and the ControlNet's) masked independently, keeping its caption key mask."""
+    from diffusers import ZImageControlNetModel, ZImageControlNetPipeline
+    from diffusers.models.controlnets import controlnet_z_image
+    from diffusers.models.transformers import transformer_z_image
+    from PIL import Image
+
+    from brute_force import joint_mask
+
+    window, stride, grid = (3, 5), (1, 2), (8, 8)
+    torch.manual_seed(1)
+    controlnet = ZImageControlNetModel(
+        control_layers_places=[0, 1], control_refiner_layers_places=[0] if refiner else None, control_in_dim=4,
+        add_control_noise_refiner=refiner, dim=32, n_refiner_layers=1, n_heads=2, n_kv_heads=2).eval()
+    pipe = ZImageControlNetPipeline(controlnet=controlnet, **z_image.tiny_pipeline().components)
+    own = [*(pipe.controlnet.control_noise_refiner or []), *pipe.controlnet.control_layers]
+
+    def generate():
+        return pipe(prompt="a red cat", control_image=Image.new("RGB", (32, 32), (90, 30, 200)), height=32, width=32,
+                    num_inference_steps=2, guidance_scale=3.0, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **z_image.tiny_call_kwargs()).images
+
+    stock = generate()
+    assert_whole_windows_reproduce(pipe, "z-image", generate, stock)
+    spy = OperatorSpy(monkeypatch)
+    with no_gna_warnings():
+        with enabled(pipe, GNAConfig(family="z-image", base_grid=list(grid), window=list(window), stride=list(stride))):
+            sparse = generate()
+            assert {type(block.attention.processor) for block in own} == {z_image.GNAControlZSingleStreamAttnProcessor}
+    # per step: the ControlNet's own blocks (control layers twice where they also refine), the shared noise refiner
+    # in both models, the transformer's 2 main layers
+    own_calls = len(own) + (2 if refiner == "control_layers" else 0)
+    assert len(spy.contexts) == 2 * (own_calls + 2 + 2)
+    assert {context_grid for context_grid, _ in spy.contexts} == {grid}
+    assert max_diff(sparse, stock) > 1e-3
+
+    def masked(dispatch):
+        def call(query, key, value, attn_mask=None, **kwargs):
+            tokens = query.shape[1]
+            if tokens == key.shape[1] >= 64:  # [grid, caption (32 tokens)] or the grid alone; not the caption alone
+                mask = joint_mask(grid, window, stride, 0, tokens - 64)
+                attn_mask = mask if attn_mask is None else attn_mask & mask
+            return dispatch(query, key, value, attn_mask=attn_mask, **kwargs)
+        return call
+
+    for module in (transformer_z_image, controlnet_z_image):
+        monkeypatch.setattr(module, "dispatch_attention_fn", masked(module.dispatch_attention_fn))
+    assert max_diff(sparse, generate()) <= 1e-5
