@@ -183,7 +183,8 @@ def _settings(args: argparse.Namespace, **extra):
         model=args.model, seeds=list(args.seeds), steps=args.steps, height=args.height, width=args.width,
         frames=args.frames, device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
         control_image=None if args.control_image is None else str(args.control_image),
-        image=None if args.image is None else str(args.image), **extra,
+        image=None if args.image is None else str(args.image),
+        control_video=None if args.control_video is None else str(args.control_video), **extra,
     )
     prompts = _prompts(args)
     if prompts:
@@ -249,6 +250,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-image", type=Path,
                         help="the control image of a ControlNet pipeline (e.g. the low-resolution input of an "
                              "upscaler ControlNet), used for every prompt and seed")
+    parser.add_argument("--control-video", type=Path,
+                        help="the control video of a video ControlNet pipeline (Cosmos Transfer's edge, depth or "
+                             "segmentation video; MP4 or GIF), used for every prompt and seed")
     parser.add_argument("--image", type=Path,
                         help="the input image of an image-conditioned pipeline (image-to-video, editing, a refiner), "
                              "used for every prompt and seed")

@@ -163,15 +163,18 @@ def tiny_call_kwargs() -> dict:
 def tiny_transfer_pipeline(seed: int = 0, control_blocks: int = 2):
     """:func:`tiny_pipeline`'s parts as a Cosmos2_5_TransferPipeline, with a ControlNet of ``control_blocks`` blocks
     shaped as the tiny transformer's (each adds its residual to every transformer block: controlnet_block_every_n
-    1). Its forward resizes a padding mask with torchvision."""
+    1), both with RoPE sized for the pipeline's default 93-frame chunks. The ControlNet's forward
+    resizes a padding mask with torchvision."""
     from diffusers import Cosmos2_5_TransferPipeline
 
     parts = tiny_pipeline(seed).components
-    parts["transformer"].register_to_config(controlnet_block_every_n=1)
+    torch.manual_seed(seed)
+    parts["transformer"] = CosmosTransformer3DModel.from_config(
+        parts["transformer"].config, max_size=(96, 32, 32), controlnet_block_every_n=1).eval()
     torch.manual_seed(seed + 1)
     controlnet = CosmosControlNetModel(
         n_controlnet_blocks=control_blocks, in_channels=9, latent_channels=6, model_channels=32, num_attention_heads=2,
-        attention_head_dim=16, mlp_ratio=2, text_embed_dim=32, adaln_lora_dim=4, max_size=(8, 32, 32),
+        attention_head_dim=16, mlp_ratio=2, text_embed_dim=32, adaln_lora_dim=4, max_size=(96, 32, 32),
         rope_scale=(2.0, 1.0, 1.0), extra_pos_embed_type="learnable", use_crossattn_projection=True,
         crossattn_proj_in_channels=2 * TEXT_WIDTH, encoder_hidden_states_channels=32,
     ).eval()

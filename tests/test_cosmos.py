@@ -159,3 +159,37 @@ def test_transfer_pipeline_runs_gna_in_its_controlnet_blocks_too(monkeypatch, re
     assert max_diff(sparse, stock) > 1e-3
     masked_self_attention(transformer_cosmos, joint_mask((5, 4, 4), window, stride, 0), monkeypatch)
     assert max_diff(sparse, generate()) <= 1e-5
+
+
+def test_compare_gives_the_transfer_pipeline_its_control_video(tmp_path, monkeypatch, capsys,
+                                                              resize_without_torchvision):
+    """compare on Cosmos Transfer (the tiny pipeline, given to the harness as a loaded model: its stand-in safety
+    checker does not load from a folder): its required ``controls`` come from --control-video (a GIF here: no
+    ffmpeg needed); without one the run stops with one line naming the flag; a pipeline taking no control video
+    refuses it."""
+    import json
+
+    import imageio.v2 as imageio
+    import numpy as np
+
+    import gna_diffusers.harness.runner as runner
+    from gna_diffusers.cli import main
+    from gna_diffusers.harness.models import Model
+
+    pipes = {"nvidia/Cosmos-Transfer2.5-2B": cosmos.tiny_transfer_pipeline(), "nvidia/Cosmos-Predict2.5-2B":
+             cosmos.tiny_pipeline()}
+    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
+        name, cosmos, pipes[name], pipes[name].transformer, "pretrained"))
+    frames = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    imageio.mimwrite(tmp_path / "edges.gif", list(frames))
+    args = ["compare", "--output", str(tmp_path / "out"), "--no-warmup", "--steps", "2", "--prompt", "a red cat",
+            "--height", "32", "--width", "32", "--frames", "9", "--device", "cpu"]
+    assert main([*args, "--model", "nvidia/Cosmos-Transfer2.5-2B"]) == 2
+    assert "Cosmos2_5_TransferPipeline requires controls, which compare does not give (give it with --control-video " \
+           "PATH)" in capsys.readouterr().err
+    assert main([*args, "--model", "nvidia/Cosmos-Predict2.5-2B", "--control-video", str(tmp_path / "edges.gif")]) == 2
+    assert "Cosmos2_5_PredictBasePipeline takes no control video" in capsys.readouterr().err
+    assert main([*args, "--model", "nvidia/Cosmos-Transfer2.5-2B", "--control-video", str(tmp_path / "edges.gif")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["control_video_sha1"] and report["samples"][0]["metrics"]["psnr"] is not None
+    assert "control video: `" in (tmp_path / "out" / "report.md").read_text()

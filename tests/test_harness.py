@@ -260,6 +260,7 @@ def test_lpips_without_weights_is_skipped_with_the_reason(tmp_path, monkeypatch)
         (["sweep", "--presets", "flux-4k,nope"], "unknown preset 'nope'"),
         (["compare", "--random-weights", "--model", "stable-diffusion"], "--random-weights needs a model name that names one family"),
         (["compare", "--control-image", "/no/such.png"], "--control-image /no/such.png: no such file"),
+        (["compare", "--control-video", "/no/such.mp4"], "--control-video /no/such.mp4: no such file"),
         (["compare", "--device", "cuda"] if not torch.cuda.is_available() else ["compare", "--prompts", "/no/file"],
          "CUDA is not available" if not torch.cuda.is_available() else "cannot read --prompts file"),
     ],
@@ -269,6 +270,20 @@ def test_errors_are_one_clear_line(capsys, tmp_path, args, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "report.json").exists()
+
+
+def test_control_videos_are_read_back_frame_by_frame(tmp_path):
+    """media.read_frames reads what write_mp4 writes (H.264: lossy, so close, not equal; GIFs: test_cosmos's compare);
+    a file that is no video is refused by name."""
+    from gna_diffusers.harness import media
+
+    ramp = np.linspace(0, 255, 9 * 32 * 32 * 3).reshape(9, 32, 32, 3).astype(np.uint8)
+    if media.mp4_unavailable() is None:
+        frames = media.read_frames(media.write_mp4(tmp_path / "ramp.mp4", ramp))
+        assert frames.shape == ramp.shape and np.abs(frames.astype(float) - ramp).mean() < 8
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(ValueError, match="notes.mp4: not a readable video"):
+        media.read_frames(tmp_path / "notes.mp4")
 
 
 @pytest.mark.parametrize("flag", [["--steps", "0"], ["--seeds", "a"], ["--dtype", "float8"], ["--height", "-5"]])

@@ -41,6 +41,20 @@ def _atomic(path: Path, write) -> Path:
     return path
 
 
+def read_frames(path: str | Path) -> np.ndarray:
+    """The frames (F, H, W, 3) uint8 of a video file: MP4 and the like through imageio-ffmpeg, GIF through Pillow.
+    Raises ValueError when the file cannot be read as a video here."""
+    path = Path(path)
+    if path.suffix.lower() != ".gif" and mp4_unavailable():
+        raise ValueError(f"{path}: reading a {path.suffix or 'suffix-less'} video needs imageio-ffmpeg "
+                         f"(`pip install imageio-ffmpeg`), or give the frames as a GIF")
+    try:
+        frames = imageio.mimread(path, memtest=False)
+    except Exception as error:  # imageio's plugins raise their own error types
+        raise ValueError(f"{path}: not a readable video ({error})") from error
+    return np.stack([frame[..., :3] if frame.ndim == 3 else np.repeat(frame[..., None], 3, -1) for frame in frames])
+
+
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     return _atomic(Path(path), lambda tmp: imageio.imwrite(tmp, image))
 

@@ -32,7 +32,7 @@ def _header(report: dict) -> str:
     if env["device"].startswith("cpu"):
         lines.append("- **CPU**: GNA runs the reference backend (masked dense attention) here, so the timings are "
                      "no speedups; measure speed on a GPU")
-    for key, what in (("image", "input image"), ("control_image", "control image")):
+    for key, what in (("image", "input image"), ("control_image", "control image"), ("control_video", "control video")):
         if report["settings"].get(key):
             lines.append(f"- {what}: `{report['settings'][key]}` (the same for every prompt and seed)")
     if model.get("unscored"):

@@ -75,6 +75,8 @@ class Settings:
     control_image_sha1: str | None = None  # its content, so a changed file invalidates cached outputs
     image: str | None = None  # image file an image-conditioned pipeline takes as its image (image-to-video, edit)
     image_sha1: str | None = None
+    control_video: str | None = None  # video file a ControlNet pipeline takes as its control video (Cosmos Transfer)
+    control_video_sha1: str | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -141,9 +143,9 @@ class Sample:
 
 
 def _read_images(settings: Settings) -> Settings:
-    """The settings with the content digests of ``--image`` and ``--control-image``; a HarnessError when a file is
-    missing or there is no pipeline to take it."""
-    for name in ("image", "control_image"):
+    """The settings with the content digests of ``--image``, ``--control-image`` and ``--control-video``; a
+    HarnessError when a file is missing or there is no pipeline to take it."""
+    for name in ("image", "control_image", "control_video"):
         value = getattr(settings, name)
         if value is None:
             continue
@@ -165,6 +167,18 @@ def _load_image(path: str, mode: str = "RGB"):
         return image.convert(mode)
 
 
+@functools.lru_cache(maxsize=2)
+def _load_video(path: str) -> list:
+    """A video file's frames as RGB PIL images (a pipeline's video input)."""
+    from PIL import Image
+
+    try:
+        frames = media.read_frames(Path(path).expanduser())
+    except ValueError as error:
+        raise HarnessError(f"--control-video {error}") from error
+    return [Image.fromarray(frame) for frame in frames]
+
+
 def _call_kwargs(model: Model, settings: Settings) -> dict:
     kwargs = model.family.tiny_call_kwargs() if model.tiny else {}
     pipeline = type(model.pipeline).__name__
@@ -177,6 +191,11 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
     elif takes_control and getattr(model.pipeline, "controlnet", None) is not None:
         raise HarnessError(f"model {settings.model!r} is a ControlNet pipeline ({pipeline}): give its control image "
                            f"with --control-image PATH")
+    if settings.control_video is not None:
+        if "controls" not in parameters:
+            raise HarnessError(f"--control-video: {pipeline} takes no control video (Cosmos Transfer's pipeline "
+                               f"does)")
+        kwargs["controls"] = _load_video(settings.control_video)
     if settings.image is not None:
         if "image" not in parameters:
             raise HarnessError(f"--image: {pipeline} takes no input image (an image-to-video, editing or refining "
@@ -199,6 +218,14 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
         kwargs[name] = value
     # A family whose pipeline ties other arguments to the step count (Ideogram 4's guidance schedule) says them.
     kwargs.update(getattr(model.family, "steps_call_kwargs", lambda steps: {})(settings.steps))
+    # A DiffusionPipeline's call parameters without a default (a modular pipeline's blocks check their own inputs).
+    missing = [] if is_modular(model.pipeline) else [
+        name for name, required in parameters.items() if required and name not in kwargs and name != "prompt"]
+    if missing:
+        flag = {"controls": " (give it with --control-video PATH)"}
+        raise HarnessError(f"model {settings.model!r}: {pipeline} requires {', '.join(missing)}, which compare does "
+                           f"not give{''.join(flag.get(name, '') for name in missing)}; call "
+                           f"gna_diffusers.apply(pipe, preset) on your own pipeline")
     return kwargs
 
 
@@ -250,7 +277,7 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
 # Settings that change a generated output; a cached dense output or a finished preset is reused only
 # when all of them match.
 OUTPUT_SETTINGS = ("model", "steps", "height", "width", "frames", "device", "dtype", "dense_backend", "control_image",
-                   "control_image_sha1", "image", "image_sha1")
+                   "control_image_sha1", "image", "image_sha1", "control_video", "control_video_sha1")
 
 
 def _fingerprint(settings: Settings, sample: Sample) -> str:
