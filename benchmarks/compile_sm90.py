@@ -18,7 +18,8 @@ def descriptor_type(dtype: str, kv_tile, head_dim: int) -> str:
     from triton.runtime.jit import mangle_type
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    dummy = torch.empty(64, head_dim, dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dummy = torch.empty(64, head_dim, dtype=dtypes[dtype])
     return mangle_type(TensorDescriptor(dummy, [1, 4, 4, 4, head_dim], [64 * head_dim, 16 * head_dim, 4 * head_dim,
                                                                        head_dim, 1], [1, *kv_tile, head_dim]))
 
@@ -60,7 +61,8 @@ def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool
     aligned = [i for i, p in enumerate(params) if signature[p].startswith("*") or p.startswith("s") or p == "head_dim"]
     source = ASTSource(gna_fwd_kernel, signature, constexprs={(params.index(k),): v for k, v in constants.items()},
                        attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ class ModelCase:
 
 
 MODEL_CASES = [
-    ModelCase("FLUX.1-dev 4096x4096", "black-forest-labs/FLUX.1-dev", "flux-4k", 4096, 4096, None, 28, 1.45, (2.3, 1.6)),
+    ModelCase("FLUX.1-dev 4096x4096", "black-forest-labs/FLUX.1-dev", "flux-4k", 4096, 4096, None, 28, 1.45,
+              (2.3, 1.6)),
     ModelCase("HunyuanVideo 768x1280x117", "hunyuanvideo-community/HunyuanVideo", "hunyuan-video-720p", 768, 1280,
               117, 50, 1.63, (3.3, 1.9)),
     ModelCase("HunyuanVideo 720x1280x129", "hunyuanvideo-community/HunyuanVideo", "hunyuan-video-720p-129f", 720,
@@ -230,7 +231,8 @@ def _mark(value: float | None, bar: float | None) -> str:
 def render_markdown(results: dict) -> str:
     env = results["environment"]
     kernel_rows = [
-        [r["case"], *(kernel_bench.fmt_ms(r["ms"][n]) for n in r["ms"]), _mark(r["speedup_vs_baseline"]["triton"], None),
+        [r["case"], *(kernel_bench.fmt_ms(r["ms"][n]) for n in r["ms"]),
+         _mark(r["speedup_vs_baseline"]["triton"], None),
          _mark(r["speedup_vs_baseline"]["flex"], None), f"{r['flop_bound']:.2f}x", f"{r['tile_bound']:.2f}x",
          f"{r['triton_vs_flex_max_abs_err']:.1e}"]
         for r in results["kernel"]["rows"]
@@ -240,7 +242,8 @@ def render_markdown(results: dict) -> str:
         targets = r["targets"] or {}
         memory = r["peak_memory_gib"]
         model_rows.append([
-            r["case"], "x".join(map(str, r["grid"])) + f" + {r['text_tokens']}", r["preset"], f"{r['dense_step_ms']:.0f}",
+            r["case"], "x".join(map(str, r["grid"])) + f" + {r['text_tokens']}", r["preset"],
+            f"{r['dense_step_ms']:.0f}",
             f"{r['gna_step_ms']:.0f}", _mark(r["speedup_per_step"], targets.get("per_step")),
             f"{r['end_to_end']['dense_warmup_steps']}/{r['end_to_end']['steps']}",
             _mark(r["end_to_end"]["speedup"], targets.get("end_to_end")),
@@ -342,7 +345,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes that run on CPU (a check of the suite)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", type=Path, help="results folder (default benchmarks/results; --tiny: runs/bench-tiny)")
+    parser.add_argument("--output", type=Path,
+                        help="results folder (default benchmarks/results; --tiny: runs/bench-tiny)")
     parser.add_argument("--update-readme", action="store_true", help="only regenerate the README section")
     parser.add_argument("--no-readme", action="store_true", help="do not touch the README after a GPU run")
     parser.add_argument("--models", help="comma-separated parts of model case names or hub names to run (default: "
@@ -370,12 +374,14 @@ def main(argv=None) -> int:
                          f"{', '.join(f'{c.name} ({c.model})' for c in MODEL_CASES)}")
         stem += "-" + device_slug(" ".join(wanted))
     results = {"schema": 1, "suite": "gpu", "stem": stem, "environment": env,
-               "dense_backend": "cuDNN SDPA (diffusers _native_cudnn)" if device.type == "cuda" else "diffusers default",
+               "dense_backend": ("cuDNN SDPA (diffusers _native_cudnn)" if device.type == "cuda"
+                                 else "diffusers default"),
                "kernel": {"dtype": str(dtype).removeprefix("torch."), "heads": heads, "head_dim": head_dim, "rows": []},
                "models": []}
 
     def write() -> Path:  # after every case: a run cut short keeps what it measured
-        atomic_write_text(output / f"{stem}.md", f"# gna-diffusers GPU suite: {env['device']}\n\n{render_markdown(results)}\n")
+        title = f"# gna-diffusers GPU suite: {env['device']}"
+        atomic_write_text(output / f"{stem}.md", f"{title}\n\n{render_markdown(results)}\n")
         return atomic_write_json(output / f"{stem}.json", results)
 
     for case in [] if args.no_kernels else kernel_cases:

@@ -220,7 +220,8 @@ def markdown(env: dict, rows: list[dict], dtype: str, heads: int, head_dim: int)
         return "n/a" if x is None else format(x, spec)
 
     body = [
-        [r["case"], r["text_tokens"], *[fmt(r["ms"][n], ".3f") for n in names], fmt(r["effective_tflops"]["triton"], ".1f"),
+        [r["case"], r["text_tokens"], *[fmt(r["ms"][n], ".3f") for n in names],
+         fmt(r["effective_tflops"]["triton"], ".1f"),
          fmt(r["speedup_vs_baseline"]["triton"]), fmt(r["speedup_vs_baseline"]["flex"]), f"{r['flop_bound']:.2f}",
          f"{r['tile_bound']:.2f}", " / ".join("x".join(map(str, t)) for t in r["triton_tiles"])
          + (" TMA" if r["triton_launch"].get("tma") else ""),
@@ -274,7 +275,8 @@ def main(argv=None) -> int:
               "heads": heads, "head_dim": head_dim, "rows": []}
     for case in cases:  # written after every case: a device call cut short keeps what it measured
         report["rows"].append(run_case(case, device, dtype, heads, head_dim, warmup, reps))
-        print(f"{case.name}: " + ", ".join(f"{n} {fmt_ms(ms)}" for n, ms in report["rows"][-1]["ms"].items()), flush=True)
+        timings = ", ".join(f"{n} {fmt_ms(ms)}" for n, ms in report["rows"][-1]["ms"].items())
+        print(f"{case.name}: {timings}", flush=True)
         atomic_write_json(args.output / f"{stem}.json", report)
         atomic_write_text(args.output / f"{stem}.md", markdown(env, report["rows"], report["dtype"], heads, head_dim))
     print(f"wrote {args.output / stem}.json and .md")

@@ -3,7 +3,8 @@
 Compiles the kernel for sm_90 as a launch specializes it (``compile_sm90.py``), disassembles the cubin
 with the nvdisasm that ships with triton, finds the neighborhood loop (the first loop that issues wgmma)
 and counts the instructions one trip issues per thread: on a full tile (every mask branch skipped) and
-what each masked axis adds; likewise one block of the extra (text) keys' loop. Registers and stack (spill) bytes come from cuobjdump.
+what each masked axis adds; likewise one block of the extra (text) keys' loop. Registers and stack (spill)
+bytes come from cuobjdump.
 
 Counts are not times. They say what the SM issues beside the tensor-core work (the softmax's exp2, max
 and sum, the rescale, index math, masks), which competes with wgmma for issue slots on Hopper: a 128 x 128

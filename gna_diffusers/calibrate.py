@@ -7,10 +7,10 @@ the softmax mass the candidate would keep, i.e. the mass on the query's GNA wind
 key (GNA always keeps those). Window boxes are summed with a prefix-sum over the grid, so a candidate costs
 O(1) per query after one O(N) pass.
 
-Candidates come from the simulator: for each window size (a fraction of every axis), the stride that gives
-the kernel's best tile bound. Per layer the cheapest candidate (highest simulated tile bound, then fewest
-attended pairs) whose mean recall reaches the target is chosen; a layer that no candidate satisfies stays dense. The dense warm-up is
-the number of leading denoising steps in which the patterns chosen on the later steps miss the target on
+Candidates come from the simulator: for each window size (a fraction of every axis), the stride that gives the
+kernel's best tile bound. Per layer the cheapest candidate (highest simulated tile bound, then fewest attended
+pairs) whose mean recall reaches the target is chosen; a layer that no candidate satisfies stays dense. The dense
+warm-up is the number of leading denoising steps in which the patterns chosen on the later steps miss the target on
 average.
 """
 

@@ -111,7 +111,8 @@ class GNAConfig(_Strict):
         from gna_diffusers.patches import PATCHES, UNAVAILABLE
 
         if value != ANY_FAMILY and value not in PATCHES:
-            missing = f" (not importable with this diffusers: {', '.join(UNAVAILABLE)}; upgrade it)" if UNAVAILABLE else ""
+            missing = (f" (not importable with this diffusers: {', '.join(UNAVAILABLE)}; upgrade it)" if UNAVAILABLE
+                       else "")
             raise ValueError(f"unknown family {value!r}; allowed: {', '.join([*PATCHES, ANY_FAMILY])}{missing}")
         return value
 
@@ -208,7 +209,8 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
 def parse_config(data: dict, source: str = "<config>") -> GNAConfig:
     """Validate a mapping (e.g. parsed YAML); raise :class:`ConfigError` naming ``source`` and key paths."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys (family, base_grid, window, ...), got {type(data).__name__}")
+        raise ConfigError(f"{source}: expected a mapping of keys (family, base_grid, window, ...), "
+                          f"got {type(data).__name__}")
     try:
         return GNAConfig.model_validate(data)
     except ValidationError as error:
@@ -274,7 +276,8 @@ def layer_patterns(config: GNAConfig, block_counts: dict[str, int]) -> dict[tupl
     """The pattern of every attention layer, keyed by (block type, index); raises ConfigError on bad selectors."""
     ndim = len(config.base_grid) if config.base_grid is not None else 1  # 1: broadcast when resolved
     default = LayerPattern(
-        False, tuple(expand_per_dim(config.window, ndim)), tuple(expand_per_dim(config.stride, ndim)), tuple(expand_per_dim(config.dilation, ndim))
+        False, tuple(expand_per_dim(config.window, ndim)), tuple(expand_per_dim(config.stride, ndim)),
+        tuple(expand_per_dim(config.dilation, ndim)),
     )
     patterns = {(blocks, i): default for blocks, count in block_counts.items() for i in range(count)}
 

@@ -600,7 +600,8 @@ class GNAHandle:
                 foreign.append((route.layer, type(processor).__name__))
         if adopted:
             names = ", ".join(f"{b}.{i}" for b, i in adopted)
-            self.runtime.notify_once(f"adopted {names}", f"gna: GNA runs inside processors it did not install ({names})", False)
+            self.runtime.notify_once(f"adopted {names}",
+                                     f"gna: GNA runs inside processors it did not install ({names})", False)
         if foreign:
             names = ", ".join(f"{b}.{i} ({cls})" for (b, i), cls in foreign)
             self.runtime.notify_once(
@@ -622,7 +623,8 @@ class GNAHandle:
             context_only = layout is None
         except LayoutError as error:
             layout = None
-            self.runtime.notify_once(f"layout {error}", f"gna: every layer runs its stock attention for this call: {error}", True)
+            self.runtime.notify_once(f"layout {error}",
+                                     f"gna: every layer runs its stock attention for this call: {error}", True)
         if layout is not None and layout is not runtime.prepared:
             runtime.check_grid(layout.grid)
         runtime.layout = layout

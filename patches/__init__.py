@@ -10,7 +10,8 @@ import importlib
 # Families the harness runs end to end (each module has a tiny pipeline and full-size configs).
 _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "flux2", "chroma", "z_image",
             "skyreels_v2", "chronoedit", "ltx_video", "kandinsky5", "ltx2", "qwen_image21", "kandinsky6",
-            "motif_video", "cosmos", "helios", "cogvideox", "mochi", "allegro", "anyflow", "easyanimate", "ideogram4", "krea2",
+            "motif_video", "cosmos", "helios", "cogvideox", "mochi", "allegro", "anyflow", "easyanimate", "ideogram4",
+            "krea2",
             "ovis_image", "longcat_image", "cogview4", "hunyuan_image", "sd3", "pixart", "hidream", "hunyuan_dit",
             "lumina2", "ernie_image", "bria", "glm_image", "prx", "nucleusmoe_image", "joyimage",
             "joyimage_plus", "bria_fibo", "cogview3plus", "auraflow", "bria_fibo2", "lumina_next", "cosmos3", "omnigen")

@@ -78,7 +78,8 @@ def full_size(model_name: str):
     """No full-size shape: diffusers' class defaults are FLUX-sized (12B), not FIBO's 8B, whose config is not known
     offline."""
     raise ValueError(f"{model_name}: Bria FIBO's full-size shape is not known offline (diffusers' class defaults are a "
-                     f"FLUX-sized 12B, not its 8B); time it with its weights: gna-diffusers compare --model briaai/FIBO")
+                     f"FLUX-sized 12B, not its 8B); time it with its weights: gna-diffusers compare --model "
+                     f"briaai/FIBO")
 
 
 DEFAULT_PRESET = "bria-fibo-1k"

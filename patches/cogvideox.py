@@ -1,8 +1,8 @@
 """CogVideoX (CogVideoXTransformer3DModel): CogVideoX 2B / 5B, CogVideoX 1.5 5B and their image-to-video,
 video-to-video and CogVideoX-Fun control pipelines; ConsisID (ConsisIDTransformer3DModel, CogVideoX blocks with
-face-identity cross-attention between them, which stays stock). Each block's ``attn1`` is joint attention over [text, video]:
-the prompt's 226 T5 tokens first, then the video grid. RoPE (5B, 1.5) is applied to the video tokens inside the
-processor, so GNA's subclass keeps the stock ``__call__`` whole.
+face-identity cross-attention between them, which stays stock). Each block's ``attn1`` is joint attention over
+[text, video]: the prompt's 226 T5 tokens first, then the video grid. RoPE (5B, 1.5) is applied to the video tokens
+inside the processor, so GNA's subclass keeps the stock ``__call__`` whole.
 
 The stock processor calls ``F.scaled_dot_product_attention`` itself (no diffusers dispatch, no backend): while GNA
 is installed, the ``F`` of diffusers' attention_processor module is a stand-in whose SDPA hands the calls a GNA

@@ -91,8 +91,8 @@ def full_size(model_name: str):
     """(config, latent-grid function) of the full-size model a hub name refers to: the 12B; the 7B's shape is not
     known offline."""
     if "7b" in model_name.lower():
-        raise ValueError(f"{model_name}: no full-size EasyAnimate 7B shape is known offline; --random-weights times the "
-                         f"12B (e.g. alibaba-pai/EasyAnimateV5.1-12b-zh-diffusers)")
+        raise ValueError(f"{model_name}: no full-size EasyAnimate 7B shape is known offline; --random-weights times "
+                         f"the 12B (e.g. alibaba-pai/EasyAnimateV5.1-12b-zh-diffusers)")
     return FULL_CONFIG, latent_grid
 
 

@@ -253,11 +253,11 @@ def _mask_to_rank_major(world: int):
 
 
 def parallel_plan(transformer: torch.nn.Module, world: int) -> dict:
-    """A context-parallel plan for HunyuanVideo (and HunyuanImage 2.1, whose blocks, RoPE and mask are laid out
-    the same way), which diffusers 0.42 lacks: RoPE, video and text split evenly over the ranks, each block's key mask reordered (see :func:`_mask_to_rank_major`) and split, the
-    output gathered. Works with the stock processors and with GNA's; pass it as
-    ``transformer.enable_parallelism(config=..., cp_plan=parallel_plan(transformer, world))`` (GNA's
-    ``apply`` first does this by itself)."""
+    """A context-parallel plan for HunyuanVideo (and HunyuanImage 2.1, whose blocks, RoPE and mask are laid out the
+    same way), which diffusers 0.42 lacks: RoPE, video and text split evenly over the ranks, each block's key mask
+    reordered (see :func:`_mask_to_rank_major`) and split, the output gathered. Works with the stock processors and
+    with GNA's; pass it as ``transformer.enable_parallelism(config=..., cp_plan=parallel_plan(transformer, world))``
+    (GNA's ``apply`` first does this by itself)."""
     from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 
     if not getattr(transformer, "_gna_mask_hooks", None):

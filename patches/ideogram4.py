@@ -118,8 +118,8 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 256, batc
     image = rows * cols
     randn = seeded_randn(seed, device, dtype)
     text_positions = torch.arange(text, device=device)[:, None].expand(text, 3)
-    image_positions = torch.stack(torch.meshgrid(torch.zeros(1, dtype=torch.long), torch.arange(rows), torch.arange(cols),
-                                                 indexing="ij"), -1).reshape(image, 3).to(device) + IMAGE_POSITION_OFFSET
+    axes = torch.meshgrid(torch.zeros(1, dtype=torch.long), torch.arange(rows), torch.arange(cols), indexing="ij")
+    image_positions = torch.stack(axes, -1).reshape(image, 3).to(device) + IMAGE_POSITION_OFFSET
     indicator = torch.full((batch, text + image), transformer_ideogram4.OUTPUT_IMAGE_INDICATOR, device=device)
     indicator[:, :text] = transformer_ideogram4.LLM_TOKEN_INDICATOR
     return dict(hidden_states=randn(batch, text + image, config.in_channels),

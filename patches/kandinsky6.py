@@ -176,8 +176,9 @@ def tiny_pipeline(seed: int = 0):
     torch.manual_seed(seed)
     audio_vae = MMAudioVAE(mel_bins=8, latent_channels=AUDIO_CHANNELS, hidden_channels=8, channel_multipliers=(1, 2),
                            layers_per_block=1, sample_rate=1600, n_fft=64, hop_length=16).eval()
-    vocoder = MMAudioVocoder(num_mels=8, upsample_initial_channel=8, upsample_rates=(4, 4), upsample_kernel_sizes=(8, 8),
-                             resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),)).eval()
+    vocoder = MMAudioVocoder(num_mels=8, upsample_initial_channel=8, upsample_rates=(4, 4),
+                             upsample_kernel_sizes=(8, 8), resblock_kernel_sizes=(3,),
+                             resblock_dilation_sizes=((1,),)).eval()
     return Kandinsky6TI2VAPipeline(transformer=tiny_transformer(seed), audio_vae=audio_vae, vocoder=vocoder,
                                    **kandinsky5.tiny_parts(seed))
 

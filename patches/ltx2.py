@@ -151,7 +151,8 @@ def tiny_transformer(seed: int = 0, num_layers: int = 2, perturbed_attn: bool = 
     torch.manual_seed(seed)
     return LTX2VideoTransformer3DModel(
         in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
-        audio_in_channels=audio_channels, audio_out_channels=audio_channels, audio_num_attention_heads=2, audio_attention_head_dim=8,
+        audio_in_channels=audio_channels, audio_out_channels=audio_channels, audio_num_attention_heads=2,
+        audio_attention_head_dim=8,
         audio_cross_attention_dim=16, num_layers=num_layers, caption_channels=16, rope_double_precision=False,
         perturbed_attn=perturbed_attn, use_keyframes_abs_pos_embedding=keyframes,
     ).eval()

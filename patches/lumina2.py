@@ -120,7 +120,8 @@ FULL_CONFIG = dict(cap_feat_dim=2304)
 DEFAULT_PRESET = "lumina2-2k"
 DEFAULT_STEPS = 30  # the pipeline's default num_inference_steps
 TEXT_TOKENS = 128  # valid prompt tokens (system prompt and prompt; the transformer drops the padding)
-NAME_PATTERN = r"lumina-?(image-?)?2|neta-?lumina"  # hub names (Neta Lumina: a fine-tune; not Lumina-Next), for --random-weights
+# hub names (Neta Lumina: a fine-tune; not Lumina-Next), for --random-weights
+NAME_PATTERN = r"lumina-?(image-?)?2|neta-?lumina"
 
 
 def tiny_tokenizer(add_bos_token: bool = False):

@@ -73,7 +73,8 @@ def transformer_inputs(transformer, grid: tuple[int, int], text: int = 300, batc
     config = transformer.config
     p = config.patch_size
     randn = seeded_randn(seed, device, dtype)
-    conditions = ({"resolution": torch.tensor([[rows * p * 8, cols * p * 8]], device=device, dtype=dtype).repeat(batch, 1),
+    resolution = torch.tensor([[rows * p * 8, cols * p * 8]], device=device, dtype=dtype).repeat(batch, 1)
+    conditions = ({"resolution": resolution,
                    "aspect_ratio": torch.full((batch, 1), cols / rows, device=device, dtype=dtype)}
                   if transformer.use_additional_conditions else {"resolution": None, "aspect_ratio": None})
     return dict(hidden_states=randn(batch, config.in_channels, rows * p, cols * p),

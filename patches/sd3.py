@@ -1,11 +1,10 @@
 """Stable Diffusion 3 / 3.5 (SD3Transformer2DModel): SD3 Medium, SD3.5 Large (and Turbo) and SD3.5 Medium;
 text-to-image, image-to-image and inpainting (the same grid), ControlNets (SD3ControlNetModel beside the
 transformer: SD3's joint blocks over the same tokens, or SD3.5 Large's blocks over the image tokens alone), and
-IP-Adapters (their processors, which hold
-the adapter's weights, get a GNA subclass sharing them, whether loaded before or after apply). Each joint block's ``attn`` runs over
-[image, text]: the image grid, then the CLIP (77) and T5 prompt tokens, unmasked. SD3.5 Medium's first 13 blocks also
-hold ``attn2``, a self-attention over the image tokens alone that shares ``attn``'s processor in stock: GNA routes
-it with the block's pattern.
+IP-Adapters (their processors, which hold the adapter's weights, get a GNA subclass sharing them, whether loaded
+before or after apply). Each joint block's ``attn`` runs over [image, text]: the image grid, then the CLIP (77) and
+T5 prompt tokens, unmasked. SD3.5 Medium's first 13 blocks also hold ``attn2``, a self-attention over the image
+tokens alone that shares ``attn``'s processor in stock: GNA routes it with the block's pattern.
 
 The stock processor (JointAttnProcessor2_0) calls ``F.scaled_dot_product_attention`` itself: while GNA is installed,
 the ``F`` of diffusers' attention_processor module is a stand-in whose SDPA hands a GNA processor's calls to its

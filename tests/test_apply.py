@@ -157,7 +157,8 @@ def test_handle_describes_what_it_installed(pipe, family):
     handle = apply(pipe, config(family, dense_layers=[{"blocks": "single", "layers": "0-1"}]))
     text = handle.describe()
     assert "double.0 | gna" in text and "single.1 | dense" in text
-    assert {(r["blocks"], r["index"], r["dense"]) for r in handle.layers()} >= {("double", 1, False), ("single", 0, True)}
+    layers = {(r["blocks"], r["index"], r["dense"]) for r in handle.layers()}
+    assert layers >= {("double", 1, False), ("single", 0, True)}
 
 
 def test_errors_install_nothing(pipe, family, tmp_path):
@@ -168,7 +169,8 @@ def test_errors_install_nothing(pipe, family, tmp_path):
     cases = [
         (GNAConfig(family=other, base_grid=GRIDS[other], window=2), ConfigError, "does not match the model"),
         ("no-such-preset", ConfigError, "unknown preset 'no-such-preset'"),
-        (config(family, overrides=[{"blocks": "double", "layers": "0-7"}]), ConfigError, r"index 7 out of range; double has 2"),
+        (config(family, overrides=[{"blocks": "double", "layers": "0-7"}]), ConfigError,
+         r"index 7 out of range; double has 2"),
         (config(family, backend="cuda-magic"), ConfigError, "backend 'cuda-magic' is unknown"),
         (bad, ConfigError, "bad.yaml: invalid YAML"),
     ]
@@ -186,7 +188,8 @@ def test_errors_install_nothing(pipe, family, tmp_path):
 
 
 def test_unsupported_models_list_the_supported_families():
-    with pytest.raises(UnsupportedModelError, match=r"Linear is not supported; supported families: flux \(FluxTransformer2DModel\)"):
+    with pytest.raises(UnsupportedModelError,
+                       match=r"Linear is not supported; supported families: flux \(FluxTransformer2DModel\)"):
         apply(torch.nn.Linear(2, 2), "flux-4k")
     with pytest.raises(UnsupportedModelError, match="takes a diffusers pipeline"):
         apply("flux-4k", "flux-4k")
@@ -232,7 +235,8 @@ def refused(call, error_type, text):
 
 assert "flux3" not in PATCHES and "flux" in PATCHES and list(UNAVAILABLE) == ["flux3"]
 apply(flux.tiny_transformer(), GNAConfig(family="flux", window=2)).remove()
-refused(lambda: apply(torch.nn.Linear(2, 2), "flux-4k"), UnsupportedModelError, "flux3 is unavailable with this diffusers")
+refused(lambda: apply(torch.nn.Linear(2, 2), "flux-4k"), UnsupportedModelError,
+        "flux3 is unavailable with this diffusers")
 refused(lambda: load_preset("flux3-1k"), ConfigError, "not importable with this diffusers: flux3")
 assert main(["presets", "list"]) == 0 and main(["families"]) == 0  # the flux3 presets' rows say why
 print("ok")

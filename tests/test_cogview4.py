@@ -62,8 +62,8 @@ def generate(pipe, steps=3, **kwargs):
 
 
 def test_text_to_image_pipeline_runs_gna_after_the_warm_up(monkeypatch):
-    """CogView4Pipeline (classifier-free guidance: two transformer calls per step) at 32x32 pixels: an 8x8 grid. Whole windows reproduce it; a sparse preset routes the steps
-    after the dense one."""
+    """CogView4Pipeline (classifier-free guidance: two transformer calls per step) at 32x32 pixels: an 8x8 grid.
+    Whole windows reproduce it; a sparse preset routes the steps after the dense one."""
     pipe = cogview4.tiny_pipeline()
     stock = generate(pipe)
     spy = OperatorSpy(monkeypatch)

@@ -203,7 +203,8 @@ def test_flux_fill_and_control_pipelines_condition_along_channels(kind, monkeypa
              if name not in ("transformer", "image_encoder", "feature_extractor")}
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     if kind == "fill":
-        pipe, condition = FluxFillPipeline(transformer=transformer, **parts), dict(image=image, mask_image=(image[:, :1] > 0.5).float())
+        pipe = FluxFillPipeline(transformer=transformer, **parts)
+        condition = dict(image=image, mask_image=(image[:, :1] > 0.5).float())
     else:
         pipe, condition = FluxControlPipeline(transformer=transformer, **parts), dict(control_image=image)
 
@@ -236,7 +237,8 @@ def test_a_layout_that_is_not_understood_runs_dense_with_one_warning(ids, leadin
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         apply(transformer, GNAConfig(family="flux", window=2))
-        with pytest.warns(UserWarning, match=f"every layer runs its stock attention for this call: the first {leading} image tokens"):
+        message = f"every layer runs its stock attention for this call: the first {leading} image tokens"
+        with pytest.warns(UserWarning, match=message):
             out = transformer(**inputs)[0]
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # once, not per call
@@ -258,7 +260,8 @@ def tiny_ip_adapter(transformer, clip_dim=16):
             ip_layers[f"{i}.{name}.weight"] = torch.randn(inner, joint, generator=gen) * 0.2
             ip_layers[f"{i}.{name}.bias"] = torch.zeros(inner)
     image_proj = {"proj.weight": torch.randn(4 * joint, clip_dim, generator=gen) * 0.2,
-                  "proj.bias": torch.zeros(4 * joint), "norm.weight": torch.ones(joint), "norm.bias": torch.zeros(joint)}
+                  "proj.bias": torch.zeros(4 * joint), "norm.weight": torch.ones(joint),
+                  "norm.bias": torch.zeros(joint)}
     return {"image_proj": image_proj, "ip_adapter": ip_layers}
 
 
@@ -817,8 +820,8 @@ def test_route_honours_masks_over_context_on_both_sides(kind):
     from gna_diffusers.route import GNARoute, TokenLayout
 
     def sdpa(q, k, v, attn_mask=None, backend=None):
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
-        return out.transpose(1, 2)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2)
 
     gen = torch.Generator().manual_seed(0)
     text, grid, reference = 5, (3, 4), 6
@@ -857,8 +860,8 @@ def test_a_mask_stored_per_head_runs_dense_with_one_warning():
     from gna_diffusers.route import GNARoute, TokenLayout
 
     def sdpa(q, k, v, attn_mask=None, backend=None):
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask)
-        return out.transpose(1, 2)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2)
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 12, 2, 8, generator=gen) for _ in range(3))

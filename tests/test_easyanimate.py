@@ -54,8 +54,9 @@ def test_pipeline_runs_gna_after_the_warm_up(monkeypatch):
     pipe = easyanimate.tiny_pipeline()
 
     def generate():
-        return pipe(prompt="a red cat", num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0),
-                    **easyanimate.TINY_SIZE, **easyanimate.tiny_call_kwargs()).frames
+        return pipe(prompt="a red cat", num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **easyanimate.TINY_SIZE,
+                    **easyanimate.tiny_call_kwargs()).frames
 
     stock = generate()
     spy = OperatorSpy(monkeypatch)

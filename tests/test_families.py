@@ -18,7 +18,8 @@ from gna_diffusers.patches import FAMILY_MODULES
 PUBLISHED_BILLIONS = {
     "flux": 12, "flux2": 32, "chroma": 8.9, "hunyuan-video": 13, "hunyuan-video-1.5": 8.3, "wan": 14,
     "qwen-image": 20, "z-image": 6, "skyreels-v2": 14, "chronoedit": 14 + 2.1, "ltx-video": 2,
-    "kandinsky5": 2, "ltx2": 19, "cosmos": 2, "cogvideox": 5.6, "mochi": 10, "allegro": 2.8, "anyflow": 14, "easyanimate": 12,
+    "kandinsky5": 2, "ltx2": 19, "cosmos": 2, "cogvideox": 5.6, "mochi": 10, "allegro": 2.8, "anyflow": 14,
+    "easyanimate": 12,
     "hunyuan-image": 17, "sd3": 2, "pixart": 0.6, "hidream": 17, "hunyuan-dit": 1.5, "lumina2": 2.6, "auraflow": 6.8,
 }
 # Families whose full-size config is not checked against a published size, and why.
@@ -26,11 +27,13 @@ UNPUBLISHED = {
     "qwen-image-2.1": "no published size found offline: FULL_CONFIG is diffusers' class defaults (7.1B)",
     "kandinsky6": "no published size found offline: FULL_CONFIG is diffusers' class defaults, whose audio stream is "
                   "as wide as the video's (48.2B in all)",
-    "motif-video": "Motif-Video-2B's config not found offline: FULL_CONFIG is diffusers' class defaults, a larger model",
+    "motif-video": "Motif-Video-2B's config not found offline: FULL_CONFIG is diffusers' class defaults, a larger "
+                   "model",
     "helios": "the released config not found offline: FULL_CONFIG is diffusers' class defaults (Wan 2.1 14B's shape)",
     "ideogram4": "no published size found offline: FULL_CONFIG is diffusers' class defaults (9.3B)",
     "krea2": "no published size or hub id found offline: FULL_CONFIG is diffusers' class defaults (12.8B)",
-    "longcat-image": "LongCat-Image's 6B config not found offline: full_size refuses (the class defaults are FLUX-sized)",
+    "longcat-image": "LongCat-Image's 6B config not found offline: full_size refuses (the class defaults are "
+                     "FLUX-sized)",
     "cogview3plus": "CogView3-Plus-3B's config not found offline: FULL_CONFIG is diffusers' class defaults (30 blocks, "
                     "64 heads x 40), which make 2.85B, 5% below the 3B of its name",
     "cogview4": "CogView4-6B's config (28 blocks, 32 heads x 128) makes 6.37B, 6% above the 6B of its name",
@@ -76,7 +79,8 @@ def test_every_family_is_described_and_has_presets():
     assert set(PUBLISHED_BILLIONS) | set(UNPUBLISHED) == set(FAMILY_MODULES) - set(OPTIONAL)
     assert {family for family, _ in FAMILY_PRESETS} == set(FAMILY_MODULES)
     for module in FAMILY_MODULES.values():
-        assert module.DEFAULT_PRESET in list_presets() and load_preset(module.DEFAULT_PRESET).family == module.PATCH.family
+        assert module.DEFAULT_PRESET in list_presets()
+        assert load_preset(module.DEFAULT_PRESET).family == module.PATCH.family
 
 
 @pytest.mark.parametrize("family, preset", FAMILY_PRESETS, ids=[name for _, name in FAMILY_PRESETS])
@@ -287,4 +291,5 @@ def test_modular_pipelines_count_their_steps_and_run_gna(family, monkeypatch):
             run()
             assert handle.runtime.step == 3 and handle.runtime.grid is not None
     assert spy.windows
-    assert layouts_seen(pipe, family, run) == layouts_seen(classic, family, lambda: tiny_generate(family, classic, steps=3))
+    classic_layouts = layouts_seen(classic, family, lambda: tiny_generate(family, classic, steps=3))
+    assert layouts_seen(pipe, family, run) == classic_layouts

@@ -62,7 +62,8 @@ def test_img_ids_are_read_at_any_rope_scale_and_a_non_grid_runs_dense_with_a_war
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="flux3", window=3)):
-            with pytest.warns(UserWarning, match="every layer runs its stock attention for this call: the first 48 image tokens"):
+            with pytest.warns(UserWarning,
+                              match="every layer runs its stock attention for this call: the first 48 image tokens"):
                 out = transformer(**inputs)[0]
     assert torch.equal(out, stock)
 
@@ -133,7 +134,8 @@ def test_whole_model_compile_runs_dense_and_says_so_after_the_step():
     stock = run()
     pipe.transformer.compile(backend="eager", fullgraph=True)
     with enabled(pipe, GNAConfig(family="flux3", window=3)):
-        with pytest.warns(UserWarning, match=r"runs its stock attention for this call: under torch.compile .*compile_repeated_blocks"):
+        message = r"runs its stock attention for this call: under torch.compile .*compile_repeated_blocks"
+        with pytest.warns(UserWarning, match=message):
             out = run()
     assert torch.equal(out, stock)
 

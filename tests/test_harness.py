@@ -75,7 +75,8 @@ def test_sweep_resumes_and_records_failures(tmp_path, monkeypatch):
     assert main(args) == 0
     summary = read(tmp_path / "summary.json")
     assert [r["status"] for r in summary["presets"]] == ["done"] * 3
-    assert (tmp_path / "quality_vs_speed.png").stat().st_size > 0 and "quality vs speed" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "quality_vs_speed.png").stat().st_size > 0
+    assert "quality vs speed" in (tmp_path / "summary.md").read_text()
     for name in ("flux-4k", "flux-4k-conservative", "dense-check"):
         assert (tmp_path / name / "report.json").exists() and (tmp_path / name / "p0-s0.png").exists()
 
@@ -185,7 +186,8 @@ def test_full_size_transformers_are_built_on_meta_then_materialized():
 
     full_flux = on_meta(flux.PATCH.transformer_class, flux.FULL_CONFIG)
     assert sum(p.numel() for p in full_flux.parameters()) > 11e9  # the 12B FLUX.1-dev transformer
-    assert len(on_meta(hunyuan_video.PATCH.transformer_class, hunyuan_video.FULL_CONFIG).single_transformer_blocks) == 40
+    full_hunyuan = on_meta(hunyuan_video.PATCH.transformer_class, hunyuan_video.FULL_CONFIG)
+    assert len(full_hunyuan.single_transformer_blocks) == 40
     from gna_diffusers.patches import flux3
 
     full_flux3 = on_meta(flux3.PATCH.transformer_class, flux3.FULL_CONFIG)
@@ -228,7 +230,8 @@ def test_psnr_and_ssim_match_scikit_image(name):
         "contrast": image * 0.9 + 0.05,
     }
     for version in degraded.values():
-        assert metrics.psnr(image, version) == pytest.approx(skm.peak_signal_noise_ratio(image, version, data_range=1.0), abs=1e-5)
+        expected_psnr = skm.peak_signal_noise_ratio(image, version, data_range=1.0)
+        assert metrics.psnr(image, version) == pytest.approx(expected_psnr, abs=1e-5)
         expected = skm.structural_similarity(image, version, data_range=1.0, channel_axis=-1, gaussian_weights=True,
                                              sigma=1.5, use_sample_covariance=False)
         assert metrics.ssim(image, version) == pytest.approx(expected, abs=1e-6)
@@ -258,7 +261,8 @@ def test_lpips_without_weights_is_skipped_with_the_reason(tmp_path, monkeypatch)
         (["compare", "--preset", "flux-9k"], "unknown preset 'flux-9k'"),
         (["compare", "--preset", "hunyuan-video-720p"], "is for family 'hunyuan-video' but tiny-flux is 'flux'"),
         (["sweep", "--presets", "flux-4k,nope"], "unknown preset 'nope'"),
-        (["compare", "--random-weights", "--model", "stable-diffusion"], "--random-weights needs a model name that names one family"),
+        (["compare", "--random-weights", "--model", "stable-diffusion"],
+         "--random-weights needs a model name that names one family"),
         (["compare", "--control-image", "/no/such.png"], "--control-image /no/such.png: no such file"),
         (["compare", "--control-video", "/no/such.mp4"], "--control-video /no/such.mp4: no such file"),
         (["compare", "--device", "cuda"] if not torch.cuda.is_available() else ["compare", "--prompts", "/no/file"],
@@ -352,7 +356,8 @@ def test_compare_gives_an_image_conditioned_pipeline_its_input_image(tmp_path, c
     Image.new("RGB", (32, 32), (90, 30, 200)).save(tmp_path / "first-frame.png")
     common = ["--model", str(tmp_path / "pipe"), "--height", "32", "--width", "32", "--frames", "9", "--steps", "2",
               "--prompt", "a red cat", "--no-warmup", "--preset", "cogvideox-480p"]
-    assert main(["compare", *common, "--image", str(tmp_path / "first-frame.png"), "--output", str(tmp_path / "run")]) == 0
+    assert main(["compare", *common, "--image", str(tmp_path / "first-frame.png"),
+                 "--output", str(tmp_path / "run")]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["settings"]["image_sha1"] and report["samples"][0]["metrics"]["psnr"] is not None
     assert "input image: `" in (tmp_path / "run" / "report.md").read_text()

@@ -55,8 +55,9 @@ def test_pipeline_routes_both_transformers_on_the_grid_encode_prompt_names(monke
     prepared = []
 
     def generate():
-        return pipe(prompt="a red cat", num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0),
-                    **ideogram4.TINY_SIZE, **ideogram4.tiny_call_kwargs(), **ideogram4.steps_call_kwargs(3)).images
+        return pipe(prompt="a red cat", num_inference_steps=3, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **ideogram4.TINY_SIZE, **ideogram4.tiny_call_kwargs(),
+                    **ideogram4.steps_call_kwargs(3)).images
 
     stock = generate()
     monkeypatch.setattr(ideogram4, "_grid_from_ids", lambda ids: pytest.fail("read the grid from position_ids"))
@@ -65,7 +66,8 @@ def test_pipeline_routes_both_transformers_on_the_grid_encode_prompt_names(monke
         warnings.filterwarnings("error", message=".*gna.*")
         with enabled(pipe, GNAConfig(family="ideogram4", window=-1)) as handle:
             for model in (pipe.transformer, pipe.unconditional_transformer):
-                model.register_forward_hook(lambda *_: prepared.append(handle.runtime.layout is handle.runtime.prepared))
+                model.register_forward_hook(
+                    lambda *_: prepared.append(handle.runtime.layout is handle.runtime.prepared))
             assert max_diff(generate(), stock) <= 1e-5
         spy.contexts.clear()
         with enabled(pipe, GNAConfig(family="ideogram4", window=4, dense_steps=1)) as handle:

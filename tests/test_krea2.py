@@ -76,7 +76,8 @@ def test_pipeline_takes_the_grid_from_prepare_position_ids(monkeypatch):
             sparse = generate()
             assert handle.runtime.step == 3
     assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 0
-    assert {grid for grid, _ in spy.contexts} == {(4, 4)} and len(spy.contexts) == 2 * 2 * 2  # steps x guidance x layers
+    assert {grid for grid, _ in spy.contexts} == {(4, 4)}
+    assert len(spy.contexts) == 2 * 2 * 2  # steps x guidance x layers
 
 
 @pytest.mark.parametrize("preset, size", [("krea2-2k", 2048), ("krea2-1k", 1024)])

@@ -23,8 +23,8 @@ GRID = (3, 4, 6)
 
 def coords_of(frames: int, rows: int, cols: int, first_time: float = 0.0) -> torch.Tensor:
     """(1, 3, N) (time, row, col) coordinates of a row-major grid, as the pipelines' video ids."""
-    t, r, c = torch.meshgrid(torch.arange(frames) + float(first_time), torch.arange(rows) * 32.0, torch.arange(cols) * 32.0,
-                             indexing="ij")
+    t, r, c = torch.meshgrid(torch.arange(frames) + float(first_time), torch.arange(rows) * 32.0,
+                             torch.arange(cols) * 32.0, indexing="ij")
     return torch.stack([t.flatten(), r.flatten(), c.flatten()])[None]
 
 
@@ -106,8 +106,8 @@ def test_condition_pipeline_runs_gna_on_the_grid_it_prepared(monkeypatch):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*gna.*")
         with enabled(pipe, GNAConfig(family="ltx-video", window=2, dense_steps=1)):
-            video = pipe(conditions=[later_frame_condition()], prompt="a red cat", height=32, width=32, num_inference_steps=3,
-                         output_type="pt", generator=torch.Generator().manual_seed(0),
+            video = pipe(conditions=[later_frame_condition()], prompt="a red cat", height=32, width=32,
+                         num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0),
                          **ltx_video.tiny_call_kwargs()).frames
     assert torch.isfinite(video).all()
     assert coordinate_reads == [(1, 3, 64 + 3 * 8 * 8)]  # prepare_latents' ids, once: no host sync per call
@@ -143,8 +143,9 @@ def test_condition_pipeline_compiles_whole_with_the_prepared_grid():
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("error", message=".*gna.*")
-                pipe(conditions=[later_frame_condition()], prompt="a red cat", height=32, width=32, num_inference_steps=3, output_type="pt",
-                     generator=torch.Generator().manual_seed(0), **ltx_video.tiny_call_kwargs())
+                pipe(conditions=[later_frame_condition()], prompt="a red cat", height=32, width=32,
+                     num_inference_steps=3, output_type="pt", generator=torch.Generator().manual_seed(0),
+                     **ltx_video.tiny_call_kwargs())
         finally:
             torch._dynamo.reset()
         assert handle.runtime.grid == (3, 8, 8)

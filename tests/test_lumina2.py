@@ -30,7 +30,8 @@ def test_whole_extent_reproduces_stock_and_removal_is_exact(valid, monkeypatch):
         with enabled(transformer, GNAConfig(family="lumina2", window=2)):
             assert max_diff(transformer(**inputs)[0], stock) > 1e-3
         assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
-    context = max(valid or (TEXT,))  # the main blocks' context: the longest caption (the rest of a shorter one: padding)
+    # the main blocks' context: the longest caption (the rest of a shorter one: padding)
+    context = max(valid or (TEXT,))
     assert spy.contexts[:3] == [(GRID, 0), (GRID, context), (GRID, context)]  # refiner, then 2 main blocks
 
 

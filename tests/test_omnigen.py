@@ -124,7 +124,8 @@ def test_the_harness_runs_it_end_to_end_only_with_torchvision():
         assert "omnigen" in FAMILY_MODULES and omnigen.WEIGHTS_GAP is None
         return
     assert "omnigen" in SPEED_ONLY_MODULES
-    with pytest.raises(HarnessError, match=r"omnigen needs torchvision .*--random-weights, or call gna_diffusers\.apply"):
+    with pytest.raises(HarnessError,
+                       match=r"omnigen needs torchvision .*--random-weights, or call gna_diffusers\.apply"):
         load_pipeline("Shitao/OmniGen-v1-diffusers", torch.device("cpu"), torch.float32)
 
 

@@ -177,7 +177,8 @@ def _call(**overrides):
             r"extra_k must have shape \(B=1, M, H=2, D=8\)",
         ),
         (
-            dict(extra_k=torch.randn(1, 3, 2, 8), extra_v=torch.randn(1, 3, 2, 8), extra_kv_mask=torch.ones(1, 4, dtype=torch.bool)),
+            dict(extra_k=torch.randn(1, 3, 2, 8), extra_v=torch.randn(1, 3, 2, 8),
+                 extra_kv_mask=torch.ones(1, 4, dtype=torch.bool)),
             r"extra_kv_mask must have shape \(B, M\) = \(1, 3\)",
         ),
         (

@@ -1,10 +1,10 @@
-"""GNA under diffusers' context parallelism, on CPU with gloo processes: each family's tiny transformer
-sharded over 2 ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, HunyuanImage 2.1, LTX-Video, ChronoEdit,
-Helios with its history, MiniMax-H3's packed sequence), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
-enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are
-sharded too; HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks, and
-so does diffusers' tensor parallelism (heads sharded) on the families with a ``_tp_plan``. The 2-rank cases share
-one group of ranks per test process (``GlooRanks``).
+"""GNA under diffusers' context parallelism, on CPU with gloo processes: each family's tiny transformer sharded over 2
+ranks (FLUX, FLUX.2, Wan, Qwen-Image, HunyuanVideo, HunyuanImage 2.1, LTX-Video, ChronoEdit, Helios with its
+history, MiniMax-H3's packed sequence), Ulysses or ring, gives single-process GNA's output, whichever of apply() and
+enable_parallelism() comes first (Qwen-Image and HunyuanVideo with padded batches: their key masks are sharded too;
+HunyuanVideo with gna_diffusers' own plan); so does unified ring 2 x Ulysses 2 on 4 ranks, and so does diffusers'
+tensor parallelism (heads sharded) on the families with a ``_tp_plan``. The 2-rank cases share one group of ranks
+per test process (``GlooRanks``).
 
 What this cannot cover: NCCL, GPU timing and overlap."""
 

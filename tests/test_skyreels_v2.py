@@ -28,7 +28,8 @@ def test_whole_extent_reproduces_stock_and_only_attn1_is_routed(forcing, monkeyp
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="skyreels-v2", window=-1)):
             assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
-            assert all(isinstance(b.attn1.processor, skyreels_v2.GNASkyReelsV2AttnProcessor) for b in transformer.blocks)
+            assert all(isinstance(b.attn1.processor, skyreels_v2.GNASkyReelsV2AttnProcessor)
+                       for b in transformer.blocks)
             assert all(type(b.attn2.processor) is SkyReelsV2AttnProcessor for b in transformer.blocks)
         spy.contexts.clear()
         with enabled(transformer, GNAConfig(family="skyreels-v2", window=2)):
@@ -67,7 +68,8 @@ def test_the_route_refuses_a_mask_that_differs_between_grid_queries(monkeypatch)
     assert torch.equal(out, stock)
 
 
-@pytest.mark.parametrize("schedule", [{}, {"ar_step": 1}, {"num_frames": 17, "base_num_frames": 9, "overlap_history": 4}],
+@pytest.mark.parametrize("schedule",
+                         [{}, {"ar_step": 1}, {"num_frames": 17, "base_num_frames": 9, "overlap_history": 4}],
                          ids=["synchronous", "asynchronous", "long-video"])
 def test_diffusion_forcing_pipeline_counts_its_steps_through_the_per_frame_schedulers(schedule, monkeypatch):
     """The diffusion-forcing pipeline never steps its own scheduler: it steps one copy per latent frame

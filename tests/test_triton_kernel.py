@@ -48,7 +48,8 @@ CASES = [
     # ...and the same window with stride 1 (partial pairs), plus text with padding.
     (dict(grid=(8, 16), window=(4, 8), stride=1), (1, 4, 4), (1, 4, 4), 6, True, 2),
     # Extents that are not tile multiples, mixed per-axis arguments.
-    (dict(grid=(7, 10), window=(3, 4), stride=(2, 3), dilation=(2, 1), causal=(True, False)), (1, 2, 8), (1, 4, 4), 0, False, 1),
+    (dict(grid=(7, 10), window=(3, 4), stride=(2, 3), dilation=(2, 1), causal=(True, False)), (1, 2, 8), (1, 4, 4),
+     0, False, 1),
     # One query row per Q tile along a dilated axis: its key range spans window * dilation rows, so a KV
     # tile inside it is still partial (other dilation groups' keys).
     (dict(grid=(12, 8), window=(3, 8), dilation=(3, 1)), (1, 1, 8), (1, 2, 8), 0, False, 1),
@@ -60,7 +61,8 @@ CASES = [
     # 3-D, including text over several extra-key blocks with a ragged last one (70 keys), and non-multiple
     # extents.
     (dict(grid=(4, 5, 6), window=(2, 3, 4), stride=(1, 3, 2)), (2, 2, 4), (1, 4, 4), 70, True, 1),
-    (dict(grid=(5, 6, 8), window=(3, 4, 4), stride=(2, 2, 4), causal=(True, False, False)), (1, 4, 4), (2, 2, 4), 0, False, 1),
+    (dict(grid=(5, 6, 8), window=(3, 4, 4), stride=(2, 2, 4), causal=(True, False, False)), (1, 4, 4), (2, 2, 4), 0,
+     False, 1),
     (dict(grid=(6, 4, 6), window=(2, 2, 3), dilation=(2, 2, 1)), (2, 2, 4), (2, 2, 4), 4, True, 2),
     # A window of 1: an axis of extent 1 (one-frame video) and per-frame attention.
     (dict(grid=(1, 6, 8), window=(1, 3, 4), stride=(1, 2, 1)), (1, 4, 4), (1, 4, 4), 5, True, 1),
@@ -81,7 +83,7 @@ def test_kernel_matches_brute_force(case, q_tile, kv_tile, extra, padded, batch,
         KernelConfig(q_tile, kv_tile, tma=tma),
     )
     mask = neighbor_mask(full["grid"], full["window"], full["stride"], full["dilation"], full["causal"])
-    ref_out, ref_lse = attention(q, k, v, mask, extras.get("extra_k"), extras.get("extra_v"), extras.get("extra_kv_mask"))
+    ref_out, ref_lse = attention(q, k, v, mask, *(extras.get(name) for name in ("extra_k", "extra_v", "extra_kv_mask")))
     torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
 
@@ -158,8 +160,8 @@ def test_custom_op_passes_opcheck():
     case = dict(grid=(4, 4), window=2)
     q, k, v, extras = make_inputs(per_axis(case), batch=1, heads=1, dim=16, extra=2, padded=True)
     bias = torch.zeros(1, 2)
-    args = (q, k, v, extras["extra_k"], extras["extra_v"], extras["extra_kv_mask"], bias, [4, 4], [2, 2], [1, 1], [1, 1],
-            [False, False], 0.25)
+    args = (q, k, v, extras["extra_k"], extras["extra_v"], extras["extra_kv_mask"], bias, [4, 4], [2, 2], [1, 1],
+            [1, 1], [False, False], 0.25)
     torch.library.opcheck(triton_gna.gna_fwd, args, test_utils=("test_schema", "test_faketensor"))
     out = torch.empty(1, 20, 1, 16)[:, 4:]  # a view: written through its strides
     torch.library.opcheck(triton_gna.gna_fwd_into, (*args, out), test_utils=("test_schema", "test_faketensor"))
@@ -212,7 +214,9 @@ def test_gradients_are_refused_with_a_clear_error():
 @pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda c: c.name)
 def test_tile_choice_prefers_perfectly_block_sparse_tilings(config):
     best = tile_candidates(GNASpec.create(config.grid, config.window, config.stride))[0]
-    result = simulate(config.grid, config.window, config.stride, q_tile=best.q_tile[-len(config.grid):], kv_tile=best.kv_tile[-len(config.grid):])
+    axes = len(config.grid)
+    result = simulate(config.grid, config.window, config.stride, q_tile=best.q_tile[-axes:],
+                      kv_tile=best.kv_tile[-axes:])
     paper = config.simulate()
     # With stride, a tiling with no partial pair exists and must be chosen; with stride 1 the choice must
     # be no worse than the published tiles.

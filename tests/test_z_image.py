@@ -60,7 +60,8 @@ def test_samples_of_different_sizes_run_dense_with_a_warning():
     with torch.no_grad():
         stock = transformer(**inputs)[0]
         with enabled(transformer, GNAConfig(family="z-image", window=3)):
-            with pytest.warns(UserWarning, match=r"runs its stock attention for this call: the samples of this call have different"):
+            with pytest.warns(UserWarning,
+                              match=r"runs its stock attention for this call: the samples of this call have different"):
                 out = transformer(**inputs)[0]
     assert max_diff(out, stock) == 0
 

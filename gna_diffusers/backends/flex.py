@@ -3,7 +3,8 @@
 The BlockMask encodes only the grid neighborhood (plus "every extra key"), so it is cached per
 (spec, number of extra keys, device) and a denoising loop builds it once. Text padding varies per call
 and per batch element, so it is applied through a ``score_mod`` that reads the padding mask (and adds an
-extra-key bias), not baked into the cached BlockMask. Compiled on CUDA; eager on CPU (where flex materializes the score matrix).
+extra-key bias), not baked into the cached BlockMask. Compiled on CUDA; eager on CPU (where flex materializes
+the score matrix).
 """
 
 from __future__ import annotations

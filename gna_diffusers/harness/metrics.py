@@ -1,10 +1,10 @@
 """Quality of a sparse output against the dense output of the same prompt, seed and steps.
 
-Images and frames are float arrays in [0, 1], (H, W, C). PSNR and SSIM come from torchmetrics
-(data range 1; SSIM averaged away from the border, as scikit-image does). Identical outputs have infinite PSNR: reports cap it at PSNR_CAP so JSON stays valid and
-plots stay finite. Video: per-frame PSNR / SSIM averaged, plus a temporal PSNR, the PSNR between the
-frame-to-frame differences of the sparse and the dense video (data range 2), which drops when motion
-changes even if single frames look alike.
+Images and frames are float arrays in [0, 1], (H, W, C). PSNR and SSIM come from torchmetrics (data range 1; SSIM
+averaged away from the border, as scikit-image does). Identical outputs have infinite PSNR: reports cap it at
+PSNR_CAP so JSON stays valid and plots stay finite. Video: per-frame PSNR / SSIM averaged, plus a temporal PSNR, the
+PSNR between the frame-to-frame differences of the sparse and the dense video (data range 2), which drops when
+motion changes even if single frames look alike.
 """
 
 from __future__ import annotations
