@@ -101,7 +101,8 @@ def _preset_row(name: str, config) -> list:
                 "0%" if config.window == -1 else "depends on grid", steps, rules]
     ndim = len(config.base_grid)
     window = [config.base_grid[d] if w == -1 else w for d, w in enumerate(expand_per_dim(config.window, ndim))]
-    result = simulate(config.base_grid, window, expand_per_dim(config.stride, ndim), expand_per_dim(config.dilation, ndim))
+    result = simulate(config.base_grid, window, expand_per_dim(config.stride, ndim),
+                      expand_per_dim(config.dilation, ndim))
     return [name, config.family, _fmt(config.base_grid), _fmt(window), _fmt(expand_per_dim(config.stride, ndim)),
             f"{1 - result.density:.1%}", steps, rules]
 
@@ -184,7 +185,8 @@ def _settings(args: argparse.Namespace, **extra):
         frames=args.frames, device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
         control_image=None if args.control_image is None else str(args.control_image),
         image=None if args.image is None else str(args.image),
-        control_video=None if args.control_video is None else str(args.control_video), **extra,
+        control_video=None if args.control_video is None else str(args.control_video),
+        video=None if args.video is None else str(args.video), **extra,
     )
     prompts = _prompts(args)
     if prompts:
@@ -256,6 +258,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", type=Path,
                         help="the input image of an image-conditioned pipeline (image-to-video, editing, a refiner), "
                              "used for every prompt and seed")
+    parser.add_argument("--video", type=Path,
+                        help="the input video of a video-to-video or video editing pipeline (Lucy Edit, SkyReels-V2's "
+                             "video-to-video; MP4 or GIF), used for every prompt and seed")
 
 
 def _add_harness_flags(parser: argparse.ArgumentParser) -> None:

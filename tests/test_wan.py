@@ -151,7 +151,8 @@ def test_vace_routes_the_main_and_the_control_blocks(monkeypatch):
 
 def test_a_vace_selector_on_plain_wan_names_the_missing_blocks():
     with pytest.raises(ConfigError, match="vace has no layers in this model"):
-        apply(wan.tiny_transformer(), GNAConfig(family="wan", window=-1, dense_layers=[{"blocks": "vace", "layers": "0"}]))
+        apply(wan.tiny_transformer(),
+              GNAConfig(family="wan", window=-1, dense_layers=[{"blocks": "vace", "layers": "0"}]))
 
 
 @pytest.mark.parametrize("references", [0, 1], ids=["control-video", "with-reference-image"])
@@ -216,3 +217,40 @@ def test_lucy_edit_pipeline_conditions_along_channels(monkeypatch):
         assert handle.runtime.step == 3
     assert torch.isfinite(sparse).all() and max_diff(sparse, stock) > 1e-3
     assert len(spy.windows) == 2 * 2 * 2  # 2 sparse steps x 2 guidance calls x 2 layers
+
+
+def test_compare_gives_lucy_edit_its_input_video(tmp_path, monkeypatch, capsys):
+    """compare on Lucy Edit (the tiny pipeline of the test above, given to the harness as a loaded model): its
+    required ``video`` comes from --video (a GIF: no ffmpeg needed); without one the run stops with one line naming
+    the flag; a pipeline taking no input video refuses it."""
+    import json
+
+    import imageio.v2 as imageio
+    import numpy as np
+    from diffusers import LucyEditPipeline, WanTransformer3DModel
+
+    import gna_diffusers.harness.runner as runner
+    from gna_diffusers.cli import main
+    from gna_diffusers.harness.models import Model
+
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(**{**wan.TINY_CONFIG, "in_channels": 2 * wan.TINY_CONFIG["in_channels"]},
+                                        num_layers=2).eval()
+    pipes = {"decart-ai/Lucy-Edit-Dev": LucyEditPipeline(transformer=transformer, **wan.tiny_parts(0)),
+             "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": wan.tiny_pipeline()}
+    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
+        name, wan, pipes[name], pipes[name].transformer, "pretrained"))
+    frames = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    imageio.mimwrite(tmp_path / "source.gif", list(frames))
+    args = ["compare", "--output", str(tmp_path / "out"), "--no-warmup", "--steps", "2", "--prompt", "a red cat",
+            "--height", "32", "--width", "32", "--frames", "9", "--device", "cpu", "--preset", "wan-720p"]
+    assert main([*args, "--model", "decart-ai/Lucy-Edit-Dev"]) == 2
+    assert "LucyEditPipeline requires video, which compare does not give (give it with --video PATH)" in \
+        capsys.readouterr().err
+    source = ["--video", str(tmp_path / "source.gif")]
+    assert main([*args, "--model", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", *source]) == 2
+    assert "WanPipeline takes no input video" in capsys.readouterr().err
+    assert main([*args, "--model", "decart-ai/Lucy-Edit-Dev", *source]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["settings"]["video_sha1"] and report["samples"][0]["metrics"]["psnr"] is not None
+    assert "input video: `" in (tmp_path / "out" / "report.md").read_text()

@@ -13,7 +13,14 @@ from gna_diffusers.config import parse_config
 from gna_diffusers.files import atomic_write_text
 
 from .models import load_pipeline
-from .runner import Settings, _apply_tiny_defaults, _call_kwargs, _check_device, _read_images, run_pipeline
+from .runner import (
+    Settings,
+    _apply_tiny_defaults,
+    _call_kwargs,
+    _check_device,
+    _read_input_files,
+    run_pipeline,
+)
 
 
 def _header(calibration: Calibration, settings: Settings, video: bool, seconds: float, budget: float | None) -> str:
@@ -93,7 +100,7 @@ def run_calibration(settings: Settings, target_recall: float, queries: int, pres
                     budget: float | None = None) -> Calibration:
     """Dense generations of ``settings.prompts`` x ``settings.seeds`` with the probe; writes the preset YAML
     (validated before it is written), its markdown report and recall plot."""
-    settings = _read_images(_apply_tiny_defaults(settings, settings.model))
+    settings = _read_input_files(_apply_tiny_defaults(settings, settings.model))
     device = _check_device(settings.device)
     model = load_pipeline(settings.model, device, settings.torch_dtype)
     model.pipeline.set_progress_bar_config(leave=False, disable=model.tiny)

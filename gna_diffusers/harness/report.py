@@ -28,11 +28,14 @@ def _header(report: dict) -> str:
         f"- dense attention backend: {report['dense_backend']}; dtype {report['settings']['dtype']}",
     ]
     if model["weights"] != "pretrained":
-        lines.append("- **random weights**: the pictures are noise; speed and the metrics' plumbing are what this shows")
+        lines.append("- **random weights**: the pictures are noise; speed and the metrics' plumbing are what this "
+                     "shows")
     if env["device"].startswith("cpu"):
         lines.append("- **CPU**: GNA runs the reference backend (masked dense attention) here, so the timings are "
                      "no speedups; measure speed on a GPU")
-    for key, what in (("image", "input image"), ("control_image", "control image"), ("control_video", "control video")):
+    inputs = (("image", "input image"), ("video", "input video"), ("control_image", "control image"),
+              ("control_video", "control video"))
+    for key, what in inputs:
         if report["settings"].get(key):
             lines.append(f"- {what}: `{report['settings'][key]}` (the same for every prompt and seed)")
     if model.get("unscored"):

@@ -77,6 +77,8 @@ class Settings:
     image_sha1: str | None = None
     control_video: str | None = None  # video file a ControlNet pipeline takes as its control video (Cosmos Transfer)
     control_video_sha1: str | None = None
+    video: str | None = None  # video file a video-to-video pipeline takes as its video (Lucy Edit, SkyReels-V2 V2V)
+    video_sha1: str | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -142,10 +144,10 @@ class Sample:
         return f"p{self.prompt_index}-s{self.seed}"
 
 
-def _read_images(settings: Settings) -> Settings:
-    """The settings with the content digests of ``--image``, ``--control-image`` and ``--control-video``; a
-    HarnessError when a file is missing or there is no pipeline to take it."""
-    for name in ("image", "control_image", "control_video"):
+def _read_input_files(settings: Settings) -> Settings:
+    """The settings with the content digests of ``--image``, ``--control-image``, ``--control-video`` and ``--video``;
+    a HarnessError when a file is missing or there is no pipeline to take it."""
+    for name in ("image", "control_image", "control_video", "video"):
         value = getattr(settings, name)
         if value is None:
             continue
@@ -168,14 +170,14 @@ def _load_image(path: str, mode: str = "RGB"):
 
 
 @functools.lru_cache(maxsize=2)
-def _load_video(path: str) -> list:
-    """A video file's frames as RGB PIL images (a pipeline's video input)."""
+def _load_video(path: str, flag: str) -> list:
+    """A video file's frames as RGB PIL images (a pipeline's video input); ``flag`` names it in errors."""
     from PIL import Image
 
     try:
         frames = media.read_frames(Path(path).expanduser())
     except ValueError as error:
-        raise HarnessError(f"--control-video {error}") from error
+        raise HarnessError(f"{flag} {error}") from error
     return [Image.fromarray(frame) for frame in frames]
 
 
@@ -195,7 +197,12 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
         if "controls" not in parameters:
             raise HarnessError(f"--control-video: {pipeline} takes no control video (Cosmos Transfer's pipeline "
                                f"does)")
-        kwargs["controls"] = _load_video(settings.control_video)
+        kwargs["controls"] = _load_video(settings.control_video, "--control-video")
+    if settings.video is not None:
+        if "video" not in parameters:
+            raise HarnessError(f"--video: {pipeline} takes no input video (a video-to-video or video editing pipeline "
+                               f"does)")
+        kwargs["video"] = _load_video(settings.video, "--video")
     if settings.image is not None:
         if "image" not in parameters:
             raise HarnessError(f"--image: {pipeline} takes no input image (an image-to-video, editing or refining "
@@ -222,7 +229,7 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
     missing = [] if is_modular(model.pipeline) else [
         name for name, required in parameters.items() if required and name not in kwargs and name != "prompt"]
     if missing:
-        flag = {"controls": " (give it with --control-video PATH)"}
+        flag = {"controls": " (give it with --control-video PATH)", "video": " (give it with --video PATH)"}
         raise HarnessError(f"model {settings.model!r}: {pipeline} requires {', '.join(missing)}, which compare does "
                            f"not give{''.join(flag.get(name, '') for name in missing)}; call "
                            f"gna_diffusers.apply(pipe, preset) on your own pipeline")
@@ -236,7 +243,8 @@ def run_pipeline(model: Model, prompt: str, generator: torch.Generator, output_t
     if not is_modular(model.pipeline):
         return model.pipeline(prompt=prompt, generator=generator, output_type=output_type, **kwargs)
     accepted = pipeline_inputs(model.pipeline)
-    kwargs = {name: value for name, value in dict(kwargs, prompt=prompt, generator=generator).items() if name in accepted}
+    kwargs = {name: value for name, value in dict(kwargs, prompt=prompt, generator=generator).items()
+              if name in accepted}
     if output_type == "latent":
         return model.pipeline(**kwargs, output="latents")
     return model.pipeline(**kwargs, output_type=output_type, output="videos" if model.family.PATCH.video else "images")
@@ -277,7 +285,8 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
 # Settings that change a generated output; a cached dense output or a finished preset is reused only
 # when all of them match.
 OUTPUT_SETTINGS = ("model", "steps", "height", "width", "frames", "device", "dtype", "dense_backend", "control_image",
-                   "control_image_sha1", "image", "image_sha1", "control_video", "control_video_sha1")
+                   "control_image_sha1", "image", "image_sha1", "control_video", "control_video_sha1", "video",
+                   "video_sha1")
 
 
 def _fingerprint(settings: Settings, sample: Sample) -> str:
@@ -385,7 +394,8 @@ def run_entry(model, settings, preset_name: str, config: GNAConfig, samples, dev
         "summary": {
             "speedup_wall": _mean([r["speedup"]["wall"] for r in rows]),
             "speedup_transformer": _mean([r["speedup"]["transformer"] for r in rows]),
-            **{k: _mean([r["metrics"][k] for r in rows]) for k in rows[0]["metrics"] if k not in ("per_frame_psnr", "note")},
+            **{k: _mean([r["metrics"][k] for r in rows]) for k in rows[0]["metrics"]
+               if k not in ("per_frame_psnr", "note")},
         },
     }
     return report
@@ -494,7 +504,7 @@ def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
     """Run every preset against the shared dense runs; ``single`` (compare) writes the entry at the top.
     Under ``torchrun`` every rank runs the generations with the transformer sharded (Ulysses) and rank 0
     writes the reports."""
-    settings = _read_images(_apply_tiny_defaults(settings, settings.model))
+    settings = _read_input_files(_apply_tiny_defaults(settings, settings.model))
     scratch = _distribute(settings)
     try:
         device = _check_device(settings.device)
@@ -534,7 +544,8 @@ def _pipeline_entries(settings: Settings, model: Model, entries, output: Path, d
             entry = run_entry(model, settings, name, config, samples, device, folder, output / "dense", lpips)
         except torch.cuda.OutOfMemoryError:
             if single:
-                raise HarnessError("CUDA out of memory: lower --height / --width / --frames, or use a larger GPU") from None
+                raise HarnessError("CUDA out of memory: lower --height / --width / --frames, or use a larger "
+                                   "GPU") from None
             summary_rows.append({"preset": name, "status": "failed", "error": "CUDA out of memory"})
             continue
         except (RuntimeError, ValueError) as error:
