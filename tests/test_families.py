@@ -2,6 +2,7 @@
 on its tiny offline pipeline, its full-size config has the published size, and `compare` accepts its tiny
 model."""
 
+import importlib
 import warnings
 
 import pytest
@@ -227,16 +228,19 @@ def test_first_block_cache_stacks_with_gna_where_diffusers_supports_the_family(f
         assert handle.runtime.step == 4
 
 
-# diffusers' modular pipeline blocks per family (FLUX.2's and Krea 2's text blocks want more text encoder layers
-# than the tiny ones have: they fail without GNA too).
+# diffusers' modular pipeline blocks per family.
 MODULAR_BLOCKS = {"flux": "FluxAutoBlocks", "wan": "WanBlocks", "ltx-video": "LTXAutoBlocks",
                   "qwen-image": "QwenImageAutoBlocks", "z-image": "ZImageAutoBlocks",
                   "hunyuan-video-1.5": "HunyuanVideo15AutoBlocks", "ltx2": "LTX2AutoBlocks",
                   "qwen-image-2.1": "QwenImage21AutoBlocks", "ernie-image": "ErnieImageAutoBlocks",
                   "sd3": "StableDiffusion3AutoBlocks", "helios": "HeliosAutoBlocks", "cosmos3": "Cosmos3OmniBlocks",
-                  "ideogram4": "Ideogram4AutoBlocks"}
+                  "ideogram4": "Ideogram4AutoBlocks", "flux2": "Flux2KleinAutoBlocks", "krea2": "Krea2AutoBlocks"}
 # Inputs a family's modular blocks need at 3 steps (Ideogram 4's default guidance schedule has 48 entries).
 MODULAR_INPUTS = {"ideogram4": {"guidance_schedule": [7.0] * 3}}
+# Module constants a family's modular blocks read where the classic pipeline takes an argument: Krea 2's text encoder
+# step stacks fixed layers of the real (deep) text encoder; the tiny one has 3.
+MODULAR_CONSTANTS = {"krea2": ("diffusers.modular_pipelines.krea2.encoders", "KREA2_TEXT_ENCODER_SELECT_LAYERS",
+                               "TEXT_LAYERS")}
 
 
 def layouts_seen(pipe, family: str, generate) -> set:
@@ -267,6 +271,9 @@ def test_modular_pipelines_count_their_steps_and_run_gna(family, monkeypatch):
     from gna_diffusers.harness.models import pipeline_inputs
 
     module = FAMILY_MODULES[family]
+    if family in MODULAR_CONSTANTS:
+        where, name, tiny_value = MODULAR_CONSTANTS[family]
+        monkeypatch.setattr(importlib.import_module(where), name, getattr(module, tiny_value))
     classic = module.tiny_pipeline()
     pipe = getattr(diffusers.modular_pipelines, MODULAR_BLOCKS[family])().init_pipeline()
     pipe.update_components(**{k: v for k, v in classic.components.items() if v is not None})
