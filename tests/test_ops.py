@@ -193,6 +193,18 @@ def test_validation_errors(overrides, message):
         _call(**overrides)
 
 
+def test_patterns_are_validated_the_same_after_a_valid_one_was_cached():
+    """Validated patterns are cached per call arguments; equal-comparing invalid ones (True == 1) and lists still
+    meet the validation, and lists give the tuples' result."""
+    q = torch.randn(1, 12, 2, 8)
+    tensors = dict(q=q, k=q.flip(1), v=q.flip(2))
+    expected = _call(stride=(1, 1), **tensors)  # cached
+    for stride in ((True, 1), True):
+        with pytest.raises(ValueError, match=r"stride(\[0\])? must be int"):
+            _call(stride=stride, **tensors)
+    assert torch.equal(_call(stride=[1, 1], window=[2, 2], grid=[3, 4], **tensors), expected)
+
+
 def test_available_backends_lists_auto_first():
     names = available_backends()
     assert names[0] == "auto" and {"reference", "flex"} <= set(names)
