@@ -150,6 +150,19 @@ def _cmd_families(args: argparse.Namespace) -> int:
     return 0
 
 
+def call_arg(text: str) -> tuple[str, object]:
+    """Parse ``NAME=VALUE`` (VALUE read as YAML: a number, a list, a string) into (name, value)."""
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a pipeline argument's name, got {text!r}")
+    try:
+        return name, yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{name}: VALUE is not YAML ({error.problem})") from None
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -186,7 +199,7 @@ def _settings(args: argparse.Namespace, **extra):
         control_image=None if args.control_image is None else str(args.control_image),
         image=None if args.image is None else str(args.image),
         control_video=None if args.control_video is None else str(args.control_video),
-        video=None if args.video is None else str(args.video), **extra,
+        video=None if args.video is None else str(args.video), call_args=dict(args.call_arg or ()), **extra,
     )
     prompts = _prompts(args)
     if prompts:
@@ -261,6 +274,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", type=Path,
                         help="the input video of a video-to-video or video editing pipeline (Lucy Edit, SkyReels-V2's "
                              "video-to-video; MP4 or GIF), used for every prompt and seed")
+    parser.add_argument("--call-arg", type=call_arg, action="append", metavar="NAME=VALUE",
+                        help="one more argument of every pipeline call, VALUE read as YAML; repeat for more (e.g. "
+                             "--call-arg guidance_scale=3.5, or SANA-WM's camera: --call-arg action=w-40,jw-40)")
 
 
 def _add_harness_flags(parser: argparse.ArgumentParser) -> None:

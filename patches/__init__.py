@@ -17,7 +17,7 @@ _HARNESS = ("flux", "hunyuan_video", "wan", "qwen_image", "hunyuan_video15", "fl
             "joyimage_plus", "bria_fibo", "cogview3plus", "auraflow", "bria_fibo2", "lumina_next", "cosmos3", "omnigen")
 # Families without a tiny pipeline: the harness times them with random weights (compare --random-weights, the GPU
 # suite) and runs their real weights unless the module's WEIGHTS_GAP says why not (Wan Animate: pose and face
-# videos; Sana-WM: a first frame and a camera path). FLUX.3 and MiniMax-H3 load as modular pipelines. A family of
+# videos). FLUX.3 and MiniMax-H3 load as modular pipelines. A family of
 # _HARNESS whose WEIGHTS_GAP is set in this environment joins them (OmniGen without torchvision, which its pipeline
 # needs).
 _SPEED_ONLY = ("flux3", "wan_animate", "minimax_h3", "sana_wm", "wan_animate2")

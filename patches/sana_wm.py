@@ -14,6 +14,8 @@ default): 21x22x40 = 18,480 tokens.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from diffusers import SanaWMTransformer3DModel
@@ -141,5 +143,24 @@ DEFAULT_PRESET = "sana-wm-720p"
 DEFAULT_STEPS = 60  # the pipeline's default num_inference_steps
 TEXT_TOKENS = 300  # the pipeline's max_sequence_length with its complex human instruction
 NAME_PATTERN = r"sana[-_]?wm"  # hub names of this family, for --random-weights
-# Why compare and sweep do not run it with weights (they time it with --random-weights).
-WEIGHTS_GAP = "generates from a first frame along a camera path, which compare does not take"
+WEIGHTS_GAP = None  # compare runs it with weights: --image, and the camera below or --call-arg's
+
+
+def pipeline_output(result):
+    """The generated video (F, H, W, C) of a SanaWMPipeline call: its output holds one sample, unbatched."""
+    return result.frames
+
+
+def default_call_kwargs(kwargs: dict) -> dict:
+    """The camera compare gives SanaWMPipeline unless ``--call-arg`` sets one: walking forward for the whole clip
+    (``action="w-<frames>"``) through a centred pinhole camera with a 60-degree horizontal field of view, in the
+    input image's pixels (``intrinsics=[fx, fy, cx, cy]``)."""
+    defaults = {}
+    if "c2w" not in kwargs and "action" not in kwargs:
+        defaults["action"] = f"w-{kwargs.get('num_frames', 161)}"
+    image = kwargs.get("image")
+    if "intrinsics" not in kwargs and image is not None:
+        width, height = image.size
+        focal = width / (2 * math.tan(math.radians(30)))
+        defaults["intrinsics"] = [focal, focal, width / 2, height / 2]
+    return defaults

@@ -265,6 +265,8 @@ def test_lpips_without_weights_is_skipped_with_the_reason(tmp_path, monkeypatch)
          "--random-weights needs a model name that names one family"),
         (["compare", "--control-image", "/no/such.png"], "--control-image /no/such.png: no such file"),
         (["compare", "--control-video", "/no/such.mp4"], "--control-video /no/such.mp4: no such file"),
+        (["compare", "--random-weights", "--model", "tiny-flux", "--call-arg", "guidance_scale=2"],
+         "--call-arg needs a pipeline; --random-weights times the transformer alone"),
         (["compare", "--device", "cuda"] if not torch.cuda.is_available() else ["compare", "--prompts", "/no/file"],
          "CUDA is not available" if not torch.cuda.is_available() else "cannot read --prompts file"),
     ],
@@ -290,7 +292,9 @@ def test_control_videos_are_read_back_frame_by_frame(tmp_path):
         media.read_frames(tmp_path / "notes.mp4")
 
 
-@pytest.mark.parametrize("flag", [["--steps", "0"], ["--seeds", "a"], ["--dtype", "float8"], ["--height", "-5"]])
+@pytest.mark.parametrize("flag", [["--steps", "0"], ["--seeds", "a"], ["--dtype", "float8"], ["--height", "-5"],
+                                  ["--call-arg", "guidance_scale"], ["--call-arg", "2x=1"],
+                                  ["--call-arg", "size=[1, 2"]])
 def test_bad_flag_values_exit_with_usage(capsys, flag):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", *flag])

@@ -147,3 +147,51 @@ def test_compare_times_it_with_random_weights(tmp_path, monkeypatch):
     assert report["model"]["family"] == "sana-wm" and report["grid"] == [3, 4, 6]
     (row,) = report["presets"]
     assert row["preset"] == "sana-wm-720p" and row["gna_step_ms"] > 0
+
+
+def test_compare_runs_it_from_a_first_frame_with_a_default_or_given_camera(tmp_path, monkeypatch, capsys):
+    """compare on SANA-WM with weights (the tiny pipeline, given to the harness as a loaded model): the first frame
+    from --image, the camera walking forward through a 60-degree pinhole unless --call-arg gives one; --call-arg
+    names the harness sets itself, or the pipeline lacks, stop the run with one line."""
+    import functools
+    import json
+
+    from PIL import Image
+
+    import gna_diffusers.harness.runner as runner
+    from gna_diffusers.cli import main
+    from gna_diffusers.harness.models import Model
+
+    pipe = sana_wm.tiny_pipeline()
+    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
+        name, sana_wm, pipe, pipe.transformer, "pretrained"))
+    calls = []
+    real_call = type(pipe).__call__
+
+    @functools.wraps(real_call)  # the harness reads the call's signature
+    def recording_call(self, *args, **kwargs):
+        calls.append(kwargs)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "__call__", recording_call)
+    Image.fromarray((np.arange(32 * 48 * 3) % 251).reshape(32, 48, 3).astype("uint8")).save(tmp_path / "first.png")
+    args = ["compare", "--model", "Efficient-Large-Model/SANA-WM_bidirectional", "--output", str(tmp_path / "out"),
+            "--no-warmup", "--steps", "2", "--prompt", "a red cat", "--height", "32", "--width", "32", "--frames", "9",
+            "--device", "cpu", "--image", str(tmp_path / "first.png"), "--call-arg", "max_sequence_length=16"]
+    assert main(args) == 0
+    assert {(k["action"], tuple(k["intrinsics"])) for k in calls} == {("w-9", (48 * 3 ** 0.5 / 2, 48 * 3 ** 0.5 / 2,
+                                                                                24.0, 16.0))}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["samples"][0]["metrics"]["psnr"] is not None and len(report["samples"][0]["metrics"]
+                                                                        ["per_frame_psnr"]) == 9
+    calls.clear()
+    camera = ["--call-arg", "action=jw-4,w-4", "--call-arg", "intrinsics=[40, 40, 24, 16]"]
+    assert main([*args, "--output", str(tmp_path / "turn"), *camera]) == 0
+    assert {(k["action"], tuple(k["intrinsics"])) for k in calls} == {("jw-4,w-4", (40, 40, 24, 16))}
+    assert "pipeline call arguments: `max_sequence_length=16`, `action='jw-4,w-4'`" in (
+        tmp_path / "turn" / "report.md").read_text()
+    for extra, message in ((["--call-arg", "num_frames=17"], "--call-arg num_frames: compare sets num_frames itself; "
+                                                              "use --frames"),
+                           (["--call-arg", "strength=0.5"], "--call-arg strength: SanaWMPipeline takes no strength")):
+        assert main([*args, *extra]) == 2
+        assert message in capsys.readouterr().err

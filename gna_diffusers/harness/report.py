@@ -38,6 +38,9 @@ def _header(report: dict) -> str:
     for key, what in inputs:
         if report["settings"].get(key):
             lines.append(f"- {what}: `{report['settings'][key]}` (the same for every prompt and seed)")
+    if report["settings"].get("call_args"):
+        arguments = ", ".join(f"`{name}={value!r}`" for name, value in report["settings"]["call_args"].items())
+        lines.append(f"- pipeline call arguments: {arguments}")
     if model.get("unscored"):
         lines.append(f"- not scored: {model['unscored']}")
     lpips = report.get("lpips")

@@ -79,6 +79,7 @@ class Settings:
     control_video_sha1: str | None = None
     video: str | None = None  # video file a video-to-video pipeline takes as its video (Lucy Edit, SkyReels-V2 V2V)
     video_sha1: str | None = None
+    call_args: dict = field(default_factory=dict)  # further pipeline call arguments (--call-arg NAME=VALUE)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -146,7 +147,9 @@ class Sample:
 
 def _read_input_files(settings: Settings) -> Settings:
     """The settings with the content digests of ``--image``, ``--control-image``, ``--control-video`` and ``--video``;
-    a HarnessError when a file is missing or there is no pipeline to take it."""
+    a HarnessError when a file is missing or there is no pipeline to take it (nor ``--call-arg``)."""
+    if settings.call_args and settings.random_weights:
+        raise HarnessError("--call-arg needs a pipeline; --random-weights times the transformer alone")
     for name in ("image", "control_image", "control_video", "video"):
         value = getattr(settings, name)
         if value is None:
@@ -179,6 +182,22 @@ def _load_video(path: str, flag: str) -> list:
     except ValueError as error:
         raise HarnessError(f"{flag} {error}") from error
     return [Image.fromarray(frame) for frame in frames]
+
+
+# Pipeline arguments compare sets itself -> the flag that sets them (None: not the user's to set).
+_HARNESS_ARGUMENTS = {"prompt": "--prompt", "generator": "--seeds", "height": "--height", "width": "--width",
+                      "num_inference_steps": "--steps", "num_frames": "--frames", "image": "--image",
+                      "video": "--video", "control_image": "--control-image", "controls": "--control-video",
+                      "output_type": None, "return_dict": None, "output": None}
+
+
+def _check_call_args(call_args: dict, parameters: dict, pipeline: str) -> None:
+    for name in call_args:
+        if name in _HARNESS_ARGUMENTS:
+            flag = _HARNESS_ARGUMENTS[name]
+            raise HarnessError(f"--call-arg {name}: compare sets {name} itself" + (f"; use {flag}" if flag else ""))
+        if name not in parameters:
+            raise HarnessError(f"--call-arg {name}: {pipeline} takes no {name}")
 
 
 def _call_kwargs(model: Model, settings: Settings) -> dict:
@@ -225,6 +244,10 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
         kwargs[name] = value
     # A family whose pipeline ties other arguments to the step count (Ideogram 4's guidance schedule) says them.
     kwargs.update(getattr(model.family, "steps_call_kwargs", lambda steps: {})(settings.steps))
+    _check_call_args(settings.call_args, parameters, pipeline)
+    kwargs.update(settings.call_args)
+    # A family whose pipeline needs arguments compare has no flag for gives defaults (SANA-WM's camera path).
+    kwargs = {**getattr(model.family, "default_call_kwargs", lambda kwargs: {})(kwargs), **kwargs}
     # A DiffusionPipeline's call parameters without a default (a modular pipeline's blocks check their own inputs).
     missing = [] if is_modular(model.pipeline) else [
         name for name, required in parameters.items() if required and name not in kwargs and name != "prompt"]
@@ -286,7 +309,7 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
 # when all of them match.
 OUTPUT_SETTINGS = ("model", "steps", "height", "width", "frames", "device", "dtype", "dense_backend", "control_image",
                    "control_image_sha1", "image", "image_sha1", "control_video", "control_video_sha1", "video",
-                   "video_sha1")
+                   "video_sha1", "call_args")
 
 
 def _fingerprint(settings: Settings, sample: Sample) -> str:
