@@ -151,12 +151,15 @@ def _cmd_families(args: argparse.Namespace) -> int:
 
 
 def call_arg(text: str) -> tuple[str, object]:
-    """Parse ``NAME=VALUE`` (VALUE read as YAML: a number, a list, a string) into (name, value)."""
+    """Parse ``NAME=VALUE`` (VALUE read as YAML: a number, a list, a string; ``@PATH``, a file the harness reads)
+    into (name, value)."""
     import yaml
 
     name, sep, value = text.partition("=")
     if not sep or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a pipeline argument's name, got {text!r}")
+    if value.startswith("@"):
+        return name, value
     try:
         return name, yaml.safe_load(value)
     except yaml.YAMLError as error:
@@ -275,8 +278,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="the input video of a video-to-video or video editing pipeline (Lucy Edit, SkyReels-V2's "
                              "video-to-video; MP4 or GIF), used for every prompt and seed")
     parser.add_argument("--call-arg", type=call_arg, action="append", metavar="NAME=VALUE",
-                        help="one more argument of every pipeline call, VALUE read as YAML; repeat for more (e.g. "
-                             "--call-arg guidance_scale=3.5, or SANA-WM's camera: --call-arg action=w-40,jw-40)")
+                        help="one more argument of every pipeline call, VALUE read as YAML, or @PATH for an image or "
+                             "video file; repeat for more (e.g. --call-arg guidance_scale=3.5, SANA-WM's camera "
+                             "--call-arg action=w-40,jw-40, Wan Animate's --call-arg pose_video=@pose.mp4)")
 
 
 def _add_harness_flags(parser: argparse.ArgumentParser) -> None:

@@ -117,8 +117,9 @@ DEFAULT_PRESET = "wan-animate-720p"
 DEFAULT_STEPS = 20  # WanAnimatePipeline's default num_inference_steps
 TEXT_TOKENS = 512  # UMT5, as Wan
 NAME_PATTERN = r"wan.*animate(?!.?2)"  # hub names of this family (not Wan Animate 2's), for --random-weights
-# Why compare and sweep do not run it with weights (they time it with --random-weights).
-WEIGHTS_GAP = "pipelines animate a character image along pose and face videos, which compare does not take"
+# compare runs it with weights: the character image from --image, the pose and face videos from
+# --call-arg pose_video=@PATH / face_video=@PATH (and background_video / mask_video with mode=replace).
+WEIGHTS_GAP = None
 
 
 def tiny_pipeline(seed: int = 0):

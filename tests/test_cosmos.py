@@ -185,8 +185,7 @@ def test_compare_gives_the_transfer_pipeline_its_control_video(tmp_path, monkeyp
     args = ["compare", "--output", str(tmp_path / "out"), "--no-warmup", "--steps", "2", "--prompt", "a red cat",
             "--height", "32", "--width", "32", "--frames", "9", "--device", "cpu"]
     assert main([*args, "--model", "nvidia/Cosmos-Transfer2.5-2B"]) == 2
-    assert "Cosmos2_5_TransferPipeline requires controls, which compare does not give (give it with --control-video " \
-           "PATH)" in capsys.readouterr().err
+    assert "Cosmos2_5_TransferPipeline requires controls: give --control-video PATH" in capsys.readouterr().err
     assert main([*args, "--model", "nvidia/Cosmos-Predict2.5-2B", "--control-video", str(tmp_path / "edges.gif")]) == 2
     assert "Cosmos2_5_PredictBasePipeline takes no control video" in capsys.readouterr().err
     assert main([*args, "--model", "nvidia/Cosmos-Transfer2.5-2B", "--control-video", str(tmp_path / "edges.gif")]) == 0

@@ -1,6 +1,6 @@
 """Wan 2.2 Animate (tiny offline transformer and pipeline, fp32, CPU): GNA on each block's self-attention
 only, over the segment's grid, with the reference (character) frame as context; one warm-up per segment;
-the harness times it with random weights and refuses a checkpoint with the reason."""
+the harness times it with random weights, and runs a checkpoint given its character image, pose and face videos."""
 
 import re
 import warnings
@@ -81,7 +81,7 @@ def test_preset_and_full_size_shape():
 
 
 @pytest.mark.slow
-def test_random_weights_mode_times_it_and_a_checkpoint_is_refused_with_the_reason(tmp_path, monkeypatch):
+def test_random_weights_mode_times_it(tmp_path, monkeypatch):
     name = "Wan-AI/Wan2.2-Animate-14B-Diffusers"
     assert not re.search(wan.NAME_PATTERN, name, re.IGNORECASE)  # not plain Wan's
     monkeypatch.setattr(wan_animate, "FULL_CONFIG", dict(wan_animate.tiny_transformer().config))
@@ -90,4 +90,42 @@ def test_random_weights_mode_times_it_and_a_checkpoint_is_refused_with_the_reaso
                  "--frames", "9", "--repeats", "1", "--output", str(tmp_path / "timed")]) == 0
     report = (tmp_path / "timed" / "report.md").read_text()
     assert "wan-animate-720p" in report and "3x8x12" in report.replace(", ", "x")
-    assert main(["compare", "--model", name, "--output", str(tmp_path / "refused")]) == 2
+
+
+def test_compare_takes_its_pose_and_face_videos_as_file_arguments(tmp_path, monkeypatch, capsys):
+    """compare on Wan Animate with weights (the tiny pipeline, given to the harness as a loaded model): the character
+    image from --image, the pose and face videos from --call-arg NAME=@PATH (GIFs here); without them the run stops
+    naming the arguments and how to give them; --frames, which the pipeline does not take, is ignored with a
+    warning."""
+    import json
+
+    import imageio.v2 as imageio
+
+    import gna_diffusers.harness.runner as runner
+    from gna_diffusers.harness.models import Model
+
+    inputs = wan_animate.tiny_call_kwargs()
+    inputs["image"].save(tmp_path / "character.png")
+    for name in ("pose_video", "face_video"):
+        imageio.mimwrite(tmp_path / f"{name}.gif", [frame for frame in inputs[name]])
+    pipe = wan_animate.tiny_pipeline()
+    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
+        name, wan_animate, pipe, pipe.transformer, "pretrained"))
+    args = ["compare", "--model", "Wan-AI/Wan2.2-Animate-14B-Diffusers", "--output", str(tmp_path / "out"),
+            "--no-warmup", "--steps", "2", "--prompt", "a red cat", "--height", "32", "--width", "32", "--device",
+            "cpu", "--image", str(tmp_path / "character.png"), "--call-arg", "segment_frame_length=9",
+            "--call-arg", "max_sequence_length=48"]
+    assert main(args) == 2
+    assert ("WanAnimatePipeline requires pose_video, face_video: give --call-arg pose_video=VALUE (a file: "
+            "pose_video=@PATH), --call-arg face_video=VALUE") in capsys.readouterr().err
+    videos = [f"--call-arg={name}=@{tmp_path / name}.gif" for name in ("pose_video", "face_video")]
+    with pytest.warns(UserWarning, match="WanAnimatePipeline takes no num_frames: --frames is ignored"):
+        assert main([*args, *videos, "--frames", "9"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["settings"]["call_args_sha1"]) == {"pose_video", "face_video"}
+    assert len(report["samples"][0]["metrics"]["per_frame_psnr"]) == 13  # the pose video's frames, two segments
+    (tmp_path / "broken.gif").write_text("not a video")
+    assert main([*args, "--call-arg", f"pose_video=@{tmp_path / 'broken.gif'}", videos[1]]) == 2
+    assert "--call-arg pose_video: " in capsys.readouterr().err
+    assert main([*args, "--call-arg", f"pose_video=@{tmp_path / 'none.gif'}"]) == 2
+    assert "none.gif: no such file" in capsys.readouterr().err

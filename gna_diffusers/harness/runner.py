@@ -80,6 +80,7 @@ class Settings:
     video: str | None = None  # video file a video-to-video pipeline takes as its video (Lucy Edit, SkyReels-V2 V2V)
     video_sha1: str | None = None
     call_args: dict = field(default_factory=dict)  # further pipeline call arguments (--call-arg NAME=VALUE)
+    call_args_sha1: dict = field(default_factory=dict)  # the content of each file one names (NAME=@PATH)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -150,6 +151,14 @@ def _read_input_files(settings: Settings) -> Settings:
     a HarnessError when a file is missing or there is no pipeline to take it (nor ``--call-arg``)."""
     if settings.call_args and settings.random_weights:
         raise HarnessError("--call-arg needs a pipeline; --random-weights times the transformer alone")
+    digests = {}
+    for name, value in settings.call_args.items():
+        if _file_argument(value):
+            path = Path(value[1:]).expanduser()
+            if not path.is_file():
+                raise HarnessError(f"--call-arg {name}={value}: no such file")
+            digests[name] = hashlib.sha1(path.read_bytes()).hexdigest()
+    settings = replace(settings, call_args_sha1=digests)
     for name in ("image", "control_image", "control_video", "video"):
         value = getattr(settings, name)
         if value is None:
@@ -168,8 +177,11 @@ def _read_input_files(settings: Settings) -> Settings:
 def _load_image(path: str, mode: str = "RGB"):
     from PIL import Image
 
-    with Image.open(Path(path).expanduser()) as image:
-        return image.convert(mode)
+    try:
+        with Image.open(Path(path).expanduser()) as image:
+            return image.convert(mode)
+    except OSError as error:  # PIL's UnidentifiedImageError is one
+        raise HarnessError(f"{path}: not a readable image ({error})") from error
 
 
 @functools.lru_cache(maxsize=2)
@@ -191,13 +203,29 @@ _HARNESS_ARGUMENTS = {"prompt": "--prompt", "generator": "--seeds", "height": "-
                       "output_type": None, "return_dict": None, "output": None}
 
 
-def _check_call_args(call_args: dict, parameters: dict, pipeline: str) -> None:
-    for name in call_args:
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
+
+
+def _file_argument(value) -> bool:
+    """Whether a --call-arg value names a file (``@PATH``)."""
+    return isinstance(value, str) and value.startswith("@") and len(value) > 1
+
+
+def _call_args(call_args: dict, parameters: dict, pipeline: str) -> dict:
+    """The --call-arg arguments checked against the pipeline's call, ``@PATH`` values read: a video file (by its
+    suffix) as a list of RGB frames, any other as an RGB image."""
+    resolved = {}
+    for name, value in call_args.items():
         if name in _HARNESS_ARGUMENTS:
             flag = _HARNESS_ARGUMENTS[name]
             raise HarnessError(f"--call-arg {name}: compare sets {name} itself" + (f"; use {flag}" if flag else ""))
         if name not in parameters:
             raise HarnessError(f"--call-arg {name}: {pipeline} takes no {name}")
+        if _file_argument(value):
+            video = value.lower().endswith(VIDEO_SUFFIXES)
+            value = _load_video(value[1:], f"--call-arg {name}:") if video else _load_image(value[1:])
+        resolved[name] = value
+    return resolved
 
 
 def _call_kwargs(model: Model, settings: Settings) -> dict:
@@ -238,24 +266,23 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
     for name, value in requested.items():
         if value is None:
             continue
-        if is_modular(model.pipeline) and name not in parameters:  # e.g. Echo: its loop walks its own sigmas
+        if name not in parameters:  # Echo's loop walks its own sigmas; Wan Animate's pose video sets the frames
             flag = "--steps" if name == "num_inference_steps" else f"--{name.removeprefix('num_')}"
             warnings.warn(f"gna-diffusers: {pipeline} takes no {name}: {flag} is ignored", stacklevel=2)
+            continue
         kwargs[name] = value
     # A family whose pipeline ties other arguments to the step count (Ideogram 4's guidance schedule) says them.
     kwargs.update(getattr(model.family, "steps_call_kwargs", lambda steps: {})(settings.steps))
-    _check_call_args(settings.call_args, parameters, pipeline)
-    kwargs.update(settings.call_args)
+    kwargs.update(_call_args(settings.call_args, parameters, pipeline))
     # A family whose pipeline needs arguments compare has no flag for gives defaults (SANA-WM's camera path).
     kwargs = {**getattr(model.family, "default_call_kwargs", lambda kwargs: {})(kwargs), **kwargs}
     # A DiffusionPipeline's call parameters without a default (a modular pipeline's blocks check their own inputs).
     missing = [] if is_modular(model.pipeline) else [
         name for name, required in parameters.items() if required and name not in kwargs and name != "prompt"]
     if missing:
-        flag = {"controls": " (give it with --control-video PATH)", "video": " (give it with --video PATH)"}
-        raise HarnessError(f"model {settings.model!r}: {pipeline} requires {', '.join(missing)}, which compare does "
-                           f"not give{''.join(flag.get(name, '') for name in missing)}; call "
-                           f"gna_diffusers.apply(pipe, preset) on your own pipeline")
+        flags = {"controls": "--control-video PATH", "video": "--video PATH"}
+        give = ", ".join(flags.get(name, f"--call-arg {name}=VALUE (a file: {name}=@PATH)") for name in missing)
+        raise HarnessError(f"model {settings.model!r}: {pipeline} requires {', '.join(missing)}: give {give}")
     return kwargs
 
 
@@ -309,7 +336,7 @@ def _generate(model: Model, settings: Settings, sample: Sample, device: torch.de
 # when all of them match.
 OUTPUT_SETTINGS = ("model", "steps", "height", "width", "frames", "device", "dtype", "dense_backend", "control_image",
                    "control_image_sha1", "image", "image_sha1", "control_video", "control_video_sha1", "video",
-                   "video_sha1", "call_args")
+                   "video_sha1", "call_args", "call_args_sha1")
 
 
 def _fingerprint(settings: Settings, sample: Sample) -> str:
