@@ -203,7 +203,10 @@ _HARNESS_ARGUMENTS = {"prompt": "--prompt", "generator": "--seeds", "height": "-
                       "output_type": None, "return_dict": None, "output": None}
 
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
+# Video settings -> (the pipeline argument taking the frames, what it is, for errors).
+_VIDEO_INPUTS = {"control_video": ("controls", "control video (Cosmos Transfer's pipeline does)"),
+                 "video": ("video", "input video (a video-to-video or video editing pipeline does)")}
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")  # --call-arg NAME=@PATH files read as videos
 
 
 def _file_argument(value) -> bool:
@@ -240,16 +243,12 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
     elif takes_control and getattr(model.pipeline, "controlnet", None) is not None:
         raise HarnessError(f"model {settings.model!r} is a ControlNet pipeline ({pipeline}): give its control image "
                            f"with --control-image PATH")
-    if settings.control_video is not None:
-        if "controls" not in parameters:
-            raise HarnessError(f"--control-video: {pipeline} takes no control video (Cosmos Transfer's pipeline "
-                               f"does)")
-        kwargs["controls"] = _load_video(settings.control_video, "--control-video")
-    if settings.video is not None:
-        if "video" not in parameters:
-            raise HarnessError(f"--video: {pipeline} takes no input video (a video-to-video or video editing pipeline "
-                               f"does)")
-        kwargs["video"] = _load_video(settings.video, "--video")
+    for setting, (argument, what) in _VIDEO_INPUTS.items():
+        path, flag = getattr(settings, setting), "--" + setting.replace("_", "-")
+        if path is not None:
+            if argument not in parameters:
+                raise HarnessError(f"{flag}: {pipeline} takes no {what}")
+            kwargs[argument] = _load_video(path, flag)
     if settings.image is not None:
         if "image" not in parameters:
             raise HarnessError(f"--image: {pipeline} takes no input image (an image-to-video, editing or refining "
