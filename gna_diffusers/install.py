@@ -849,14 +849,14 @@ def _controlnets(pipeline) -> list[tuple[str, torch.nn.Module]]:
 
 def _unpatched_attention(pipeline, patch: ModelPatch, transformers: list) -> list[str]:
     """The pipeline's ControlNets that GNA does not patch but that hold attention layers of their own (not
-    modules shared with a patched transformer) with the family's stock processor: they attend over the same
-    image tokens and stay dense."""
+    modules shared with a patched transformer) with the family's stock processor or a variant of it: they attend
+    over the same image tokens and stay dense."""
     own = {id(module) for transformer in transformers for module in transformer.modules()}
     found = []
+    stock = (patch.stock_processor_class, *patch.processor_variants)
     for name, component in _controlnets(pipeline):
         if any(component is t for t in transformers):
             continue
-        stock = (patch.stock_processor_class, *patch.processor_variants)
         if any(isinstance(getattr(module, "processor", None), stock) and id(module) not in own
                for module in component.modules()):
             found.append(f"pipeline.{name} ({type(component).__name__})")
