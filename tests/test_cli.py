@@ -37,5 +37,5 @@ def test_families_lists_every_supported_family_with_its_presets(capsys):
     assert "HunyuanVideoFramepackTransformer3DModel" in rows["hunyuan-video"] and "z-image-2k" in rows["z-image"]
     assert "tiny-skyreels-v2" in rows["skyreels-v2"]
     cells = {family: [cell.strip() for cell in row.split("|")[4:6]] for family, row in rows.items()}
-    assert cells["flux3"] == ["none", "yes"] and cells["wan-animate2"] == ["none", "no: --random-weights"]
+    assert cells["flux3"] == ["none", "yes"] and cells["wan-animate2"] == ["none", "yes"]
     assert cells["flux"] == ["tiny-flux", "yes"]

@@ -275,7 +275,8 @@ def _call_kwargs(model: Model, settings: Settings) -> dict:
     kwargs.update(_call_args(settings.call_args, parameters, pipeline))
     # A family whose pipeline needs arguments compare has no flag for gives defaults (SANA-WM's camera path).
     kwargs = {**getattr(model.family, "default_call_kwargs", lambda kwargs: {})(kwargs), **kwargs}
-    # A DiffusionPipeline's call parameters without a default (a modular pipeline's blocks check their own inputs).
+    # A DiffusionPipeline's call parameters without a default (a modular pipeline's blocks check their own inputs:
+    # their flags are no guide, Echo's marks the sigmas its loop makes itself as required).
     missing = [] if is_modular(model.pipeline) else [
         name for name, required in parameters.items() if required and name not in kwargs and name != "prompt"]
     if missing:
@@ -565,10 +566,18 @@ def sweep(settings: Settings, presets, *, single: bool = False) -> dict:
             scratch.cleanup()
 
 
+def _compile_if_needed(model: Model, device: torch.device) -> None:
+    """Stock attention that fits only compiled (Wan Animate 2's flex BlockMask) has the transformer's blocks compiled
+    on a GPU, as diffusers tells its users: dense and GNA are then both timed compiled."""
+    if device.type == "cuda" and getattr(model.family, "COMPILED_TO_RUN", None):
+        model.transformer.compile_repeated_blocks()
+
+
 def _pipeline_sweep(settings: Settings, presets, device: torch.device, *, single: bool) -> dict:
     output = Path(settings.output)
     model = load_pipeline(settings.model, device, settings.torch_dtype)
     _parallelize(model)
+    _compile_if_needed(model, device)
     entries = _resolve_presets(presets, model, single)
     with _dense_backend(model, settings):
         return _pipeline_entries(settings, model, entries, output, device, single)
@@ -650,9 +659,7 @@ def random_weights_sweep(settings: Settings, presets, device: torch.device, *, s
     """Speed only: transformer steps of a random-weight model at the requested size, dense vs each preset."""
     model = random_transformer(settings.model, device, settings.torch_dtype)
     _parallelize(model)
-    if device.type == "cuda" and getattr(model.family, "COMPILED_TO_RUN", None):
-        # Stock attention that fits only compiled (Wan Animate 2's flex BlockMask): both modes timed, blocks compiled.
-        model.transformer.compile_repeated_blocks()
+    _compile_if_needed(model, device)
     entries = _resolve_presets(presets, model, single)
     with _dense_backend(model, settings):
         return _random_weights_entries(settings, model, entries, device, single)
