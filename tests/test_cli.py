@@ -29,7 +29,7 @@ def test_sim_needs_grid_and_window(capsys):
 
 
 def test_families_lists_every_supported_family_with_its_presets(capsys):
-    from gna_diffusers.patches import PATCHES
+    from gna_diffusers.patches import PATCHES, omnigen
 
     assert main(["families"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines()[2:]}
@@ -38,4 +38,6 @@ def test_families_lists_every_supported_family_with_its_presets(capsys):
     assert "tiny-skyreels-v2" in rows["skyreels-v2"]
     cells = {family: [cell.strip() for cell in row.split("|")[4:6]] for family, row in rows.items()}
     assert cells["flux3"] == ["none", "yes"] and cells["wan-animate2"] == ["none", "yes"]
+    # compare refuses OmniGen's weights without torchvision (which CI lacks)
+    assert cells["omnigen"] == (["none", "no: --random-weights"] if omnigen.WEIGHTS_GAP else ["tiny-omnigen", "yes"])
     assert cells["flux"] == ["tiny-flux", "yes"]
