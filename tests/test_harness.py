@@ -330,6 +330,32 @@ def test_compare_runs_a_controlnet_pipeline_from_a_local_folder(tmp_path, capsys
     assert "FluxPipeline takes no control image" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_compare_reads_file_call_arguments_as_images(tmp_path):
+    """A saved tiny FluxFillPipeline takes its image from --image and its mask from --call-arg mask_image=@PATH (a
+    PNG read as an RGB image); the mask file's digest is part of what the report records."""
+    from diffusers import FluxFillPipeline
+    from PIL import Image
+
+    from gna_diffusers.patches import flux
+
+    torch.manual_seed(0)
+    plain = flux.tiny_transformer()
+    transformer = type(plain).from_config(plain.config, in_channels=24, out_channels=4).eval()  # latents, image, mask
+    parts = {name: part for name, part in flux.tiny_pipeline().components.items()
+             if name not in ("transformer", "image_encoder", "feature_extractor")}
+    FluxFillPipeline(transformer=transformer, **parts).save_pretrained(tmp_path / "fill")
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    Image.fromarray(np.where(pixels[..., :1] > 127, 255, 0).repeat(3, -1).astype(np.uint8)).save(tmp_path / "mask.png")
+    assert main(["compare", "--model", str(tmp_path / "fill"), "--height", "32", "--width", "32", "--steps", "2",
+                 "--prompt", "a red cat", "--no-warmup", "--preset", "flux-2k", "--image", str(tmp_path / "photo.png"),
+                 "--call-arg", f"mask_image=@{tmp_path / 'mask.png'}", "--output", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert list(report["settings"]["call_args_sha1"]) == ["mask_image"]
+    assert report["samples"][0]["metrics"]["psnr"] is not None
+
+
 def test_a_pipeline_folder_loads_without_deprecated_arguments(tmp_path):
     """diffusers 0.42 deprecates from_pretrained's ``torch_dtype`` for ``dtype``: loading a model warns nothing of
     it (the examples and the README load the same way)."""
