@@ -41,6 +41,19 @@ def no_gna_warnings():
         yield
 
 
+def harness_loads(monkeypatch, family, pipes) -> None:
+    """Make ``compare`` / ``sweep`` load ``pipes`` (one pipeline for any model name, or a dict name -> pipeline) as
+    pretrained models of ``family`` (its patches/ module): tiny pipelines that have no folder to load from."""
+    import gna_diffusers.harness.runner as runner
+    from gna_diffusers.harness.models import Model
+
+    def load(name, device, dtype):
+        pipe = pipes[name] if isinstance(pipes, dict) else pipes
+        return Model(name, family, pipe, pipe.transformer, "pretrained")
+
+    monkeypatch.setattr(runner, "load_pipeline", load)
+
+
 def random_weights_report(module, model: str, size: list[str], tmp_path, monkeypatch) -> dict:
     """The report of ``compare --random-weights --model <model>`` at ``size`` (its CLI arguments), the family
     ``module``'s full-size config swapped for its tiny transformer's and its text for 8 tokens."""

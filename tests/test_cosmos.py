@@ -7,7 +7,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_cosmos
-from helpers import assert_whole_windows_reproduce, max_diff, no_gna_warnings
+from helpers import assert_whole_windows_reproduce, harness_loads, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -172,14 +172,11 @@ def test_compare_gives_the_transfer_pipeline_its_control_video(tmp_path, monkeyp
     import imageio.v2 as imageio
     import numpy as np
 
-    import gna_diffusers.harness.runner as runner
     from gna_diffusers.cli import main
-    from gna_diffusers.harness.models import Model
 
     pipes = {"nvidia/Cosmos-Transfer2.5-2B": cosmos.tiny_transfer_pipeline(), "nvidia/Cosmos-Predict2.5-2B":
              cosmos.tiny_pipeline()}
-    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
-        name, cosmos, pipes[name], pipes[name].transformer, "pretrained"))
+    harness_loads(monkeypatch, cosmos, pipes)
     frames = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
     imageio.mimwrite(tmp_path / "edges.gif", list(frames))
     args = ["compare", "--output", str(tmp_path / "out"), "--no-warmup", "--steps", "2", "--prompt", "a red cat",

@@ -5,7 +5,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_qwenimage
-from helpers import assert_whole_windows_reproduce, max_diff, no_gna_warnings
+from helpers import assert_whole_windows_reproduce, harness_loads, max_diff, no_gna_warnings
 
 import gna_diffusers
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -126,11 +126,9 @@ def test_compare_scores_the_layered_pipeline_layers_as_frames(tmp_path, monkeypa
 
     import gna_diffusers.harness.runner as runner
     from gna_diffusers.cli import main
-    from gna_diffusers.harness.models import Model
 
     pipe = qwen_image.tiny_layered_pipeline()
-    monkeypatch.setattr(runner, "load_pipeline",
-                        lambda name, device, dtype: Model(name, qwen_image, pipe, pipe.transformer, "pretrained"))
+    harness_loads(monkeypatch, qwen_image, pipe)
     images = []
     real_load = runner._load_image
     monkeypatch.setattr(runner, "_load_image", lambda path, mode: images.append(real_load(path, mode).mode) or

@@ -11,7 +11,7 @@ from diffusers.models.transformers.transformer_sana_wm import (
     SanaWMSoftmaxAttention,
     SanaWMSoftmaxCamAttention,
 )
-from helpers import max_diff, no_gna_warnings, random_weights_report
+from helpers import harness_loads, max_diff, no_gna_warnings, random_weights_report
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -158,13 +158,10 @@ def test_compare_runs_it_from_a_first_frame_with_a_default_or_given_camera(tmp_p
 
     from PIL import Image
 
-    import gna_diffusers.harness.runner as runner
     from gna_diffusers.cli import main
-    from gna_diffusers.harness.models import Model
 
     pipe = sana_wm.tiny_pipeline()
-    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
-        name, sana_wm, pipe, pipe.transformer, "pretrained"))
+    harness_loads(monkeypatch, sana_wm, pipe)
     calls = []
     real_call = type(pipe).__call__
 

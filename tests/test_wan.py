@@ -4,7 +4,7 @@ cross-attention keeps its stock processor, and a Wan 2.2 pipeline's two experts 
 import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-from helpers import max_diff
+from helpers import harness_loads, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import ConfigError, GNAConfig, apply, enabled, remove
@@ -229,17 +229,14 @@ def test_compare_gives_lucy_edit_its_input_video(tmp_path, monkeypatch, capsys):
     import numpy as np
     from diffusers import LucyEditPipeline, WanTransformer3DModel
 
-    import gna_diffusers.harness.runner as runner
     from gna_diffusers.cli import main
-    from gna_diffusers.harness.models import Model
 
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(**{**wan.TINY_CONFIG, "in_channels": 2 * wan.TINY_CONFIG["in_channels"]},
                                         num_layers=2).eval()
     pipes = {"decart-ai/Lucy-Edit-Dev": LucyEditPipeline(transformer=transformer, **wan.tiny_parts(0)),
              "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": wan.tiny_pipeline()}
-    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
-        name, wan, pipes[name], pipes[name].transformer, "pretrained"))
+    harness_loads(monkeypatch, wan, pipes)
     frames = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
     imageio.mimwrite(tmp_path / "source.gif", list(frames))
     args = ["compare", "--output", str(tmp_path / "out"), "--no-warmup", "--steps", "2", "--prompt", "a red cat",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_wan_animate
-from helpers import max_diff
+from helpers import harness_loads, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -101,16 +101,13 @@ def test_compare_takes_its_pose_and_face_videos_as_file_arguments(tmp_path, monk
 
     import imageio.v2 as imageio
 
-    import gna_diffusers.harness.runner as runner
-    from gna_diffusers.harness.models import Model
 
     inputs = wan_animate.tiny_call_kwargs()
     inputs["image"].save(tmp_path / "character.png")
     for name in ("pose_video", "face_video"):
         imageio.mimwrite(tmp_path / f"{name}.gif", [frame for frame in inputs[name]])
     pipe = wan_animate.tiny_pipeline()
-    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
-        name, wan_animate, pipe, pipe.transformer, "pretrained"))
+    harness_loads(monkeypatch, wan_animate, pipe)
     args = ["compare", "--model", "Wan-AI/Wan2.2-Animate-14B-Diffusers", "--output", str(tmp_path / "out"),
             "--no-warmup", "--steps", "2", "--prompt", "a red cat", "--height", "32", "--width", "32", "--device",
             "cpu", "--image", str(tmp_path / "character.png"), "--call-arg", "segment_frame_length=9",

@@ -11,7 +11,7 @@ import torch
 from brute_force import neighbor_mask
 from diffusers.models.transformers import transformer_wan_animate_2
 from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
-from helpers import assert_whole_windows_reproduce, max_diff, no_gna_warnings
+from helpers import assert_whole_windows_reproduce, harness_loads, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 import gna_diffusers.route
@@ -197,6 +197,22 @@ def denoise_inputs(size: int = 64, steps: int = 3) -> dict:
                 generator=torch.Generator().manual_seed(1))
 
 
+def assert_segments_run_gna(pipe, generate, monkeypatch, sparse_steps: int) -> torch.Tensor:
+    """Whole windows reproduce ``generate()`` (two segments); a sparse pattern runs GNA on every generation pass after
+    each segment's dense first step (``sparse_steps`` a segment x 2 guidance passes x 2 layers, each a grid call and a
+    driving-frame call), with no notice, and changes the output. Returns the stock output."""
+    stock = generate()
+    spy = OperatorSpy(monkeypatch)
+    monkeypatch.setattr(wan_animate2, "gna_attention", gna_diffusers.route.gna_attention)
+    assert_whole_windows_reproduce(pipe, "wan-animate2", generate, stock, tolerance=1e-4, dense_steps=1)
+    spy.windows.clear()
+    with no_gna_warnings(), enabled(pipe, GNAConfig(family="wan-animate2", window=2, dense_steps=1)):
+        sparse = generate()
+    assert max_diff(sparse, stock) > 1e-3
+    assert spy.windows == [(2, 2, 2), (1, 4, 4)] * (2 * sparse_steps * 2 * 2)
+    return stock
+
+
 def test_modular_denoise_runs_gna_in_every_segment_after_its_own_warm_up(monkeypatch):
     """apply() on diffusers' modular pipeline counts its scheduler's steps: each segment sets its schedule again, so
     each has its dense first step; every generation pass after it (the prompt and the negative) runs GNA on both
@@ -206,16 +222,7 @@ def test_modular_denoise_runs_gna_in_every_segment_after_its_own_warm_up(monkeyp
     def generate() -> torch.Tensor:  # every segment's frames, flattened one after the other
         return torch.cat([segment.flatten() for segment in pipe(**denoise_inputs()).get("segment_frames")])
 
-    stock = generate()
-    spy = OperatorSpy(monkeypatch)
-    monkeypatch.setattr(wan_animate2, "gna_attention", gna_diffusers.route.gna_attention)
-    assert_whole_windows_reproduce(pipe, "wan-animate2", generate, stock, tolerance=1e-4, dense_steps=1)
-    spy.windows.clear()
-    with no_gna_warnings(), enabled(pipe, GNAConfig(family="wan-animate2", window=2, dense_steps=1)):
-        sparse = generate()
-    assert max_diff(sparse, stock) > 1e-3
-    # 2 segments x 2 sparse steps x 2 guidance passes x 2 layers, each a grid call and a driving-frame call
-    assert spy.windows == [(2, 2, 2), (1, 4, 4)] * (2 * 2 * 2 * 2)
+    assert_segments_run_gna(pipe, generate, monkeypatch, sparse_steps=2)  # 3 steps a segment
 
 
 def test_a_training_pass_gives_the_inference_output_and_gradients(model):
@@ -255,17 +262,8 @@ def test_the_whole_modular_pipeline_runs_gna_from_image_and_driving_video(monkey
                                      segment_frame_length=5, num_inference_steps=2, max_sequence_length=8,
                                      generator=torch.Generator().manual_seed(0), output="videos"))
 
-    stock = generate()
+    stock = assert_segments_run_gna(pipe, generate, monkeypatch, sparse_steps=1)  # 2 steps a segment
     assert stock.shape == (1, 9, 64, 64, 3)
-    spy = OperatorSpy(monkeypatch)
-    monkeypatch.setattr(wan_animate2, "gna_attention", gna_diffusers.route.gna_attention)
-    assert_whole_windows_reproduce(pipe, "wan-animate2", generate, stock, tolerance=1e-4, dense_steps=1)
-    spy.windows.clear()
-    with no_gna_warnings(), enabled(pipe, GNAConfig(family="wan-animate2", window=2, dense_steps=1)):
-        sparse = generate()
-    assert max_diff(sparse, stock) > 1e-3
-    # 2 segments x 1 sparse step x 2 guidance passes x 2 layers, each a grid call and a driving-frame call
-    assert spy.windows == [(2, 2, 2), (1, 4, 4)] * (2 * 1 * 2 * 2)
 
 
 @pytest.mark.slow
@@ -277,13 +275,10 @@ def test_compare_runs_it_from_a_character_image_and_a_driving_video_file(tmp_pat
 
     import imageio.v2 as imageio
 
-    import gna_diffusers.harness.runner as runner
     from gna_diffusers.cli import main
-    from gna_diffusers.harness.models import Model
 
     pipe = wan_animate2.tiny_pipeline()
-    monkeypatch.setattr(runner, "load_pipeline", lambda name, device, dtype: Model(
-        name, wan_animate2, pipe, pipe.transformer, "pretrained"))
+    harness_loads(monkeypatch, wan_animate2, pipe)
     image, video = character_and_driving_video()
     image.save(tmp_path / "character.png")
     imageio.mimwrite(tmp_path / "driving.gif", [frame for frame in video])
