@@ -28,6 +28,25 @@ def assert_whole_windows_reproduce(pipe, family: str, generate, stock: torch.Ten
         assert max_diff(generate(), stock) <= tolerance
 
 
+def assert_round_trip(transformer, family: str, inputs: dict, check=None, sparse_window: int = 2) -> torch.Tensor:
+    """The three checks every family's transformer passes on one set of ``inputs``: under whole-extent windows GNA
+    reproduces the stock output within 1e-5, says nothing, and ``check(handle)`` holds (e.g. which processors it
+    installed); a ``sparse_window`` changes the output by more than 1e-3; after removal the output is the stock
+    one, bit for bit. Runs the transformer four times (stock, whole, sparse, removed). Returns the stock output."""
+    from gna_diffusers import GNAConfig, enabled
+
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with no_gna_warnings(), enabled(transformer, GNAConfig(family=family, window=-1)) as handle:
+            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
+            if check is not None:
+                check(handle)
+        with enabled(transformer, GNAConfig(family=family, window=sparse_window)):
+            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
+        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    return stock
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest absolute difference between two tensors of one shape."""
     return (a - b).abs().max().item()

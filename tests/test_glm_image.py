@@ -6,7 +6,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_glm_image
-from helpers import max_diff, no_gna_warnings
+from helpers import assert_round_trip, max_diff, no_gna_warnings
 from PIL import Image
 from test_apply import OperatorSpy
 
@@ -21,13 +21,7 @@ def test_whole_extent_reproduces_stock_and_removal_is_exact(monkeypatch):
     transformer = glm_image.tiny_transformer()
     inputs = glm_image.transformer_inputs(transformer, GRID, text=TEXT, batch=2)
     spy = OperatorSpy(monkeypatch)
-    with torch.no_grad():
-        stock = transformer(**inputs)[0]
-        with no_gna_warnings(), enabled(transformer, GNAConfig(family="glm-image", window=-1)):
-            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
-        with enabled(transformer, GNAConfig(family="glm-image", window=2)):
-            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
-        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert_round_trip(transformer, "glm-image", inputs)
     assert spy.contexts == [(GRID, TEXT)] * 4  # 2 layers, 2 runs
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_joyimage
-from helpers import max_diff, no_gna_warnings
+from helpers import assert_round_trip, max_diff, no_gna_warnings
 from PIL import Image
 from test_apply import OperatorSpy
 
@@ -22,13 +22,7 @@ def test_whole_extent_reproduces_stock_and_removal_is_exact(references, monkeypa
     transformer = joyimage.tiny_transformer()
     inputs = joyimage.transformer_inputs(transformer, GRID, text=TEXT, batch=2, references=references)
     spy = OperatorSpy(monkeypatch)
-    with torch.no_grad():
-        stock = transformer(**inputs)[0]
-        with no_gna_warnings(), enabled(transformer, GNAConfig(family="joyimage", window=-1)):
-            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
-        with enabled(transformer, GNAConfig(family="joyimage", window=2)):
-            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
-        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert_round_trip(transformer, "joyimage", inputs)
     assert spy.contexts == [(GRID, references * 24 + TEXT)] * 4  # 2 layers, 2 runs
 
 
@@ -86,13 +80,7 @@ def test_plus_whole_extent_reproduces_stock_and_removal_is_exact(monkeypatch):
     inputs = joyimage_plus.transformer_inputs(transformer, GRID, text=TEXT, batch=2, references=((3, 4),),
                                               valid_text=(5, 7))
     spy = OperatorSpy(monkeypatch)
-    with torch.no_grad():
-        stock = transformer(**inputs)[0]
-        with no_gna_warnings(), enabled(transformer, GNAConfig(family="joyimage-plus", window=-1)):
-            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
-        with enabled(transformer, GNAConfig(family="joyimage-plus", window=2)):
-            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
-        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
+    assert_round_trip(transformer, "joyimage-plus", inputs)
     assert spy.contexts == [(GRID, 12 + TEXT)] * 4  # the reference's 12 patches and the prompt
 
 

@@ -10,7 +10,7 @@ import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_ltx2
 from diffusers.models.transformers.transformer_ltx2 import LTX2AudioVideoAttnProcessor
-from helpers import max_diff
+from helpers import assert_round_trip, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_config, load_preset
@@ -41,20 +41,16 @@ def test_whole_extent_reproduces_stock_and_only_the_video_self_attention_is_rout
     if keyframes:
         inputs = with_keyframes(transformer, inputs, keyframes)
     spy = OperatorSpy(monkeypatch)
-    with torch.no_grad():
-        stock = transformer(**inputs)[0]
-        with enabled(transformer, GNAConfig(family="ltx2", window=-1)) as handle:
-            assert max_diff(transformer(**inputs)[0], stock) <= 1e-5
-            assert handle.runtime.layout.grid == GRID
-            processors = {name: type(p) for name, p in transformer.attn_processors.items()}
-            assert {n for n, cls in processors.items() if cls is ltx2.GNALTX2AttnProcessor} == {
-                f"transformer_blocks.{i}.attn1.processor" for i in range(2)}
-            assert sum(cls is LTX2AudioVideoAttnProcessor for cls in processors.values()) == 2 * 5  # audio, cross
-        spy.contexts.clear()
-        with enabled(transformer, GNAConfig(family="ltx2", window=2)):
-            assert max_diff(transformer(**inputs)[0], stock) > 1e-3
-        assert torch.equal(transformer(**inputs)[0], stock)  # removed: bit-identical
-    assert spy.contexts == [(GRID, keyframes)] * 2  # the grid, with the keyframe tokens as context
+
+    def installed(handle):
+        assert handle.runtime.layout.grid == GRID
+        processors = {name: type(p) for name, p in transformer.attn_processors.items()}
+        assert {n for n, cls in processors.items() if cls is ltx2.GNALTX2AttnProcessor} == {
+            f"transformer_blocks.{i}.attn1.processor" for i in range(2)}
+        assert sum(cls is LTX2AudioVideoAttnProcessor for cls in processors.values()) == 2 * 5  # audio, cross
+
+    assert_round_trip(transformer, "ltx2", inputs, installed)
+    assert spy.contexts == [(GRID, keyframes)] * 4  # 2 layers, 2 runs: the grid, the keyframe tokens as context
 
 
 def with_memory(transformer, inputs: dict, slots: int) -> dict:
