@@ -47,6 +47,21 @@ def assert_round_trip(transformer, family: str, inputs: dict, check=None, sparse
     return stock
 
 
+def assert_equals_masked_stock(transformer, family: str, inputs: dict, grid, window, stride, mask_stock,
+                               tolerance: float = 1e-5) -> None:
+    """GNA with ``window`` and ``stride`` (on a preset whose base grid is ``grid``) gives the output of the stock
+    transformer whose attention ``mask_stock()`` has masked independently (e.g. with brute_force's joint_mask)."""
+    from gna_diffusers import GNAConfig, enabled
+
+    config = GNAConfig(family=family, base_grid=list(grid), window=list(window), stride=list(stride))
+    with torch.no_grad():
+        with enabled(transformer, config):
+            routed = transformer(**inputs)[0]
+        mask_stock()
+        expected = transformer(**inputs)[0]
+    assert max_diff(routed, expected) <= tolerance
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest absolute difference between two tensors of one shape."""
     return (a - b).abs().max().item()

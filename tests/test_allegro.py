@@ -7,7 +7,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
 from diffusers.models.attention_processor import AllegroAttnProcessor2_0
-from helpers import assert_round_trip, max_diff
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -33,13 +33,8 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 2, 4), (1, 2, 2)
     transformer = allegro.tiny_transformer()
     inputs = allegro.transformer_inputs(transformer, GRID, text=7)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="allegro", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_sdpa(joint_mask(GRID, window, stride, 0), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    assert_equals_masked_stock(transformer, "allegro", inputs, GRID, window, stride,
+                               lambda: masked_sdpa(joint_mask(GRID, window, stride, 0), monkeypatch))
 
 
 def test_pipeline_runs_gna_after_the_warm_up(monkeypatch):

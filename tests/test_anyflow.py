@@ -7,7 +7,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_anyflow
-from helpers import assert_round_trip, max_diff
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -33,13 +33,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 2, 4), (1, 2, 2)
     transformer = anyflow.tiny_transformer()
     inputs = anyflow.transformer_inputs(transformer, GRID, text=7)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="anyflow", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_anyflow, joint_mask(GRID, window, stride, 0), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, 0)
+    assert_equals_masked_stock(transformer, "anyflow", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_anyflow, mask, monkeypatch))
 
 
 def test_pipeline_uses_the_prepared_layout_and_runs_gna_after_the_warm_up(monkeypatch):

@@ -4,7 +4,7 @@ whose stock processor calls F.scaled_dot_product_attention itself."""
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
-from helpers import assert_round_trip, max_diff, no_gna_warnings
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -43,13 +43,8 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 4), (1, 2)
     transformer = cogview4.tiny_transformer()
     inputs = cogview4.transformer_inputs(transformer, GRID, text=TEXT)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="cogview4", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_sdpa(joint_mask(GRID, window, stride, TEXT), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    assert_equals_masked_stock(transformer, "cogview4", inputs, GRID, window, stride,
+                               lambda: masked_sdpa(joint_mask(GRID, window, stride, TEXT), monkeypatch))
 
 
 def generate(pipe, steps=3, **kwargs):

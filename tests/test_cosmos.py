@@ -1,12 +1,12 @@
 """NVIDIA Cosmos (tiny offline transformer and Cosmos 2.5 Predict pipeline, fp32, CPU): GNA on each block's
 ``attn1``, whose stock processor names no attention backend; ``attn2`` stays stock."""
 
-
 import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_cosmos
-from helpers import assert_round_trip, assert_whole_windows_reproduce, harness_loads, max_diff, no_gna_warnings
+from helpers import (assert_equals_masked_stock, assert_round_trip, assert_whole_windows_reproduce, harness_loads,
+                     max_diff, no_gna_warnings)
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -34,13 +34,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 2, 4), (1, 2, 2)
     transformer = cosmos.tiny_transformer()
     inputs = cosmos.transformer_inputs(transformer, GRID, text=7)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="cosmos", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_cosmos, joint_mask(GRID, window, stride, 0), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, 0)
+    assert_equals_masked_stock(transformer, "cosmos", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_cosmos, mask, monkeypatch))
 
 
 def test_predict_pipeline_runs_gna_after_the_warm_up(monkeypatch):

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
-from helpers import assert_round_trip, max_diff
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -33,13 +33,8 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 2, 4), (1, 2, 2)
     transformer = easyanimate.tiny_transformer()
     inputs = easyanimate.transformer_inputs(transformer, GRID, text=TEXT)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="easyanimate", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_sdpa(joint_mask(GRID, window, stride, TEXT), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    assert_equals_masked_stock(transformer, "easyanimate", inputs, GRID, window, stride,
+                               lambda: masked_sdpa(joint_mask(GRID, window, stride, TEXT), monkeypatch))
 
 
 def test_pipeline_runs_gna_after_the_warm_up(monkeypatch):

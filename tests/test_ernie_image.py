@@ -4,7 +4,7 @@ over [image, text], each sample's prompt padding masked."""
 import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
-from helpers import assert_round_trip, max_diff, no_gna_warnings
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -42,13 +42,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(valid, monkeypatch
     window, stride = (2, 4), (1, 2)
     transformer = ernie_image.tiny_transformer()
     inputs = ernie_image.transformer_inputs(transformer, GRID, text=TEXT, batch=2, valid_text=valid)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="ernie-image", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_ernie_image, per_sample_mask(valid, window, stride), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = per_sample_mask(valid, window, stride)
+    assert_equals_masked_stock(transformer, "ernie-image", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_ernie_image, mask, monkeypatch))
 
 
 def generate(pipe, steps=3, **kwargs):

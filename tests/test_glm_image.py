@@ -6,7 +6,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_glm_image
-from helpers import assert_round_trip, max_diff, no_gna_warnings
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff, no_gna_warnings
 from PIL import Image
 from test_apply import OperatorSpy
 
@@ -29,13 +29,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 4), (1, 2)
     transformer = glm_image.tiny_transformer()
     inputs = glm_image.transformer_inputs(transformer, GRID, text=TEXT)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="glm-image", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_glm_image, joint_mask(GRID, window, stride, TEXT), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, TEXT)
+    assert_equals_masked_stock(transformer, "glm-image", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_glm_image, mask, monkeypatch))
 
 
 def test_condition_pass_runs_stock_and_is_not_counted_on_a_bare_transformer(monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_helios
-from helpers import assert_round_trip, max_diff
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -39,13 +39,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 2, 4), (1, 2, 2)
     transformer = helios.tiny_transformer()
     inputs = helios.transformer_inputs(transformer, GRID, text=7, history=HISTORY)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="helios", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_helios, joint_mask(GRID, window, stride, HISTORY_TOKENS), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, HISTORY_TOKENS)
+    assert_equals_masked_stock(transformer, "helios", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_helios, mask, monkeypatch))
 
 
 def test_pipeline_runs_gna_in_every_chunk_after_its_own_warm_up(monkeypatch):

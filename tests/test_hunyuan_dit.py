@@ -4,7 +4,7 @@ whose stock processor calls F.scaled_dot_product_attention itself; the prompt's 
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
-from helpers import assert_round_trip, max_diff, no_gna_warnings
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -35,13 +35,8 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 4), (1, 2)
     transformer = hunyuan_dit.tiny_transformer()
     inputs = hunyuan_dit.transformer_inputs(transformer, GRID)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="hunyuan-dit", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_sdpa(joint_mask(GRID, window, stride, 0), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    assert_equals_masked_stock(transformer, "hunyuan-dit", inputs, GRID, window, stride,
+                               lambda: masked_sdpa(joint_mask(GRID, window, stride, 0), monkeypatch))
 
 
 @pytest.mark.parametrize("width, grid", [(64, (4, 4)), (96, (4, 6))], ids=["square", "wide"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_hunyuanimage
-from helpers import assert_round_trip, max_diff, no_gna_warnings
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -32,13 +32,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     transformer = hunyuan_image.tiny_transformer()
     inputs = hunyuan_image.transformer_inputs(transformer, GRID, text=TEXT)
     del inputs["encoder_hidden_states_2"], inputs["encoder_attention_mask_2"]  # all prompt tokens valid: no mask
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="hunyuan-image", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_hunyuanimage, joint_mask(GRID, window, stride, 0, TEXT), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, 0, TEXT)
+    assert_equals_masked_stock(transformer, "hunyuan-image", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_hunyuanimage, mask, monkeypatch))
 
 
 def generate(pipe, steps=3, prompt="a red cat", **kwargs):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_joyimage
-from helpers import assert_round_trip, max_diff, no_gna_warnings
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff, no_gna_warnings
 from PIL import Image
 from test_apply import OperatorSpy
 
@@ -32,13 +32,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 4), (1, 2)
     transformer = joyimage.tiny_transformer()
     inputs = joyimage.transformer_inputs(transformer, GRID, text=TEXT, references=1)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="joyimage", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_joyimage, joint_mask(GRID, window, stride, 0, 24 + TEXT), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, 0, 24 + TEXT)
+    assert_equals_masked_stock(transformer, "joyimage", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_joyimage, mask, monkeypatch))
 
 
 def generate(pipe, **kwargs):

@@ -9,7 +9,7 @@ import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_kandinsky
 from diffusers.models.transformers.transformer_kandinsky import Kandinsky5AttnProcessor
-from helpers import assert_round_trip, max_diff
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -39,13 +39,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 2, 4), (1, 2, 2)
     transformer = kandinsky5.tiny_transformer()
     inputs = kandinsky5.transformer_inputs(transformer, GRID, text=7)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="kandinsky5", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_kandinsky, joint_mask(GRID, window, stride, 0), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, 0)
+    assert_equals_masked_stock(transformer, "kandinsky5", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_kandinsky, mask, monkeypatch))
 
 
 def test_the_models_own_sparse_attention_is_left_to_it(monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_krea2
-from helpers import assert_round_trip, max_diff
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -36,13 +36,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 4), (1, 2)
     transformer = krea2.tiny_transformer()
     inputs = krea2.transformer_inputs(transformer, GRID, text=TEXT)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="krea2", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_krea2, joint_mask(GRID, window, stride, TEXT), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, TEXT)
+    assert_equals_masked_stock(transformer, "krea2", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_krea2, mask, monkeypatch))
 
 
 def test_pipeline_takes_the_grid_from_prepare_position_ids(monkeypatch):

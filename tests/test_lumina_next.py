@@ -5,7 +5,7 @@ a proportional softmax scale; the gated cross-attention to the prompt stays stoc
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
-from helpers import assert_round_trip, max_diff, no_gna_warnings
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff, no_gna_warnings
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -39,13 +39,8 @@ def test_sparse_windows_equal_an_independent_masked_attention(proportional, monk
     inputs = lumina_next.transformer_inputs(transformer, GRID, text=TEXT)
     if not proportional:
         inputs["cross_attention_kwargs"] = {}
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="lumina-next", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_sdpa(joint_mask(GRID, window, stride, 0), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    assert_equals_masked_stock(transformer, "lumina-next", inputs, GRID, window, stride,
+                               lambda: masked_sdpa(joint_mask(GRID, window, stride, 0), monkeypatch))
 
 
 def generate(pipe, steps=3):

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 from brute_force import joint_mask, masked_sdpa
-from helpers import assert_round_trip, max_diff
+from helpers import assert_equals_masked_stock, assert_round_trip, max_diff
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -38,13 +38,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 2, 4), (1, 2, 2)
     transformer = mochi.tiny_transformer()
     inputs = mochi.transformer_inputs(transformer, GRID, text=TEXT)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="mochi", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_sdpa(joint_mask(GRID, window, stride, 0, context_after=TEXT), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, 0, context_after=TEXT)
+    assert_equals_masked_stock(transformer, "mochi", inputs, GRID, window, stride,
+                               lambda: masked_sdpa(mask, monkeypatch))
 
 
 def test_pipeline_runs_gna_after_the_warm_up(monkeypatch):

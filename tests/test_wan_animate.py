@@ -9,7 +9,7 @@ import pytest
 import torch
 from brute_force import joint_mask, masked_self_attention
 from diffusers.models.transformers import transformer_wan_animate
-from helpers import assert_round_trip, harness_loads, max_diff
+from helpers import assert_equals_masked_stock, assert_round_trip, harness_loads
 from test_apply import OperatorSpy
 
 from gna_diffusers import GNAConfig, enabled, load_preset
@@ -42,13 +42,9 @@ def test_sparse_windows_equal_an_independent_masked_attention(monkeypatch):
     window, stride = (2, 2, 4), (1, 2, 2)
     transformer = wan_animate.tiny_transformer()
     inputs = wan_animate.transformer_inputs(transformer, GRID, text=7)
-    with torch.no_grad():
-        with enabled(transformer, GNAConfig(family="wan-animate", base_grid=list(GRID), window=list(window),
-                                            stride=list(stride))):
-            routed = transformer(**inputs)[0]
-        masked_self_attention(transformer_wan_animate, joint_mask(GRID, window, stride, FRAME_TOKENS), monkeypatch)
-        expected = transformer(**inputs)[0]
-    assert max_diff(routed, expected) <= 1e-5
+    mask = joint_mask(GRID, window, stride, FRAME_TOKENS)
+    assert_equals_masked_stock(transformer, "wan-animate", inputs, GRID, window, stride,
+                               lambda: masked_self_attention(transformer_wan_animate, mask, monkeypatch))
 
 
 def test_pipeline_runs_gna_in_every_segment_after_its_own_warm_up(monkeypatch):
