@@ -623,8 +623,11 @@ class GNAHandle:
             context_only = layout is None
         except LayoutError as error:
             layout = None
-            self.runtime.notify_once(f"layout {error}",
-                                     f"gna: every layer runs its stock attention for this call: {error}", True)
+            # The message, not the exception: torch 2.11's dynamo cannot hash nor rebuild a string formatted from an
+            # exception raised inside a compiled graph (a whole-model compile then failed instead of running dense).
+            reason = error.args[0]
+            self.runtime.notify_once(f"layout {reason}",
+                                     f"gna: every layer runs its stock attention for this call: {reason}", True)
         if layout is not None and layout is not runtime.prepared:
             runtime.check_grid(layout.grid)
         runtime.layout = layout
