@@ -62,6 +62,18 @@ def assert_equals_masked_stock(transformer, family: str, inputs: dict, grid, win
     assert max_diff(routed, expected) <= tolerance
 
 
+def skip_unless_triton_interprets() -> None:
+    """Skip the calling test where the Triton interpreter cannot run the kernel (triton missing, or triton < 3.7
+    with numpy >= 2.4: ``triton_gna.interpreter_problem``), with the reason."""
+    import pytest
+
+    from gna_diffusers.backends import triton_gna
+
+    problem = triton_gna._IMPORT_ERROR or triton_gna.interpreter_problem()
+    if problem is not None:
+        pytest.skip(problem)
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest absolute difference between two tensors of one shape."""
     return (a - b).abs().max().item()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import skip_unless_triton_interprets
 
 from gna_diffusers import load_preset
 from gna_diffusers.config import dense_step_count
@@ -25,6 +26,7 @@ def load(name: str):
 
 @pytest.mark.slow
 def test_kernel_bench_tiny_writes_json_and_markdown(tmp_path):
+    skip_unless_triton_interprets()
     assert load("kernel_bench").main(["--tiny", "--device", "cpu", "--reps", "1", "--output", str(tmp_path)]) == 0
     (report_path,) = tmp_path.glob("kernel-cpu-*.json")
     report = json.loads(report_path.read_text())
@@ -39,6 +41,7 @@ def test_kernel_bench_tiny_writes_json_and_markdown(tmp_path):
 
 def test_kernel_bench_profile_runs_each_case_once_and_writes_nothing(tmp_path, capsys):
     """--profile (for ncu): the tuned triton kernel and the dense baseline once each, no result files."""
+    skip_unless_triton_interprets()
     assert load("kernel_bench").main(["--tiny", "--device", "cpu", "--profile", "--cases", "3-D",
                                       "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -60,6 +63,7 @@ def test_kernel_bench_refuses_paper_shapes_without_a_gpu(capsys):
 
 @pytest.mark.slow
 def test_gpu_suite_tiny_runs_end_to_end_and_feeds_the_readme(tmp_path):
+    skip_unless_triton_interprets()
     sys.path.insert(0, str(BENCHMARKS))  # gpu_suite imports kernel_bench as a sibling script
     suite = load("gpu_suite")
     assert suite.main(["--tiny", "--device", "cpu", "--output", str(tmp_path)]) == 0
@@ -129,6 +133,7 @@ def test_a_failing_model_case_is_recorded_and_the_next_one_still_runs(tmp_path, 
 def test_suite_parts_without_kernels_take_the_kernel_rows_of_kernel_bench(tmp_path):
     """On a 10-minute device call: kernel_bench in one call, the model parts with --no-kernels in others;
     the README table still has the kernel rows (kernel_bench's file of the same GPU and day)."""
+    skip_unless_triton_interprets()
     sys.path.insert(0, str(BENCHMARKS))
     suite = load("gpu_suite")
     assert suite.kernel_bench.main(["--tiny", "--device", "cpu", "--reps", "1", "--cases", "3-D", "--output",

@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import max_diff, no_gna_warnings
+from helpers import max_diff, no_gna_warnings, skip_unless_triton_interprets
 from test_apply import FAMILIES, GRIDS, OperatorSpy, config, generate
 
 import gna_diffusers
@@ -992,6 +992,8 @@ def test_backends_agree_on_unusual_calls(family):
     carry what the simpler families' do not."""
     from gna_diffusers.patches import MODULES
 
+    skip_unless_triton_interprets()
+
     module = MODULES[family]
     transformer = module.tiny_transformer()
     inputs = module.transformer_inputs(transformer, (4, 4), batch=2, **UNUSUAL_CALLS[family])
@@ -1010,6 +1012,7 @@ def test_backends_agree_on_unusual_calls(family):
 def test_triton_backend_in_a_transformer_matches_the_reference(family):
     """The triton kernel (the interpreter on CPU) inside a transformer: the route writes its grid rows into
     the joint output through out=, with padded text (HunyuanVideo) as extra keys; same as the reference."""
+    skip_unless_triton_interprets()
     module = FAMILIES[family]
     transformer = module.tiny_transformer()
     grid = (2, 4, 4) if module.PATCH.video else (4, 4)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from brute_force import attention, neighbor_mask
 from conftest import random_case
+from helpers import skip_unless_triton_interprets
 
 from gna_diffusers import available_backends, gna_attention
 
@@ -240,10 +241,8 @@ def test_no_backend_runs_a_grid_too_large_for_the_cpu():
 
 @pytest.mark.parametrize("backend", ["reference", "flex", "triton"])
 def test_out_receives_the_result_through_any_strides(backend):
-    from gna_diffusers.backends import triton_gna
-
-    if backend == "triton" and triton_gna._IMPORT_ERROR is not None:
-        pytest.skip(triton_gna._IMPORT_ERROR)
+    if backend == "triton":
+        skip_unless_triton_interprets()
     case = dict(grid=(4, 6), window=(3, 3), stride=(1, 2))
     q, k, v = (torch.randn(2, 24, 2, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
     expected = gna_attention(q, k, v, **case, backend=backend)

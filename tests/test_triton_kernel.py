@@ -12,6 +12,7 @@ import sys
 from math import prod
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 from brute_force import attention, neighbor_mask
@@ -26,6 +27,9 @@ from gna_diffusers.spec import GNASpec
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 pytestmark = pytest.mark.skipif(triton_gna._IMPORT_ERROR is not None, reason="triton is not installed")
+# The tests that run the kernel on CPU tensors, through the Triton interpreter.
+interpreted = pytest.mark.skipif(triton_gna.interpreter_problem() is not None,
+                                 reason=str(triton_gna.interpreter_problem()))
 
 
 def per_axis(case):
@@ -70,6 +74,7 @@ CASES = [
 ]
 
 
+@interpreted
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("case, q_tile, kv_tile, extra, padded, batch", CASES)
 def test_kernel_matches_brute_force(case, q_tile, kv_tile, extra, padded, batch, tma):
@@ -88,6 +93,7 @@ def test_kernel_matches_brute_force(case, q_tile, kv_tile, extra, padded, batch,
     torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
 
 
+@interpreted
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_kernel_reads_grouped_key_value_heads(kv_heads, tma):
@@ -108,6 +114,7 @@ def test_kernel_reads_grouped_key_value_heads(kv_heads, tma):
     torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
 
 
+@interpreted
 @pytest.mark.parametrize("padded", [False, True])
 def test_kernel_adds_the_extra_key_bias(padded):
     """Chroma-style additive masks: a per-extra-key bias (with -inf entries), with or without a bool mask,
@@ -129,6 +136,7 @@ def test_kernel_adds_the_extra_key_bias(padded):
     torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
 
 
+@interpreted
 def test_public_api_with_automatic_tiles_fp16_and_strided_inputs():
     case = dict(grid=(6, 8), window=(3, 4), stride=(1, 2))
     q, k, v, extras = make_inputs(per_axis(case), batch=2, heads=2, dim=32, extra=5, padded=True, dtype=torch.float16)
@@ -144,6 +152,7 @@ def test_public_api_with_automatic_tiles_fp16_and_strided_inputs():
     torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=2e-3)
 
 
+@interpreted
 def test_torch_compile_fullgraph_sees_no_graph_break():
     case = dict(grid=(4, 8), window=(2, 4), stride=(2, 4))
     q, k, v, extras = make_inputs(per_axis(case), batch=1, heads=1, dim=16, extra=3)
@@ -156,6 +165,7 @@ def test_torch_compile_fullgraph_sees_no_graph_break():
     torch.testing.assert_close(compiled(*args), f(*args))
 
 
+@interpreted
 def test_custom_op_passes_opcheck():
     case = dict(grid=(4, 4), window=2)
     q, k, v, extras = make_inputs(per_axis(case), batch=1, heads=1, dim=16, extra=2, padded=True)
@@ -203,6 +213,26 @@ def test_bfloat16_under_the_interpreter_is_refused_not_miscomputed():
         gna_attention(q, q, q, backend="triton", **pattern)
     auto = gna_attention(q, q, q, backend="auto", **pattern)
     assert torch.allclose(auto.float(), gna_attention(q, q, q, backend="reference", **pattern).float(), atol=2e-2)
+
+
+@pytest.mark.parametrize("version", ["3.6.0", "3.7.0"])
+def test_an_interpreter_that_cannot_run_on_this_numpy_is_refused_with_the_fix(version, monkeypatch):
+    """Triton < 3.7's interpreter converts 1-element arrays to ints, which numpy >= 2.4 refuses (a TypeError deep in
+    the interpreter, e.g. torch 2.11's triton 3.6 with numpy 2.5): the backend refuses the call with the fix."""
+    numpy_refuses = numpy.lib.NumpyVersion(numpy.__version__) >= "2.4.0"
+    monkeypatch.setattr(triton_gna.triton, "__version__", version)
+    triton_gna.interpreter_problem.cache_clear()
+    try:
+        q = torch.randn(1, 24, 2, 16)
+        pattern = dict(grid=(4, 6), window=(2, 3))
+        if version == "3.6.0" and numpy_refuses:
+            with pytest.raises(ValueError, match=r"backend 'triton' cannot run this call: the Triton 3\.6\.0 "
+                                                 r"interpreter cannot run with numpy .*use triton >= 3\.7"):
+                gna_attention(q, q, q, backend="triton", **pattern)
+        else:
+            assert triton_gna.interpreter_problem() is None
+    finally:
+        triton_gna.interpreter_problem.cache_clear()
 
 
 def test_gradients_are_refused_with_a_clear_error():

@@ -64,6 +64,23 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@lru_cache(maxsize=1)
+def interpreter_problem() -> str | None:
+    """Why the Triton interpreter cannot run the kernel in this environment, or None. Triton < 3.7's interpreter
+    makes a Python int of a reduced value through a 1-element numpy array, which numpy >= 2.4 refuses (a TypeError
+    at the kernel's first loop); compiled kernels (CUDA) are not affected."""
+    import numpy
+
+    try:
+        int(numpy.zeros(1))
+    except TypeError:
+        if _IMPORT_ERROR is None and tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 7):
+            return (f"the Triton {triton.__version__} interpreter cannot run with numpy {numpy.__version__} (it "
+                    f"converts 1-element arrays to ints, which numpy >= 2.4 refuses; fixed in triton 3.7): use "
+                    f"triton >= 3.7 or numpy < 2.4 to interpret the kernel on a CPU")
+    return None
+
+
 def _as_3d(spec: GNASpec) -> list[tuple[int, int, int, int, bool]]:
     """Per-axis (extent, window, stride, dilation, causal), padded with extent-1 leading axes to 3-D."""
     return [(1, 1, 1, 1, False)] * (3 - spec.ndim) + [spec.axis(d) for d in range(spec.ndim)]
@@ -404,6 +421,8 @@ def _unsupported(q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> str | None
                 "(triton-lang/triton#11584): use float16 or float32 there, or another backend")
     if not MIN_HEAD_DIM <= q.shape[-1] <= MAX_HEAD_DIM:
         return f"head_dim {q.shape[-1]} is outside {MIN_HEAD_DIM}..{MAX_HEAD_DIM}"
+    if q.device.type != "cuda":
+        return interpreter_problem()
     return None
 
 
