@@ -207,19 +207,20 @@ class _Runtime:
         self.called_since_step = False  # the transformer ran since the last counted step
         self._resolved: dict[tuple, LayerPattern] = {}
         self._checked_grids: set[tuple[int, ...]] = set()
-        self._notified: set[str] = set()
-        # Notices raised inside a compiled forward, where a warning would vanish: given at the next
-        # scheduler call, which runs eagerly.
+        self._notified: set[tuple[str, str]] = set()
+        # Notices raised inside a compiled forward, where a warning would vanish (or fail a fullgraph compile):
+        # given at the next scheduler call or eager transformer call.
         self._deferred: dict[str, tuple[str, bool]] = {}
 
     def notify_once(self, key: str, message: str, warn: bool) -> None:
-        """Warn (or log at info) ``message`` once per installation; deferred while compiling."""
-        if key in self._notified:
-            return
+        """Warn (or log at info) ``message`` once per installation, ``key`` and message; deferred while compiling,
+        the last message per ``key`` (a constant there: a message made inside the graph may not be hashable)."""
         if _compiling():
             self._deferred[key] = (message, warn)  # a side effect torch.compile replays after the graph
             return
-        self._notified.add(key)
+        if (key, message) in self._notified:
+            return
+        self._notified.add((key, message))
         if warn:
             warnings.warn(message, stacklevel=4)
         else:
@@ -600,12 +601,12 @@ class GNAHandle:
                 foreign.append((route.layer, type(processor).__name__))
         if adopted:
             names = ", ".join(f"{b}.{i}" for b, i in adopted)
-            self.runtime.notify_once(f"adopted {names}",
+            self.runtime.notify_once("adopted",
                                      f"gna: GNA runs inside processors it did not install ({names})", False)
         if foreign:
             names = ", ".join(f"{b}.{i} ({cls})" for (b, i), cls in foreign)
             self.runtime.notify_once(
-                f"foreign {names}",
+                "foreign",
                 f"gna: layers {names} have processors that gna-diffusers cannot route; they run as those "
                 f"processors do (dense), and gna_diffusers.remove() leaves them in place.",
                 True,
@@ -615,6 +616,8 @@ class GNAHandle:
         """The transformer's forward pre-hook: routes, layout and this call's pattern per layer. Under
         torch.compile it reads only per-generation constants (the layout, ``runtime.sparse``)."""
         runtime = self.runtime
+        if not _compiling():
+            runtime._give_deferred()  # said inside the compiled blocks of the previous call
         runtime.called_since_step = True
         self._attach_routes(module)
         context_only = False  # a call of context tokens alone, no generated grid (GLM-Image's condition pass)
@@ -626,8 +629,8 @@ class GNAHandle:
             # The message, not the exception: torch 2.11's dynamo cannot hash nor rebuild a string formatted from an
             # exception raised inside a compiled graph (a whole-model compile then failed instead of running dense).
             reason = error.args[0]
-            self.runtime.notify_once(f"layout {reason}",
-                                     f"gna: every layer runs its stock attention for this call: {reason}", True)
+            self.runtime.notify_once("layout", f"gna: every layer runs its stock attention for this call: {reason}",
+                                     True)
         if layout is not None and layout is not runtime.prepared:
             runtime.check_grid(layout.grid)
         runtime.layout = layout
@@ -816,6 +819,7 @@ def apply(target, preset: str | Path | GNAConfig, *, backend: str | None = None)
                                  getattr(getattr(*attention[0]), "_attention_backend", None),
                                  patch.cached_context_keys, grid_only=name in patch.grid_only_blocks,
                                  grid_queries_alone=patch.grid_queries_alone)
+                route.notify = runtime.notify_once
                 for attn, slot in attention:  # the block's self-attention, then its extra ones: one route
                     original = getattr(attn, slot)
                     gna_class = patch.processor_for(name, original)

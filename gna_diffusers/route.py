@@ -149,6 +149,8 @@ class GNARoute:
         self.pattern: LayerPattern | None = None  # None: this call runs dense
         # Called with (route, query, key, attn_mask) on every call _routable takes (calibration's probe).
         self.observer: Callable | None = None
+        # The installation's notify_once(key, message, warn): it keeps what a compiled graph says for later.
+        self.notify: Callable[[str, str, bool], None] | None = None
         self._warned: set[str] = set()
         self._mask_checked: set[TokenLayout] = set()  # layouts whose attention mask passed _mask_problem
 
@@ -156,10 +158,15 @@ class GNARoute:
         return f"GNARoute({self.layer[0]}.{self.layer[1]})"
 
     def warn_once(self, message: str) -> None:
-        """Warn ``gna: layer <type>.<index> <message>``, once per layer and message."""
-        if message not in self._warned:
+        """Warn ``gna: layer <type>.<index> <message>``, once per layer and message. Inside a compiled graph, where
+        ``warnings.warn`` cannot run (a fullgraph compile fails on it), the installation's ``notify`` keeps the
+        message for its next eager moment; a route with none (used alone) says nothing there."""
+        text = f"gna: layer {self.layer[0]}.{self.layer[1]} {message}"
+        if self.notify is not None:
+            self.notify(f"layer {self.layer[0]}.{self.layer[1]}", text, True)
+        elif not torch.compiler.is_compiling() and message not in self._warned:
             self._warned.add(message)
-            warnings.warn(f"gna: layer {self.layer[0]}.{self.layer[1]} {message}", stacklevel=3)
+            warnings.warn(text, stacklevel=3)
 
     def _dense(self, dispatch, query, key, value, attn_mask, kwargs, why: str | None = None) -> torch.Tensor:
         if why is not None:

@@ -875,6 +875,29 @@ def test_a_mask_stored_per_head_runs_dense_with_one_warning():
     torch.testing.assert_close(out, sdpa(q, k, v, mask))
 
 
+def test_a_dense_fallback_inside_blocks_compiled_fullgraph_runs_and_is_said_after_the_graph():
+    """A layer's dense fallback (here a mask stored per head, passed through FLUX's joint_attention_kwargs) inside
+    blocks compiled with fullgraph=True, where warnings.warn cannot run: the call runs dense (the stock output)
+    instead of failing the compile, and its notice comes at the transformer's next call, outside the graph."""
+    torch._dynamo.reset()  # what earlier tests compiled (frames and their guards)
+    transformer = flux.tiny_transformer()
+    inputs = flux.transformer_inputs(transformer, (4, 4), text=5)
+    tokens = 5 + 16
+    mask = torch.ones(1, transformer.config.num_attention_heads, tokens, tokens, dtype=torch.bool)
+    mask[:, -1, :, 0] = False  # the last head may not see the first token: no one window carries that
+    inputs["joint_attention_kwargs"] = {"attention_mask": mask}
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        with enabled(transformer, GNAConfig(family="flux", window=2)):
+            transformer.compile_repeated_blocks(backend="eager", fullgraph=True)
+            out = transformer(**inputs)[0]
+            with pytest.warns(UserWarning, match=r"gna: layer double\.0 runs dense: attention mask of shape "
+                                                 r"\(1, 2, 21, 21\).*\(in a torch.compile'd forward\)"):
+                transformer(**inputs)
+    torch._dynamo.reset()
+    assert max_diff(out, stock) <= 1e-6
+
+
 @pytest.mark.parametrize("text_first", [True, False], ids=["text-first", "text-after"])
 def test_route_takes_grid_queries_against_keys_with_context_beside_the_grid(text_first):
     """Image queries alone against [text, image] keys (PRX) or [image, text] keys (NucleusMoE-Image), with a (B, S)
