@@ -178,7 +178,12 @@ def test_fullgraph_compile_has_no_graph_break_and_one_graph_per_phase(family):
     prompt's text length (the sparse phase then reuses the dynamic graph), LTX-2 for its guidance calls."""
     from gna_diffusers import GNAConfig, apply, remove
 
-    stock = compiled_graphs(family, FAMILY_MODULES[family].tiny_pipeline())
+    try:
+        stock = compiled_graphs(family, FAMILY_MODULES[family].tiny_pipeline())
+    except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as error:  # e.g. GLM-Image on torch 2.9
+        first_line = str(error).splitlines()[0]
+        pytest.skip(f"the stock transformer does not compile with fullgraph=True on torch {torch.__version__}: "
+                    f"{first_line}")
     pipe = FAMILY_MODULES[family].tiny_pipeline()
     apply(pipe, GNAConfig(family=family, window=2, dense_steps=2))
     try:
