@@ -12,8 +12,6 @@ cached, so a denoising loop pays the tuning once (on its first
 step; do a warm-up call before capturing CUDA graphs).
 """
 
-from __future__ import annotations
-
 import itertools
 import logging
 import os
@@ -21,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from math import prod
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -339,22 +338,25 @@ def _tuned_launch(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid,
     return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias, out)
 
 
+# The custom ops' annotations are objects (this module does not postpone them) spelled with typing's Optional, List
+# and Tuple: torch 2.6 infers an op's schema from those alone (not from strings, ``Tensor | None`` or ``list[int]``),
+# and without the ops gna_diffusers would not import there.
 @torch.library.custom_op("gna_diffusers::gna_fwd", mutates_args=())
 def gna_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    extra_k: torch.Tensor | None,
-    extra_v: torch.Tensor | None,
-    extra_kv_mask: torch.Tensor | None,
-    extra_kv_bias: torch.Tensor | None,
-    grid: list[int],
-    window: list[int],
-    stride: list[int],
-    dilation: list[int],
-    causal: list[bool],
+    extra_k: Optional[torch.Tensor],
+    extra_v: Optional[torch.Tensor],
+    extra_kv_mask: Optional[torch.Tensor],
+    extra_kv_bias: Optional[torch.Tensor],
+    grid: List[int],
+    window: List[int],
+    stride: List[int],
+    dilation: List[int],
+    causal: List[bool],
     scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Custom op around the kernel: returns ``(out (B, N, H, D), lse (B, N, H) float32)``."""
     return _tuned_launch(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, stride, dilation,
                          causal, scale)
@@ -370,15 +372,15 @@ def gna_fwd_into(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    extra_k: torch.Tensor | None,
-    extra_v: torch.Tensor | None,
-    extra_kv_mask: torch.Tensor | None,
-    extra_kv_bias: torch.Tensor | None,
-    grid: list[int],
-    window: list[int],
-    stride: list[int],
-    dilation: list[int],
-    causal: list[bool],
+    extra_k: Optional[torch.Tensor],
+    extra_v: Optional[torch.Tensor],
+    extra_kv_mask: Optional[torch.Tensor],
+    extra_kv_bias: Optional[torch.Tensor],
+    grid: List[int],
+    window: List[int],
+    stride: List[int],
+    dilation: List[int],
+    causal: List[bool],
     scale: float,
     out: torch.Tensor,
 ) -> torch.Tensor:
