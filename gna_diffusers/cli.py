@@ -150,6 +150,42 @@ def _cmd_families(args: argparse.Namespace) -> int:
     return 0
 
 
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    import importlib.metadata
+
+    import torch
+
+    from .backends import backend_reasons
+    from .spec import GNASpec
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"gna-diffusers backends: error: no CUDA device is visible to torch {torch.__version__} (a CPU build, "
+              f"or no driver); leave out --device to check the CPU", file=sys.stderr)
+        return 2
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    q = torch.empty(1, 64, 1, args.head_dim, dtype=getattr(torch, DTYPES[dtype]), device=device)
+    reasons, auto = backend_reasons(q, GNASpec.create((8, 8), 3))
+    rows = [[name, "yes" if why is None else "no", why or ""] for name, why in reasons.items()]
+    print(tabulate(rows, headers=["backend", f"runs ({device.type}, {dtype}, head_dim {args.head_dim})", "why not"],
+                   tablefmt="github"))
+    print(f"auto picks: {auto or 'none: no backend runs such a call'}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    print(f"{name} | torch {torch.__version__} | triton {version('triton')} | diffusers {version('diffusers')} | "
+          f"gna-diffusers {version('gna-diffusers')}")
+    return 0
+
+
 def call_arg(text: str) -> tuple[str, object]:
     """Parse ``NAME=VALUE`` (VALUE read as YAML: a number, a list, a string; ``@PATH``, a file the harness reads)
     into (name, value)."""
@@ -337,6 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
         "a download, and the shipped presets.",
     )
     families.set_defaults(run=_cmd_families)
+
+    backends = commands.add_parser(
+        "backends", help="which GNA backends run on this machine, why the others do not, and what auto picks",
+        description="Ask every GNA backend whether it can run a call on this machine (a small 2-D pattern at the "
+        "given device, dtype and head size) and say why not where it cannot; also which one backend='auto' takes "
+        "and the versions it depends on.",
+    )
+    backends.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when torch sees a GPU, else cpu")
+    backends.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on cuda, fp32 on cpu")
+    backends.add_argument("--head-dim", type=positive_int, default=128, help="head size of the probe (default 128)")
+    backends.set_defaults(run=_cmd_backends)
 
     compare = commands.add_parser(
         "compare", help="dense vs one GNA preset on the same prompts and seeds: speed, quality, pictures",

@@ -28,6 +28,42 @@ def test_sim_needs_grid_and_window(capsys):
     assert "--grid and --window" in capsys.readouterr().err
 
 
+def backend_rows(out: str) -> dict[str, list[str]]:
+    return {cells[0]: cells[1:] for line in out.splitlines()[2:] if line.startswith("| ")
+            for cells in [[cell.strip() for cell in line.strip("|").split("|")]]}
+
+
+def test_backends_says_which_run_here_why_not_and_what_auto_picks(capsys, monkeypatch):
+    """On this CPU (the tests interpret triton): every backend runs an fp32 call and auto takes the reference; a
+    bfloat16 call is refused by triton's interpreter with the reason; without the interpreter triton needs CUDA."""
+    import torch
+
+    from gna_diffusers.backends import triton_gna
+
+    assert main(["backends", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = backend_rows(out)
+    assert list(rows) == ["reference", "flex", "triton"]  # auto's order on a CPU first
+    assert rows["reference"] == ["yes", ""] and "auto picks: reference" in out
+    assert f"torch {torch.__version__}" in out and "diffusers 0.42" in out
+    assert main(["backends", "--device", "cpu", "--dtype", "bf16"]) == 0
+    assert backend_rows(capsys.readouterr().out)["triton"][1].startswith("bfloat16 under the Triton interpreter")
+    monkeypatch.setattr(triton_gna, "_interpreting", lambda: False)
+    assert main(["backends", "--device", "cpu"]) == 0
+    assert backend_rows(capsys.readouterr().out)["triton"] == [
+        "no", "needs a CUDA device (or TRITON_INTERPRET=1 set before importing triton, for CPU tests)"]
+
+
+def test_backends_on_a_missing_gpu_is_one_line_with_the_fix(capsys):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["backends", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip().endswith("leave out --device to check the CPU")
+
+
 def test_families_lists_every_supported_family_with_its_presets(capsys):
     from gna_diffusers.patches import PATCHES, omnigen
 

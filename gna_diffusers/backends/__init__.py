@@ -54,6 +54,16 @@ def available_backends() -> list[str]:
     return ["auto", *sorted(_REGISTRY)]
 
 
+def backend_reasons(q: torch.Tensor, spec: GNASpec, needs_grad: bool = False
+                    ) -> tuple[dict[str, str | None], str | None]:
+    """Why each registered backend cannot run a call like ``q`` (B, N, H, D) over ``spec`` (None where it can), those
+    ``auto`` tries on q's device first, in its order; and the backend ``auto`` takes (None: no backend can)."""
+    order = [name for name in _AUTO_ORDER.get(q.device.type, ("reference",)) if name in _REGISTRY]
+    names = [*order, *sorted(set(_REGISTRY) - set(order))]
+    reasons = {name: _REGISTRY[name].unsupported(q, spec, needs_grad) for name in names}
+    return reasons, next((name for name in order if reasons[name] is None), None)
+
+
 def select_backend(name: str, q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> Backend:
     """Resolve ``name`` (or ``"auto"``) to a backend that can run this call, or raise ``ValueError``."""
     if name != "auto":
