@@ -18,4 +18,7 @@ import diffusers, torch, triton
 import gna_diffusers.patches  # the package layout maps patches/ into gna_diffusers
 print(f"device_setup: {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} "
       f"| diffusers {diffusers.__version__} | gna_diffusers from {gna_diffusers.__file__}")
+from gna_diffusers.cli import main
+
+main(["backends"])  # which GNA backend the run will take (triton expected), and why any other cannot run
 PY
