@@ -5,7 +5,7 @@ One way in: ``apply(pipe, "flux-4k")`` / ``remove(pipe)`` / ``enabled(pipe, pres
 simulator ``simulate`` are public too.
 """
 
-from .backends import available_backends, register_backend
+from .backends import available_backends, backend_support, register_backend
 from .config import ConfigError, GNAConfig, load_config
 from .install import GNAHandle, UnsupportedModelError, apply, enabled, model_family, remove
 from .ops import gna_attention
@@ -24,6 +24,7 @@ __all__ = [
     "UnsupportedModelError",
     "apply",
     "available_backends",
+    "backend_support",
     "enabled",
     "gna_attention",
     "list_presets",

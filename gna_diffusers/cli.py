@@ -158,8 +158,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .backends import backend_reasons
-    from .spec import GNASpec
+    from .backends import backend_support
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -167,8 +166,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
               f"or no driver); leave out --device to check the CPU", file=sys.stderr)
         return 2
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    q = torch.empty(1, 64, 1, args.head_dim, dtype=getattr(torch, DTYPES[dtype]), device=device)
-    reasons, auto = backend_reasons(q, GNASpec.create((8, 8), 3))
+    reasons, auto = backend_support(device, getattr(torch, DTYPES[dtype]), args.head_dim)
     rows = [[name, "yes" if why is None else "no", why or ""] for name, why in reasons.items()]
     print(tabulate(rows, headers=["backend", f"runs ({device.type}, {dtype}, head_dim {args.head_dim})", "why not"],
                    tablefmt="github"))

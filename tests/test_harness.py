@@ -35,6 +35,7 @@ def test_compare_writes_the_report_files(tmp_path, capsys, model, picture):
     assert report["schema_version"] == 1 and report["kind"] == "compare"
     assert {"device", "torch", "diffusers", "triton", "gna_diffusers"} <= set(report["environment"])
     assert report["model"]["weights"].startswith("random") and report["dense_backend"] == "diffusers default"
+    assert report["gna_backend"] == {"auto": "reference", "skipped": {}}  # a CPU's first choice
     assert report["preset"]["name"] == ("flux-4k" if model == "tiny-flux" else "hunyuan-video-720p")
     assert report["preset"]["config"]["window"] and any(not layer["dense"] for layer in report["preset"]["layers"])
     assert [s["seed"] for s in report["samples"]] == [0, 1]
@@ -46,7 +47,7 @@ def test_compare_writes_the_report_files(tmp_path, capsys, model, picture):
     for written in ("report.json", "report.md", "p0-s1.png"):  # readable by colleagues, like any new file
         assert (tmp_path / written).stat().st_mode & 0o777 == 0o666 & ~current_umask()
     markdown = (tmp_path / "report.md").read_text()
-    assert "random weights" in markdown and "| p0-s1" in markdown
+    assert "random weights" in markdown and "| p0-s1" in markdown and "- GNA backend (auto): reference\n" in markdown
     if model == "tiny-hunyuan-video":
         assert sample["metrics"]["temporal_psnr"] > 0 and len(sample["metrics"]["per_frame_psnr"]) == 9
 
@@ -67,6 +68,27 @@ def test_dense_check_matches_dense_exactly(tmp_path):
     assert main(["compare", "--preset", "dense-check", "--output", str(tmp_path), *FAST]) == 0
     summary = read(tmp_path / "report.json")["summary"]
     assert summary["psnr"] == metrics.PSNR_CAP and summary["ssim"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_the_report_says_when_auto_could_not_take_its_first_gna_backend(tmp_path, monkeypatch):
+    """On a GPU whose triton does not import, auto times flex: the report names the backend and why triton could
+    not run, next to figures that are then flex's, not the kernel's."""
+    import gna_diffusers
+
+    seen = {}
+
+    def support(device, dtype, head_dim=128):
+        seen.update(device=torch.device(device).type, dtype=dtype, head_dim=head_dim)
+        return {"triton": "triton is not importable (ImportError: no libcuda)", "flex": None, "reference": None}, "flex"
+
+    monkeypatch.setattr(gna_diffusers, "backend_support", support)
+    assert main(["compare", "--preset", "dense-check", "--output", str(tmp_path), *FAST]) == 0
+    report = read(tmp_path / "report.json")
+    assert report["gna_backend"] == {"auto": "flex", "skipped": {"triton": "triton is not importable (ImportError: "
+                                                                          "no libcuda)"}}
+    assert seen == {"device": "cpu", "dtype": torch.float32, "head_dim": 16}  # the run's, and tiny FLUX's heads
+    assert ("- GNA backend (auto): flex; triton cannot run here: triton is not importable (ImportError: no libcuda)\n"
+            in (tmp_path / "report.md").read_text())
 
 
 @pytest.mark.slow

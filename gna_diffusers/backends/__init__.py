@@ -54,13 +54,16 @@ def available_backends() -> list[str]:
     return ["auto", *sorted(_REGISTRY)]
 
 
-def backend_reasons(q: torch.Tensor, spec: GNASpec, needs_grad: bool = False
+def backend_support(device: torch.device | str, dtype: torch.dtype, head_dim: int = 128
                     ) -> tuple[dict[str, str | None], str | None]:
-    """Why each registered backend cannot run a call like ``q`` (B, N, H, D) over ``spec`` (None where it can), those
-    ``auto`` tries on q's device first, in its order; and the backend ``auto`` takes (None: no backend can)."""
+    """Why each registered backend cannot run a GNA call on ``device`` in ``dtype`` with heads of ``head_dim`` (None
+    where it can; asked with a small 2-D pattern and no gradients), those ``auto`` tries there first, in its order;
+    and the backend ``auto`` takes (None: no backend can)."""
+    q = torch.empty(1, 64, 1, head_dim, dtype=dtype, device=device)
+    spec = GNASpec.create((8, 8), 3)
     order = [name for name in _AUTO_ORDER.get(q.device.type, ("reference",)) if name in _REGISTRY]
     names = [*order, *sorted(set(_REGISTRY) - set(order))]
-    reasons = {name: _REGISTRY[name].unsupported(q, spec, needs_grad) for name in names}
+    reasons = {name: _REGISTRY[name].unsupported(q, spec, False) for name in names}
     return reasons, next((name for name in order if reasons[name] is None), None)
 
 

@@ -26,6 +26,8 @@ def _header(report: dict) -> str:
         f"- device: {env['device']}; torch {env['torch']}, diffusers {env['diffusers']}, triton {env['triton']}, "
         f"gna-diffusers {env['gna_diffusers']}",
         f"- dense attention backend: {report['dense_backend']}; dtype {report['settings']['dtype']}",
+        f"- GNA backend (auto): {report['gna_backend']['auto']}"
+        + "".join(f"; {name} cannot run here: {why}" for name, why in report["gna_backend"]["skipped"].items()),
     ]
     if model["weights"] != "pretrained":
         lines.append("- **random weights**: the pictures are noise; speed and the metrics' plumbing are what this "

@@ -105,6 +105,20 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def gna_backend(model: Model, settings: Settings, device: torch.device) -> dict:
+    """The GNA backend ``auto`` takes for this model's attention on ``device`` in the run's dtype, and why each backend
+    it tries before that one cannot run (triton not importable on a GPU: the GNA timings are then flex's)."""
+    head_dim = model.transformer.config.get("attention_head_dim")
+    reasons, picked = gna_diffusers.backend_support(device, settings.torch_dtype,
+                                                    head_dim if isinstance(head_dim, int) else 128)
+    skipped = {}
+    for name, why in reasons.items():
+        if name == picked or why is None:
+            break
+        skipped[name] = why
+    return {"auto": picked, "skipped": skipped}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -396,6 +410,7 @@ def _base(settings: Settings, model: Model, device: torch.device, kind: str, lpi
                   "transformer": type(model.transformer).__name__, "weights": model.weights,
                   "unscored": getattr(model.family, "UNSCORED", None)},
         "dense_backend": settings.dense_backend or "diffusers default",
+        "gna_backend": gna_backend(model, settings, device),
         "ulysses_degree": _ulysses_degree(model.transformer),
         "lpips": None if lpips is None else (lpips if isinstance(lpips, str) else "available"),
     }
