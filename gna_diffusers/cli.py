@@ -154,11 +154,10 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
-    import importlib.metadata
-
     import torch
 
     from .backends import backend_support
+    from .harness.runner import environment
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -171,16 +170,9 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     print(tabulate(rows, headers=["backend", f"runs ({device.type}, {dtype}, head_dim {args.head_dim})", "why not"],
                    tablefmt="github"))
     print(f"auto picks: {auto or 'none: no backend runs such a call'}")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-
-    def version(package: str) -> str:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    print(f"{name} | torch {torch.__version__} | triton {version('triton')} | diffusers {version('diffusers')} | "
-          f"gna-diffusers {version('gna-diffusers')}")
+    env = environment(device)  # what compare's reports record
+    print(f"{env['device']} | torch {env['torch']} | triton {env['triton'] or 'not importable'} | diffusers "
+          f"{env['diffusers']} | gna-diffusers {env['gna_diffusers']}")
     return 0
 
 

@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -111,12 +112,8 @@ def gna_backend(model: Model, settings: Settings, device: torch.device) -> dict:
     head_dim = model.transformer.config.get("attention_head_dim")
     reasons, picked = gna_diffusers.backend_support(device, settings.torch_dtype,
                                                     head_dim if isinstance(head_dim, int) else 128)
-    skipped = {}
-    for name, why in reasons.items():
-        if name == picked or why is None:
-            break
-        skipped[name] = why
-    return {"auto": picked, "skipped": skipped}
+    tried_first = itertools.takewhile(lambda name: name != picked, reasons)  # all of them when none can run
+    return {"auto": picked, "skipped": {name: reasons[name] for name in tried_first}}
 
 
 def _sync(device: torch.device) -> None:
