@@ -66,7 +66,8 @@ def test_text_to_video_pipeline_runs_gna_after_the_warm_up(monkeypatch):
     spy = OperatorSpy(monkeypatch)
     with no_gna_warnings():
         with enabled(pipe, GNAConfig(family="cogvideox", window=-1)):
-            assert max_diff(generate(pipe), stock) <= 1e-5
+            # 1.6e-5 on an AMD EPYC CPU (MKL sums in another order there): three guided DDIM steps and the VAE
+            assert max_diff(generate(pipe), stock) <= 1e-4
         spy.contexts.clear()
         with enabled(pipe, GNAConfig(family="cogvideox", window=2, dense_steps=1)) as handle:
             sparse = generate(pipe)
