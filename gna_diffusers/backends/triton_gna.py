@@ -63,7 +63,7 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@lru_cache(maxsize=1)
+@torch.compiler.assume_constant_result  # fixed per process: a compiled (CPU, interpreted) call does not trace it
 def interpreter_problem() -> str | None:
     """Why the Triton interpreter cannot run the kernel in this environment, or None. Triton < 3.7's interpreter
     makes a Python int of a reduced value through a 1-element numpy array, which numpy >= 2.4 refuses (a TypeError
