@@ -274,8 +274,9 @@ def test_ulysses_and_ring_degree_2_equal_single_process_gna(family, two_ranks):
         if order in results:
             torch.testing.assert_close(results[order], results["single"], atol=1e-5, rtol=1e-5)
     assert ("ring" in results) == (family not in NO_CPU_RING)
-    if "stock-parallel" in results:
-        torch.testing.assert_close(results["stock-parallel"], results["stock"], atol=1e-5, rtol=1e-5)
+    if "stock-parallel" in results:  # a wrong plan is off by O(1); Kandinsky 5's sharded cross-attention sums in
+        # another order: 9.7e-5 with ATen's and MKL's vector code turned off (ATEN_CPU_CAPABILITY=default)
+        torch.testing.assert_close(results["stock-parallel"], results["stock"], atol=2e-4, rtol=1e-4)
 
 
 def unified_worker(rank: int, world: int, port: int, folder: str) -> None:
