@@ -435,7 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `gna-diffusers presets list | head`: the reader left, nothing to report
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (ValueError, TypeError) as error:  # our errors: ConfigError, HarnessError, UnsupportedModelError
+    except (ValueError, TypeError) as error:
+        # One line: our errors (ConfigError, HarnessError, UnsupportedModelError, the operator's checks) and the
+        # libraries' ValueErrors (a size the pipeline refuses). Another library's TypeError is a bug or a version
+        # mismatch (an argument its caller does not know): its traceback is what to report, so it goes on.
+        if isinstance(error, TypeError) and not type(error).__module__.startswith("gna_diffusers"):
+            raise
         print(f"gna-diffusers {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -77,3 +77,27 @@ def test_families_lists_every_supported_family_with_its_presets(capsys):
     # compare refuses OmniGen's weights without torchvision (which CI lacks)
     assert cells["omnigen"] == (["none", "no: --random-weights"] if omnigen.WEIGHTS_GAP else ["tiny-omnigen", "yes"])
     assert cells["flux"] == ["tiny-flux", "yes"]
+
+
+def test_our_type_errors_are_one_line_and_another_librarys_keep_their_traceback(monkeypatch, capsys):
+    """UnsupportedModelError (a TypeError) is one line, as every error of ours; a TypeError raised in another
+    library (here: an argument transformers' mask helper did not know, as transformers 5.0 under diffusers 0.42)
+    is a bug or a version mismatch, so it propagates with its traceback instead of reading like a user error."""
+    import pytest
+
+    from gna_diffusers import UnsupportedModelError, cli
+
+    def unsupported(args):
+        raise UnsupportedModelError("gna_diffusers.apply: no GNA patch for UNet2DConditionModel")
+
+    monkeypatch.setattr(cli, "_cmd_sim", unsupported)
+    assert main(["sim", "--paper"]) == 2
+    assert capsys.readouterr().err == ("gna-diffusers sim: error: gna_diffusers.apply: no GNA patch for "
+                                       "UNet2DConditionModel\n")
+
+    def foreign(args):
+        return sorted([1], key=lambda item, extra: item)  # a TypeError raised by Python's sorted, not by us
+
+    monkeypatch.setattr(cli, "_cmd_sim", foreign)
+    with pytest.raises(TypeError, match="missing 1 required positional argument"):
+        main(["sim", "--paper"])
