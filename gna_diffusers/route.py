@@ -319,12 +319,19 @@ class GNARoute:
         def context_keys(t: torch.Tensor | None) -> torch.Tensor | None:
             return gather(t, key_context) if key_context and t is not None else None
 
-        # Eager inference: the grid rows are written straight into the joint output (no grid-sized
-        # concatenation copy, so the peak stays that of dense attention); compiled graphs plan their own
-        # buffers, and autograd needs the out-of-place ops.
+        # Inference: the grid rows are written straight into the joint output, which holds the context rows already
+        # (no grid-sized concatenation copy, so the peak stays that of dense attention); autograd needs the
+        # out-of-place ops.
         training = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-        in_place = query_context and not training and not torch.compiler.is_compiling()
-        joint = query.new_empty(query.shape) if in_place else None
+        out_context = joint = None
+        if query_context:
+            out_context = dispatch(gather(query, query_context), key, value, attn_mask=context_mask,
+                                   backend=self.dense_backend, **kwargs)
+        if query_context and not training:
+            # Compiled, as an opaque op: Inductor then lets the kernel write into that buffer. Around a buffer it
+            # allocated itself it gives the kernel one of its own and copies it in after (seen in its FLUX code).
+            around = _joint_around_op if torch.compiler.is_compiling() else _joint_around
+            joint = around(out_context, grid.start, grid.stop - grid.start)
         out_grid = gna_attention(
             query[:, grid], key[:, key_grid], value[:, key_grid], layout.grid, pattern.window, pattern.stride,
             pattern.dilation, extra_k=context_keys(key), extra_v=context_keys(value),
@@ -332,16 +339,35 @@ class GNARoute:
             backend=self.backend,
             out=None if joint is None else joint[:, grid],
         )
-        if not query_context:
-            return out_grid
-        out_context = dispatch(gather(query, query_context), key, value, attn_mask=context_mask,
-                               backend=self.dense_backend, **kwargs)
-        before = grid.start
-        if joint is None:
-            return torch.cat([out_context[:, :before], out_grid, out_context[:, before:]], dim=1)
-        joint[:, :before] = out_context[:, :before]
-        joint[:, grid.stop:] = out_context[:, before:]
-        return joint
+        if joint is not None or out_context is None:
+            return out_grid if joint is None else joint
+        return torch.cat([out_context[:, :grid.start], out_grid, out_context[:, grid.start:]], dim=1)
+
+
+def _joint_shape(out_context: torch.Tensor, grid_tokens: int) -> tuple[int, ...]:
+    batch, context, *rest = out_context.shape
+    return (batch, context + grid_tokens, *rest)
+
+
+def _joint_around(out_context: torch.Tensor, before: int, grid_tokens: int) -> torch.Tensor:
+    """A joint output ``(B, S, H, D)`` holding the context rows ``out_context`` ``(B, S - grid_tokens, H, D)``
+    around ``grid_tokens`` rows left to write (uninitialised), which start at row ``before``."""
+    joint = out_context.new_empty(_joint_shape(out_context, grid_tokens))
+    joint[:, :before] = out_context[:, :before]
+    joint[:, before + grid_tokens:] = out_context[:, before:]
+    return joint
+
+
+# The same as an opaque op, for compiled graphs (the schema is spelled out: torch infers none from string annotations
+# on every version this package runs on).
+_joint_around_op = torch.library.custom_op(
+    "gna_diffusers::joint_around", _joint_around, mutates_args=(),
+    schema="(Tensor out_context, SymInt before, SymInt grid_tokens) -> Tensor")
+
+
+@_joint_around_op.register_fake
+def _(out_context, before, grid_tokens):
+    return out_context.new_empty(_joint_shape(out_context, grid_tokens))
 
 
 class RoutedProcessorMixin:

@@ -1049,3 +1049,35 @@ def test_triton_backend_in_a_transformer_matches_the_reference(family):
     assert max_diff(outputs["triton"], outputs["reference"]) <= 1e-4
     assert max_diff(outputs["triton"], outputs["stock"]) > 1e-2  # the windows are sparse: GNA ran
 
+
+def test_compiled_blocks_write_the_grid_rows_straight_into_the_joint_output():
+    """FLUX's blocks compiled with Inductor (CPU; the kernel interpreted): in the generated code the kernel writes the
+    grid rows into the joint [text, grid] output that already holds the text rows (the buffer ``joint_around``
+    returns), with no grid-sized buffer of its own copied in after; and the compiled output is the eager one."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    skip_unless_triton_interprets()
+    torch._dynamo.reset()
+    transformer = flux.tiny_transformer()
+    inputs = flux.transformer_inputs(transformer, (8, 8), text=8)
+    with torch.no_grad(), enabled(transformer, GNAConfig(family="flux", window=3, backend="triton")):
+        eager = transformer(**inputs)[0]
+        transformer.compile_repeated_blocks(fullgraph=True)
+        compiled, codes = run_and_get_code(lambda: transformer(**inputs)[0])
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    code = "\n".join(codes)
+    aliases = dict(re.findall(r"^\s*(buf\d+) = (buf\d+)(?:;|$)", code, re.M))  # bufB = bufA: the same buffer
+
+    def buffer(name: str) -> str:
+        while name in aliases:
+            name = aliases[name]
+        return name
+
+    joints = set(re.findall(r"(buf\d+) = torch\.ops\.gna_diffusers\.joint_around\.default\(", code))
+    written = re.findall(r"gna_fwd_into\.default\(.*reinterpret_tensor\((buf\d+), [^()]*\([^()]*\), [^()]*\([^()]*\), "
+                         r"\d+\)\)$", code, re.M)
+    assert written and joints  # a double- and a single-stream block graph (each code once per compile)
+    assert {buffer(name) for name in written} <= joints
+
