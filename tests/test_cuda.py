@@ -208,6 +208,46 @@ def test_memory_is_the_output_alone():
     torch.testing.assert_close(joint[:, 256:], out, rtol=0, atol=0)
 
 
+def test_a_compiled_route_holds_no_grid_sized_buffer_beside_the_joint_output():
+    """A [text, grid] layer's route compiled with Inductor (as inside compiled blocks) at HunyuanVideo's paper shape:
+    the call allocates the joint output, the text rows' attention and the LSE, no grid-sized buffer beside them (the
+    kernel writes into the joint output in place, as in eager inference); and it gives the eager call's output."""
+    from gna_diffusers.config import LayerPattern
+    from gna_diffusers.route import GNARoute, token_layout
+
+    grid, text = (30, 48, 80), 256
+    route = GNARoute(("double", 0), text_first=True, backend="triton")
+    route.layout = token_layout(grid, prod(grid))
+    route.pattern = LayerPattern(False, (18, 24, 24), (16, 8, 8), (1, 1, 1))
+    gen = torch.Generator(device=CUDA).manual_seed(0)
+    q, k, v = (torch.randn(1, text + prod(grid), 24, 128, device=CUDA, dtype=torch.bfloat16, generator=gen)
+               for _ in range(3))
+
+    def dense(query, key, value, attn_mask=None, backend=None, **kwargs):  # the text rows: (B, S, H, D) SDPA
+        return torch.nn.functional.scaled_dot_product_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask).transpose(1, 2)
+
+    def layer(q, k, v):
+        return route(dense, q, k, v, None, {})
+
+    eager = layer(q, k, v)  # tunes (its timing runs allocate more)
+    compiled = torch.compile(layer, fullgraph=True)
+    compiled(q, k, v)
+    del eager
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = compiled(q, k, v)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    joint = out.numel() * out.element_size()
+    text_rows = joint * text // out.shape[1]
+    lse = prod(grid) * 24 * 4
+    bound = joint + 2 * text_rows + lse + 8 * 2**20
+    assert extra <= bound, f"{extra / 2**20:.0f} MiB for a {joint / 2**20:.0f} MiB output"
+    torch.testing.assert_close(out, layer(q, k, v), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("family", ["flux", "hunyuan-video", "wan", "cosmos3"])
 def test_tiny_pipeline_on_the_gpu_matches_stock_and_the_reference(family):
     """bf16 on the GPU through the triton backend: whole-extent windows reproduce the stock pipeline to bf16
