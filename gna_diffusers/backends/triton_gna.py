@@ -70,13 +70,12 @@ def interpreter_problem() -> str | None:
     at the kernel's first loop); compiled kernels (CUDA) are not affected."""
     import numpy
 
-    try:
-        int(numpy.zeros(1))
-    except TypeError:
-        if _IMPORT_ERROR is None and tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 7):
-            return (f"the Triton {triton.__version__} interpreter cannot run with numpy {numpy.__version__} (it "
-                    f"converts 1-element arrays to ints, which numpy >= 2.4 refuses; fixed in triton 3.7): use "
-                    f"triton >= 3.7 or numpy < 2.4 to interpret the kernel on a CPU")
+    # By the versions: trying the conversion warns (DeprecationWarning) on numpy 1.25 to 2.3, at every call.
+    old_interpreter = _IMPORT_ERROR is None and tuple(int(part) for part in triton.__version__.split(".")[:2]) < (3, 7)
+    if old_interpreter and numpy.lib.NumpyVersion(numpy.__version__) >= "2.4.0":
+        return (f"the Triton {triton.__version__} interpreter cannot run with numpy {numpy.__version__} (it "
+                f"converts 1-element arrays to ints, which numpy >= 2.4 refuses; fixed in triton 3.7): use "
+                f"triton >= 3.7 or numpy < 2.4 to interpret the kernel on a CPU")
     return None
 
 
