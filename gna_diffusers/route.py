@@ -339,8 +339,10 @@ class GNARoute:
             backend=self.backend,
             out=None if joint is None else joint[:, grid],
         )
-        if joint is not None or out_context is None:
-            return out_grid if joint is None else joint
+        if joint is not None:
+            return joint
+        if out_context is None:
+            return out_grid
         return torch.cat([out_context[:, :grid.start], out_grid, out_context[:, grid.start:]], dim=1)
 
 
