@@ -360,11 +360,8 @@ def _joint_around(out_context: torch.Tensor, before: int, grid_tokens: int) -> t
     return joint
 
 
-# The same as an opaque op, for compiled graphs (the schema is spelled out: torch infers none from string annotations
-# on every version this package runs on).
-_joint_around_op = torch.library.custom_op(
-    "gna_diffusers::joint_around", _joint_around, mutates_args=(),
-    schema="(Tensor out_context, SymInt before, SymInt grid_tokens) -> Tensor")
+# The same as an opaque op, for compiled graphs (schema from the annotations: (Tensor, SymInt, SymInt) -> Tensor).
+_joint_around_op = torch.library.custom_op("gna_diffusers::joint_around", _joint_around, mutates_args=())
 
 
 @_joint_around_op.register_fake
