@@ -54,6 +54,11 @@ def available_backends() -> list[str]:
     return ["auto", *sorted(_REGISTRY)]
 
 
+def _auto_order(device_type: str) -> list[str]:
+    """The registered backends ``auto`` tries on a device of this type, in order."""
+    return [name for name in _AUTO_ORDER.get(device_type, ("reference",)) if name in _REGISTRY]
+
+
 def backend_support(device: torch.device | str, dtype: torch.dtype, head_dim: int = 128
                     ) -> tuple[dict[str, str | None], str | None]:
     """Why each registered backend cannot run a GNA call on ``device`` in ``dtype`` with heads of ``head_dim`` (None
@@ -61,7 +66,7 @@ def backend_support(device: torch.device | str, dtype: torch.dtype, head_dim: in
     and the backend ``auto`` takes (None: no backend can)."""
     q = torch.empty(1, 64, 1, head_dim, dtype=dtype, device=device)
     spec = GNASpec.create((8, 8), 3)
-    order = [name for name in _AUTO_ORDER.get(q.device.type, ("reference",)) if name in _REGISTRY]
+    order = _auto_order(q.device.type)
     names = [*order, *sorted(set(_REGISTRY) - set(order))]
     reasons = {name: _REGISTRY[name].unsupported(q, spec, False) for name in names}
     return reasons, next((name for name in order if reasons[name] is None), None)
@@ -78,10 +83,8 @@ def select_backend(name: str, q: torch.Tensor, spec: GNASpec, needs_grad: bool) 
             raise ValueError(f"backend {name!r} cannot run this call: {reason}")
         return backend
     reasons = []
-    for candidate in _AUTO_ORDER.get(q.device.type, ("reference",)):
-        backend = _REGISTRY.get(candidate)
-        if backend is None:
-            continue
+    for candidate in _auto_order(q.device.type):
+        backend = _REGISTRY[candidate]
         reason = backend.unsupported(q, spec, needs_grad)
         if reason is None and torch.compiler.is_compiling():
             return backend  # logging and warnings would break the graph; the eager call already said it
