@@ -121,6 +121,21 @@ def test_every_output_element_is_written():
     assert torch.equal(out, first)  # deterministic: same configuration, same order of accumulation
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_the_kernel_runs_on_the_inputs_gpu_whichever_is_current():
+    """A transformer on cuda:1 (moved there, or split over GPUs by a device_map) calls GNA while cuda:0 is the
+    current device: tuning and launch must happen on cuda:1 (triton launches on the current device)."""
+    case = dict(grid=(5, 16, 16), window=(5, 8, 8), stride=(1, 4, 4))
+    q, k, v, extras = make_inputs(case["grid"], 2, 128, torch.bfloat16, text=40, padded=True, seed=6)
+    ref = gna_attention(*upcast(q, k, v, extras)[:3], **case, **upcast(q, k, v, extras)[3], backend="reference")
+    other = torch.device("cuda", 1)
+    with torch.cuda.device(0):
+        out = gna_attention(q.to(other), k.to(other), v.to(other), **case,
+                            **{name: t.to(other) for name, t in extras.items()}, backend="triton")
+        torch.cuda.synchronize(other)
+    assert out.device == other and relative_error(out.cpu(), ref.cpu()) < TOLERANCE[torch.bfloat16]
+
+
 PAPER_SHAPES = [  # the GNA paper's FLUX-4K and HunyuanVideo configurations with their text keys
     pytest.param(dict(grid=(256, 256), window=(80, 80), stride=(16, 16)), 512, False, id="flux-4k+text"),
     pytest.param(dict(grid=(30, 48, 80), window=(18, 24, 24), stride=(16, 8, 8)), 256, True, id="hunyuan+padded-text"),

@@ -12,6 +12,7 @@ cached, so a denoising loop pays the tuning once (on its first
 step; do a warm-up call before capturing CUDA graphs).
 """
 
+import contextlib
 import itertools
 import logging
 import os
@@ -331,10 +332,13 @@ def choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec: GNASpec, scale
 
 def _tuned_launch(q, k, v, extra_k, extra_v, extra_kv_mask, extra_kv_bias, grid, window, stride, dilation, causal,
                   scale, out=None):
-    """The custom ops' body: the tuned configuration for this problem, launched."""
+    """The custom ops' body: the tuned configuration for this problem, tuned and launched on q's GPU. Triton
+    launches on the *current* CUDA device, which need not hold q: a transformer moved to cuda:1, or split over
+    GPUs by a ``device_map``, would otherwise run the kernel on cuda:0 with cuda:1's pointers."""
     spec = GNASpec(tuple(grid), tuple(window), tuple(stride), tuple(dilation), tuple(causal))
-    config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, extra_kv_bias)
-    return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias, out)
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
+        config = choose_config(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, extra_kv_bias)
+        return _launch(q, k, v, extra_k, extra_v, extra_kv_mask, spec, scale, config, extra_kv_bias, out)
 
 
 # The custom ops' annotations are objects (this module does not postpone them) spelled with typing's Optional, List
