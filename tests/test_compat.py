@@ -485,6 +485,36 @@ def test_gguf_quantized_transformer_keeps_gna_exact_and_sparse(tmp_path):
             assert max_diff(transformer(**inputs)[0], stock) > 1e-3
 
 
+def test_torchao_quantized_transformer_keeps_gna_exact_and_sparse_eager_and_compiled(tmp_path):
+    """A FLUX transformer loaded with diffusers' ``TorchAoConfig`` (torchao int8 weight-only: every projection's
+    weight becomes a torchao tensor subclass, the recipe diffusers documents with ``torch.compile``). GNA sits
+    between the projections: exact with whole windows, sparse with small ones, and the same with its blocks
+    compiled (dynamo traces the route beside the subclass weights)."""
+    from diffusers import TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    stock_model = flux.tiny_transformer()
+    stock_model.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchao's notes on optional kernels this CPU build lacks
+        transformer = flux.FluxTransformer2DModel.from_pretrained(
+            tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()), torch_dtype=torch.float32).eval()
+    assert type(transformer.single_transformer_blocks[0].attn.to_q.weight).__module__.startswith("torchao")
+    inputs = flux.transformer_inputs(transformer, (4, 4), text=5)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+        assert 0 < max_diff(stock, stock_model(**inputs)[0]) < 0.05  # quantized weights, the same model
+        with enabled(transformer, GNAConfig(family="flux", window=-1)):
+            assert max_diff(transformer(**inputs)[0], stock) <= TOL
+        with enabled(transformer, GNAConfig(family="flux", window=2)):
+            sparse = transformer(**inputs)[0]
+            assert max_diff(sparse, stock) > 1e-3
+            transformer.compile_repeated_blocks(backend="aot_eager", fullgraph=True)
+            assert max_diff(transformer(**inputs)[0], sparse) <= TOL
+    torch._dynamo.reset()
+
+
 def test_cpu_offload_hooks_keep_the_layout_probe_and_step_count(pipe, family):
     stock = generate(pipe, family)
     handle = apply(pipe, whole(family, dense_steps=1))
