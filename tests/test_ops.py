@@ -1,4 +1,5 @@
 import random
+import warnings
 
 import pytest
 import torch
@@ -231,6 +232,31 @@ def test_reference_refuses_grids_too_large_to_materialize():
     q = torch.zeros(1, 130 * 130, 1, 8)
     with pytest.raises(ValueError, match="backend 'reference' cannot run this call: materializes an N x N mask"):
         gna_attention(q, q, q, (130, 130), 4, backend="reference")
+
+
+@pytest.mark.parametrize("capability, picked", [((6, 0), "reference"), ((7, 5), "triton"), ((9, 0), "triton")])
+def test_auto_passes_over_the_triton_backends_on_a_gpu_triton_cannot_compile_for(capability, picked, monkeypatch):
+    """On a pre-Volta GPU (a P100: 6.0) triton compiles nothing, so neither our kernel nor flex (compiled by Inductor
+    with triton) can run: auto takes the reference backend and says why, instead of failing at the first call. The
+    decision reads only the call's device, dtype and shape: a stand-in for a CUDA tensor lets a CPU machine ask."""
+    from types import SimpleNamespace
+
+    from gna_diffusers.backends import select_backend
+    from gna_diffusers.spec import GNASpec
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    q = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float16, shape=(1, 64, 2, 128))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert select_backend("auto", q, GNASpec.create((8, 8), 3), needs_grad=False).name == picked
+    said = [str(w.message) for w in caught]
+    if picked == "reference":
+        assert said == ["gna_attention: using backend 'reference' because triton: triton compiles for compute "
+                        "capability 7.0 or newer; this GPU is 6.0"]
+        with pytest.raises(ValueError, match="backend 'flex' cannot run this call: triton compiles for compute"):
+            select_backend("flex", q, GNASpec.create((8, 8), 3), needs_grad=False)
+    else:
+        assert said == []
 
 
 def test_no_backend_runs_a_grid_too_large_for_the_cpu():

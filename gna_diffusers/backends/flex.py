@@ -16,7 +16,7 @@ import torch
 from torch.nn.attention import flex_attention as flex_module
 
 from ..spec import GNASpec, axis_mask
-from . import Backend
+from . import Backend, triton_gpu_problem
 
 _NEG_INF = float("-inf")
 # Eager flex on CPU computes the full score matrix: keep it to sizes a CPU can hold (as the reference backend).
@@ -104,6 +104,8 @@ def run(q, k, v, spec, extra_k, extra_v, extra_kv_mask, extra_kv_bias, scale, re
 def _unsupported(q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> str | None:
     if not hasattr(flex_module, "AuxRequest"):
         return f"needs torch >= 2.9 for FlexAttention's AuxRequest (found {torch.__version__})"
+    if (problem := triton_gpu_problem(q.device)) is not None:  # compiled by Inductor, with triton
+        return problem
     if needs_grad and q.device.type == "cpu":
         return "FlexAttention has no backward on CPU; use backend 'reference' for training on CPU"
     if q.device.type == "cpu" and spec.num_tokens > CPU_MAX_TOKENS:

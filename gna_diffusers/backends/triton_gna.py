@@ -26,7 +26,7 @@ import torch
 
 from ..sim import axis_counts
 from ..spec import GNASpec, axis_bounds
-from . import Backend
+from . import Backend, triton_gpu_problem
 
 logger = logging.getLogger("gna_diffusers")
 
@@ -417,6 +417,8 @@ def _unsupported(q: torch.Tensor, spec: GNASpec, needs_grad: bool) -> str | None
         return _IMPORT_ERROR
     if q.device.type != "cuda" and not _interpreting():
         return "needs a CUDA device (or TRITON_INTERPRET=1 set before importing triton, for CPU tests)"
+    if (problem := triton_gpu_problem(q.device)) is not None:
+        return problem
     if needs_grad:
         return "forward only (inference): use backend='flex' when gradients are needed"
     if q.dtype not in SUPPORTED_DTYPES:
