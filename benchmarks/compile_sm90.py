@@ -1,4 +1,5 @@
-"""Compile the GNA kernel for sm_90 (Hopper) without a GPU: real code generation down to a cubin.
+"""Compile the GNA kernel for sm_90 (Hopper), or another target (``"arch": 100``), without a GPU: real code
+generation down to a cubin.
 
 Run as a script with the interpreter off (the test suite runs it in a subprocess):
     TRITON_INTERPRET=0 python benchmarks/compile_sm90.py '{"dtype": "bf16", "head_dim": 128, ...}'
@@ -26,9 +27,9 @@ def descriptor_type(dtype: str, kv_tile, head_dim: int) -> str:
 
 def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool, has_mask: bool,
                      has_bias: bool = False, tma: bool = False, num_stages: int = 2, dilated: bool = False,
-                     num_warps: int = 8, extra_even: bool = True, grouped_heads: bool = False):
-    """The kernel compiled for sm_90 (a CompiledKernel). ``has_mask``: the extra keys have padding (which
-    reaches the kernel as a -inf bias, like ``has_bias``'s additive mask). ``grouped_heads``: grouped-query
+                     num_warps: int = 8, extra_even: bool = True, grouped_heads: bool = False, arch: int = 90):
+    """The kernel compiled for sm_90, or sm_``arch`` (a CompiledKernel). ``has_mask``: the extra keys have padding
+    (which reaches the kernel as a -inf bias, like ``has_bias``'s additive mask). ``grouped_heads``: grouped-query
     attention (KV_GROUP a runtime integer; otherwise 1, a constant, as a launch specializes it)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -61,7 +62,7 @@ def compile_for_sm90(dtype: str, head_dim: int, q_tile, kv_tile, has_extra: bool
     aligned = [i for i, p in enumerate(params) if signature[p].startswith("*") or p.startswith("s") or p == "head_dim"]
     source = ASTSource(gna_fwd_kernel, signature, constexprs={(params.index(k),): v for k, v in constants.items()},
                        attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
