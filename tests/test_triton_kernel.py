@@ -289,6 +289,16 @@ def test_kernel_compiles_for_hopper(dtype, head_dim, q_tile, kv_tile, has_extra,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch, instruction", [(80, "mma.sync"), (90, "wgmma.mma_async"), (100, "tcgen05.mma")])
+def test_the_dots_take_each_generations_tensor_cores(arch, instruction):
+    """A100 (and Ada, RTX 50): mma.sync; Hopper: wgmma; B200, the GNA paper's GPU: tcgen05. A kernel change that left
+    a dot on FMA (a shape or dtype the tensor cores do not take) would still compile, and run several times slower."""
+    _, count = compile_sm90(dtype="bf16", head_dim=128, q_tile=(2, 8, 8), kv_tile=(2, 8, 8), has_extra=True,
+                            has_mask=True, arch=arch, ptx_count=instruction)
+    assert int(count) > 0
+
+
+@pytest.mark.slow
 def test_both_load_paths_are_software_pipelined_for_hopper():
     """Compiled as a launch specializes them (aligned pointers, strides divisible by 16), gathered K/V
     loads become cp.async and TMA boxes bulk tensor copies, and one more pipeline stage takes more shared
