@@ -235,9 +235,9 @@ def test_reference_refuses_grids_too_large_to_materialize():
 
 
 @pytest.mark.parametrize("capability, picked", [((6, 0), "reference"), ((7, 5), "triton"), ((9, 0), "triton")])
-def test_auto_passes_over_the_triton_backends_on_a_gpu_triton_cannot_compile_for(capability, picked, monkeypatch):
-    """On a pre-Volta GPU (a P100: 6.0) triton compiles nothing, so neither our kernel nor flex (compiled by Inductor
-    with triton) can run: auto takes the reference backend and says why, instead of failing at the first call. The
+def test_auto_passes_over_the_triton_backends_on_a_gpu_too_old_for_triton(capability, picked, monkeypatch):
+    """On a pre-Volta GPU (a P100: 6.0) torch runs no triton code (Inductor refuses it), so neither flex nor our kernel
+    is taken: auto takes the reference backend and says why, instead of failing at the first call. The
     decision reads only the call's device, dtype and shape: a stand-in for a CUDA tensor lets a CPU machine ask."""
     from types import SimpleNamespace
 
@@ -251,9 +251,9 @@ def test_auto_passes_over_the_triton_backends_on_a_gpu_triton_cannot_compile_for
         assert select_backend("auto", q, GNASpec.create((8, 8), 3), needs_grad=False).name == picked
     said = [str(w.message) for w in caught]
     if picked == "reference":
-        assert said == ["gna_attention: using backend 'reference' because triton: triton compiles for compute "
-                        "capability 7.0 or newer; this GPU is 6.0"]
-        with pytest.raises(ValueError, match="backend 'flex' cannot run this call: triton compiles for compute"):
+        assert said == ["gna_attention: using backend 'reference' because triton: triton kernels need compute "
+                        "capability 7.0 or newer, as torch's own do; this GPU is 6.0"]
+        with pytest.raises(ValueError, match="backend 'flex' cannot run this call: triton kernels need compute"):
             select_backend("flex", q, GNASpec.create((8, 8), 3), needs_grad=False)
     else:
         assert said == []

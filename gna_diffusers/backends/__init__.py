@@ -44,19 +44,20 @@ _WARNED: set[str] = set()
 _AUTO_ORDER = {"cuda": ("triton", "flex", "reference"), "cpu": ("reference", "flex")}
 
 
-# The oldest CUDA GPUs triton compiles for, as torch's own check has it (torch.utils._triton.has_triton): Volta.
+# The oldest CUDA GPUs torch runs triton code on (torch.utils._triton.has_triton; Inductor refuses older ones, and
+# triton's own README lists 8.0+): Volta.
 TRITON_MIN_CAPABILITY = (7, 0)
 
 
 def triton_gpu_problem(device: torch.device) -> str | None:
-    """Why triton cannot compile kernels for ``device`` (a CUDA GPU older than Volta), or None. Read by the
-    backends built on triton (ours, and flex, which Inductor compiles with it), so that ``auto`` passes them over
-    there instead of failing a generation. Not asked while compiling: Inductor refuses such a GPU itself."""
+    """Why triton kernels cannot run on ``device`` (a CUDA GPU older than Volta), or None. Read by the backends built
+    on triton (ours, and flex, which Inductor compiles with it), so that ``auto`` passes them over there instead of
+    failing a generation. Not asked while compiling: Inductor refuses such a GPU itself."""
     if device.type != "cuda" or torch.version.hip is not None or torch.compiler.is_compiling():
         return None
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < TRITON_MIN_CAPABILITY:
-        return f"triton compiles for compute capability 7.0 or newer; this GPU is {major}.{minor}"
+        return f"triton kernels need compute capability 7.0 or newer, as torch's own do; this GPU is {major}.{minor}"
     return None
 
 
